@@ -1,0 +1,50 @@
+# Budgetfacile banksync: the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help setup up down status demo test lint typecheck unit bench compose-check clean
+
+help:
+	@echo "make demo     set up everything, start the stack, run the demo journey"
+	@echo "make test     set up what is missing; lint, type checks and the whole suite on real engines"
+	@echo "make up | down | status   start, stop, report on the local stack"
+	@echo "make bench    benchmarks (JSON in bench/results/)"
+
+setup:
+	@deploy/local/setup.sh
+
+up: setup
+	@deploy/local/stack.sh up
+
+down:
+	@deploy/local/stack.sh down
+
+status:
+	@deploy/local/stack.sh status
+
+demo: up
+	@$(PY) -m shared.demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy shared services sandbox deploy/local/probe.py bench
+
+test: lint typecheck
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+unit: setup
+	$(VENV)/bin/pytest -ra tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
+
+compose-check:
+	docker compose -f docker-compose.yml config -q
+
+clean: down
+	rm -rf .run

@@ -1,0 +1,64 @@
+# Shared by the deploy/local scripts: paths, ports and small helpers. Source it; do not run it.
+# Every value can be overridden from the environment (the tests start their own instances this way).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# Downloads and builds, shared by every clone on this machine (a second setup is fast).
+CACHE_DIR="${BANKSYNC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/budgetfacile-banksync}"
+# Data, logs and pid files of one running stack; ignored by git.
+RUN_DIR="${BANKSYNC_RUN_DIR:-$ROOT/.run/stack}"
+VENV="${BANKSYNC_VENV:-$ROOT/.venv}"
+PYTHON="$VENV/bin/python"
+
+KAFKA_VERSION="4.2.0"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+KAFKA_TOPIC_PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-6}"
+
+FERRETDB_VERSION="v1.24.2"
+FERRETDB_PORT="${FERRETDB_PORT:-27017}"
+FERRETDB_DEBUG_PORT="${FERRETDB_DEBUG_PORT:-8088}"
+
+say() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0" .sh)" "$*" >&2; }
+
+die_with_log() {  # die_with_log MESSAGE LOGFILE
+  say "ERROR: $1"
+  if [ -f "$2" ]; then
+    say "last lines of $2:"
+    tail -n 40 "$2" >&2
+  fi
+  exit 1
+}
+
+pid_alive() {  # pid_alive PIDFILE
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+port_in_use() {  # port_in_use PORT
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+stop_pidfile() {  # stop_pidfile PIDFILE NAME: TERM, wait up to 20 s, then KILL
+  local pidfile="$1" name="$2" pid
+  if ! pid_alive "$pidfile"; then
+    rm -f "$pidfile"
+    return 0
+  fi
+  pid="$(cat "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "$name did not stop in 20 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+  say "$name stopped"
+}
+
+require_venv() {
+  [ -x "$PYTHON" ] || { say "ERROR: no virtual environment at $VENV: run 'make setup' first"; exit 1; }
+}

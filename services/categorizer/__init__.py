@@ -1,0 +1,1 @@
+"""The categorizer service: Payees, keywords and categories."""

@@ -1,0 +1,1 @@
+"""The connector service: Aggregator link, scheduling and raw transaction events."""

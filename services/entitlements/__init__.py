@@ -1,0 +1,1 @@
+"""The entitlements service: Plans, the Auto-Import option and the sync gate."""

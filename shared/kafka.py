@@ -1,0 +1,93 @@
+"""Kafka helpers: the broker every service uses, publishing CloudEvents, and the contract's topics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+
+from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.logging import get_logger
+from shared.topics import TOPICS, TopicSpec
+
+log = get_logger(__name__)
+
+
+def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
+    """Producer side waits for all in-sync replicas and is idempotent: a retried send is not a second record."""
+    return KafkaBroker(
+        bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        allow_auto_create_topics=False,
+        logger=None,
+    )
+
+
+def cloudevent_headers(event: CloudEvent) -> dict[str, str]:
+    return {"content-type": CLOUDEVENTS_CONTENT_TYPE, "ce_type": event.type, "ce_id": event.id}
+
+
+class EventPublisher:
+    """Publishes CloudEvents in structured mode, keyed by the topic's partition key."""
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self._broker = broker
+
+    async def publish(self, topic: str, key: str, event: CloudEvent) -> None:
+        await self._broker.publish(
+            event.to_json_bytes(),
+            topic=topic,
+            key=key.encode(),
+            headers=cloudevent_headers(event),
+            correlation_id=event.correlationid,
+        )
+
+    async def publish_many(self, topic: str, items: list[tuple[str, CloudEvent]]) -> None:
+        """Send a batch concurrently; the producer batches them and keeps per-partition order per key."""
+        await asyncio.gather(*(self.publish(topic, key, event) for key, event in items))
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    partitions: int,
+    replication_factor: int = 1,
+    specs: tuple[TopicSpec, ...] = TOPICS,
+) -> list[str]:
+    """Create the contract's topics that are missing; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="banksync-topics")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        if missing:
+            try:
+                response: Any = await admin.create_topics(
+                    [
+                        NewTopic(
+                            name=spec.name,
+                            num_partitions=partitions,
+                            replication_factor=replication_factor,
+                            topic_configs=spec.config(),
+                        )
+                        for spec in missing
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass
+            else:
+                for name, error_code, *_ in response.topic_errors:
+                    # 36: TOPIC_ALREADY_EXISTS (another process raced us)
+                    if error_code not in (0, 36):
+                        raise RuntimeError(f"could not create topic {name}: error code {error_code}")
+        created = [spec.name for spec in missing]
+        if created:
+            log.info("topics_created", topics=created, partitions=partitions)
+        return created
+    finally:
+        await admin.close()

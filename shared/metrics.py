@@ -1,0 +1,19 @@
+"""Prometheus metrics every service exposes on /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+HTTP_REQUESTS = Counter(
+    "banksync_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "banksync_http_request_duration_seconds", "HTTP request handling time", ["service", "method", "route"]
+)
+EVENTS_PUBLISHED = Counter("banksync_events_published_total", "CloudEvents published", ["service", "topic"])
+EVENTS_CONSUMED = Counter(
+    "banksync_events_consumed_total", "Records consumed, by outcome", ["service", "topic", "outcome"]
+)
+HANDLER_LATENCY = Histogram(
+    "banksync_handler_duration_seconds", "Event handler processing time", ["service", "topic"]
+)

@@ -1,0 +1,172 @@
+"""One composition root shape for all four services.
+
+`create_service_app` builds the FastAPI app with /healthz, /readyz, /metrics, problem errors, the
+correlation-id middleware and a lifespan that starts the Kafka broker and the MongoDB client and stops
+them again. A service passes what is its own: routers, and `on_startup` to register subscribers and
+create its indexes (it runs before the broker starts, so subscribers join at start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from shared.kafka import EventPublisher, make_broker
+from shared.logging import bind_context, clear_context, configure_logging, get_logger
+from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from shared.mongo import make_client, ping
+from shared.problems import PROBLEM_CONTENT_TYPE, install_problem_handlers
+from shared.settings import ServiceSettings
+
+CORRELATION_HEADER = "X-Correlation-ID"
+log = get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What handlers and adapters of one service process share."""
+
+    service: str
+    settings: ServiceSettings
+    broker: KafkaBroker
+    mongo: AsyncMongoClient[dict[str, Any]]
+    publisher: EventPublisher
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        return self.mongo[self.settings.mongodb_database]
+
+
+StartupHook = Callable[[Runtime], Awaitable[None]]
+
+
+class _RequestContextMiddleware(BaseHTTPMiddleware):
+    def __init__(self, app: Any, service: str) -> None:
+        super().__init__(app)
+        self.service = service
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        clear_context()
+        correlation_id = request.headers.get(CORRELATION_HEADER) or str(uuid.uuid4())
+        bind_context(correlation_id=correlation_id)
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        route_path = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(self.service, request.method, route_path, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(self.service, request.method, route_path).observe(time.perf_counter() - started)
+        response.headers[CORRELATION_HEADER] = correlation_id
+        return response
+
+
+def correlation_id_of(request: Request) -> str:
+    return request.headers.get(CORRELATION_HEADER) or str(uuid.uuid4())
+
+
+def create_service_app(
+    service: str,
+    settings: ServiceSettings,
+    *,
+    routers: Sequence[APIRouter] = (),
+    on_startup: Sequence[StartupHook] = (),
+    on_shutdown: Sequence[StartupHook] = (),
+    description: str = "",
+) -> FastAPI:
+    configure_logging(service, settings.log_level)
+    broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"banksync-{service}")
+    mongo = make_client(settings.mongodb_url)
+    runtime = Runtime(service, settings, broker, mongo, EventPublisher(broker))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for hook in on_startup:
+            await hook(runtime)
+        await broker.start()
+        log.info("service_started", kafka=settings.kafka_bootstrap_servers)
+        try:
+            yield
+        finally:
+            for hook in on_shutdown:
+                await hook(runtime)
+            await broker.stop()
+            await mongo.close()
+            log.info("service_stopped")
+
+    app = FastAPI(title=f"banksync {service}", version="1.0.0", description=description, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.jwt_secret = settings.banksync_jwt_secret.get_secret_value()
+    install_problem_handlers(app)
+    app.add_middleware(_RequestContextMiddleware, service=service)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        checks = await _readiness_checks(runtime)
+        ready = all(v == "ok" for v in checks.values())
+        if ready:
+            return JSONResponse({"status": "ready", "service": service, "checks": checks})
+        failing = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
+        return JSONResponse(
+            {
+                "type": "https://budgetfacile.fr/problems/not_ready",
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": f"Not ready: {failing}",
+                "code": "not_ready",
+                "checks": checks,
+            },
+            status_code=503,
+            media_type=PROBLEM_CONTENT_TYPE,
+        )
+
+    @app.get("/metrics", tags=["health"], include_in_schema=True)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+async def _readiness_checks(runtime: Runtime) -> dict[str, str]:
+    timeout = runtime.settings.readiness_timeout_s
+
+    async def kafka() -> str:
+        try:
+            return "ok" if await runtime.broker.ping(timeout) else "unreachable"
+        except Exception as exc:
+            return f"error: {type(exc).__name__}"
+
+    async def mongodb() -> str:
+        try:
+            await asyncio.wait_for(ping(runtime.mongo), timeout)
+            return "ok"
+        except TimeoutError:
+            return "unreachable"
+        except Exception as exc:
+            return f"error: {type(exc).__name__}"
+
+    kafka_state, mongo_state = await asyncio.gather(kafka(), mongodb())
+    return {"kafka": kafka_state, "mongodb": mongo_state}
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
