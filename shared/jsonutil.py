@@ -17,4 +17,6 @@ def _default(value: Any) -> Any:
 
 
 def dumps_canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_default, ensure_ascii=False).encode()
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), default=_default, ensure_ascii=False
+    ).encode()

@@ -17,7 +17,7 @@ log = get_logger(__name__)
 
 
 def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
-    """Producer side waits for all in-sync replicas and is idempotent: a retried send is not a second record."""
+    """The producer waits for all in-sync replicas and is idempotent: a retried send is not a new record."""
     return KafkaBroker(
         bootstrap_servers,
         client_id=client_id,

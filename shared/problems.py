@@ -98,7 +98,10 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
-        s: {"description": _TITLES.get(s, "Error"), "content": {PROBLEM_CONTENT_TYPE: {"schema": PROBLEM_SCHEMA}}}
+        s: {
+            "description": _TITLES.get(s, "Error"),
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": PROBLEM_SCHEMA}},
+        }
         for s in statuses
     }
 
@@ -111,20 +114,30 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
-            {"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")}
+            {
+                "loc": [str(p) for p in err.get("loc", ())],
+                "msg": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
             for err in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(first["loc"])
         return problem_response(
-            Problem(422, "validation_error", f"{where}: {first['msg']}" if where else str(first["msg"]), errors=errors)
+            Problem(
+                422,
+                "validation_error",
+                f"{where}: {first['msg']}" if where else str(first["msg"]),
+                errors=errors,
+            )
         )
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _DEFAULT_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
-        return problem_response(Problem(exc.status_code, code, detail, headers=exc.headers))
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(Problem(exc.status_code, code, detail, headers=headers))
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         from shared.logging import get_logger

@@ -1,8 +1,8 @@
 """Readiness probes for the local engines, and topic creation. Run with the project's venv.
 
-    probe.py kafka 127.0.0.1:9092 [--timeout S]      a produce/consume round trip answers
-    probe.py mongodb mongodb://127.0.0.1:27017        a ping answers
-    probe.py topics 127.0.0.1:9092 --partitions 6     the contract's topics exist
+probe.py kafka 127.0.0.1:9092 [--timeout S]      a produce/consume round trip answers
+probe.py mongodb mongodb://127.0.0.1:27017        a ping answers
+probe.py topics 127.0.0.1:9092 --partitions 6     the contract's topics exist
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ async def kafka_round_trip(bootstrap: str) -> None:
     await admin.start()
     try:
         if PROBE_TOPIC not in await admin.list_topics():
-            await admin.create_topics([NewTopic(PROBE_TOPIC, 1, 1, topic_configs={"retention.ms": "3600000"})])
+            await admin.create_topics(
+                [NewTopic(PROBE_TOPIC, 1, 1, topic_configs={"retention.ms": "3600000"})]
+            )
     finally:
         await admin.close()
     marker = uuid.uuid4().hex.encode()
@@ -58,8 +60,8 @@ async def mongodb_ping(url: str) -> None:
         await client.close()
 
 
-async def retry(make_check: Callable[[], Awaitable[None]], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+async def retry(make_check: Callable[[], Awaitable[None]], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
         try:
@@ -68,7 +70,7 @@ async def retry(make_check: Callable[[], Awaitable[None]], timeout: float) -> bo
         except Exception as exc:
             last_error = exc
             await asyncio.sleep(0.5)
-    print(f"probe: not ready after {timeout:.0f} s: {last_error!r}", file=sys.stderr)
+    print(f"probe: not ready after {within_s:.0f} s: {last_error!r}", file=sys.stderr)
     return False
 
 
