@@ -3,7 +3,8 @@
 `create_service_app` builds the FastAPI app with /healthz, /readyz, /metrics, problem errors, the
 correlation-id middleware and a lifespan that starts the Kafka broker and the MongoDB client and stops
 them again. A service passes what is its own: routers, and `on_startup` to register subscribers and
-create its indexes (it runs before the broker starts, so subscribers join at start).
+create its indexes (it runs before the broker starts, so subscribers join at start), and `background`
+jobs that run while the app is up (started after the broker, cancelled at shutdown).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class Runtime:
 
 
 StartupHook = Callable[[Runtime], Awaitable[None]]
+BackgroundJob = Callable[[Runtime], Coroutine[Any, Any, None]]
 
 
 class _RequestContextMiddleware(BaseHTTPMiddleware):
@@ -84,6 +86,7 @@ def create_service_app(
     routers: Sequence[APIRouter] = (),
     on_startup: Sequence[StartupHook] = (),
     on_shutdown: Sequence[StartupHook] = (),
+    background: Sequence[BackgroundJob] = (),
     description: str = "",
 ) -> FastAPI:
     configure_logging(service, settings.log_level)
@@ -96,10 +99,16 @@ def create_service_app(
         for hook in on_startup:
             await hook(runtime)
         await broker.start()
+        tasks = [
+            asyncio.create_task(job(runtime), name=getattr(job, "__name__", "job")) for job in background
+        ]
         log.info("service_started", kafka=settings.kafka_bootstrap_servers)
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for hook in on_shutdown:
                 await hook(runtime)
             await broker.stop()

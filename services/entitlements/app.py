@@ -1,18 +1,35 @@
-"""Wiring of the entitlements service: settings, routes and event subscribers on the shared runtime."""
+"""Wiring of the entitlements service: repository, handlers, API and the outbox relay."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from shared.service import create_service_app
+from services.entitlements.adapters import EntitlementsRepository
+from services.entitlements.api import router
+from services.entitlements.handlers import EntitlementsHandlers
+from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
 
 SERVICE = "entitlements"
+
+
+async def wire(runtime: Runtime) -> None:
+    repository = EntitlementsRepository(runtime.db)
+    await repository.create_indexes()
+    runtime.extras["handlers"] = EntitlementsHandlers(repository, runtime.publisher)
+
+
+async def relay_outbox(runtime: Runtime) -> None:
+    handlers: EntitlementsHandlers = runtime.extras["handlers"]
+    await handlers.run_relay()
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return create_service_app(
         SERVICE,
         settings or ServiceSettings(),
+        routers=[router],
+        on_startup=[wire],
+        background=[relay_outbox],
         description="Plans, the Auto-Import option and the sync gate.",
     )

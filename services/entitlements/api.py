@@ -1,0 +1,110 @@
+"""HTTP API of the contract: read the rights, change the plan, subscribe to and cancel options."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from services.entitlements.domain import Option, OptionIncludedInPlan, Plan, cancel, change_plan, subscribe
+from services.entitlements.handlers import EntitlementsHandlers, view
+from shared.auth import UserPrincipal
+from shared.problems import Problem, problem_responses
+from shared.service import correlation_id_of
+
+router = APIRouter(
+    prefix="/v1/users/{user_id}", tags=["entitlements"], responses=problem_responses(401, 403, 422)
+)
+
+
+class EntitlementsView(BaseModel):
+    user_id: str
+    plan: Plan
+    options: list[Option]
+    auto_sync_allowed: bool
+    reason: str | None
+    code: str
+    version: int
+
+
+class PlanChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    plan: Plan
+
+
+class HistoryEntry(BaseModel):
+    version: int
+    action: str
+    plan: Plan
+    options: list[Option]
+    detail: dict[str, str]
+    at: Any
+    request_id: str
+
+
+def handlers_of(request: Request) -> EntitlementsHandlers:
+    found: EntitlementsHandlers = request.app.state.runtime.extras["handlers"]
+    return found
+
+
+Handlers = Annotated[EntitlementsHandlers, Depends(handlers_of)]
+
+
+def known_option(option: str) -> Option:
+    try:
+        return Option(option)
+    except ValueError:
+        known = ", ".join(o.value for o in Option)
+        raise Problem(404, "unknown_option", f"No option named {option!r}; known options: {known}.") from None
+
+
+@router.get("/entitlements", response_model=EntitlementsView)
+async def get_entitlements(user_id: str, _: UserPrincipal, handlers: Handlers) -> dict[str, Any]:
+    return view(await handlers.get(user_id))
+
+
+@router.put("/plan", response_model=EntitlementsView)
+async def put_plan(
+    user_id: str, body: PlanChange, request: Request, _: UserPrincipal, handlers: Handlers
+) -> dict[str, Any]:
+    state, _changed = await handlers.apply(
+        user_id, lambda current: change_plan(current, body.plan), correlation_id_of(request)
+    )
+    return view(state)
+
+
+@router.post("/options/{option}", response_model=EntitlementsView, responses=problem_responses(404, 409))
+async def subscribe_option(
+    user_id: str, option: str, request: Request, _: UserPrincipal, handlers: Handlers
+) -> dict[str, Any]:
+    wanted = known_option(option)
+    try:
+        state, _changed = await handlers.apply(
+            user_id, lambda current: subscribe(current, wanted), correlation_id_of(request)
+        )
+    except OptionIncludedInPlan:
+        raise Problem(
+            409,
+            "option_included_in_plan",
+            "L'abonnement Premium inclut déjà l'option Auto-Import : rien à souscrire.",
+        ) from None
+    return view(state)
+
+
+@router.delete("/options/{option}", response_model=EntitlementsView, responses=problem_responses(404))
+async def cancel_option(
+    user_id: str, option: str, request: Request, _: UserPrincipal, handlers: Handlers
+) -> dict[str, Any]:
+    wanted = known_option(option)
+    state, _changed = await handlers.apply(
+        user_id, lambda current: cancel(current, wanted), correlation_id_of(request)
+    )
+    return view(state)
+
+
+@router.get("/entitlements/history", response_model=list[HistoryEntry])
+async def get_history(
+    user_id: str, _: UserPrincipal, handlers: Handlers, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> list[dict[str, Any]]:
+    return await handlers.repository.list_history(user_id, limit)
