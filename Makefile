@@ -44,7 +44,7 @@ bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
 
 compose-check:
-	docker compose -f docker-compose.yml config -q
+	deploy/local/compose.sh -f docker-compose.yml config -q
 
 clean: down
 	rm -rf .run

@@ -1,0 +1,243 @@
+"""Consuming contract topics with the contract's failure rules, written once for every service.
+
+- A record that is not a valid CloudEvent, or whose `data` does not validate for its type, goes to
+  `banksync.dlq.v1` at once, with its original topic, partition, offset and the reason.
+- A handler failure is retried a bounded number of times, record by record; what still fails goes to
+  the DLQ and the partition moves on.
+- The engines being unreachable (MongoDB down, Kafka away) is not a bad record: the batch is retried
+  until they answer, and nothing is committed meanwhile, so nothing is lost.
+Offsets are committed only after the batch is handled (faststream AckPolicy.NACK_ON_ERROR with
+auto-commit off), so a killed process re-reads what it had not finished: handlers are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from pydantic import BaseModel, ValidationError
+from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
+
+from shared.events import CloudEvent
+from shared.logging import bind_context, clear_context, get_logger
+from shared.metrics import EVENTS_CONSUMED, HANDLER_LATENCY
+from shared.topics import DLQ
+
+log = get_logger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    AutoReconnect,
+    ConnectionFailure,
+    NetworkTimeout,
+    ServerSelectionTimeoutError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+DLQ_HEADER_PREFIX = "dlq."
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed record, parsed: the event, its validated data, and where it came from."""
+
+    event: CloudEvent
+    data: BaseModel
+    key: str
+    topic: str
+    partition: int
+    offset: int
+    record: ConsumerRecord[bytes, bytes]
+
+
+class PoisonRecord(Exception):
+    """Raise from a handler for a record that can never succeed (it goes to the DLQ at once)."""
+
+
+BatchHandler = Callable[[list[Incoming]], Awaitable[None]]
+
+
+def dlq_headers(record: ConsumerRecord[bytes, bytes], service: str, error: str) -> dict[str, str]:
+    original = {k: v.decode(errors="replace") for k, v in (record.headers or ()) if not k.startswith("dlq.")}
+    return {
+        **original,
+        f"{DLQ_HEADER_PREFIX}original_topic": record.topic,
+        f"{DLQ_HEADER_PREFIX}original_partition": str(record.partition),
+        f"{DLQ_HEADER_PREFIX}original_offset": str(record.offset),
+        f"{DLQ_HEADER_PREFIX}error": error[:2000],
+        f"{DLQ_HEADER_PREFIX}service": service,
+        f"{DLQ_HEADER_PREFIX}failed_at": datetime.now(UTC).isoformat(),
+    }
+
+
+class TopicConsumer:
+    """Parses, validates and dispatches batches from one topic; see the module docstring."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        service: str,
+        topic: str,
+        models: dict[str, type[BaseModel]],
+        handle: BatchHandler,
+        *,
+        max_attempts: int = 3,
+        retry_base_s: float = 0.2,
+        transient_backoff_cap_s: float = 5.0,
+    ) -> None:
+        self.broker = broker
+        self.service = service
+        self.topic = topic
+        self.models = models
+        self.handle = handle
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self.transient_backoff_cap_s = transient_backoff_cap_s
+
+    def subscribe(
+        self,
+        group_id: str,
+        *,
+        max_records: int = 500,
+        auto_offset_reset: Literal["latest", "earliest", "none"] = "earliest",
+    ) -> None:
+        async def on_batch(body: list[bytes], message: KafkaMessage) -> None:
+            records = message.raw_message
+            batch = list(records) if isinstance(records, tuple | list) else [records]
+            await self.process(batch)
+
+        self.broker.subscriber(
+            self.topic,
+            group_id=group_id,
+            batch=True,
+            max_records=max_records,
+            batch_timeout_ms=200,
+            auto_offset_reset=auto_offset_reset,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            title=f"{self.service}:{self.topic}",
+        )(on_batch)
+
+    async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        started = time.perf_counter()
+        parsed: list[Incoming] = []
+        for record in records:
+            incoming = await self._parse(record)
+            if incoming is not None:
+                parsed.append(incoming)
+        if parsed:
+            await self._handle_batch(parsed)
+        HANDLER_LATENCY.labels(self.service, self.topic).observe(time.perf_counter() - started)
+
+    async def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Incoming | None:
+        try:
+            if record.value is None:
+                raise ValueError("empty record value")
+            event = CloudEvent.from_json_bytes(record.value)
+            model = self.models.get(event.name)
+            if model is None:
+                # another producer's event type on a shared topic: not ours to handle, not an error
+                EVENTS_CONSUMED.labels(self.service, self.topic, "skipped").inc()
+                return None
+            data = model.model_validate(event.data)
+        except (ValidationError, ValueError) as exc:
+            await self.dead_letter(record, f"invalid record: {_short(exc)}")
+            return None
+        key = record.key.decode(errors="replace") if record.key else ""
+        return Incoming(event, data, key, record.topic, record.partition, record.offset, record)
+
+    async def _handle_batch(self, batch: list[Incoming]) -> None:
+        try:
+            await self._until_engines_answer(batch)
+            EVENTS_CONSUMED.labels(self.service, self.topic, "ok").inc(len(batch))
+            return
+        except PoisonRecord:
+            pass
+        except Exception as exc:
+            log.warning(
+                "batch_failed_retrying_one_by_one", topic=self.topic, size=len(batch), error=_short(exc)
+            )
+        for incoming in batch:
+            await self._handle_one(incoming)
+
+    async def _handle_one(self, incoming: Incoming) -> None:
+        error = ""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await self._until_engines_answer([incoming])
+                EVENTS_CONSUMED.labels(self.service, self.topic, "ok").inc()
+                return
+            except PoisonRecord as exc:
+                error = f"rejected: {_short(exc)}"
+                break
+            except Exception as exc:
+                error = f"failed after {attempt} attempts: {_short(exc)}"
+                await asyncio.sleep(self.retry_base_s * 2 ** (attempt - 1))
+        await self.dead_letter(incoming.record, error)
+
+    async def _until_engines_answer(self, batch: list[Incoming]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                clear_context()
+                first = batch[0].event
+                bind_context(user_id=first.userid, correlation_id=first.correlationid)
+                await self.handle(batch)
+                return
+            except TRANSIENT_ERRORS as exc:
+                log.warning(
+                    "engine_unreachable_waiting", topic=self.topic, error=_short(exc), retry_in_s=delay
+                )
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.transient_backoff_cap_s)
+            finally:
+                clear_context()
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+        log.error(
+            "record_dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=error,
+        )
+        EVENTS_CONSUMED.labels(self.service, self.topic, "dead_lettered").inc()
+        while True:
+            try:
+                await self.broker.publish(
+                    record.value or b"",
+                    topic=DLQ,
+                    key=record.key,
+                    headers=dlq_headers(record, self.service, error),
+                )
+                return
+            except TRANSIENT_ERRORS as exc:
+                log.warning("dlq_unreachable_waiting", error=_short(exc))
+                await asyncio.sleep(1)
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def records_by_key(batch: list[Incoming]) -> dict[str, list[Incoming]]:
+    grouped: dict[str, list[Incoming]] = {}
+    for incoming in batch:
+        grouped.setdefault(incoming.key, []).append(incoming)
+    return grouped
+
+
+def data_of(incoming: Incoming, model: type[Any]) -> Any:
+    assert isinstance(incoming.data, model)
+    return incoming.data

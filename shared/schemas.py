@@ -1,0 +1,145 @@
+"""The `data` of each event type on the contract's topics, as pydantic models.
+
+Producers build these; consumers validate with them, and a record that does not validate goes to
+the DLQ. Extra fields are allowed (producers may add fields, consumers ignore what they do not know).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.money import to_amount
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Bank(Payload):
+    id: str
+    name: str
+
+
+class AggregatorTransaction(Payload):
+    """A Powens transaction as received (field names are Powens')."""
+
+    id: int | str
+    id_account: int | str
+    date: dt.date
+    value: Decimal
+    original_wording: str = ""
+    simplified_wording: str | None = None
+    wording: str | None = None
+    rdate: dt.date | None = None
+    vdate: dt.date | None = None
+    type: str | None = None
+    coming: bool = False
+    active: bool = True
+    deleted: dt.datetime | None = None
+    last_update: dt.datetime | None = None
+    original_currency: Any = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def exact_cents(cls, value: object) -> Decimal:
+        return to_amount(value)
+
+    @field_validator("date")
+    @classmethod
+    def plausible_date(cls, value: dt.date) -> dt.date:
+        if not (dt.date(1990, 1, 1) <= value <= dt.date(2100, 1, 1)):
+            raise ValueError(f"implausible bank date {value.isoformat()}")
+        return value
+
+
+class TransactionObserved(Payload):
+    """`transaction.observed` on banksync.transactions.raw.v1."""
+
+    user_id: str
+    connection_id: str
+    aggregator_account_id: str
+    bank: Bank
+    sync_run_id: str
+    initial: bool
+    transaction: AggregatorTransaction
+    currency: str = "EUR"
+
+
+class SyncRequested(Payload):
+    """`sync.requested` on banksync.sync-requests.v1."""
+
+    user_id: str
+    sync_run_id: str
+    reason: Literal["nightly", "on_demand", "webhook", "activation"]
+    requested_at: dt.datetime
+    aggregator_account_ids: list[str] | None = None
+    connection_id: str | None = None
+
+
+class PayeeRef(Payload):
+    id: str
+    name: str
+
+
+class CategorizedBy(Payload):
+    source: Literal["user", "global", "manual"]
+    payee_id: str | None = None
+    keyword: str | None = None
+
+
+class Operation(Payload):
+    """An operation as the importer's API shows it; `operation.*` events carry it whole."""
+
+    id: str
+    account_id: str
+    date: dt.date
+    amount: str
+    currency: str
+    memo: str
+    label: str
+    status: Literal["pending", "booked"]
+    source: Literal["bank", "manual"]
+    reconciled: bool = False
+    payee: PayeeRef | None = None
+    category: str | None = None
+    categorized_by: CategorizedBy | None = None
+    aggregator_transaction_id: str | None = None
+
+
+class OperationEvent(Payload):
+    """`operation.imported|updated|reconciled|deleted` on banksync.operations.v1."""
+
+    user_id: str
+    operation: Operation
+    aggregator_account_id: str | None = None
+
+
+class OperationCategorized(Payload):
+    """`operation.categorized` on banksync.categorizations.v1: none recognised is payee/category null."""
+
+    user_id: str
+    account_id: str
+    operation_id: str
+    payee: PayeeRef | None
+    category: str | None
+    # `manual`: the user's own correction, which later rule results never overwrite
+    source: Literal["user", "global", "manual"] | None
+    keyword: str | None
+    # the categorizer's rule-set version for this user; a newer one replaces an older one
+    rules_version: int = Field(default=0, ge=0)
+
+
+class EntitlementChanged(Payload):
+    """`entitlement.changed` on banksync.entitlements.v1: the resulting rights, whole."""
+
+    user_id: str
+    plan: Literal["standard", "premium"]
+    options: list[str]
+    auto_sync_allowed: bool
+    reason: str | None
+    code: str
+    version: int
