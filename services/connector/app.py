@@ -1,18 +1,129 @@
-"""Wiring of the connector service: settings, routes and event subscribers on the shared runtime."""
+"""Wiring of the connector: aggregator client, gate, handlers, consumers and the nightly scheduler."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
 
-from shared.service import create_service_app
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from services.connector.api import ops, public, users
+from services.connector.domain import NightlyWindow
+from services.connector.gate import SyncGate
+from services.connector.handlers import ConnectorConfig, ConnectorHandlers
+from services.connector.powens import PowensClient, RetryPolicy
+from services.connector.repository import ConnectorRepository
+from services.connector.security import StateSigner, TokenCipher
+from shared.consumer import Incoming, TopicConsumer, data_of
+from shared.logging import get_logger
+from shared.schemas import EntitlementChanged, SyncRequested
+from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
+from shared.topics import ENTITLEMENTS, SYNC_REQUESTS
 
 SERVICE = "connector"
+log = get_logger(__name__)
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+class ConnectorSettings(ServiceSettings):
+    # where browsers reach the aggregator's webview (defaults to AGGREGATOR_BASE_URL)
+    aggregator_public_url: str | None = None
+    aggregator_webhook_secret: SecretStr = SecretStr("dev-only-webhook-secret")
+    aggregator_retry_budget_s: float = 60.0
+    aggregator_retry_attempts: int = 6
+    aggregator_retry_base_s: float = 0.5
+    nightly_window: str = "02:00-04:00"
+    nightly_timezone: str = "Europe/Paris"
+    nightly_enabled: bool = True
+    sync_cursor_overlap_s: int = 1800
+    sync_workers_group: str = "connector-sync"
+
+
+async def wire(runtime: Runtime) -> None:
+    settings = runtime.settings
+    assert isinstance(settings, ConnectorSettings)
+    repository = ConnectorRepository(runtime.db)
+    await repository.create_indexes()
+    powens = PowensClient(
+        settings.aggregator_base_url,
+        retry=RetryPolicy(
+            attempts=settings.aggregator_retry_attempts,
+            base_s=settings.aggregator_retry_base_s,
+            budget_s=settings.aggregator_retry_budget_s,
+        ),
+    )
+    jwt_secret = settings.banksync_jwt_secret.get_secret_value()
+    handlers = ConnectorHandlers(
+        repository,
+        powens,
+        SyncGate(repository, settings.entitlements_url, jwt_secret),
+        runtime.publisher,
+        TokenCipher(settings.banksync_token_key.get_secret_value()),
+        StateSigner(jwt_secret),
+        ConnectorConfig(
+            callback_base_url=settings.connector_url.rstrip("/"),
+            aggregator_public_url=(settings.aggregator_public_url or settings.aggregator_base_url).rstrip(
+                "/"
+            ),
+            webhook_secret=settings.aggregator_webhook_secret.get_secret_value(),
+            cursor_overlap=timedelta(seconds=settings.sync_cursor_overlap_s),
+            nightly=NightlyWindow.parse(settings.nightly_window, settings.nightly_timezone),
+        ),
+    )
+    runtime.extras["handlers"] = handlers
+
+    async def on_sync_requests(batch: list[Incoming]) -> None:
+        for incoming in batch:
+            await handlers.handle_sync_request(data_of(incoming, SyncRequested), incoming.event.correlationid)
+
+    async def on_entitlements(batch: list[Incoming]) -> None:
+        for incoming in batch:
+            await handlers.on_entitlement_changed(
+                data_of(incoming, EntitlementChanged), incoming.event.correlationid
+            )
+
+    TopicConsumer(
+        runtime.broker, SERVICE, SYNC_REQUESTS, {"sync.requested": SyncRequested}, on_sync_requests
+    ).subscribe(settings.sync_workers_group, max_records=10)
+    TopicConsumer(
+        runtime.broker, SERVICE, ENTITLEMENTS, {"entitlement.changed": EntitlementChanged}, on_entitlements
+    ).subscribe("connector-entitlements")
+
+
+async def close(runtime: Runtime) -> None:
+    handlers: ConnectorHandlers = runtime.extras["handlers"]
+    await handlers.powens.aclose()
+    await handlers.gate.aclose()
+
+
+async def nightly_scheduler(runtime: Runtime) -> None:
+    """Sleeps until the window opens, then runs once per night (a claim makes one replica do it)."""
+    settings = runtime.settings
+    assert isinstance(settings, ConnectorSettings)
+    if not settings.nightly_enabled:
+        return
+    handlers: ConnectorHandlers = runtime.extras["handlers"]
+    window = handlers.config.nightly
+    while True:
+        wake = window.next_start(datetime.now(UTC))
+        await asyncio.sleep(max(1.0, (wake - datetime.now(UTC)).total_seconds()))
+        now = datetime.now(UTC)
+        if await handlers.repository.claim_nightly(window.run_key(now), now):
+            try:
+                await handlers.nightly_run(f"nightly-{window.run_key(now)}-{uuid.uuid4().hex[:8]}")
+            except Exception as exc:
+                log.error("nightly_run_failed", error=repr(exc))
+
+
+def create_app(settings: ConnectorSettings | None = None) -> FastAPI:
     return create_service_app(
         SERVICE,
-        settings or ServiceSettings(),
+        settings or ConnectorSettings(),
+        routers=[users, public, ops],
+        on_startup=[wire],
+        on_shutdown=[close],
+        background=[nightly_scheduler],
         description="Aggregator link, scheduling and raw transaction events.",
     )

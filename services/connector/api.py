@@ -1,0 +1,140 @@
+"""HTTP API of the contract for the connector."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.connector.handlers import ConnectorHandlers
+from shared.auth import OpsPrincipal, UserPrincipal
+from shared.problems import Problem, problem_responses
+from shared.service import correlation_id_of
+
+users = APIRouter(
+    prefix="/v1/users/{user_id}", tags=["connector"], responses=problem_responses(401, 403, 422)
+)
+public = APIRouter(prefix="/v1", tags=["aggregator"])
+ops = APIRouter(prefix="/v1/ops", tags=["ops"], responses=problem_responses(401, 403))
+
+
+def handlers_of(request: Request) -> ConnectorHandlers:
+    found: ConnectorHandlers = request.app.state.runtime.extras["handlers"]
+    return found
+
+
+Handlers = Annotated[ConnectorHandlers, Depends(handlers_of)]
+
+
+class Activation(BaseModel):
+    connect_url: str
+    state: str
+
+
+class SyncAccepted(BaseModel):
+    sync_run_id: str
+
+
+class AccountSelection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    selected: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(max_length=200)
+
+
+@users.post("/sync/activate", response_model=Activation, responses=problem_responses(502, 503))
+async def activate(user_id: str, request: Request, _: UserPrincipal, handlers: Handlers) -> dict[str, str]:
+    return await handlers.activate(user_id, correlation_id_of(request))
+
+
+@public.get("/callback", responses=problem_responses(400, 404, 502))
+async def callback(
+    request: Request,
+    handlers: Handlers,
+    connection_id: Annotated[str, Query(min_length=1, max_length=64)],
+    state: Annotated[str, Query(min_length=1, max_length=2000)],
+    code: Annotated[str | None, Query(max_length=2000)] = None,
+) -> dict[str, Any]:
+    """Where the aggregator's webview sends the browser back (no JWT: the signed `state` is the proof)."""
+    return await handlers.callback(connection_id, state, correlation_id_of(request))
+
+
+@users.get("/connections")
+async def list_connections(user_id: str, _: UserPrincipal, handlers: Handlers) -> list[dict[str, Any]]:
+    return await handlers.list_connections(user_id)
+
+
+@users.put("/connections/{connection_id}/accounts", responses=problem_responses(404, 502))
+async def select_accounts(
+    user_id: str,
+    connection_id: str,
+    body: AccountSelection,
+    request: Request,
+    _: UserPrincipal,
+    handlers: Handlers,
+) -> dict[str, Any]:
+    return await handlers.select_accounts(user_id, connection_id, body.selected, correlation_id_of(request))
+
+
+@users.delete("/connections/{connection_id}", status_code=204, responses=problem_responses(404, 502))
+async def delete_connection(
+    user_id: str, connection_id: str, request: Request, _: UserPrincipal, handlers: Handlers
+) -> None:
+    await handlers.delete_connection(user_id, connection_id, correlation_id_of(request))
+
+
+@users.post("/sync", status_code=202, response_model=SyncAccepted, responses=problem_responses(503))
+async def sync_all(user_id: str, request: Request, _: UserPrincipal, handlers: Handlers) -> dict[str, str]:
+    return {"sync_run_id": await handlers.request_sync(user_id, "on_demand", correlation_id_of(request))}
+
+
+@users.post(
+    "/accounts/{aggregator_account_id}/sync",
+    status_code=202,
+    response_model=SyncAccepted,
+    responses=problem_responses(404, 503),
+)
+async def sync_account(
+    user_id: str, aggregator_account_id: str, request: Request, _: UserPrincipal, handlers: Handlers
+) -> dict[str, str]:
+    connections = await handlers.list_connections(user_id)
+    if not any(
+        a["aggregator_account_id"] == aggregator_account_id for c in connections for a in c["accounts"]
+    ):
+        raise Problem(
+            404, "unknown_account", f"No synced bank account {aggregator_account_id} for this user."
+        )
+    run_id = await handlers.request_sync(
+        user_id, "on_demand", correlation_id_of(request), aggregator_account_ids=[aggregator_account_id]
+    )
+    return {"sync_run_id": run_id}
+
+
+@users.get("/sync/status")
+async def sync_status(user_id: str, _: UserPrincipal, handlers: Handlers) -> list[dict[str, Any]]:
+    return await handlers.sync_status(user_id)
+
+
+@ops.post("/nightly-run", status_code=202)
+async def nightly_run(request: Request, _: OpsPrincipal, handlers: Handlers) -> dict[str, int]:
+    return await handlers.nightly_run(correlation_id_of(request))
+
+
+@public.post("/webhooks/aggregator", responses=problem_responses(401, 422, 503))
+async def aggregator_webhook(
+    request: Request,
+    handlers: Handlers,
+    x_webhook_secret: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """`CONNECTION_SYNCED` webhooks: checked with the shared webhook secret, not a JWT."""
+    expected = handlers.config.webhook_secret
+    if not x_webhook_secret or not hmac.compare_digest(x_webhook_secret.encode(), expected.encode()):
+        raise Problem(401, "invalid_webhook_secret", "The webhook secret is missing or wrong.")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise Problem(422, "validation_error", "The webhook body is not JSON.") from None
+    if not isinstance(body, dict):
+        raise Problem(422, "validation_error", "The webhook body must be a JSON object.")
+    return JSONResponse(await handlers.on_webhook(body, correlation_id_of(request)))

@@ -1,0 +1,740 @@
+"""What each request and event does in the connector.
+
+Every path that can start a sync (activation, on-demand, nightly, webhook) asks the gate first.
+Syncs run in the consumers of banksync.sync-requests.v1 (one consumer group), so more workers
+sync more users; one run at a time per user, and a request made while one runs joins it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from services.connector.domain import (
+    Failure,
+    NightlyWindow,
+    SyncState,
+    changed_lines,
+    classify_connection_error,
+    fetch_window,
+)
+from services.connector.gate import EntitlementsUnavailable, GateAnswer, SyncGate, rights_document
+from services.connector.powens import AggregatorError, PowensClient
+from services.connector.repository import ConnectorRepository
+from services.connector.security import InvalidState, StateSigner, TokenCipher
+from shared.events import CloudEvent, account_key, deterministic_event_id
+from shared.kafka import EventPublisher
+from shared.logging import get_logger
+from shared.metrics import EVENTS_PUBLISHED
+from shared.money import format_amount, to_amount
+from shared.problems import Problem
+from shared.schemas import EntitlementChanged, SyncRequested
+from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
+
+SERVICE = "connector"
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    callback_base_url: str
+    aggregator_public_url: str
+    webhook_secret: str
+    cursor_overlap: timedelta = timedelta(minutes=30)
+    run_lease: timedelta = timedelta(minutes=10)
+    nightly: NightlyWindow = field(default_factory=lambda: NightlyWindow.parse("02:00-04:00", "Europe/Paris"))
+
+
+class NotEntitled(Problem):
+    def __init__(self, answer: GateAnswer) -> None:
+        super().__init__(
+            403,
+            "not_entitled",
+            answer.reason or "La synchronisation automatique n'est pas incluse.",
+            reason=answer.code,
+        )
+
+
+def entitlements_unavailable() -> Problem:
+    return Problem(
+        503,
+        "entitlements_unavailable",
+        "Impossible de vérifier vos droits pour le moment ; réessayez dans quelques instants.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def account_view(account: dict[str, Any]) -> dict[str, Any]:
+    """A Powens account as the contract's connections API shows it."""
+    currency = account.get("currency")
+    code = currency.get("id") if isinstance(currency, dict) else currency
+    balance = account.get("balance")
+    return {
+        "aggregator_account_id": str(account["id"]),
+        "name": account.get("name") or account.get("original_name") or "",
+        "iban": account.get("iban"),
+        "number": account.get("number"),
+        "type": account.get("type") or "unknown",
+        "balance": format_amount(to_amount(balance)) if balance is not None else None,
+        "currency": code or "EUR",
+        "selected": account.get("disabled") in (None, False) and not account.get("deleted"),
+        "deleted": bool(account.get("deleted")),
+    }
+
+
+def connection_view(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "connection_id": doc["_id"],
+        "bank": doc["bank"],
+        "state": "paused" if doc.get("paused") else doc.get("state"),
+        "error": doc.get("error"),
+        "accounts": [
+            {
+                k: a[k]
+                for k in ("aggregator_account_id", "name", "iban", "type", "balance", "currency", "selected")
+            }
+            for a in doc.get("accounts", [])
+        ],
+    }
+
+
+class ConnectorHandlers:
+    def __init__(
+        self,
+        repository: ConnectorRepository,
+        powens: PowensClient,
+        gate: SyncGate,
+        publisher: EventPublisher,
+        cipher: TokenCipher,
+        signer: StateSigner,
+        config: ConnectorConfig,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.repository = repository
+        self.powens = powens
+        self.gate = gate
+        self.publisher = publisher
+        self.cipher = cipher
+        self.signer = signer
+        self.config = config
+        self.clock = clock
+        self._bank_names: dict[str, str] = {}
+
+    # --- helpers -----------------------------------------------------------------------------
+    async def require_entitled(self, user_id: str) -> GateAnswer:
+        try:
+            answer = await self.gate.check(user_id)
+        except EntitlementsUnavailable:
+            raise entitlements_unavailable() from None
+        if not answer.allowed:
+            raise NotEntitled(answer)
+        return answer
+
+    async def _publish(self, topic: str, key: str, event: CloudEvent) -> None:
+        await self.publisher.publish(topic, key, event)
+        EVENTS_PUBLISHED.labels(SERVICE, topic).inc()
+
+    def _event(
+        self, name: str, data: dict[str, Any], user_id: str, correlation_id: str, event_id: str | None = None
+    ) -> CloudEvent:
+        return CloudEvent.new(
+            service=SERVICE,
+            name=name,
+            data=data,
+            user_id=user_id,
+            correlation_id=correlation_id,
+            event_id=event_id,
+            subject=data.get("aggregator_account_id") or data.get("connection_id"),
+        )
+
+    async def _token(self, user_id: str) -> str:
+        doc = await self.repository.aggregator_user(user_id)
+        if doc is None:
+            raise Problem(
+                409, "not_linked", "Aucune banque n'est reliée : activez d'abord la synchronisation."
+            )
+        return self.cipher.decrypt(doc["token_enc"], user_id)
+
+    async def _bank(self, connector_id: str) -> dict[str, str]:
+        if connector_id not in self._bank_names:
+            for connector in await self.powens.connectors():
+                self._bank_names[str(connector["id"])] = str(connector.get("name", connector["id"]))
+        return {"id": connector_id, "name": self._bank_names.get(connector_id, f"Banque {connector_id}")}
+
+    async def _owned_connection(self, user_id: str, connection_id: str) -> dict[str, Any]:
+        doc = await self.repository.connection(connection_id)
+        if doc is None or doc["user_id"] != user_id or doc.get("removed"):
+            raise Problem(404, "unknown_connection", f"No bank connection {connection_id} for this user.")
+        return doc
+
+    # --- activation --------------------------------------------------------------------------
+    async def activate(self, user_id: str, correlation_id: str) -> dict[str, str]:
+        await self.require_entitled(user_id)
+        now = self.clock()
+        existing = await self.repository.aggregator_user(user_id)
+        if existing is None:
+            token, id_user = await self._call(self.powens.create_user())
+            existing = await self.repository.save_aggregator_user(
+                user_id, self.cipher.encrypt(token, user_id), id_user, now
+            )
+        token = self.cipher.decrypt(existing["token_enc"], user_id)
+        code = await self._call(self.powens.temporary_code(token))
+        state, issued = self.signer.issue(user_id)
+        await self.repository.record_activation(issued.nonce, user_id, now)
+        query = urlencode(
+            {"redirect_uri": f"{self.config.callback_base_url}/v1/callback", "state": state, "code": code}
+        )
+        log.info("activation_started", user_id=user_id)
+        return {
+            "connect_url": f"{self.config.aggregator_public_url}/2.0/auth/webview/connect?{query}",
+            "state": state,
+        }
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except AggregatorError as exc:
+            raise Problem(
+                502, "aggregator_unavailable", exc.failure.message, retryable=exc.failure.retryable
+            ) from None
+
+    async def callback(self, connection_id: str, state: str, correlation_id: str) -> dict[str, Any]:
+        try:
+            activation = self.signer.verify(state)
+        except InvalidState as exc:
+            raise Problem(400, "invalid_state", str(exc)) from None
+        user_id = activation.user_id
+        first_use = await self.repository.use_activation(activation.nonce, user_id, self.clock())
+        known = await self.repository.connection(connection_id)
+        if not first_use:
+            if known is not None and known["user_id"] == user_id:
+                return connection_view(known)  # the browser came back twice: same answer
+            raise Problem(400, "invalid_state", "This activation was already used: start again.")
+        token = await self._token(user_id)
+        connections = await self._call(self.powens.connections(token))
+        found = next((c for c in connections if str(c["id"]) == connection_id), None)
+        if found is None:
+            raise Problem(
+                404, "unknown_connection", f"The aggregator has no connection {connection_id} for this user."
+            )
+        doc = await self._store_connection(user_id, found, correlation_id, announce=known is None)
+        answer = await self.gate.check(user_id)
+        if answer.allowed and doc.get("state") is None:
+            await self.request_sync(
+                user_id, "activation", correlation_id, connection_id=connection_id, gate=False
+            )
+        return connection_view(doc)
+
+    async def _store_connection(
+        self, user_id: str, found: dict[str, Any], correlation_id: str, *, announce: bool
+    ) -> dict[str, Any]:
+        connection_id = str(found["id"])
+        bank = await self._bank(str(found.get("id_connector", "")))
+        error = found.get("error") or found.get("state")
+        failure = classify_connection_error(error) if error else None
+        accounts = [account_view(a) for a in found.get("accounts", []) if not a.get("deleted")]
+        doc = {
+            "_id": connection_id,
+            "user_id": user_id,
+            "bank": bank,
+            "state": failure.state.value if failure else None,
+            "error": {"code": failure.code, "message": failure.message} if failure else None,
+            "accounts": accounts,
+            "removed": False,
+            "paused": False,
+            "linked_at": self.clock(),
+        }
+        await self.repository.upsert_connection(doc)
+        if announce:
+            await self._publish(
+                CONNECTIONS,
+                user_id,
+                self._event(
+                    "connection.linked",
+                    {"user_id": user_id, "connection_id": connection_id, "bank": bank, "state": doc["state"]},
+                    user_id,
+                    correlation_id,
+                    deterministic_event_id("connection.linked", user_id, connection_id),
+                ),
+            )
+            for account in accounts:
+                await self._publish(
+                    CONNECTIONS,
+                    user_id,
+                    self._event(
+                        "account.discovered",
+                        {
+                            "user_id": user_id,
+                            "connection_id": connection_id,
+                            "bank": bank,
+                            "account": account,
+                        },
+                        user_id,
+                        correlation_id,
+                        deterministic_event_id(
+                            "account.discovered", user_id, account["aggregator_account_id"]
+                        ),
+                    ),
+                )
+        log.info("connection_linked", user_id=user_id, connection_id=connection_id, accounts=len(accounts))
+        return doc
+
+    # --- connections -------------------------------------------------------------------------
+    async def list_connections(self, user_id: str) -> list[dict[str, Any]]:
+        return [connection_view(doc) for doc in await self.repository.user_connections(user_id)]
+
+    async def select_accounts(
+        self, user_id: str, connection_id: str, selected: list[str], correlation_id: str
+    ) -> dict[str, Any]:
+        doc = await self._owned_connection(user_id, connection_id)
+        known = {a["aggregator_account_id"] for a in doc["accounts"]}
+        unknown = sorted(set(selected) - known)
+        if unknown:
+            raise Problem(422, "unknown_account", f"Not accounts of this connection: {', '.join(unknown)}.")
+        token = await self._token(user_id)
+        wanted = set(selected)
+        for account in doc["accounts"]:
+            enable = account["aggregator_account_id"] in wanted
+            if account["selected"] != enable:
+                await self._call(
+                    self.powens.set_account_enabled(token, account["aggregator_account_id"], enable)
+                )
+                account["selected"] = enable
+        await self.repository.set_connection_fields(connection_id, {"accounts": doc["accounts"]})
+        await self._publish(
+            CONNECTIONS,
+            user_id,
+            self._event(
+                "account.selection_changed",
+                {"user_id": user_id, "connection_id": connection_id, "selected": sorted(wanted)},
+                user_id,
+                correlation_id,
+            ),
+        )
+        return connection_view(doc)
+
+    async def delete_connection(self, user_id: str, connection_id: str, correlation_id: str) -> None:
+        await self._owned_connection(user_id, connection_id)
+        token = await self._token(user_id)
+        try:
+            await self.powens.delete_connection(token, connection_id)
+        except AggregatorError as exc:
+            if exc.failure.retryable:
+                raise Problem(502, "aggregator_unavailable", exc.failure.message) from None
+        await self.repository.set_connection_fields(
+            connection_id, {"removed": True, "removed_at": self.clock()}
+        )
+        await self._publish(
+            CONNECTIONS,
+            user_id,
+            self._event(
+                "connection.removed",
+                {"user_id": user_id, "connection_id": connection_id},
+                user_id,
+                correlation_id,
+            ),
+        )
+
+    # --- sync requests -----------------------------------------------------------------------
+    async def request_sync(
+        self,
+        user_id: str,
+        reason: str,
+        correlation_id: str,
+        *,
+        aggregator_account_ids: list[str] | None = None,
+        connection_id: str | None = None,
+        gate: bool = True,
+    ) -> str:
+        """Publishes one `sync.requested`, or joins the user's run in progress; returns the run id."""
+        if gate:
+            await self.require_entitled(user_id)
+        now = self.clock()
+        run_id = str(uuid.uuid4())
+        holder = await self.repository.claim_run(user_id, run_id, now, self.config.run_lease)
+        if holder != run_id:
+            log.info("sync_joined", user_id=user_id, sync_run_id=holder, reason=reason)
+            return holder
+        request = SyncRequested(
+            user_id=user_id,
+            sync_run_id=run_id,
+            reason=reason,
+            requested_at=now,
+            aggregator_account_ids=aggregator_account_ids,
+            connection_id=connection_id,
+        )
+        await self._publish(
+            SYNC_REQUESTS,
+            user_id,
+            self._event(
+                "sync.requested", request.model_dump(mode="json"), user_id, correlation_id or run_id, run_id
+            ),
+        )
+        return run_id
+
+    async def handle_sync_request(self, request: SyncRequested, correlation_id: str) -> None:
+        user_id = request.user_id
+        try:
+            answer = await self.gate.check(user_id)
+        except EntitlementsUnavailable as exc:
+            # not a bad record: the consumer waits for entitlements to answer (fail closed meanwhile)
+            raise ConnectionError(f"entitlements unavailable: {exc}") from exc
+        now = self.clock()
+        if not answer.allowed:
+            log.info("sync_skipped_not_entitled", user_id=user_id, reason=request.reason, code=answer.code)
+            await self.repository.release_run(user_id, request.sync_run_id)
+            await self._pause(user_id, True, correlation_id)
+            return
+        holder = await self.repository.claim_run(user_id, request.sync_run_id, now, self.config.run_lease)
+        if holder != request.sync_run_id:
+            log.info("sync_joined", user_id=user_id, sync_run_id=holder, reason=request.reason)
+            return
+        try:
+            await self._run(request, correlation_id)
+        finally:
+            await self.repository.release_run(user_id, request.sync_run_id)
+
+    async def _run(self, request: SyncRequested, correlation_id: str) -> None:
+        user_id = request.user_id
+        for conn in await self.repository.user_connections(user_id):
+            if conn.get("paused") or (request.connection_id and conn["_id"] != request.connection_id):
+                continue
+            accounts = [
+                a
+                for a in conn["accounts"]
+                if a["selected"]
+                and (
+                    request.aggregator_account_ids is None
+                    or a["aggregator_account_id"] in request.aggregator_account_ids
+                )
+            ]
+            if not accounts:
+                continue
+            token = self.cipher.decrypt(
+                (await self.repository.aggregator_user(user_id) or {})["token_enc"], user_id
+            )
+            started = self.clock()
+            for account in accounts:
+                await self._status(user_id, conn, account, request, SyncState.SYNCING, started=started)
+            try:
+                refreshed = await self.powens.sync_connection(token, conn["_id"])
+                error = refreshed.get("error") or refreshed.get("state")
+                if error:
+                    raise AggregatorError(classify_connection_error(str(error)))
+            except AggregatorError as exc:
+                await self.repository.set_connection_fields(
+                    conn["_id"],
+                    {
+                        "state": exc.failure.state.value,
+                        "error": {"code": exc.failure.code, "message": exc.failure.message},
+                    },
+                )
+                for account in accounts:
+                    await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
+                continue
+            if conn.get("state") is not None:
+                await self.repository.set_connection_fields(conn["_id"], {"state": None, "error": None})
+            for account in accounts:
+                await self._sync_account(user_id, conn, account, request, token, correlation_id)
+
+    async def _sync_account(
+        self,
+        user_id: str,
+        conn: dict[str, Any],
+        account: dict[str, Any],
+        request: SyncRequested,
+        token: str,
+        correlation_id: str,
+    ) -> None:
+        account_id = account["aggregator_account_id"]
+        key = account_key(user_id, account_id)
+        state = await self.repository.account_state(user_id, account_id) or {}
+        window = fetch_window(state.get("cursor"), self.config.cursor_overlap)
+        started = self.clock()
+        await self._publish(
+            SYNC_STATUS,
+            key,
+            self._event(
+                "sync.started",
+                {
+                    **self._status_base(user_id, conn, account_id, request),
+                    "started_at": started.isoformat(),
+                    "initial": window.initial,
+                },
+                user_id,
+                correlation_id,
+            ),
+        )
+        published = 0
+        try:
+            async for page in self.powens.transactions(token, account_id, window.params()):
+                known = await self.repository.known_fingerprints(key, [str(t["id"]) for t in page])
+                changes = changed_lines(page, known)
+                events = [
+                    (
+                        key,
+                        self._event(
+                            "transaction.observed",
+                            {
+                                "user_id": user_id,
+                                "connection_id": conn["_id"],
+                                "aggregator_account_id": account_id,
+                                "bank": conn["bank"],
+                                "sync_run_id": request.sync_run_id,
+                                "initial": window.initial,
+                                "currency": account.get("currency") or "EUR",
+                                "transaction": dict(transaction),
+                            },
+                            user_id,
+                            correlation_id,
+                            deterministic_event_id(
+                                "transaction.observed", user_id, account_id, str(transaction["id"]), fp
+                            ),
+                        ),
+                    )
+                    for transaction, fp in changes
+                ]
+                await self.publisher.publish_many(TRANSACTIONS_RAW, events)
+                EVENTS_PUBLISHED.labels(SERVICE, TRANSACTIONS_RAW).inc(len(events))
+                await self.repository.remember_fingerprints(key, {str(t["id"]): fp for t, fp in changes})
+                published += len(events)
+                await self.repository.extend_run(
+                    user_id, request.sync_run_id, self.clock() + self.config.run_lease
+                )
+        except AggregatorError as exc:
+            await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
+            return
+        finished = self.clock()
+        await self.repository.update_account_state(
+            user_id,
+            account_id,
+            {
+                "connection_id": conn["_id"],
+                "cursor": started,
+                "state": SyncState.OK.value,
+                "last_success_at": finished,
+                "last_run": {
+                    "sync_run_id": request.sync_run_id,
+                    "started_at": started,
+                    "finished_at": finished,
+                    "transactions": published,
+                },
+                "error": None,
+            },
+        )
+        await self._publish(
+            SYNC_STATUS,
+            key,
+            self._event(
+                "sync.succeeded",
+                {
+                    **self._status_base(user_id, conn, account_id, request),
+                    "started_at": started.isoformat(),
+                    "finished_at": finished.isoformat(),
+                    "transactions": published,
+                    "initial": window.initial,
+                },
+                user_id,
+                correlation_id,
+            ),
+        )
+        log.info("account_synced", user_id=user_id, aggregator_account_id=account_id, transactions=published)
+
+    def _status_base(
+        self, user_id: str, conn: dict[str, Any], account_id: str, request: SyncRequested
+    ) -> dict[str, Any]:
+        return {
+            "user_id": user_id,
+            "connection_id": conn["_id"],
+            "aggregator_account_id": account_id,
+            "sync_run_id": request.sync_run_id,
+            "reason": request.reason,
+        }
+
+    async def _status(
+        self,
+        user_id: str,
+        conn: dict[str, Any],
+        account: dict[str, Any],
+        request: SyncRequested,
+        state: SyncState,
+        *,
+        started: datetime,
+    ) -> None:
+        await self.repository.update_account_state(
+            user_id,
+            account["aggregator_account_id"],
+            {
+                "connection_id": conn["_id"],
+                "state": state.value,
+                "current_run": request.sync_run_id,
+                "run_started_at": started,
+            },
+        )
+
+    async def _fail(
+        self,
+        user_id: str,
+        conn: dict[str, Any],
+        account: dict[str, Any],
+        request: SyncRequested,
+        failure: Failure,
+        started: datetime,
+        correlation_id: str,
+    ) -> None:
+        """A failed sync never moves the cursor: the next one asks again from the last good one."""
+        account_id = account["aggregator_account_id"]
+        finished = self.clock()
+        await self.repository.update_account_state(
+            user_id,
+            account_id,
+            {
+                "connection_id": conn["_id"],
+                "state": failure.state.value,
+                "error": {"code": failure.code, "message": failure.message},
+                "last_run": {
+                    "sync_run_id": request.sync_run_id,
+                    "started_at": started,
+                    "finished_at": finished,
+                    "transactions": 0,
+                },
+            },
+        )
+        await self._publish(
+            SYNC_STATUS,
+            account_key(user_id, account_id),
+            self._event(
+                "sync.failed",
+                {
+                    **self._status_base(user_id, conn, account_id, request),
+                    "code": failure.code,
+                    "message": failure.message,
+                    "retryable": failure.retryable,
+                    "finished_at": finished.isoformat(),
+                },
+                user_id,
+                correlation_id,
+            ),
+        )
+        log.warning(
+            "account_sync_failed", user_id=user_id, aggregator_account_id=account_id, code=failure.code
+        )
+
+    # --- entitlements ------------------------------------------------------------------------
+    async def on_entitlement_changed(self, change: EntitlementChanged, correlation_id: str) -> None:
+        stored = await self.repository.project_rights(change.user_id, rights_document(change.model_dump()))
+        if stored:
+            await self._pause(change.user_id, not change.auto_sync_allowed, correlation_id)
+
+    async def _pause(self, user_id: str, paused: bool, correlation_id: str) -> None:
+        """Paused connections fetch nothing; what was imported stays. Resuming needs no new bank setup."""
+        changed = await self.repository.set_paused(user_id, paused)
+        for connection_id in changed:
+            log.info(
+                "connection_paused" if paused else "connection_resumed",
+                user_id=user_id,
+                connection_id=connection_id,
+            )
+            await self._publish(
+                CONNECTIONS,
+                user_id,
+                self._event(
+                    "connection.state_changed",
+                    {
+                        "user_id": user_id,
+                        "connection_id": connection_id,
+                        "state": "paused" if paused else "active",
+                        "paused": paused,
+                    },
+                    user_id,
+                    correlation_id,
+                ),
+            )
+
+    # --- nightly and webhooks ----------------------------------------------------------------
+    async def nightly_run(self, correlation_id: str) -> dict[str, int]:
+        """One `sync.requested` per entitled user with live connections; the others are skipped, with why."""
+        requested = skipped = 0
+        users = await self.repository.users_with_connections()
+        for user_id in users:
+            try:
+                answer = await self.gate.check(user_id)
+            except EntitlementsUnavailable:
+                log.warning("nightly_skip_entitlements_unavailable", user_id=user_id)
+                skipped += 1
+                continue
+            if not answer.allowed:
+                log.info("nightly_skip_not_entitled", user_id=user_id, code=answer.code)
+                await self._pause(user_id, True, correlation_id)
+                skipped += 1
+                continue
+            await self.request_sync(user_id, "nightly", correlation_id, gate=False)
+            requested += 1
+        log.info("nightly_run", users=len(users), requested=requested, skipped=skipped)
+        return {"users": len(users), "requested": requested, "skipped": skipped}
+
+    async def on_webhook(self, body: dict[str, Any], correlation_id: str) -> dict[str, str]:
+        connection = body.get("connection") if isinstance(body.get("connection"), dict) else None
+        if connection is None or "id" not in connection:
+            raise Problem(422, "validation_error", "A CONNECTION_SYNCED webhook carries `connection.id`.")
+        doc = await self.repository.connection(str(connection["id"]))
+        if doc is None or doc.get("removed"):
+            log.info("webhook_unknown_connection", connection_id=str(connection["id"]))
+            return {"status": "ignored"}
+        user_id = doc["user_id"]
+        try:
+            answer = await self.gate.check(user_id)
+        except EntitlementsUnavailable:
+            raise entitlements_unavailable() from None  # non-200: the aggregator sends it again
+        if not answer.allowed:
+            log.info("webhook_skip_not_entitled", user_id=user_id, code=answer.code)
+            return {"status": "skipped"}
+        run_id = await self.request_sync(
+            user_id, "webhook", correlation_id, connection_id=doc["_id"], gate=False
+        )
+        return {"status": "accepted", "sync_run_id": run_id}
+
+    # --- status ------------------------------------------------------------------------------
+    async def sync_status(self, user_id: str) -> list[dict[str, Any]]:
+        states = {s["aggregator_account_id"]: s for s in await self.repository.account_states(user_id)}
+        active = await self.repository.active_run(user_id, self.clock())
+        out = []
+        for conn in await self.repository.user_connections(user_id):
+            for account in conn["accounts"]:
+                if not account["selected"]:
+                    continue
+                state = states.get(account["aggregator_account_id"], {})
+                current = state.get("state") or (SyncState.SYNCING.value if active else SyncState.OK.value)
+                if conn.get("paused"):
+                    current = SyncState.PAUSED.value
+                last_run = state.get("last_run")
+                out.append(
+                    {
+                        "aggregator_account_id": account["aggregator_account_id"],
+                        "account_id": state.get("account_id"),
+                        "state": current,
+                        "last_success_at": _iso(state.get("last_success_at")),
+                        "last_run": {
+                            "sync_run_id": last_run["sync_run_id"],
+                            "started_at": _iso(last_run["started_at"]),
+                            "finished_at": _iso(last_run.get("finished_at")),
+                            "transactions": last_run.get("transactions", 0),
+                        }
+                        if last_run
+                        else None,
+                        "error": state.get("error") if current in ("error", "action_needed") else None,
+                    }
+                )
+        return out
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return str(value)

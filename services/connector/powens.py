@@ -1,0 +1,148 @@
+"""HTTP client for the Powens (Budget Insight) API, or the sandbox that speaks it.
+
+Passing failures (5xx, timeouts, 429 with Retry-After, connection errors) are retried with
+exponential backoff and full jitter within a bounded time; then `AggregatorError` says what failed.
+The user's token travels only in the Authorization header and never appears in errors or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from services.connector.domain import Failure, backoff_delays, classify_connection_error, classify_http_status
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+PAGE_SIZE = 500
+
+
+class AggregatorError(Exception):
+    def __init__(self, failure: Failure, detail: str = "") -> None:
+        super().__init__(f"{failure.code}: {detail or failure.message}")
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 8.0
+    budget_s: float = 60.0
+
+
+class PowensClient:
+    def __init__(self, base_url: str, *, retry: RetryPolicy | None = None, timeout_s: float = 20.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(
+        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        deadline = time.monotonic() + self.retry.budget_s
+        delays = backoff_delays(self.retry.attempts, base_s=self.retry.base_s, cap_s=self.retry.cap_s)
+        while True:
+            failure: Failure
+            wait_hint: float | None = None
+            try:
+                response = await self._http.request(method, path, headers=headers, **kwargs)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                failure = classify_http_status(503)
+                detail = f"{type(exc).__name__} calling {method} {path}"
+            else:
+                if response.status_code < 400:
+                    body: dict[str, Any] = response.json() if response.content else {}
+                    return body
+                failure = _failure_of(response)
+                detail = f"HTTP {response.status_code} on {method} {path}"
+                if not failure.retryable:
+                    raise AggregatorError(failure, detail)
+                wait_hint = _retry_after(response)
+            delay = next(delays, None)
+            if delay is None or time.monotonic() + (wait_hint or delay) > deadline:
+                raise AggregatorError(failure, detail)
+            log.info("aggregator_retry", path=path, code=failure.code, wait_s=round(wait_hint or delay, 2))
+            await asyncio.sleep(wait_hint if wait_hint is not None else delay)
+
+    async def create_user(self) -> tuple[str, str]:
+        """`POST /2.0/auth/init`: a new aggregator user and its permanent token."""
+        body = await self._request("POST", "/2.0/auth/init")
+        return str(body["auth_token"]), str(body.get("id_user", ""))
+
+    async def temporary_code(self, token: str) -> str:
+        """`GET /2.0/auth/token/code`: a short-lived code that opens the webview for this user."""
+        body = await self._request("GET", "/2.0/auth/token/code", token=token)
+        return str(body["code"])
+
+    async def connectors(self) -> list[dict[str, Any]]:
+        body = await self._request("GET", "/2.0/connectors")
+        return list(body.get("connectors", []))
+
+    async def connections(self, token: str) -> list[dict[str, Any]]:
+        body = await self._request(
+            "GET", "/2.0/users/me/connections", token=token, params={"expand": "accounts"}
+        )
+        return list(body.get("connections", []))
+
+    async def sync_connection(self, token: str, connection_id: str) -> dict[str, Any]:
+        """Asks the aggregator to refresh a connection; its state says whether the bank let it."""
+        return await self._request("POST", f"/2.0/users/me/connections/{connection_id}", token=token)
+
+    async def delete_connection(self, token: str, connection_id: str) -> None:
+        await self._request("DELETE", f"/2.0/users/me/connections/{connection_id}", token=token)
+
+    async def set_account_enabled(self, token: str, account_id: str, enabled: bool) -> dict[str, Any]:
+        return await self._request(
+            "PUT", f"/2.0/users/me/accounts/{account_id}", token=token, json={"disabled": not enabled}
+        )
+
+    async def transactions(
+        self, token: str, account_id: str, params: dict[str, str]
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Pages of an account's transactions, following `limit`/`offset` until `total` is read."""
+        offset = 0
+        while True:
+            query = {**params, "limit": str(PAGE_SIZE), "offset": str(offset)}
+            body = await self._request(
+                "GET", f"/2.0/users/me/accounts/{account_id}/transactions", token=token, params=query
+            )
+            page: list[dict[str, Any]] = list(body.get("transactions", []))
+            if page:
+                yield page
+            offset += len(page)
+            total = int(body.get("total", offset))
+            if not page or offset >= total or not (body.get("_links") or {}).get("next"):
+                return
+
+
+def _failure_of(response: httpx.Response) -> Failure:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    code = body.get("code") if isinstance(body, dict) else None
+    if response.status_code in (401, 403):
+        return Failure("aggregator_auth", "L'accès à l'agrégateur a été refusé pour cet utilisateur.", False)
+    if isinstance(code, str) and response.status_code < 500 and response.status_code != 429:
+        return classify_connection_error(code)
+    return classify_http_status(response.status_code)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return min(float(value), 30.0)
+    except ValueError:
+        return None

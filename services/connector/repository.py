@@ -1,0 +1,179 @@
+"""The connector's own collections in MongoDB (no other service writes them).
+
+- aggregator_users: the aggregator user and its encrypted permanent token, per app user
+- activations: single-use webview states
+- connections: linked banks with their aggregator accounts and which ones sync
+- account_sync: per aggregator account, the cursor, the status and the last run
+- seen_transactions: the fingerprint last published for each aggregator line (change detection)
+- active_runs: at most one running sync per user (a second request joins it)
+- entitlement_projection: the rights read from banksync.entitlements.v1 (or asked over HTTP)
+- nightly_runs: one nightly run per night across replicas
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+Doc = dict[str, Any]
+
+
+def account_sync_id(user_id: str, aggregator_account_id: str) -> str:
+    return f"{user_id}:{aggregator_account_id}"
+
+
+class ConnectorRepository:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.users: AsyncCollection[Doc] = db["aggregator_users"]
+        self.activations: AsyncCollection[Doc] = db["activations"]
+        self.connections: AsyncCollection[Doc] = db["connections"]
+        self.account_sync: AsyncCollection[Doc] = db["account_sync"]
+        self.seen: AsyncCollection[Doc] = db["seen_transactions"]
+        self.active_runs: AsyncCollection[Doc] = db["active_runs"]
+        self.projection: AsyncCollection[Doc] = db["entitlement_projection"]
+        self.nightly_runs: AsyncCollection[Doc] = db["nightly_runs"]
+
+    async def create_indexes(self) -> None:
+        await self.connections.create_index([("user_id", ASCENDING)])
+        await self.account_sync.create_index([("user_id", ASCENDING)])
+        await self.seen.create_index([("account", ASCENDING)])
+
+    # aggregator users -------------------------------------------------------------------------
+    async def aggregator_user(self, user_id: str) -> Doc | None:
+        return await self.users.find_one({"_id": user_id})
+
+    async def save_aggregator_user(self, user_id: str, token_enc: str, id_user: str, now: datetime) -> Doc:
+        """First writer wins, so two concurrent activations share one aggregator user."""
+        with contextlib.suppress(DuplicateKeyError):
+            await self.users.insert_one(
+                {"_id": user_id, "token_enc": token_enc, "id_user": id_user, "created_at": now}
+            )
+        found = await self.users.find_one({"_id": user_id})
+        assert found is not None
+        return found
+
+    # activations ------------------------------------------------------------------------------
+    async def record_activation(self, nonce: str, user_id: str, now: datetime) -> None:
+        await self.activations.insert_one(
+            {"_id": nonce, "user_id": user_id, "created_at": now, "used": False}
+        )
+
+    async def use_activation(self, nonce: str, user_id: str, now: datetime) -> bool:
+        result = await self.activations.update_one(
+            {"_id": nonce, "user_id": user_id, "used": False}, {"$set": {"used": True, "used_at": now}}
+        )
+        return result.modified_count == 1
+
+    # connections ------------------------------------------------------------------------------
+    async def upsert_connection(self, doc: Doc) -> None:
+        await self.connections.update_one({"_id": doc["_id"]}, {"$set": doc}, upsert=True)
+
+    async def connection(self, connection_id: str) -> Doc | None:
+        return await self.connections.find_one({"_id": connection_id})
+
+    async def user_connections(self, user_id: str, *, include_removed: bool = False) -> list[Doc]:
+        query: Doc = {"user_id": user_id}
+        if not include_removed:
+            query["removed"] = False
+        return await self.connections.find(query).sort("_id", ASCENDING).to_list()
+
+    async def set_connection_fields(self, connection_id: str, fields: Doc) -> None:
+        await self.connections.update_one({"_id": connection_id}, {"$set": fields})
+
+    async def set_paused(self, user_id: str, paused: bool) -> list[str]:
+        """Pauses or resumes all of a user's live connections; returns the ids that changed."""
+        changed = [
+            doc["_id"] for doc in await self.user_connections(user_id) if bool(doc.get("paused")) != paused
+        ]
+        if changed:
+            await self.connections.update_many({"_id": {"$in": changed}}, {"$set": {"paused": paused}})
+        return changed
+
+    async def users_with_connections(self) -> list[str]:
+        users = await self.connections.distinct("user_id", {"removed": False})
+        return sorted(str(u) for u in users)
+
+    # per-account sync state ---------------------------------------------------------------------
+    async def account_states(self, user_id: str) -> list[Doc]:
+        return await self.account_sync.find({"user_id": user_id}).sort("_id", ASCENDING).to_list()
+
+    async def account_state(self, user_id: str, aggregator_account_id: str) -> Doc | None:
+        return await self.account_sync.find_one({"_id": account_sync_id(user_id, aggregator_account_id)})
+
+    async def update_account_state(self, user_id: str, aggregator_account_id: str, fields: Doc) -> None:
+        await self.account_sync.update_one(
+            {"_id": account_sync_id(user_id, aggregator_account_id)},
+            {"$set": {"user_id": user_id, "aggregator_account_id": aggregator_account_id, **fields}},
+            upsert=True,
+        )
+
+    # change detection ---------------------------------------------------------------------------
+    async def known_fingerprints(self, account: str, transaction_ids: list[str]) -> dict[str, str]:
+        ids = [f"{account}:{tid}" for tid in transaction_ids]
+        found = await self.seen.find({"_id": {"$in": ids}}).to_list()
+        return {doc["_id"].rsplit(":", 1)[1]: doc["fp"] for doc in found}
+
+    async def remember_fingerprints(self, account: str, prints: dict[str, str]) -> None:
+        if not prints:
+            return
+        await self.seen.bulk_write(
+            [
+                UpdateOne({"_id": f"{account}:{tid}"}, {"$set": {"account": account, "fp": fp}}, upsert=True)
+                for tid, fp in prints.items()
+            ],
+            ordered=False,
+        )
+
+    # one sync at a time per user ------------------------------------------------------------------
+    async def claim_run(self, user_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
+        """Makes `run_id` the user's active run unless one is live; returns the run that holds it."""
+        doc = {"run_id": run_id, "claimed_at": now, "expires_at": now + lease}
+        try:
+            await self.active_runs.insert_one({"_id": user_id, **doc})
+            return run_id
+        except DuplicateKeyError:
+            pass
+        taken = await self.active_runs.update_one({"_id": user_id, "expires_at": {"$lt": now}}, {"$set": doc})
+        if taken.modified_count == 1:
+            return run_id
+        current = await self.active_runs.find_one({"_id": user_id})
+        return str(current["run_id"]) if current else run_id
+
+    async def active_run(self, user_id: str, now: datetime) -> str | None:
+        doc = await self.active_runs.find_one({"_id": user_id, "expires_at": {"$gte": now}})
+        return str(doc["run_id"]) if doc else None
+
+    async def extend_run(self, user_id: str, run_id: str, until: datetime) -> None:
+        await self.active_runs.update_one({"_id": user_id, "run_id": run_id}, {"$set": {"expires_at": until}})
+
+    async def release_run(self, user_id: str, run_id: str) -> None:
+        await self.active_runs.delete_one({"_id": user_id, "run_id": run_id})
+
+    # entitlements projection ----------------------------------------------------------------------
+    async def projected_rights(self, user_id: str) -> Doc | None:
+        return await self.projection.find_one({"_id": user_id})
+
+    async def project_rights(self, user_id: str, rights: Doc) -> bool:
+        """Stores rights unless a newer version is already there; True when stored."""
+        version = int(rights["version"])
+        with contextlib.suppress(DuplicateKeyError):
+            await self.projection.insert_one({"_id": user_id, **rights})
+            return True
+        result = await self.projection.update_one(
+            {"_id": user_id, "version": {"$lt": version}}, {"$set": rights}
+        )
+        return result.modified_count == 1
+
+    # nightly --------------------------------------------------------------------------------------
+    async def claim_nightly(self, run_key: str, now: datetime) -> bool:
+        try:
+            await self.nightly_runs.insert_one({"_id": run_key, "started_at": now})
+        except DuplicateKeyError:
+            return False
+        return True
