@@ -39,6 +39,7 @@ class ConnectorSettings(ServiceSettings):
     nightly_enabled: bool = True
     sync_cursor_overlap_s: int = 1800
     sync_workers_group: str = "connector-sync"
+    entitlements_group: str = "connector-entitlements"
 
 
 async def wire(runtime: Runtime) -> None:
@@ -89,7 +90,7 @@ async def wire(runtime: Runtime) -> None:
     ).subscribe(settings.sync_workers_group, max_records=10)
     TopicConsumer(
         runtime.broker, SERVICE, ENTITLEMENTS, {"entitlement.changed": EntitlementChanged}, on_entitlements
-    ).subscribe("connector-entitlements")
+    ).subscribe(settings.entitlements_group)
 
 
 async def close(runtime: Runtime) -> None:

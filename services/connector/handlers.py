@@ -222,11 +222,6 @@ class ConnectorHandlers:
                 404, "unknown_connection", f"The aggregator has no connection {connection_id} for this user."
             )
         doc = await self._store_connection(user_id, found, correlation_id, announce=known is None)
-        answer = await self.gate.check(user_id)
-        if answer.allowed and doc.get("state") is None:
-            await self.request_sync(
-                user_id, "activation", correlation_id, connection_id=connection_id, gate=False
-            )
         return connection_view(doc)
 
     async def _store_connection(
@@ -297,6 +292,7 @@ class ConnectorHandlers:
             raise Problem(422, "unknown_account", f"Not accounts of this connection: {', '.join(unknown)}.")
         token = await self._token(user_id)
         wanted = set(selected)
+        newly_selected: list[str] = []
         for account in doc["accounts"]:
             enable = account["aggregator_account_id"] in wanted
             if account["selected"] != enable:
@@ -304,6 +300,8 @@ class ConnectorHandlers:
                     self.powens.set_account_enabled(token, account["aggregator_account_id"], enable)
                 )
                 account["selected"] = enable
+                if enable:
+                    newly_selected.append(account["aggregator_account_id"])
         await self.repository.set_connection_fields(connection_id, {"accounts": doc["accounts"]})
         await self._publish(
             CONNECTIONS,
@@ -315,6 +313,15 @@ class ConnectorHandlers:
                 correlation_id,
             ),
         )
+        if newly_selected and doc.get("state") is None and not doc.get("paused"):
+            # the first sync of a newly chosen account starts at once (about a year of history)
+            await self.request_sync(
+                user_id,
+                "activation",
+                correlation_id,
+                aggregator_account_ids=newly_selected,
+                connection_id=connection_id,
+            )
         return connection_view(doc)
 
     async def delete_connection(self, user_id: str, connection_id: str, correlation_id: str) -> None:
@@ -393,6 +400,7 @@ class ConnectorHandlers:
         if holder != request.sync_run_id:
             log.info("sync_joined", user_id=user_id, sync_run_id=holder, reason=request.reason)
             return
+        log.info("sync_run_started", user_id=user_id, sync_run_id=request.sync_run_id, reason=request.reason)
         try:
             await self._run(request, correlation_id)
         finally:

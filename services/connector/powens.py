@@ -89,10 +89,14 @@ class PowensClient:
         return list(body.get("connectors", []))
 
     async def connections(self, token: str) -> list[dict[str, Any]]:
+        """Connections with ALL their accounts (`all_accounts`): new ones are disabled until chosen."""
         body = await self._request(
-            "GET", "/2.0/users/me/connections", token=token, params={"expand": "accounts"}
+            "GET", "/2.0/users/me/connections", token=token, params={"expand": "all_accounts"}
         )
-        return list(body.get("connections", []))
+        connections = list(body.get("connections", []))
+        for connection in connections:
+            connection["accounts"] = connection.get("all_accounts", connection.get("accounts", []))
+        return connections
 
     async def sync_connection(self, token: str, connection_id: str) -> dict[str, Any]:
         """Asks the aggregator to refresh a connection; its state says whether the bank let it."""

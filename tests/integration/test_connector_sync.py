@@ -1,0 +1,236 @@
+"""Connector over real HTTP (sandbox) and real Kafka: link, select, sync, change detection, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from services.connector.security import TokenCipher
+from shared.mongo import make_client
+from shared.settings import DEV_TOKEN_KEY
+from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
+from tests.kafka_helpers import events_where
+from tests.stack import WEBHOOK_SECRET, Stack, connector_stack, new_user
+
+pytestmark = pytest.mark.engines
+
+
+@pytest.fixture(scope="module")
+def stack(engines, log_dir) -> Iterator[Stack]:
+    with connector_stack(engines, log_dir, "connsync") as running:
+        yield running
+
+
+async def raw_lines(stack: Stack, user: str) -> dict[str, list[dict]]:
+    """Aggregator lines published for `user`, per `<user>:<account>` key, in order."""
+    found = await events_where(
+        stack.engines.kafka_bootstrap, TRANSACTIONS_RAW, lambda key, event: event.userid == user
+    )
+    by_key: dict[str, list[dict]] = {}
+    for key, event in found:
+        by_key.setdefault(key, []).append({**event.data["transaction"], "_event_id": event.id})
+    return by_key
+
+
+def sandbox_truth(stack: Stack, account_id: str) -> list[dict]:
+    with stack.sandbox() as sandbox:
+        answer = sandbox.get(f"/sandbox/accounts/{account_id}/transactions/all")
+        answer.raise_for_status()
+        body = answer.json()
+        return body["transactions"] if isinstance(body, dict) else body
+
+
+@pytest.fixture
+def linked_user(stack) -> tuple[str, dict, list[str]]:
+    user = new_user()
+    stack.entitle(user)
+    connection = stack.link_bank(user)
+    accounts = stack.select_all(user, connection)
+    return user, connection, accounts
+
+
+async def test_first_sync_publishes_exactly_the_sandbox_lines_then_only_changes(stack, linked_user):
+    user, _connection, accounts = linked_user
+    assert len(accounts) >= 3
+    run = stack.sync(user)
+    status = stack.wait_run(user, run)
+    assert {s["state"] for s in status} == {"ok"}
+
+    published = await raw_lines(stack, user)
+    assert set(published) == {f"{user}:{a}" for a in accounts}
+    for account in accounts:
+        truth = sandbox_truth(stack, account)
+        live = [t for t in truth if not t.get("deleted")]
+        lines = published[f"{user}:{account}"]
+        assert sorted(str(t["id"]) for t in lines) == sorted(str(t["id"]) for t in live)
+        assert len({t["_event_id"] for t in lines}) == len(lines)
+    counts = {s["aggregator_account_id"]: s["last_run"]["transactions"] for s in status}
+    assert sum(counts.values()) == sum(len(v) for v in published.values())
+
+    # nothing changed at the bank: the next sync publishes nothing
+    second = stack.sync(user)
+    assert second != run
+    again = stack.wait_run(user, second)
+    assert all(s["last_run"]["transactions"] == 0 for s in again)
+    assert await raw_lines(stack, user) == published
+
+    # the bank adds a line and books a pending one (in place and with a new id): only those arrive
+    checking = accounts[0]
+    with stack.sandbox() as sandbox:
+        added = sandbox.post(
+            f"/sandbox/accounts/{checking}/transactions",
+            json=[
+                {
+                    "date": "2026-11-20",
+                    "value": -23.45,
+                    "original_wording": "CB BOULANGERIE DU COIN 20/11",
+                    "coming": True,
+                }
+            ],
+        )
+        added.raise_for_status()
+        new_id = str(added.json()["ids"][0])
+        booked = sandbox.post(f"/sandbox/transactions/{new_id}/book", json={"new_id": False})
+        booked.raise_for_status()
+    third = stack.sync(user)
+    after = {s["aggregator_account_id"]: s for s in stack.wait_run(user, third)}
+    assert after[checking]["last_run"]["transactions"] >= 1
+    now_published = await raw_lines(stack, user)
+    newer = now_published[f"{user}:{checking}"][len(published[f"{user}:{checking}"]) :]
+    assert [str(t["id"]) for t in newer] == [new_id]
+    assert newer[-1]["coming"] is False
+
+
+async def test_sync_status_events_and_keys(stack, linked_user):
+    user, _, accounts = linked_user
+    run = stack.sync(user)
+    stack.wait_run(user, run)
+    status_events = await events_where(
+        stack.engines.kafka_bootstrap, SYNC_STATUS, lambda key, event: event.userid == user
+    )
+    names = Counter(event.name for _, event in status_events)
+    assert names["sync.started"] == len(accounts)
+    assert names["sync.succeeded"] == len(accounts)
+    assert all(key == f"{user}:{event.data['aggregator_account_id']}" for key, event in status_events)
+    assert all(event.correlationid for _, event in status_events)
+
+
+@pytest.mark.parametrize(
+    ("bank_state", "expected"),
+    [("wrongpass", "action_needed"), ("SCARequired", "action_needed"), ("websiteUnavailable", "error")],
+)
+async def test_failure_states_keep_the_cursor(stack, linked_user, bank_state, expected):
+    user, connection, _ = linked_user
+    first = stack.sync(user)
+    stack.wait_run(user, first)
+    before = await raw_lines(stack, user)
+    with stack.sandbox() as sandbox:
+        sandbox.post(
+            f"/sandbox/connections/{connection['connection_id']}/state", json={"state": bank_state}
+        ).raise_for_status()
+    failed = stack.sync(user)
+    status = stack.wait_run(user, failed, timeout=60)
+    assert {s["state"] for s in status} == {expected}
+    assert all(s["error"]["code"] == bank_state and s["error"]["message"] for s in status)
+    # the user acts; the next sync succeeds and still finds what changed since the last GOOD sync
+    checking = connection["accounts"][0]["aggregator_account_id"]
+    with stack.sandbox() as sandbox:
+        sandbox.post(
+            f"/sandbox/connections/{connection['connection_id']}/state", json={"state": None}
+        ).raise_for_status()
+        sandbox.post(
+            f"/sandbox/accounts/{checking}/transactions",
+            json=[
+                {
+                    "date": "2026-11-21",
+                    "value": 1200.0,
+                    "original_wording": "VIR SEPA RECU /DE ACME /MOTIF SALAIRE",
+                    "coming": False,
+                }
+            ],
+        ).raise_for_status()
+    recovered = stack.sync(user)
+    assert {s["state"] for s in stack.wait_run(user, recovered)} == {"ok"}
+    after = await raw_lines(stack, user)
+    assert len(after[f"{user}:{checking}"]) == len(before[f"{user}:{checking}"]) + 1
+
+
+async def test_5xx_and_latency_are_retried_and_the_sync_completes(stack, linked_user):
+    user, _, _ = linked_user
+    with stack.sandbox() as sandbox:
+        sandbox.post(
+            "/sandbox/faults", json={"error_rate": 0.3, "latency_ms": 50, "rate_limit": False}
+        ).raise_for_status()
+    try:
+        run = stack.sync(user)
+        status = stack.wait_run(user, run, timeout=120)
+    finally:
+        with stack.sandbox() as sandbox:
+            sandbox.post(
+                "/sandbox/faults", json={"error_rate": 0.0, "latency_ms": 0, "rate_limit": False}
+            ).raise_for_status()
+    assert {s["state"] for s in status} == {"ok"}
+    published = await raw_lines(stack, user)
+    for key, lines in published.items():
+        truth = [t for t in sandbox_truth(stack, key.split(":")[1]) if not t.get("deleted")]
+        assert len(lines) == len(truth)
+
+
+async def test_two_concurrent_requests_make_one_run(stack, linked_user):
+    user, _, accounts = linked_user
+    token_client = stack.client("connector", user)
+    async with httpx.AsyncClient(base_url=token_client.base_url, headers=dict(token_client.headers)) as api:
+        answers = await asyncio.gather(*(api.post(f"/v1/users/{user}/sync") for _ in range(2)))
+    token_client.close()
+    runs = {a.json()["sync_run_id"] for a in answers}
+    assert all(a.status_code == 202 for a in answers)
+    assert len(runs) == 1
+    stack.wait_run(user, runs.pop())
+    started = await events_where(
+        stack.engines.kafka_bootstrap,
+        SYNC_STATUS,
+        lambda key, event: event.userid == user and event.name == "sync.started",
+    )
+    assert len(started) == len(accounts)
+
+
+def test_webhook_goes_through_the_same_path(stack, linked_user):
+    user, connection, _ = linked_user
+    body = {"user": {"id": 1}, "connection": {"id": int(connection["connection_id"]), "accounts": []}}
+    url = f"{stack.url('connector')}/v1/webhooks/aggregator"
+    assert httpx.post(url, json=body).status_code == 401
+    assert httpx.post(url, json=body, headers={"X-Webhook-Secret": "wrong"}).status_code == 401
+    accepted = httpx.post(url, json=body, headers={"X-Webhook-Secret": WEBHOOK_SECRET})
+    assert accepted.status_code == 200
+    run = accepted.json()["sync_run_id"]
+    assert {s["state"] for s in stack.wait_run(user, run)} == {"ok"}
+
+
+async def test_tokens_never_leave_the_connector(stack, linked_user):
+    user, _, _ = linked_user
+    run = stack.sync(user)
+    stack.wait_run(user, run)
+    client = make_client(stack.engines.mongodb_url)
+    try:
+        stored = await client[f"{stack.database}_conn"]["aggregator_users"].find_one({"_id": user})
+    finally:
+        await client.close()
+    assert stored is not None
+    token = TokenCipher(DEV_TOKEN_KEY).decrypt(stored["token_enc"], user)
+    assert token not in stored["token_enc"]
+    with stack.client("connector", user) as api:
+        answers = (
+            api.get(f"/v1/users/{user}/connections").text + api.get(f"/v1/users/{user}/sync/status").text
+        )
+    logs = stack.processes["connector"].log_path.read_text()
+    events = ""
+    for topic in (TRANSACTIONS_RAW, SYNC_STATUS, CONNECTIONS, SYNC_REQUESTS):
+        found = await events_where(stack.engines.kafka_bootstrap, topic, lambda k, e: e.userid == user)
+        events += "".join(event.model_dump_json() for _, event in found)
+    for place in (answers, logs, events):
+        assert token not in place
+        assert "secret-pw" not in place
