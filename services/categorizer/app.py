@@ -1,18 +1,65 @@
-"""Wiring of the categorizer service: settings, routes and event subscribers on the shared runtime."""
+"""Wiring of the categorizer service: repositories, handlers, the operations consumer, the API and
+the background re-examination of past operations after rule changes."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from shared.service import create_service_app
+from services.categorizer.adapters import OperationsRepository, RuleSetRepository
+from services.categorizer.api import router
+from services.categorizer.builtin import builtin_dictionary, places
+from services.categorizer.handlers import CategorizerHandlers
+from shared.consumer import TopicConsumer
+from shared.schemas import OperationEvent, Payload
+from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
+from shared.topics import OPERATIONS
 
 SERVICE = "categorizer"
+CONSUMER_GROUP = "categorizer"
+
+
+class AccountEventData(Payload):
+    """`account.*` on banksync.operations.v1: only the user and account matter here (else the key)."""
+
+    user_id: str | None = None
+    account_id: str | None = None
+
+
+OPERATION_MODELS: dict[str, type[Payload]] = {
+    "operation.imported": OperationEvent,
+    "operation.updated": OperationEvent,
+    "operation.reconciled": OperationEvent,
+    "operation.deleted": OperationEvent,
+    "account.deleted": AccountEventData,
+}
+
+
+async def wire(runtime: Runtime) -> None:
+    rulesets = RuleSetRepository(runtime.db)
+    operations = OperationsRepository(runtime.db)
+    await rulesets.create_indexes()
+    await operations.create_indexes()
+    handlers = CategorizerHandlers(
+        rulesets, operations, runtime.publisher, dictionary=builtin_dictionary(), places=places()
+    )
+    runtime.extras["handlers"] = handlers
+    TopicConsumer(
+        runtime.broker, SERVICE, OPERATIONS, dict(OPERATION_MODELS), handlers.on_operations
+    ).subscribe(CONSUMER_GROUP)
+
+
+async def reexaminer(runtime: Runtime) -> None:
+    handlers: CategorizerHandlers = runtime.extras["handlers"]
+    await handlers.run_reexaminer()
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return create_service_app(
         SERVICE,
         settings or ServiceSettings(),
-        description="Payees, keywords and categories.",
+        routers=[router],
+        on_startup=[wire],
+        background=[reexaminer],
+        description="Payees, keywords and categories: recognises operations, past ones included.",
     )

@@ -63,6 +63,16 @@ class SyncGate:
         if projected is None:
             projected = await self._ask(user_id)
             await self.repository.project_rights(user_id, projected)
+        elif not projected["allowed"]:
+            # A "no" may be seconds old (the user just subscribed; the event is on its way): confirm it.
+            # A "yes" is trusted: a cancellation reaches the projection by event and pauses the user.
+            try:
+                fresh = await self._ask(user_id)
+            except EntitlementsUnavailable:
+                fresh = projected
+            if int(fresh["version"]) > int(projected["version"]):
+                await self.repository.project_rights(user_id, fresh)
+                projected = fresh
         return GateAnswer(
             allowed=bool(projected["allowed"]),
             code=str(projected.get("code") or ""),

@@ -634,9 +634,11 @@ class ConnectorHandlers:
 
     # --- entitlements ------------------------------------------------------------------------
     async def on_entitlement_changed(self, change: EntitlementChanged, correlation_id: str) -> None:
-        stored = await self.repository.project_rights(change.user_id, rights_document(change.model_dump()))
-        if stored:
-            await self._pause(change.user_id, not change.auto_sync_allowed, correlation_id)
+        await self.repository.project_rights(change.user_id, rights_document(change.model_dump()))
+        # act on the newest rights held, whichever path (this event, an HTTP check) brought them
+        current = await self.repository.projected_rights(change.user_id)
+        if current is not None:
+            await self._pause(change.user_id, not current["allowed"], correlation_id)
 
     async def _pause(self, user_id: str, paused: bool, correlation_id: str) -> None:
         """Paused connections fetch nothing; what was imported stays. Resuming needs no new bank setup."""

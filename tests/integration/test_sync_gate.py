@@ -1,0 +1,191 @@
+"""The sync gate on the real stack: entitlements decide who may sync, everywhere a sync can start."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from shared.devstack import ServiceProcess, free_port
+from shared.mongo import make_client
+from shared.topics import SYNC_REQUESTS, TRANSACTIONS_RAW
+from tests.kafka_helpers import events_where
+from tests.stack import Stack, connector_stack, new_user
+
+pytestmark = pytest.mark.engines
+
+
+@pytest.fixture(scope="module")
+def stack(engines, log_dir) -> Iterator[Stack]:
+    with connector_stack(engines, log_dir, "gate") as running:
+        yield running
+
+
+def wait_for(check, timeout: float = 30, every: float = 0.3):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise TimeoutError(f"condition not met, last value: {last!r}")
+
+
+def test_standard_user_refused_then_subscribes_cancels_and_comes_back(stack):
+    user = new_user("std")
+    with stack.client("connector", user) as api:
+        refused = api.post(f"/v1/users/{user}/sync/activate")
+        assert refused.status_code == 403
+        problem = refused.json()
+        assert problem["code"] == "not_entitled"
+        assert "Auto-Import" in problem["detail"]
+        assert problem["reason"] == "auto_import_required"
+        assert api.post(f"/v1/users/{user}/sync").status_code == 403
+
+    stack.entitle(user)  # subscribes to Auto-Import
+    connection = stack.link_bank(user)
+    stack.select_all(user, connection)
+    run = stack.sync(user)
+    assert {s["state"] for s in stack.wait_run(user, run)} == {"ok"}
+    imported = len(
+        asyncio_run(
+            events_where(stack.engines.kafka_bootstrap, TRANSACTIONS_RAW, lambda k, e: e.userid == user)
+        )
+    )
+    assert imported > 1000
+
+    with stack.client("entitlements", user) as ent:
+        ent.delete(f"/v1/users/{user}/options/auto_import").raise_for_status()
+    paused = wait_for(lambda: (s := stack.status(user)) and all(x["state"] == "paused" for x in s) and s)
+    assert paused
+    with stack.client("connector", user) as api:
+        assert api.get(f"/v1/users/{user}/connections").json()[0]["state"] == "paused"
+        assert api.post(f"/v1/users/{user}/sync").status_code == 403
+
+    requests_before = count_requests(stack, user)
+    with stack.client("connector", "ops-bot", scopes="ops") as ops:
+        report = ops.post("/v1/ops/nightly-run").json()
+    assert report["skipped"] >= 1
+    assert count_requests(stack, user) == requests_before  # the nightly run skipped them
+    # nothing already imported is lost, and the bank link is kept
+    after = asyncio_run(
+        events_where(stack.engines.kafka_bootstrap, TRANSACTIONS_RAW, lambda k, e: e.userid == user)
+    )
+    assert len(after) == imported
+    with stack.client("connector", user) as api:
+        assert len(api.get(f"/v1/users/{user}/connections").json()) == 1
+
+    # subscribing again resumes, without a new bank setup
+    stack.entitle(user)
+    wait_for(lambda: (s := stack.status(user)) and all(x["state"] != "paused" for x in s))
+    resumed = stack.sync(user)
+    assert {s["state"] for s in stack.wait_run(user, resumed)} == {"ok"}
+
+
+def test_premium_is_allowed_without_the_option(stack):
+    user = new_user("prem")
+    stack.entitle(user, plan="premium", auto_import=False)
+    with stack.client("connector", user) as api:
+        answer = api.post(f"/v1/users/{user}/sync/activate")
+    assert answer.status_code == 200
+    assert answer.json()["connect_url"].startswith(stack.url("sandbox"))
+
+
+def test_cross_user_token_is_refused(stack):
+    owner, intruder = new_user("own"), new_user("bad")
+    stack.entitle(owner)
+    with stack.client("connector", intruder) as api:
+        for method, path in [
+            ("POST", f"/v1/users/{owner}/sync/activate"),
+            ("POST", f"/v1/users/{owner}/sync"),
+            ("GET", f"/v1/users/{owner}/connections"),
+            ("GET", f"/v1/users/{owner}/sync/status"),
+        ]:
+            assert api.request(method, path).status_code == 403
+        assert api.post("/v1/ops/nightly-run").status_code == 403
+
+
+def test_entitlements_down_fails_closed_for_unknown_users(stack):
+    known = new_user("known")
+    stack.entitle(known)
+    with stack.client("connector", known) as api:
+        assert api.post(f"/v1/users/{known}/sync/activate").status_code == 200  # answer now projected
+    stack.stop("entitlements")
+    try:
+        stranger = new_user("stranger")
+        with stack.client("connector", stranger) as api:
+            refused = api.post(f"/v1/users/{stranger}/sync/activate")
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "entitlements_unavailable"
+        # a user whose rights the connector already holds is still served
+        with stack.client("connector", known) as api:
+            assert api.post(f"/v1/users/{known}/sync/activate").status_code == 200
+    finally:
+        stack.processes["entitlements"].start()
+
+
+async def test_replaying_the_entitlements_topic_rebuilds_the_same_projection(stack, engines, log_dir):
+    users = [new_user("replay") for _ in range(3)]
+    stack.entitle(users[0])
+    stack.entitle(users[1], plan="premium", auto_import=False)
+    stack.entitle(users[2])
+    with stack.client("entitlements", users[2]) as ent:
+        ent.delete(f"/v1/users/{users[2]}/options/auto_import").raise_for_status()
+    client = make_client(engines.mongodb_url)
+    try:
+        original = client[f"{stack.database}_conn"]["entitlement_projection"]
+
+        async def projected(collection) -> dict:
+            docs = await collection.find({"_id": {"$in": users}}).to_list()
+            return {d["_id"]: (d["allowed"], d["code"], d["version"]) for d in docs}
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(await projected(original)) < 3:
+            await asyncio.sleep(0.3)
+        expected = await projected(original)
+        assert expected[users[0]][0] is True
+        assert expected[users[1]][0] is True
+        assert expected[users[2]] == (False, "auto_import_required", 2)
+
+        port = free_port()
+        rebuilt_db = f"{stack.database}_rebuilt"
+        fresh = ServiceProcess(
+            "services.connector",
+            port,
+            engines.service_env(
+                MONGODB_DATABASE=rebuilt_db,
+                ENTITLEMENTS_GROUP=f"rebuild-{port}",
+                SYNC_WORKERS_GROUP=f"rebuild-sync-{port}",
+                ENTITLEMENTS_URL="http://127.0.0.1:9",
+                NIGHTLY_ENABLED="false",
+            ),
+            log_dir / f"connector-rebuild-{port}.log",
+        ).start()
+        try:
+            rebuilt = client[rebuilt_db]["entitlement_projection"]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and await projected(rebuilt) != expected:
+                await asyncio.sleep(0.5)
+            assert await projected(rebuilt) == expected
+        finally:
+            fresh.stop()
+    finally:
+        await client.close()
+
+
+def count_requests(stack: Stack, user: str) -> int:
+    found = asyncio_run(
+        events_where(stack.engines.kafka_bootstrap, SYNC_REQUESTS, lambda k, e: e.userid == user)
+    )
+    return len(found)
+
+
+def asyncio_run(coro):
+    import concurrent.futures
+
+    # sync tests run inside pytest-asyncio's loop-less context; a worker thread gives a fresh loop
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
