@@ -1,0 +1,1 @@
+"""Operations tools: the `banksync` command and the live dashboard."""
