@@ -6,6 +6,7 @@
 source "$(dirname "$0")/lib.sh"
 
 SERVICES=(entitlements:8001 connector:8002 importer:8003 categorizer:8004)
+SANDBOX_PORT="${AGGREGATOR_SANDBOX_PORT:-8010}"
 LOG_DIR="$RUN_DIR/logs"
 
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$KAFKA_PORT}"
@@ -16,15 +17,18 @@ export CONNECTOR_URL="${CONNECTOR_URL:-http://127.0.0.1:8002}"
 export IMPORTER_URL="${IMPORTER_URL:-http://127.0.0.1:8003}"
 export CATEGORIZER_URL="${CATEGORIZER_URL:-http://127.0.0.1:8004}"
 export KAFKA_TOPIC_PARTITIONS
+# the sandbox sends CONNECTION_SYNCED webhooks to the connector with this shared secret
+export AGGREGATOR_WEBHOOK_SECRET="${AGGREGATOR_WEBHOOK_SECRET:-dev-only-webhook-secret}"
+export SANDBOX_WEBHOOK_SECRET="${SANDBOX_WEBHOOK_SECRET:-$AGGREGATOR_WEBHOOK_SECRET}"
 
-service_up() {  # service_up NAME PORT
-  local name="$1" port="$2" pidfile="$RUN_DIR/$1.pid"
+service_up() {  # service_up NAME PORT [MODULE]
+  local name="$1" port="$2" module="${3:-services.$1}" pidfile="$RUN_DIR/$1.pid"
   if pid_alive "$pidfile"; then
     say "$name already running (pid $(cat "$pidfile"))"
     return 0
   fi
   port_in_use "$port" && { say "ERROR: port $port ($name) is taken by another process"; exit 1; }
-  (cd "$ROOT" && exec "$PYTHON" -m "services.$name" --port "$port") >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  (cd "$ROOT" && exec "$PYTHON" -m "$module" --port "$port") >"$LOG_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
 }
 
@@ -46,7 +50,9 @@ up() {
   "$ROOT/deploy/local/kafka.sh" start
   "$ROOT/deploy/local/ferretdb.sh" start
   "$PYTHON" "$ROOT/deploy/local/probe.py" topics "$KAFKA_BOOTSTRAP_SERVERS" --partitions "$KAFKA_TOPIC_PARTITIONS"
+  service_up sandbox "$SANDBOX_PORT" sandbox
   for entry in "${SERVICES[@]}"; do service_up "${entry%%:*}" "${entry##*:}"; done
+  wait_ready sandbox "$SANDBOX_PORT"
   for entry in "${SERVICES[@]}"; do wait_ready "${entry%%:*}" "${entry##*:}"; done
   say "stack is up; logs in $LOG_DIR"
   print_addresses
@@ -55,6 +61,7 @@ up() {
 print_addresses() {
   cat <<TXT
   Kafka         $KAFKA_BOOTSTRAP_SERVERS
+  aggregator    http://127.0.0.1:$SANDBOX_PORT   (Powens-compatible sandbox)
   MongoDB wire  $MONGODB_URL   (FerretDB)
   entitlements  http://127.0.0.1:8001   (docs: /docs)
   connector     http://127.0.0.1:8002
@@ -65,6 +72,7 @@ TXT
 
 down() {
   for entry in "${SERVICES[@]}"; do stop_pidfile "$RUN_DIR/${entry%%:*}.pid" "${entry%%:*}"; done
+  stop_pidfile "$RUN_DIR/sandbox.pid" "sandbox"
   "$ROOT/deploy/local/ferretdb.sh" stop
   "$ROOT/deploy/local/kafka.sh" stop
 }
@@ -73,7 +81,7 @@ status() {
   local rc=0
   "$ROOT/deploy/local/kafka.sh" status || rc=3
   "$ROOT/deploy/local/ferretdb.sh" status || rc=3
-  for entry in "${SERVICES[@]}"; do
+  for entry in "sandbox:$SANDBOX_PORT" "${SERVICES[@]}"; do
     local name="${entry%%:*}" port="${entry##*:}"
     if pid_alive "$RUN_DIR/$name.pid"; then
       local ready

@@ -103,7 +103,7 @@ def test_token_cipher_is_authenticated_and_bound_to_the_user():
     with pytest.raises(ValueError, match="does not decrypt"):
         cipher.decrypt(sealed, "mallory")
     tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="decrypt"):
         cipher.decrypt(tampered, "alice")
     with pytest.raises(ValueError, match="32 bytes"):
         TokenCipher("c2hvcnQ=")
