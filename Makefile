@@ -25,7 +25,7 @@ status:
 	@deploy/local/stack.sh status
 
 demo: up
-	@$(PY) -m shared.demo
+	@$(PY) deploy/local/demo.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

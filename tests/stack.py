@@ -156,9 +156,14 @@ def new_user(prefix: str = "user") -> str:
 def connector_stack(engines: Engines, log_dir: Path, database: str, **connector_env: str) -> Iterator[Stack]:
     stack = Stack(engines, log_dir, database)
     try:
-        sandbox = stack.start("sandbox", "sandbox")
-        stack.start("entitlements", "services.entitlements", MONGODB_DATABASE=f"{database}_ent")
         connector_port = free_port()
+        sandbox = stack.start(
+            "sandbox",
+            "sandbox",
+            SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{connector_port}/v1/webhooks/aggregator",
+            SANDBOX_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        )
+        stack.start("entitlements", "services.entitlements", MONGODB_DATABASE=f"{database}_ent")
         stack.start(
             "connector",
             "services.connector",

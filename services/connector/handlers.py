@@ -24,7 +24,7 @@ from services.connector.domain import (
 )
 from services.connector.gate import EntitlementsUnavailable, GateAnswer, SyncGate, rights_document
 from services.connector.powens import AggregatorError, PowensClient
-from services.connector.repository import ConnectorRepository
+from services.connector.repository import ConnectorRepository, connection_key
 from services.connector.security import InvalidState, StateSigner, TokenCipher
 from shared.events import CloudEvent, account_key, deterministic_event_id
 from shared.kafka import EventPublisher
@@ -88,7 +88,7 @@ def account_view(account: dict[str, Any]) -> dict[str, Any]:
 
 def connection_view(doc: dict[str, Any]) -> dict[str, Any]:
     return {
-        "connection_id": doc["_id"],
+        "connection_id": doc["connection_id"],
         "bank": doc["bank"],
         "state": "paused" if doc.get("paused") else doc.get("state"),
         "error": doc.get("error"),
@@ -166,8 +166,8 @@ class ConnectorHandlers:
         return {"id": connector_id, "name": self._bank_names.get(connector_id, f"Banque {connector_id}")}
 
     async def _owned_connection(self, user_id: str, connection_id: str) -> dict[str, Any]:
-        doc = await self.repository.connection(connection_id)
-        if doc is None or doc["user_id"] != user_id or doc.get("removed"):
+        doc = await self.repository.connection(user_id, connection_id)
+        if doc is None or doc.get("removed"):
             raise Problem(404, "unknown_connection", f"No bank connection {connection_id} for this user.")
         return doc
 
@@ -209,7 +209,7 @@ class ConnectorHandlers:
             raise Problem(400, "invalid_state", str(exc)) from None
         user_id = activation.user_id
         first_use = await self.repository.use_activation(activation.nonce, user_id, self.clock())
-        known = await self.repository.connection(connection_id)
+        known = await self.repository.connection(user_id, connection_id)
         if not first_use:
             if known is not None and known["user_id"] == user_id:
                 return connection_view(known)  # the browser came back twice: same answer
@@ -233,7 +233,8 @@ class ConnectorHandlers:
         failure = classify_connection_error(error) if error else None
         accounts = [account_view(a) for a in found.get("accounts", []) if not a.get("deleted")]
         doc = {
-            "_id": connection_id,
+            "_id": connection_key(user_id, connection_id),
+            "connection_id": connection_id,
             "user_id": user_id,
             "bank": bank,
             "state": failure.state.value if failure else None,
@@ -302,7 +303,7 @@ class ConnectorHandlers:
                 account["selected"] = enable
                 if enable:
                     newly_selected.append(account["aggregator_account_id"])
-        await self.repository.set_connection_fields(connection_id, {"accounts": doc["accounts"]})
+        await self.repository.set_connection_fields(doc["_id"], {"accounts": doc["accounts"]})
         await self._publish(
             CONNECTIONS,
             user_id,
@@ -325,16 +326,14 @@ class ConnectorHandlers:
         return connection_view(doc)
 
     async def delete_connection(self, user_id: str, connection_id: str, correlation_id: str) -> None:
-        await self._owned_connection(user_id, connection_id)
+        doc = await self._owned_connection(user_id, connection_id)
         token = await self._token(user_id)
         try:
             await self.powens.delete_connection(token, connection_id)
         except AggregatorError as exc:
             if exc.failure.retryable:
                 raise Problem(502, "aggregator_unavailable", exc.failure.message) from None
-        await self.repository.set_connection_fields(
-            connection_id, {"removed": True, "removed_at": self.clock()}
-        )
+        await self.repository.set_connection_fields(doc["_id"], {"removed": True, "removed_at": self.clock()})
         await self._publish(
             CONNECTIONS,
             user_id,
@@ -357,15 +356,23 @@ class ConnectorHandlers:
         connection_id: str | None = None,
         gate: bool = True,
     ) -> str:
-        """Publishes one `sync.requested`, or joins the user's run in progress; returns the run id."""
+        """Publishes one `sync.requested` for the connections it claims; when every target connection
+        already has a run in progress, joins that run instead. Returns the run id."""
         if gate:
             await self.require_entitled(user_id)
         now = self.clock()
         run_id = str(uuid.uuid4())
-        holder = await self.repository.claim_run(user_id, run_id, now, self.config.run_lease)
-        if holder != run_id:
-            log.info("sync_joined", user_id=user_id, sync_run_id=holder, reason=reason)
-            return holder
+        targets = [
+            c["_id"]
+            for c in await self.repository.user_connections(user_id)
+            if not c.get("paused") and (connection_id is None or c["connection_id"] == connection_id)
+        ]
+        holders = [
+            await self.repository.claim_run(target, run_id, now, self.config.run_lease) for target in targets
+        ]
+        if holders and run_id not in holders:
+            log.info("sync_joined", user_id=user_id, sync_run_id=holders[0], reason=reason)
+            return holders[0]
         request = SyncRequested(
             user_id=user_id,
             sync_run_id=run_id,
@@ -390,64 +397,85 @@ class ConnectorHandlers:
         except EntitlementsUnavailable as exc:
             # not a bad record: the consumer waits for entitlements to answer (fail closed meanwhile)
             raise ConnectionError(f"entitlements unavailable: {exc}") from exc
-        now = self.clock()
         if not answer.allowed:
             log.info("sync_skipped_not_entitled", user_id=user_id, reason=request.reason, code=answer.code)
-            await self.repository.release_run(user_id, request.sync_run_id)
+            for conn in await self.repository.user_connections(user_id):
+                await self.repository.release_run(conn["_id"], request.sync_run_id)
             await self._pause(user_id, True, correlation_id)
             return
-        holder = await self.repository.claim_run(user_id, request.sync_run_id, now, self.config.run_lease)
-        if holder != request.sync_run_id:
-            log.info("sync_joined", user_id=user_id, sync_run_id=holder, reason=request.reason)
-            return
         log.info("sync_run_started", user_id=user_id, sync_run_id=request.sync_run_id, reason=request.reason)
-        try:
-            await self._run(request, correlation_id)
-        finally:
-            await self.repository.release_run(user_id, request.sync_run_id)
+        await self._run(request, correlation_id)
 
     async def _run(self, request: SyncRequested, correlation_id: str) -> None:
         user_id = request.user_id
         for conn in await self.repository.user_connections(user_id):
-            if conn.get("paused") or (request.connection_id and conn["_id"] != request.connection_id):
-                continue
-            accounts = [
-                a
-                for a in conn["accounts"]
-                if a["selected"]
-                and (
-                    request.aggregator_account_ids is None
-                    or a["aggregator_account_id"] in request.aggregator_account_ids
-                )
-            ]
-            if not accounts:
-                continue
-            token = self.cipher.decrypt(
-                (await self.repository.aggregator_user(user_id) or {})["token_enc"], user_id
-            )
-            started = self.clock()
-            for account in accounts:
-                await self._status(user_id, conn, account, request, SyncState.SYNCING, started=started)
             try:
-                refreshed = await self.powens.sync_connection(token, conn["_id"])
-                error = refreshed.get("error") or refreshed.get("state")
-                if error:
-                    raise AggregatorError(classify_connection_error(str(error)))
-            except AggregatorError as exc:
-                await self.repository.set_connection_fields(
-                    conn["_id"],
-                    {
-                        "state": exc.failure.state.value,
-                        "error": {"code": exc.failure.code, "message": exc.failure.message},
-                    },
+                accounts = self._accounts_to_sync(conn, request)
+                if not accounts:
+                    continue
+                holder = await self.repository.claim_run(
+                    conn["_id"], request.sync_run_id, self.clock(), self.config.run_lease
                 )
-                for account in accounts:
-                    await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
-                continue
-            if conn.get("state") is not None:
-                await self.repository.set_connection_fields(conn["_id"], {"state": None, "error": None})
+                if holder != request.sync_run_id:
+                    log.info(
+                        "connection_sync_joined", connection_id=conn["connection_id"], sync_run_id=holder
+                    )
+                    continue
+                await self._sync_connection(request, conn, accounts, correlation_id)
+            finally:
+                # the request may have claimed this connection when it was made: always let it go
+                await self.repository.release_run(conn["_id"], request.sync_run_id)
+
+    @staticmethod
+    def _accounts_to_sync(conn: dict[str, Any], request: SyncRequested) -> list[dict[str, Any]]:
+        if conn.get("paused") or (request.connection_id and conn["connection_id"] != request.connection_id):
+            return []
+        wanted = request.aggregator_account_ids
+        return [
+            a
+            for a in conn["accounts"]
+            if a["selected"] and (wanted is None or a["aggregator_account_id"] in wanted)
+        ]
+
+    async def _sync_connection(
+        self,
+        request: SyncRequested,
+        conn: dict[str, Any],
+        accounts: list[dict[str, Any]],
+        correlation_id: str,
+    ) -> None:
+        user_id = request.user_id
+        token = self.cipher.decrypt(
+            (await self.repository.aggregator_user(user_id) or {})["token_enc"], user_id
+        )
+        started = self.clock()
+        for account in accounts:
+            await self._status(user_id, conn, account, request, SyncState.SYNCING, started=started)
+        try:
+            if request.reason == "webhook":
+                # the aggregator just synced this connection and told us: read, do not refresh again
+                # (a refresh would send another CONNECTION_SYNCED, and so on, forever)
+                refreshed = await self.powens.connection(token, conn["connection_id"])
+            else:
+                refreshed = await self.powens.sync_connection(token, conn["connection_id"])
+            error = refreshed.get("error") or refreshed.get("state")
+            if error:
+                raise AggregatorError(classify_connection_error(str(error)))
+        except AggregatorError as exc:
+            await self.repository.set_connection_fields(
+                conn["_id"],
+                {
+                    "state": exc.failure.state.value,
+                    "error": {"code": exc.failure.code, "message": exc.failure.message},
+                },
+            )
             for account in accounts:
-                await self._sync_account(user_id, conn, account, request, token, correlation_id)
+                await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
+            return
+        if conn.get("state") is not None:
+            await self.repository.set_connection_fields(conn["_id"], {"state": None, "error": None})
+        for account in accounts:
+            await self._sync_account(user_id, conn, account, request, token, correlation_id)
 
     async def _sync_account(
         self,
@@ -489,7 +517,7 @@ class ConnectorHandlers:
                             "transaction.observed",
                             {
                                 "user_id": user_id,
-                                "connection_id": conn["_id"],
+                                "connection_id": conn["connection_id"],
                                 "aggregator_account_id": account_id,
                                 "bank": conn["bank"],
                                 "sync_run_id": request.sync_run_id,
@@ -511,7 +539,7 @@ class ConnectorHandlers:
                 await self.repository.remember_fingerprints(key, {str(t["id"]): fp for t, fp in changes})
                 published += len(events)
                 await self.repository.extend_run(
-                    user_id, request.sync_run_id, self.clock() + self.config.run_lease
+                    conn["_id"], request.sync_run_id, self.clock() + self.config.run_lease
                 )
         except AggregatorError as exc:
             await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
@@ -521,7 +549,7 @@ class ConnectorHandlers:
             user_id,
             account_id,
             {
-                "connection_id": conn["_id"],
+                "connection_id": conn["connection_id"],
                 "cursor": started,
                 "state": SyncState.OK.value,
                 "last_success_at": finished,
@@ -557,7 +585,7 @@ class ConnectorHandlers:
     ) -> dict[str, Any]:
         return {
             "user_id": user_id,
-            "connection_id": conn["_id"],
+            "connection_id": conn["connection_id"],
             "aggregator_account_id": account_id,
             "sync_run_id": request.sync_run_id,
             "reason": request.reason,
@@ -577,7 +605,7 @@ class ConnectorHandlers:
             user_id,
             account["aggregator_account_id"],
             {
-                "connection_id": conn["_id"],
+                "connection_id": conn["connection_id"],
                 "state": state.value,
                 "current_run": request.sync_run_id,
                 "run_started_at": started,
@@ -601,7 +629,7 @@ class ConnectorHandlers:
             user_id,
             account_id,
             {
-                "connection_id": conn["_id"],
+                "connection_id": conn["connection_id"],
                 "state": failure.state.value,
                 "error": {"code": failure.code, "message": failure.message},
                 "last_run": {
@@ -691,7 +719,11 @@ class ConnectorHandlers:
         connection = body.get("connection") if isinstance(body.get("connection"), dict) else None
         if connection is None or "id" not in connection:
             raise Problem(422, "validation_error", "A CONNECTION_SYNCED webhook carries `connection.id`.")
-        doc = await self.repository.connection(str(connection["id"]))
+        owner = body.get("user")
+        aggregator_user: dict[str, Any] = owner if isinstance(owner, dict) else {}
+        doc = await self.repository.connection_for_webhook(
+            str(aggregator_user.get("id", "")), str(connection["id"])
+        )
         if doc is None or doc.get("removed"):
             log.info("webhook_unknown_connection", connection_id=str(connection["id"]))
             return {"status": "ignored"}
@@ -704,16 +736,16 @@ class ConnectorHandlers:
             log.info("webhook_skip_not_entitled", user_id=user_id, code=answer.code)
             return {"status": "skipped"}
         run_id = await self.request_sync(
-            user_id, "webhook", correlation_id, connection_id=doc["_id"], gate=False
+            user_id, "webhook", correlation_id, connection_id=doc["connection_id"], gate=False
         )
         return {"status": "accepted", "sync_run_id": run_id}
 
     # --- status ------------------------------------------------------------------------------
     async def sync_status(self, user_id: str) -> list[dict[str, Any]]:
         states = {s["aggregator_account_id"]: s for s in await self.repository.account_states(user_id)}
-        active = await self.repository.active_run(user_id, self.clock())
         out = []
         for conn in await self.repository.user_connections(user_id):
+            active = await self.repository.active_run(conn["_id"], self.clock())
             for account in conn["accounts"]:
                 if not account["selected"]:
                     continue

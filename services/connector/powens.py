@@ -98,6 +98,9 @@ class PowensClient:
             connection["accounts"] = connection.get("all_accounts", connection.get("accounts", []))
         return connections
 
+    async def connection(self, token: str, connection_id: str) -> dict[str, Any]:
+        return await self._request("GET", f"/2.0/users/me/connections/{connection_id}", token=token)
+
     async def sync_connection(self, token: str, connection_id: str) -> dict[str, Any]:
         """Asks the aggregator to refresh a connection; its state says whether the bank let it."""
         return await self._request("POST", f"/2.0/users/me/connections/{connection_id}", token=token)

@@ -5,7 +5,7 @@
 - connections: linked banks with their aggregator accounts and which ones sync
 - account_sync: per aggregator account, the cursor, the status and the last run
 - seen_transactions: the fingerprint last published for each aggregator line (change detection)
-- active_runs: at most one running sync per user (a second request joins it)
+- active_runs: at most one running sync per connection (a second request joins it)
 - entitlement_projection: the rights read from banksync.entitlements.v1 (or asked over HTTP)
 - nightly_runs: one nightly run per night across replicas
 """
@@ -22,6 +22,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 Doc = dict[str, Any]
+
+
+def connection_key(user_id: str, connection_id: str) -> str:
+    """Connections are keyed per user: aggregator ids are the aggregator's, not a global truth here."""
+    return f"{user_id}:{connection_id}"
 
 
 def account_sync_id(user_id: str, aggregator_account_id: str) -> str:
@@ -41,6 +46,7 @@ class ConnectorRepository:
 
     async def create_indexes(self) -> None:
         await self.connections.create_index([("user_id", ASCENDING)])
+        await self.users.create_index([("id_user", ASCENDING)])
         await self.account_sync.create_index([("user_id", ASCENDING)])
         await self.seen.create_index([("account", ASCENDING)])
 
@@ -74,8 +80,17 @@ class ConnectorRepository:
     async def upsert_connection(self, doc: Doc) -> None:
         await self.connections.update_one({"_id": doc["_id"]}, {"$set": doc}, upsert=True)
 
-    async def connection(self, connection_id: str) -> Doc | None:
-        return await self.connections.find_one({"_id": connection_id})
+    async def connection(self, user_id: str, connection_id: str) -> Doc | None:
+        return await self.connections.find_one({"_id": connection_key(user_id, connection_id)})
+
+    async def connection_for_webhook(self, aggregator_user_id: str, connection_id: str) -> Doc | None:
+        """A webhook names the aggregator's user and connection; find whose it is."""
+        owners = await self.users.find({"id_user": aggregator_user_id}).sort("created_at", -1).to_list()
+        for owner in owners:
+            found = await self.connection(owner["_id"], connection_id)
+            if found is not None:
+                return found
+        return None
 
     async def user_connections(self, user_id: str, *, include_removed: bool = False) -> list[Doc]:
         query: Doc = {"user_id": user_id}
@@ -93,7 +108,7 @@ class ConnectorRepository:
         ]
         if changed:
             await self.connections.update_many({"_id": {"$in": changed}}, {"$set": {"paused": paused}})
-        return changed
+        return [key.rsplit(":", 1)[1] for key in changed]
 
     async def users_with_connections(self) -> list[str]:
         users = await self.connections.distinct("user_id", {"removed": False})
@@ -130,30 +145,34 @@ class ConnectorRepository:
             ordered=False,
         )
 
-    # one sync at a time per user ------------------------------------------------------------------
-    async def claim_run(self, user_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
-        """Makes `run_id` the user's active run unless one is live; returns the run that holds it."""
+    # one sync at a time per connection -------------------------------------------------------------
+    async def claim_run(self, connection_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
+        """Makes `run_id` the connection's active run unless another is live; returns the holder."""
         doc = {"run_id": run_id, "claimed_at": now, "expires_at": now + lease}
         try:
-            await self.active_runs.insert_one({"_id": user_id, **doc})
+            await self.active_runs.insert_one({"_id": connection_id, **doc})
             return run_id
         except DuplicateKeyError:
             pass
-        taken = await self.active_runs.update_one({"_id": user_id, "expires_at": {"$lt": now}}, {"$set": doc})
+        taken = await self.active_runs.update_one(
+            {"_id": connection_id, "expires_at": {"$lt": now}}, {"$set": doc}
+        )
         if taken.modified_count == 1:
             return run_id
-        current = await self.active_runs.find_one({"_id": user_id})
+        current = await self.active_runs.find_one({"_id": connection_id})
         return str(current["run_id"]) if current else run_id
 
-    async def active_run(self, user_id: str, now: datetime) -> str | None:
-        doc = await self.active_runs.find_one({"_id": user_id, "expires_at": {"$gte": now}})
+    async def active_run(self, connection_id: str, now: datetime) -> str | None:
+        doc = await self.active_runs.find_one({"_id": connection_id, "expires_at": {"$gte": now}})
         return str(doc["run_id"]) if doc else None
 
-    async def extend_run(self, user_id: str, run_id: str, until: datetime) -> None:
-        await self.active_runs.update_one({"_id": user_id, "run_id": run_id}, {"$set": {"expires_at": until}})
+    async def extend_run(self, connection_id: str, run_id: str, until: datetime) -> None:
+        await self.active_runs.update_one(
+            {"_id": connection_id, "run_id": run_id}, {"$set": {"expires_at": until}}
+        )
 
-    async def release_run(self, user_id: str, run_id: str) -> None:
-        await self.active_runs.delete_one({"_id": user_id, "run_id": run_id})
+    async def release_run(self, connection_id: str, run_id: str) -> None:
+        await self.active_runs.delete_one({"_id": connection_id, "run_id": run_id})
 
     # entitlements projection ----------------------------------------------------------------------
     async def projected_rights(self, user_id: str) -> Doc | None:

@@ -14,7 +14,7 @@ from shared.mongo import make_client
 from shared.settings import DEV_TOKEN_KEY
 from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from tests.kafka_helpers import events_where
-from tests.stack import WEBHOOK_SECRET, Stack, connector_stack, new_user
+from tests.stack import Stack, connector_stack, new_user
 
 pytestmark = pytest.mark.engines
 
@@ -198,16 +198,50 @@ async def test_two_concurrent_requests_make_one_run(stack, linked_user):
     assert len(started) == len(accounts)
 
 
-def test_webhook_goes_through_the_same_path(stack, linked_user):
+async def test_webhook_goes_through_the_same_path(stack, linked_user):
     user, connection, _ = linked_user
-    body = {"user": {"id": 1}, "connection": {"id": int(connection["connection_id"]), "accounts": []}}
+    stack.wait_run(user, stack.sync(user))
     url = f"{stack.url('connector')}/v1/webhooks/aggregator"
+    body = {"user": {"id": 0}, "connection": {"id": int(connection["connection_id"])}}
     assert httpx.post(url, json=body).status_code == 401
     assert httpx.post(url, json=body, headers={"X-Webhook-Secret": "wrong"}).status_code == 401
-    accepted = httpx.post(url, json=body, headers={"X-Webhook-Secret": WEBHOOK_SECRET})
-    assert accepted.status_code == 200
-    run = accepted.json()["sync_run_id"]
-    assert {s["state"] for s in stack.wait_run(user, run)} == {"ok"}
+    # the aggregator syncs on its own schedule and tells us: the connector reads the new line
+    checking = connection["accounts"][0]["aggregator_account_id"]
+    before = len(await webhook_runs(stack, user))
+    with stack.sandbox() as sandbox:
+        sandbox.post(
+            f"/sandbox/accounts/{checking}/transactions",
+            json=[
+                {
+                    "date": "2026-11-22",
+                    "value": -9.99,
+                    "original_wording": "PRLV SEPA NETFLIX",
+                    "coming": False,
+                }
+            ],
+        ).raise_for_status()
+        sandbox.post(f"/sandbox/connections/{connection['connection_id']}/sync").raise_for_status()
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while (
+        len(runs := await webhook_runs(stack, user)) == before
+        and asyncio.get_running_loop().time() < deadline
+    ):
+        await asyncio.sleep(0.3)
+    assert len(runs) == before + 1
+    status = stack.wait_run(user, runs[-1][1].data["sync_run_id"])
+    assert {s["state"] for s in status} == {"ok"}
+    assert {s["aggregator_account_id"]: s["last_run"]["transactions"] for s in status}[checking] == 1
+    await asyncio.sleep(2)
+    assert len(await webhook_runs(stack, user)) == before + 1  # reading after a webhook loops no further
+
+
+async def webhook_runs(stack: Stack, user: str) -> list:
+    return await events_where(
+        stack.engines.kafka_bootstrap,
+        SYNC_REQUESTS,
+        lambda key, event: event.userid == user and event.data["reason"] == "webhook",
+    )
 
 
 async def test_tokens_never_leave_the_connector(stack, linked_user):
