@@ -536,7 +536,9 @@ class ConnectorHandlers:
                 ]
                 await self.publisher.publish_many(TRANSACTIONS_RAW, events)
                 EVENTS_PUBLISHED.labels(SERVICE, TRANSACTIONS_RAW).inc(len(events))
-                await self.repository.remember_fingerprints(key, {str(t["id"]): fp for t, fp in changes})
+                await self.repository.remember_fingerprints(
+                    key, {str(t["id"]): fp for t, fp in changes}, known=set(known)
+                )
                 published += len(events)
                 await self.repository.extend_run(
                     conn["_id"], request.sync_run_id, self.clock() + self.config.run_lease

@@ -19,7 +19,9 @@ from typing import Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from shared.mongo import is_duplicate_key_error
 
 Doc = dict[str, Any]
 
@@ -48,7 +50,6 @@ class ConnectorRepository:
         await self.connections.create_index([("user_id", ASCENDING)])
         await self.users.create_index([("id_user", ASCENDING)])
         await self.account_sync.create_index([("user_id", ASCENDING)])
-        await self.seen.create_index([("account", ASCENDING)])
 
     # aggregator users -------------------------------------------------------------------------
     async def aggregator_user(self, user_id: str) -> Doc | None:
@@ -134,16 +135,29 @@ class ConnectorRepository:
         found = await self.seen.find({"_id": {"$in": ids}}).to_list()
         return {doc["_id"].rsplit(":", 1)[1]: doc["fp"] for doc in found}
 
-    async def remember_fingerprints(self, account: str, prints: dict[str, str]) -> None:
-        if not prints:
-            return
-        await self.seen.bulk_write(
-            [
-                UpdateOne({"_id": f"{account}:{tid}"}, {"$set": {"account": account, "fp": fp}}, upsert=True)
-                for tid, fp in prints.items()
-            ],
-            ordered=False,
-        )
+    async def remember_fingerprints(self, account: str, prints: dict[str, str], known: set[str]) -> None:
+        """New lines are inserted in bulk, changed ones updated: upserts are slow on FerretDB, and the
+        caller already knows which lines it had seen."""
+        fresh = [
+            {"_id": f"{account}:{tid}", "account": account, "fp": fp}
+            for tid, fp in prints.items()
+            if tid not in known
+        ]
+        updates = [
+            UpdateOne({"_id": f"{account}:{tid}"}, {"$set": {"fp": fp}})
+            for tid, fp in prints.items()
+            if tid in known
+        ]
+        if fresh:
+            try:
+                await self.seen.insert_many(fresh, ordered=False)
+            except BulkWriteError as exc:
+                if not is_duplicate_key_error(exc):
+                    raise
+                # a retried page: those lines are there already; bring their fingerprints up to date
+                updates += [UpdateOne({"_id": d["_id"]}, {"$set": {"fp": d["fp"]}}) for d in fresh]
+        if updates:
+            await self.seen.bulk_write(updates, ordered=False)
 
     # one sync at a time per connection -------------------------------------------------------------
     async def claim_run(self, connection_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
