@@ -268,3 +268,22 @@ async def test_tokens_never_leave_the_connector(stack, linked_user):
     for place in (answers, logs, events):
         assert token not in place
         assert "secret-pw" not in place
+
+
+async def test_429_with_retry_after_is_honoured_and_the_sync_completes(stack, linked_user):
+    user, _, _ = linked_user
+    stack.wait_run(user, stack.sync(user))
+    with stack.sandbox() as sandbox:
+        sandbox.post(
+            "/sandbox/faults", json={"rate_limit_next": 3, "retry_after_s": 1, "fail_next": 2}
+        ).raise_for_status()
+    try:
+        run = stack.sync(user)
+        status = stack.wait_run(user, run, timeout=60)
+    finally:
+        with stack.sandbox() as sandbox:
+            sandbox.post("/sandbox/faults", json={}).raise_for_status()
+    assert {s["state"] for s in status} == {"ok"}
+    logs = stack.processes["connector"].log_path.read_text()
+    assert '"code": "rateLimiting"' in logs
+    assert '"code": "aggregator_unavailable"' in logs
