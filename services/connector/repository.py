@@ -21,6 +21,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from shared.bulk import bulk_write_chunked
 from shared.mongo import is_duplicate_key_error
 
 Doc = dict[str, Any]
@@ -157,7 +158,7 @@ class ConnectorRepository:
                 # a retried page: those lines are there already; bring their fingerprints up to date
                 updates += [UpdateOne({"_id": d["_id"]}, {"$set": {"fp": d["fp"]}}) for d in fresh]
         if updates:
-            await self.seen.bulk_write(updates, ordered=False)
+            await bulk_write_chunked(self.seen, updates)
 
     # one sync at a time per connection -------------------------------------------------------------
     async def claim_run(self, connection_id: str, run_id: str, now: datetime, lease: timedelta) -> str:

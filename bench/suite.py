@@ -1,0 +1,10 @@
+"""Every benchmark, registered in the order they run (a limit is measured before what is compared with it).
+
+A new benchmark is one module with one `@benchmark(...)` function (see `bench.registry`), imported here.
+"""
+
+from bench import kafka_rates, mongo_rates  # isort: skip  (limits first)
+from bench import connector  # isort: skip
+from bench import categorizer  # isort: skip
+
+__all__ = ["categorizer", "connector", "kafka_rates", "mongo_rates"]
