@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup up down status demo test lint typecheck unit bench compose-check clean
+.PHONY: help setup up down status demo test lint typecheck unit bench compose-check clean asyncapi screenshot
 
 help:
 	@echo "make demo     set up everything, start the stack, run the demo journey"
@@ -42,6 +42,12 @@ unit: setup
 
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+asyncapi: setup
+	$(VENV)/bin/banksync asyncapi
+
+screenshot: setup
+	BANKSYNC_UPDATE_SCREENSHOT=1 $(VENV)/bin/pytest -q tests/integration/test_ops_dashboard.py
 
 compose-check:
 	deploy/local/compose.sh -f docker-compose.yml config -q

@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib.sh"
 
 SERVICES=(entitlements:8001 connector:8002 importer:8003 categorizer:8004)
 SANDBOX_PORT="${AGGREGATOR_SANDBOX_PORT:-8010}"
+DASHBOARD_PORT="${DASHBOARD_PORT:-8090}"
 LOG_DIR="$RUN_DIR/logs"
 
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$KAFKA_PORT}"
@@ -52,8 +53,10 @@ up() {
   "$PYTHON" "$ROOT/deploy/local/probe.py" topics "$KAFKA_BOOTSTRAP_SERVERS" --partitions "$KAFKA_TOPIC_PARTITIONS"
   service_up sandbox "$SANDBOX_PORT" sandbox
   for entry in "${SERVICES[@]}"; do service_up "${entry%%:*}" "${entry##*:}"; done
+  service_up dashboard "$DASHBOARD_PORT" ops.dashboard
   wait_ready sandbox "$SANDBOX_PORT"
   for entry in "${SERVICES[@]}"; do wait_ready "${entry%%:*}" "${entry##*:}"; done
+  wait_ready dashboard "$DASHBOARD_PORT"
   say "stack is up; logs in $LOG_DIR"
   print_addresses
 }
@@ -67,12 +70,14 @@ print_addresses() {
   connector     http://127.0.0.1:8002
   importer      http://127.0.0.1:8003
   categorizer   http://127.0.0.1:8004
+  ops dashboard http://127.0.0.1:$DASHBOARD_PORT   (AsyncAPI: /asyncapi.json)
 TXT
 }
 
 down() {
   for entry in "${SERVICES[@]}"; do stop_pidfile "$RUN_DIR/${entry%%:*}.pid" "${entry%%:*}"; done
   stop_pidfile "$RUN_DIR/sandbox.pid" "sandbox"
+  stop_pidfile "$RUN_DIR/dashboard.pid" "dashboard"
   "$ROOT/deploy/local/ferretdb.sh" stop
   "$ROOT/deploy/local/kafka.sh" stop
 }
@@ -81,7 +86,7 @@ status() {
   local rc=0
   "$ROOT/deploy/local/kafka.sh" status || rc=3
   "$ROOT/deploy/local/ferretdb.sh" status || rc=3
-  for entry in "sandbox:$SANDBOX_PORT" "${SERVICES[@]}"; do
+  for entry in "sandbox:$SANDBOX_PORT" "${SERVICES[@]}" "dashboard:$DASHBOARD_PORT"; do
     local name="${entry%%:*}" port="${entry##*:}"
     if pid_alive "$RUN_DIR/$name.pid"; then
       local ready

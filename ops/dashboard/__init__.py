@@ -1,0 +1,1 @@
+"""The live operations dashboard (`python -m ops.dashboard`)."""
