@@ -2,45 +2,86 @@
 
 FerretDB (and this design) has no multi-document transactions, so everything a user's recognition
 depends on (payees, their keywords, user categories) lives in ONE document with a `version`, written
-with compare-and-set on that version. The same write sets `retro_pending`: the re-examination of past
-operations that the change calls for, which a crash cannot lose (a background scan picks it up).
+with compare-and-set on that version. The same write marks a re-examination of past operations as
+pending, which a crash cannot lose (a background scan picks it up), and keeps a snapshot of the
+payees of every version since the last completed re-examination (`examined_version`): the
+re-examination compares what those rules and today's rules say of each operation, so it never
+writes per operation (FerretDB v1 does about a hundred single-document updates a second; an
+`insert_many` of thousands of documents takes a fraction of a second).
 
-The projection (`categorizer_operations`) is what this service knows of each operation: memo, label,
-account, its current categorisation, the rule-set version that produced it, and whether it is manual.
-Operators used here were checked against FerretDB v1 (`$set`/`$setOnInsert` with scalars, `$lte`,
-`$ne`, `$in`, unordered bulk upserts).
+The projection (`categorizer_operations`) is what this service knows of each operation: memo,
+label, account, the rules version it was categorised with (`seen_version`) and that result, and the
+user's manual choice when there is one. Operators used here were checked against FerretDB v1
+(`$set`/`$setOnInsert` with scalars, `$in`, `$lt`, unordered `insert_many` and bulk upserts, which go
+in small commands: see shared.bulk). FerretDB v1 also loses one of two concurrent updates of the same
+document (it applies each to the document as its query read it): the handlers never run two at once
+on one document in a process (see CategorizerHandlers).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.categorizer.domain import Categorization, Payee, RuleSet, UserCategory
+from shared.bulk import bulk_write_chunked
+from shared.mongo import DUPLICATE_KEY
 
 Doc = dict[str, Any]
-NEVER = -1  # rules_version of an operation never categorised yet
 
 
-def ruleset_of(doc: Doc | None, user_id: str) -> RuleSet:
-    if doc is None:
-        return RuleSet(user_id)
-    return RuleSet(
-        user_id=user_id,
-        version=int(doc["version"]),
-        payees=tuple(
-            Payee(p["id"], p["name"], p["category"], tuple(p.get("keywords") or ())) for p in doc["payees"]
-        ),
-        categories=tuple(UserCategory(c["id"], c["label"]) for c in doc.get("categories") or ()),
-    )
+def payees_doc(payees: Iterable[Payee]) -> list[Doc]:
+    return [
+        {"id": p.id, "name": p.name, "category": p.category, "keywords": list(p.keywords)} for p in payees
+    ]
+
+
+def payees_of(docs: Iterable[Doc]) -> tuple[Payee, ...]:
+    return tuple(Payee(p["id"], p["name"], p["category"], tuple(p.get("keywords") or ())) for p in docs)
+
+
+@dataclass(frozen=True)
+class StoredRules:
+    """A user's rule set, the version its past operations were last re-examined at, and the payees
+    of every version since then (to tell what an operation was categorised as)."""
+
+    ruleset: RuleSet
+    examined_version: int = 0
+    snapshots: dict[int, tuple[Payee, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, doc: Doc | None, user_id: str) -> StoredRules:
+        if doc is None:
+            return cls(RuleSet(user_id))
+        ruleset = RuleSet(
+            user_id=user_id,
+            version=int(doc["version"]),
+            payees=payees_of(doc["payees"]),
+            categories=tuple(UserCategory(c["id"], c["label"]) for c in doc.get("categories") or ()),
+        )
+        snapshots = {int(s["version"]): payees_of(s["payees"]) for s in doc.get("snapshots") or ()}
+        snapshots[ruleset.version] = ruleset.payees
+        return cls(ruleset, int(doc.get("examined_version", 0)), snapshots)
+
+    def payees_at(self, version: int) -> tuple[Payee, ...] | None:
+        if version == 0:
+            return ()
+        return self.snapshots.get(version)
+
+    def kept_snapshots(self, since: int) -> list[Doc]:
+        return [
+            {"version": v, "payees": payees_doc(p)}
+            for v, p in sorted(self.snapshots.items())
+            if since <= v < self.ruleset.version
+        ]
 
 
 def result_doc(result: Categorization) -> Doc:
@@ -70,9 +111,9 @@ class Projected:
     account_id: str
     memo: str
     label: str
-    manual: bool
+    seen_version: int
     result: Categorization | None
-    rules_version: int
+    manual: Categorization | None
 
     @classmethod
     def of(cls, doc: Doc) -> Projected:
@@ -82,9 +123,9 @@ class Projected:
             account_id=doc["account_id"],
             memo=doc.get("memo") or "",
             label=doc.get("label") or "",
-            manual=bool(doc.get("manual")),
+            seen_version=int(doc.get("seen_version", 0)),
             result=result_of(doc.get("result")),
-            rules_version=int(doc.get("rules_version", NEVER)),
+            manual=result_of(doc.get("manual")),
         )
 
 
@@ -99,49 +140,74 @@ class RuleSetRepository:
     async def create_indexes(self) -> None:
         await self.rulesets.create_index([("retro_pending", ASCENDING)])
 
+    async def stored(self, user_id: str) -> StoredRules:
+        return StoredRules.of(await self.rulesets.find_one({"_id": user_id}), user_id)
+
     async def get(self, user_id: str) -> RuleSet:
-        return ruleset_of(await self.rulesets.find_one({"_id": user_id}), user_id)
+        return (await self.stored(user_id)).ruleset
 
     async def versions(self, user_ids: Iterable[str]) -> dict[str, int]:
         """The current version of each user's rules (0 for a user without any), in one read."""
         wanted = list(set(user_ids))
+        if not wanted:
+            return {}
         found = {
             doc["_id"]: int(doc["version"])
             async for doc in self.rulesets.find({"_id": {"$in": wanted}}, {"version": 1})
         }
         return {user: found.get(user, 0) for user in wanted}
 
-    async def save(self, after: RuleSet, expected_version: int, at: datetime, correlation_id: str) -> bool:
+    async def save(
+        self, before: StoredRules, after: RuleSet, at: datetime, correlation_id: str, *, reexamine: bool
+    ) -> bool:
         """Compare-and-set on the version; False when another writer got there first."""
         state: Doc = {
             "version": after.version,
-            "payees": [
-                {"id": p.id, "name": p.name, "category": p.category, "keywords": list(p.keywords)}
-                for p in after.payees
-            ],
+            "payees": payees_doc(after.payees),
             "categories": [{"id": c.id, "label": c.label} for c in after.categories],
+            "snapshots": [
+                *before.kept_snapshots(since=before.examined_version),
+                {"version": before.ruleset.version, "payees": payees_doc(before.ruleset.payees)},
+            ],
             "updated_at": at,
-            "retro_pending": True,
-            "retro_requested_at": at,
             "correlation_id": correlation_id,
         }
-        if expected_version == 0:
+        if reexamine:
+            state |= {"retro_pending": True, "retro_requested_at": at}
+        if before.ruleset.version == 0:
             try:
-                await self.rulesets.insert_one({"_id": after.user_id, **state})
+                await self.rulesets.insert_one(
+                    {"_id": after.user_id, "examined_version": 0, "retro_pending": reexamine, **state}
+                )
             except DuplicateKeyError:
                 return False
             return True
         result = await self.rulesets.update_one(
-            {"_id": after.user_id, "version": expected_version}, {"$set": state}
+            {"_id": after.user_id, "version": before.ruleset.version}, {"$set": state}
         )
         return result.matched_count == 1
 
-    async def reexamination_done(self, user_id: str, version: int) -> bool:
-        """Clears the pending flag, unless the rules changed again meanwhile."""
-        result = await self.rulesets.update_one(
-            {"_id": user_id, "version": version}, {"$set": {"retro_pending": False, "retro_version": version}}
+    async def reexamination_done(self, user_id: str, version: int) -> None:
+        """Records that past operations now reflect `version` (never going back), clears the pending
+        flag unless the rules changed again meanwhile, and drops the snapshots no longer needed."""
+        await self.rulesets.update_one(
+            {"_id": user_id, "examined_version": {"$lt": version}}, {"$set": {"examined_version": version}}
         )
-        return result.matched_count == 1
+        doc = await self.rulesets.find_one({"_id": user_id})
+        if doc is None:
+            return
+        stored = StoredRules.of(doc, user_id)
+        since = max(stored.examined_version, version)
+        # guarded by the version: a change saved meanwhile keeps its own snapshots and pending flag
+        await self.rulesets.update_one(
+            {"_id": user_id, "version": stored.ruleset.version},
+            {
+                "$set": {
+                    "snapshots": stored.kept_snapshots(since=since),
+                    "retro_pending": stored.ruleset.version > since,
+                }
+            },
+        )
 
     async def pending_since(self, before: datetime, limit: int = 100) -> list[str]:
         cursor = self.rulesets.find(
@@ -162,14 +228,32 @@ class RuleSetRepository:
 
 @dataclass(frozen=True)
 class Seen:
-    """What an operation event says about one operation, for the projection."""
+    """What an operation event says about one operation, and what it was categorised as."""
 
     user_id: str
     operation_id: str
     account_id: str
     memo: str
     label: str
-    manual: Categorization | None  # the importer already holds a manual choice for it
+    # the rules version and result just published for it; None when nothing was (they stay as they were)
+    seen_version: int | None
+    result: Categorization | None
+    manual: Categorization | None = None  # a manual choice the importer already holds
+
+    def fields(self, at: datetime) -> Doc:
+        found: Doc = {
+            "user_id": self.user_id,
+            "operation_id": self.operation_id,
+            "account_id": self.account_id,
+            "memo": self.memo,
+            "label": self.label,
+            "seen_at": at,
+        }
+        if self.seen_version is not None and self.result is not None:
+            found |= {"seen_version": self.seen_version, "result": result_doc(self.result)}
+        if self.manual is not None:
+            found["manual"] = result_doc(self.manual)
+        return found
 
 
 class OperationsRepository:
@@ -189,59 +273,54 @@ class OperationsRepository:
         cursor = self.operations.find({"_id": {"$in": list(set(keys))}})
         return {doc["_id"]: Projected.of(doc) async for doc in cursor}
 
-    async def upsert_seen(self, seen: Sequence[Seen], at: datetime) -> None:
-        if not seen:
-            return
-        writes = []
+    async def write_seen(self, seen: Sequence[Seen], known: set[str], at: datetime) -> None:
+        """New operations in one `insert_many`; known ones (or ones another writer inserted meanwhile)
+        as upserts. The last word on one operation wins (events of one account come in order)."""
+        latest: dict[str, Seen] = {}
         for item in seen:
-            fields: Doc = {
-                "user_id": item.user_id,
-                "operation_id": item.operation_id,
-                "account_id": item.account_id,
-                "memo": item.memo,
-                "label": item.label,
-                "seen_at": at,
-            }
-            on_insert: Doc = {"rules_version": NEVER}
-            if item.manual is not None:
-                fields |= {"manual": True, "result": result_doc(item.manual)}
-            else:
-                on_insert["manual"] = False
-            writes.append(
+            key = operation_key(item.user_id, item.operation_id)
+            earlier = latest.get(key)
+            if item.seen_version is None and earlier is not None and earlier.seen_version is not None:
+                item = replace(item, seen_version=earlier.seen_version, result=earlier.result)
+            latest[key] = item
+        fresh = [{"_id": key, **item.fields(at)} for key, item in latest.items() if key not in known]
+        again = [key for key in latest if key in known]
+        if fresh:
+            try:
+                await self.operations.insert_many(fresh, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                again += [fresh[e["index"]]["_id"] for e in errors]
+        if again:
+            await bulk_write_chunked(
+                self.operations,
+                [UpdateOne({"_id": key}, {"$set": latest[key].fields(at)}, upsert=True) for key in again],
+            )
+
+    async def set_seen_version(self, items: Sequence[tuple[str, str, int, Categorization]]) -> None:
+        """(user, operation, version, result): after a rule change raced with a categorisation."""
+        await bulk_write_chunked(
+            self.operations,
+            [
                 UpdateOne(
-                    {"_id": operation_key(item.user_id, item.operation_id)},
-                    {"$set": fields, "$setOnInsert": on_insert},
-                    upsert=True,
+                    {"_id": operation_key(user_id, op_id)},
+                    {"$set": {"seen_version": version, "result": result_doc(result)}},
                 )
-            )
-        await self.operations.bulk_write(writes, ordered=False)
-
-    async def store_results(self, results: Sequence[tuple[str, str, Categorization, int]]) -> None:
-        """(user, operation, result, rules version): kept unless a newer version's result is there,
-        and never over a manual choice."""
-        if not results:
-            return
-        writes = [
-            UpdateOne(
-                {
-                    "_id": operation_key(user_id, operation_id),
-                    "rules_version": {"$lte": version},
-                    "manual": {"$ne": True},
-                },
-                {"$set": {"result": result_doc(result), "rules_version": version}},
-            )
-            for user_id, operation_id, result, version in results
-        ]
-        await self.operations.bulk_write(writes, ordered=False)
-
-    async def set_manual(self, user_id: str, operation_id: str, result: Categorization, version: int) -> None:
-        await self.operations.update_one(
-            {"_id": operation_key(user_id, operation_id)},
-            {"$set": {"manual": True, "result": result_doc(result), "rules_version": version}},
+                for user_id, op_id, version, result in items
+            ],
         )
 
-    async def of_user(self, user_id: str, batch_size: int = 2000) -> AsyncIterator[Projected]:
-        cursor = self.operations.find({"user_id": user_id}).batch_size(batch_size)
+    async def set_manual(self, user_id: str, operation_id: str, result: Categorization) -> None:
+        await self.operations.update_one(
+            {"_id": operation_key(user_id, operation_id)}, {"$set": {"manual": result_doc(result)}}
+        )
+
+    async def of_user(self, user_id: str, batch_size: int = 5000) -> AsyncIterator[Projected]:
+        """The user's operations, without their stored result (a re-examination recomputes it)."""
+        fields = ("user_id", "operation_id", "account_id", "memo", "label", "seen_version", "manual")
+        cursor = self.operations.find({"user_id": user_id}, dict.fromkeys(fields, 1)).batch_size(batch_size)
         async for doc in cursor:
             yield Projected.of(doc)
 

@@ -9,6 +9,7 @@ from services.categorizer.adapters import OperationsRepository, RuleSetRepositor
 from services.categorizer.api import router
 from services.categorizer.builtin import builtin_dictionary, places
 from services.categorizer.handlers import CategorizerHandlers
+from shared.batch_publisher import BatchPublisher
 from shared.consumer import TopicConsumer
 from shared.schemas import OperationEvent, Payload
 from shared.service import Runtime, create_service_app
@@ -40,13 +41,22 @@ async def wire(runtime: Runtime) -> None:
     operations = OperationsRepository(runtime.db)
     await rulesets.create_indexes()
     await operations.create_indexes()
+    # thousands of categorisations at once after a rule change: a producer that sends them in batches
+    publisher = BatchPublisher(runtime.settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-batch", SERVICE)
+    await publisher.start()
+    runtime.extras["batch_publisher"] = publisher
     handlers = CategorizerHandlers(
-        rulesets, operations, runtime.publisher, dictionary=builtin_dictionary(), places=places()
+        rulesets, operations, publisher, dictionary=builtin_dictionary(), places=places()
     )
     runtime.extras["handlers"] = handlers
     TopicConsumer(
         runtime.broker, SERVICE, OPERATIONS, dict(OPERATION_MODELS), handlers.on_operations
     ).subscribe(CONSUMER_GROUP)
+
+
+async def stop_publisher(runtime: Runtime) -> None:
+    publisher: BatchPublisher = runtime.extras["batch_publisher"]
+    await publisher.stop()
 
 
 async def reexaminer(runtime: Runtime) -> None:
@@ -60,6 +70,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         settings or ServiceSettings(),
         routers=[router],
         on_startup=[wire],
+        on_shutdown=[stop_publisher],
         background=[reexaminer],
         description="Payees, keywords and categories: recognises operations, past ones included.",
     )

@@ -1,15 +1,17 @@
 """What each operation event, each rule change and each correction does.
 
-- Operation events (`banksync.operations.v1`): the projection is written first, then the user's rules
-  are read and each `operation.imported` (and each `operation.updated`/`operation.reconciled` whose
-  memo or label changed) gets exactly one `operation.categorized`. Writing the projection before
-  reading the rules means a concurrent rule change either is seen here or sees the operation in its
-  own re-examination: no operation misses a rule change.
+- Operation events (`banksync.operations.v1`): each `operation.imported` (and each
+  `operation.updated`/`operation.reconciled` whose memo or label changed) gets exactly one
+  `operation.categorized`, computed with the user's current rules, and the projection records the
+  rules version used (`seen_version`). Then the rules version is read again: when a rule change
+  raced with the event, the operation is categorised again with the new rules, so no operation
+  keeps a result of rules that a re-examination did not compare it with.
 - Rule changes (payees, keywords, categories) are compare-and-set writes of the user's one rule-set
   document, which also marks a re-examination as pending. The re-examination reads the user's past
-  operations from the projection and publishes a new categorisation for each one whose result changed,
-  never for a manual one; it runs in this process at once, and a background scan picks up any that a
-  crash or another replica left pending.
+  operations from the projection and, for each one that is not manual, compares what the rules it
+  was last categorised with said (kept as snapshots in the rule-set document) with what today's
+  rules say; it publishes a new categorisation only where they differ. It runs in this process at
+  once, and a background scan picks up any that a crash or another replica left pending.
 - Compiled matchers are cached per user and version; the built-in dictionary is compiled once.
 """
 
@@ -22,14 +24,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from services.categorizer.adapters import (
-    NEVER,
     OperationsRepository,
     Projected,
     RuleSetRepository,
     Seen,
+    StoredRules,
     operation_key,
 )
 from services.categorizer.domain import (
@@ -50,7 +52,6 @@ from services.categorizer.domain import (
 )
 from shared.consumer import Incoming, PoisonRecord
 from shared.events import CloudEvent, account_key, content_hash, deterministic_event_id
-from shared.kafka import EventPublisher
 from shared.logging import get_logger
 from shared.schemas import OperationCategorized, OperationEvent, PayeeRef
 from shared.topics import CATEGORIZATIONS
@@ -60,7 +61,15 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 CATEGORIZING_EVENTS = frozenset(("operation.imported", "operation.updated", "operation.reconciled"))
-PUBLISH_CHUNK = 1000
+PUBLISH_CHUNK = 2000
+
+
+class Publisher(Protocol):
+    """shared.batch_publisher.BatchPublisher (or shared.kafka.EventPublisher)."""
+
+    async def publish(self, topic: str, key: str, event: CloudEvent) -> None: ...
+
+    async def publish_many(self, topic: str, items: list[tuple[str, CloudEvent]]) -> None: ...
 
 
 class ConcurrentUpdate(Exception):
@@ -72,34 +81,34 @@ class OperationNotFound(Exception):
 
 
 class MatcherCache:
-    """One compiled automaton per user, for the version it was compiled from (LRU-bounded)."""
+    """Compiled automatons by (user, version), LRU-bounded; a version's payees never change."""
 
     def __init__(self, size: int = 5000) -> None:
         self.size = size
-        self._items: OrderedDict[str, tuple[int, Matcher]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int], Matcher] = OrderedDict()
         self.compiled = 0
 
     def peek(self, user_id: str, version: int) -> Matcher | None:
-        found = self._items.get(user_id)
-        if found is None or found[0] != version:
-            return None
-        self._items.move_to_end(user_id)
-        return found[1]
+        if version == 0:
+            return EMPTY_MATCHER
+        found = self._items.get((user_id, version))
+        if found is not None:
+            self._items.move_to_end((user_id, version))
+        return found
 
-    def put(self, ruleset: RuleSet) -> Matcher:
-        found = self.peek(ruleset.user_id, ruleset.version)
+    def put(self, user_id: str, version: int, payees: Sequence[Payee]) -> Matcher:
+        found = self.peek(user_id, version)
         if found is not None:
             return found
-        matcher = ruleset.matcher() if ruleset.payees else EMPTY_MATCHER
+        matcher = Matcher(rule for payee in payees for rule in payee.rules()) if payees else EMPTY_MATCHER
         self.compiled += 1
-        self._items[ruleset.user_id] = (ruleset.version, matcher)
-        self._items.move_to_end(ruleset.user_id)
+        self._items[(user_id, version)] = matcher
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return matcher
 
-    def invalidate(self, user_id: str) -> None:
-        self._items.pop(user_id, None)
+    def of(self, ruleset: RuleSet) -> Matcher:
+        return self.put(ruleset.user_id, ruleset.version, ruleset.payees)
 
 
 def categorized_event(
@@ -121,7 +130,7 @@ def categorized_event(
         category=result.category,
         source=result.source,
         keyword=result.keyword,
-        rules_version=max(rules_version, 0),
+        rules_version=rules_version,
     ).model_dump(mode="json")
     return CloudEvent.new(
         service=SERVICE,
@@ -162,7 +171,7 @@ class ReexaminationReport:
 
 @dataclass
 class _Pending:
-    """One categorisation to publish and store."""
+    """One categorisation to publish."""
 
     user_id: str
     account_id: str
@@ -170,22 +179,13 @@ class _Pending:
     result: Categorization
     version: int
     correlation_id: str
-    store: bool = True
-
-
-@dataclass
-class _Tracked:
-    memo: str
-    label: str
-    manual: bool
-    exists: bool
 
 
 @dataclass
 class CategorizerHandlers:
     rulesets: RuleSetRepository
     operations: OperationsRepository
-    publisher: EventPublisher
+    publisher: Publisher
     dictionary: Dictionary
     places: frozenset[str] = frozenset()
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -193,9 +193,14 @@ class CategorizerHandlers:
     recovery_delay_s: float = 5.0
 
     def __post_init__(self) -> None:
-        self._pending: set[str] = set()
+        self._pending: dict[str, int] = {}  # user -> the rules version its past operations must reflect
         self._wake = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
+        # FerretDB v1 applies an update to the document as its query read it, outside the write's
+        # transaction: two concurrent updates of one document can lose one. So this process never
+        # runs two at once on a user's rule set, nor on the projection's existing documents.
+        self._rules_locks: dict[str, asyncio.Lock] = {}
+        self._projection_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------------------------------
     # Rules
@@ -206,13 +211,11 @@ class CategorizerHandlers:
     async def matcher(self, user_id: str, version: int | None = None) -> tuple[int, Matcher]:
         """The user's compiled rules; `version` (when known) saves reading the whole rule set."""
         if version is not None:
-            if version == 0:
-                return 0, EMPTY_MATCHER
             cached = self.cache.peek(user_id, version)
             if cached is not None:
                 return version, cached
         ruleset = await self.rulesets.get(user_id)
-        return ruleset.version, self.cache.put(ruleset)
+        return ruleset.version, self.cache.of(ruleset)
 
     async def change(
         self,
@@ -223,16 +226,25 @@ class CategorizerHandlers:
         reexamine: bool = True,
     ) -> tuple[RuleSet, T]:
         """Runs a rule command with compare-and-set; a re-examination follows unless told otherwise."""
-        for _ in range(10):
-            current = await self.rulesets.get(user_id)
-            after, answer = command(current)
-            if await self.rulesets.save(after, current.version, self.clock(), correlation_id):
-                self.cache.invalidate(user_id)
-                log.info("rules_changed", user_id=user_id, rules_version=after.version)
-                if reexamine:
-                    self.request_reexamination(user_id)
-                return after, answer
+        async with self._rules_lock(user_id):
+            for _ in range(10):
+                current = await self.rulesets.stored(user_id)
+                after, answer = command(current.ruleset)
+                saved = await self.rulesets.save(
+                    current, after, self.clock(), correlation_id, reexamine=reexamine
+                )
+                if saved:
+                    log.info("rules_changed", user_id=user_id, rules_version=after.version)
+                    if reexamine:
+                        self.request_reexamination(user_id, after.version)
+                    return after, answer
         raise ConcurrentUpdate(user_id)
+
+    def _rules_lock(self, user_id: str) -> asyncio.Lock:
+        lock = self._rules_locks.get(user_id)
+        if lock is None:
+            lock = self._rules_locks[user_id] = asyncio.Lock()
+        return lock
 
     # ------------------------------------------------------------------------------------------
     # Operation events
@@ -247,9 +259,9 @@ class CategorizerHandlers:
             await self._categorize_group(group)
             group = []
             if name == "operation.deleted":
-                event = incoming.data
-                assert isinstance(event, OperationEvent)
+                event = _operation_event(incoming)
                 await self.operations.delete(event.user_id, [event.operation.id])
+                log.info("operation_forgotten", user_id=event.user_id, operation_id=event.operation.id)
             elif name == "account.deleted":
                 user_id, account_id = account_of(incoming)
                 removed = await self.operations.delete_account(user_id, account_id)
@@ -263,45 +275,74 @@ class CategorizerHandlers:
         existing = await self.operations.get_many(
             [operation_key(e.user_id, e.operation.id) for _, e in events]
         )
-        tracked: dict[str, _Tracked] = {
-            key: _Tracked(p.memo, p.label, p.manual, True) for key, p in existing.items()
+        users = {e.user_id for _, e in events}
+        rules = {
+            user: await self.matcher(user, version)
+            for user, version in (await self.rulesets.versions(users)).items()
         }
-        manual_results = {key: p.result for key, p in existing.items() if p.manual and p.result}
+        # what the operations were before this group, updated event by event (an account's are in order)
+        state: dict[str, tuple[str, str, Categorization | None]] = {
+            key: (p.memo, p.label, p.manual) for key, p in existing.items()
+        }
         seen: list[Seen] = []
-        wanted: list[tuple[Incoming, OperationEvent, str]] = []  # to categorise, by key
+        pending: list[_Pending] = []
         for incoming, event in events:
             op = event.operation
             key = operation_key(event.user_id, op.id)
-            manual = manual_of(event)
-            before = tracked.get(key)
-            seen.append(Seen(event.user_id, op.id, op.account_id, op.memo, op.label, manual))
-            if manual is not None:
-                manual_results[key] = manual
-            changed = before is None or (before.memo, before.label) != (op.memo, op.label)
-            is_manual = manual is not None or (before is not None and before.manual)
-            tracked[key] = _Tracked(op.memo, op.label, is_manual, True)
-            if incoming.event.name == "operation.imported" or (changed and not is_manual):
-                wanted.append((incoming, event, key))
-        # the projection first, then the rules (see the module docstring)
-        await self.operations.upsert_seen(seen, self.clock())
-        versions = await self.rulesets.versions(e.user_id for _, e, _ in wanted)
-        matchers: dict[str, tuple[int, Matcher]] = {}
-        for user_id, version in versions.items():
-            matchers[user_id] = await self.matcher(user_id, version)
-        pending: list[_Pending] = []
-        for incoming, event, key in wanted:
-            op = event.operation
-            version, matcher = matchers[event.user_id]
-            if tracked[key].manual and key in manual_results:
-                result, store = manual_results[key], False
-            else:
-                result, store = self.categorize(op.memo, op.label, matcher), True
+            before = state.get(key)
+            manual = manual_of(event) or (before[2] if before else None)
+            changed = before is None or (before[0], before[1]) != (op.memo, op.label)
+            state[key] = (op.memo, op.label, manual)
+            version, matcher = rules[event.user_id]
+            publish = incoming.event.name == "operation.imported" or (changed and manual is None)
+            if not publish:
+                seen.append(Seen(event.user_id, op.id, op.account_id, op.memo, op.label, None, None, manual))
+                continue
+            result = self.categorize(op.memo, op.label, matcher)
+            seen.append(Seen(event.user_id, op.id, op.account_id, op.memo, op.label, version, result, manual))
             pending.append(
                 _Pending(
-                    event.user_id, op.account_id, op.id, result, version, incoming.event.correlationid, store
+                    event.user_id,
+                    op.account_id,
+                    op.id,
+                    manual or result,
+                    version,
+                    incoming.event.correlationid,
                 )
             )
+        async with self._projection_lock:
+            await self.operations.write_seen(seen, set(existing), self.clock())
         await self._publish(pending)
+        await self._catch_up(seen, rules)
+
+    async def _catch_up(self, seen: list[Seen], used: dict[str, tuple[int, Matcher]]) -> None:
+        """Categorises again what a rule change raced with (it read the projection before we wrote)."""
+        for _ in range(5):
+            now = await self.rulesets.versions(used)
+            moved = {user for user, version in now.items() if version != used[user][0]}
+            if not moved:
+                return
+            used = {
+                user: await self.matcher(user, now[user]) if user in moved else used[user] for user in used
+            }
+            again = [
+                s for s in seen if s.user_id in moved and s.manual is None and s.seen_version is not None
+            ]
+            redone = []
+            for item in again:
+                version, matcher = used[item.user_id]
+                redone.append((item, version, self.categorize(item.memo, item.label, matcher)))
+            async with self._projection_lock:
+                await self.operations.set_seen_version(
+                    [(s.user_id, s.operation_id, v, r) for s, v, r in redone]
+                )
+            await self._publish(
+                [
+                    _Pending(s.user_id, s.account_id, s.operation_id, r, v, f"rules:{s.user_id}:{v}")
+                    for s, v, r in redone
+                ]
+            )
+            seen = [s for s in seen if s.user_id in moved]
 
     def categorize(self, memo: str, label: str, matcher: Matcher) -> Categorization:
         return categorize_memo(analyse(memo_text(memo, label)), matcher, self.dictionary)
@@ -321,15 +362,12 @@ class CategorizerHandlers:
                     for p in chunk
                 ],
             )
-            await self.operations.store_results(
-                [(p.user_id, p.operation_id, p.result, p.version) for p in chunk if p.store]
-            )
 
     # ------------------------------------------------------------------------------------------
     # Re-examination of past operations after a rule change
 
-    def request_reexamination(self, user_id: str) -> None:
-        self._pending.add(user_id)
+    def request_reexamination(self, user_id: str, version: int = 0) -> None:
+        self._pending[user_id] = max(version, self._pending.get(user_id, 0))
         self._wake.set()
 
     def _lock(self, user_id: str) -> asyncio.Lock:
@@ -338,31 +376,44 @@ class CategorizerHandlers:
             lock = self._locks[user_id] = asyncio.Lock()
         return lock
 
+    def _matcher_at(self, stored: StoredRules, version: int) -> Matcher | None:
+        payees = stored.payees_at(version)
+        if payees is None:
+            return None
+        return self.cache.put(stored.ruleset.user_id, version, payees)
+
     async def reexamine(self, user_id: str) -> ReexaminationReport:
         """Publishes a new categorisation for each past operation whose result changed (never manual)."""
         async with self._lock(user_id):
-            started = asyncio.get_running_loop().time()
-            ruleset = await self.rulesets.get(user_id)
-            matcher = self.cache.put(ruleset)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            stored = await self.rulesets.stored(user_id)
+            ruleset = stored.ruleset
+            today = self.cache.of(ruleset)
             correlation_id = await self.rulesets.correlation_id(user_id) or f"rules:{user_id}"
             report = ReexaminationReport(user_id, ruleset.version)
             pending: list[_Pending] = []
-            operations = [op async for op in self.operations.of_user(user_id)]
-            for op in operations:
-                if op.manual:
+            async for op in self.operations.of_user(user_id):
+                if op.manual is not None:
+                    continue
+                base_version = max(op.seen_version, stored.examined_version)
+                if base_version >= ruleset.version:
                     continue
                 report.examined += 1
-                result = self.categorize(op.memo, op.label, matcher)
-                if op.rules_version == NEVER or op.result != result:
+                text = analyse(memo_text(op.memo, op.label))
+                now = categorize_memo(text, today, self.dictionary)
+                base = self._matcher_at(stored, base_version)
+                if base is None or categorize_memo(text, base, self.dictionary) != now:
                     pending.append(
                         _Pending(
-                            user_id, op.account_id, op.operation_id, result, ruleset.version, correlation_id
+                            user_id, op.account_id, op.operation_id, now, ruleset.version, correlation_id
                         )
                     )
             await self._publish(pending)
             report.changed = len(pending)
-            await self.rulesets.reexamination_done(user_id, ruleset.version)
-            report.seconds = asyncio.get_running_loop().time() - started
+            async with self._rules_lock(user_id):
+                await self.rulesets.reexamination_done(user_id, ruleset.version)
+            report.seconds = loop.time() - started
             log.info(
                 "operations_reexamined",
                 user_id=user_id,
@@ -382,15 +433,20 @@ class CategorizerHandlers:
                 if loop.time() >= next_scan:
                     before = self.clock() - timedelta(seconds=self.recovery_delay_s)
                     for user_id in await self.rulesets.pending_since(before):
-                        self._pending.add(user_id)
+                        self.request_reexamination(user_id)
                     next_scan = loop.time() + recovery_every_s
                 while self._pending:
-                    user_id = self._pending.pop()
+                    user_id = next(iter(self._pending))
+                    wanted = self._pending.pop(user_id)
                     try:
-                        await self.reexamine(user_id)
+                        report = await self.reexamine(user_id)
+                        if report.rules_version < wanted:
+                            # a read older than the change that asked for it: again, shortly
+                            self.request_reexamination(user_id, wanted)
+                            await asyncio.sleep(0.05)
                     except Exception as exc:
                         log.warning("reexamination_failed", user_id=user_id, error=repr(exc))
-                        # left pending in MongoDB: the next recovery scan retries it
+                        # still pending in MongoDB: the next recovery scan retries it
             except Exception as exc:
                 log.warning("reexaminer_failed", error=repr(exc))
             self._wake.clear()
@@ -442,14 +498,15 @@ class CategorizerHandlers:
             ruleset, payee = await self.change(user_id, create, correlation_id, reexamine=False)
             created = True
         result = Categorization(payee.id, payee.name, payee.category, "manual", None)
-        await self.operations.set_manual(user_id, operation_id, result, ruleset.version)
+        async with self._projection_lock:
+            await self.operations.set_manual(user_id, operation_id, result)
         await self.publisher.publish(
             CATEGORIZATIONS,
             account_key(user_id, op.account_id),
             categorized_event(user_id, op.account_id, operation_id, result, ruleset.version, correlation_id),
         )
         if created:
-            self.request_reexamination(user_id)
+            self.request_reexamination(user_id, ruleset.version)
         matching = await self.count_matching(user_id, suggestions, exclude=operation_id)
         return {
             "operation_id": operation_id,
@@ -468,7 +525,7 @@ class CategorizerHandlers:
         probe = Matcher(Payee("probe", "probe", "divers", tuple(k for k in keywords if normalise(k))).rules())
         count = 0
         async for op in self.operations.of_user(user_id):
-            if op.operation_id == exclude or op.manual:
+            if op.operation_id == exclude or op.manual is not None:
                 continue
             if probe.matches(normalise(memo_text(op.memo, op.label))):
                 count += 1
