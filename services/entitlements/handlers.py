@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -74,12 +75,20 @@ class EntitlementsHandlers:
         # Several replicas may still repeat one: the event id is deterministic and consumers apply
         # an entitlement only when its version is newer than what they hold.
         self._relay_lock = asyncio.Lock()
+        # FerretDB v1 can lose one of two concurrent updates of a document even when both filter on the
+        # version, so changes of one user are serialised here; the version guard is what protects
+        # writers in other replicas on MongoDB.
+        self._user_locks = [asyncio.Lock() for _ in range(64)]
 
     async def get(self, user_id: str) -> Entitlements:
         return await self.repository.get(user_id)
 
     async def apply(self, user_id: str, command: Command, request_id: str) -> tuple[Entitlements, bool]:
         """Runs a command with optimistic concurrency; returns the resulting state and whether it changed."""
+        async with self._user_locks[zlib.crc32(user_id.encode()) % len(self._user_locks)]:
+            return await self._apply(user_id, command, request_id)
+
+    async def _apply(self, user_id: str, command: Command, request_id: str) -> tuple[Entitlements, bool]:
         for _ in range(10):
             current = await self.repository.get(user_id)
             change = command(current)
