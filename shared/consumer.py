@@ -24,6 +24,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.message import StreamMessage
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
 
@@ -112,10 +113,8 @@ class TopicConsumer:
         max_records: int = 500,
         auto_offset_reset: Literal["latest", "earliest", "none"] = "earliest",
     ) -> None:
-        async def on_batch(body: list[bytes], message: KafkaMessage) -> None:
-            records = message.raw_message
-            batch = list(records) if isinstance(records, tuple | list) else [records]
-            await self.process(batch)
+        async def on_batch(body: Any, message: KafkaMessage) -> None:
+            await self.process(_records_of(message.raw_message))
 
         self.broker.subscriber(
             self.topic,
@@ -125,6 +124,9 @@ class TopicConsumer:
             batch_timeout_ms=200,
             auto_offset_reset=auto_offset_reset,
             ack_policy=AckPolicy.NACK_ON_ERROR,
+            # raw values through: faststream's own decoding (by content-type) would raise on a poison
+            # record before this wrapper sees it, and the batch would be redelivered forever
+            decoder=_raw_values,
             title=f"{self.service}:{self.topic}",
         )(on_batch)
 
@@ -224,6 +226,14 @@ class TopicConsumer:
             except TRANSIENT_ERRORS as exc:
                 log.warning("dlq_unreachable_waiting", error=_short(exc))
                 await asyncio.sleep(1)
+
+
+def _records_of(raw: Any) -> list[ConsumerRecord[bytes, bytes]]:
+    return list(raw) if isinstance(raw, tuple | list) else [raw]
+
+
+async def _raw_values(message: StreamMessage[Any]) -> Any:
+    return [record.value for record in _records_of(message.raw_message)]
 
 
 def _short(exc: BaseException) -> str:
