@@ -103,7 +103,9 @@ def main() -> int:
     with step("They choose the accounts to sync (the first sync starts)"), client(CONNECTOR, user) as api:
         for connection in connections:
             ids = [a["aggregator_account_id"] for a in connection["accounts"]]
-            api.put(f"/v1/users/{user}/connections/{connection['connection_id']}/accounts", json={"selected": ids})
+            api.put(
+                f"/v1/users/{user}/connections/{connection['connection_id']}/accounts", json={"selected": ids}
+            )
     with step("A year of history is fetched"), client(CONNECTOR, user) as api:
 
         def all_ok() -> list[dict[str, Any]] | None:
@@ -118,12 +120,15 @@ def main() -> int:
         with client(ENTITLEMENTS, user) as api:
             api.delete(f"/v1/users/{user}/options/auto_import").raise_for_status()
         with client(CONNECTOR, user) as api:
-            paused = wait(lambda: all(s["state"] == "paused" for s in api.get(f"/v1/users/{user}/sync/status").json()))
+            paused = wait(
+                lambda: all(s["state"] == "paused" for s in api.get(f"/v1/users/{user}/sync/status").json())
+            )
             print(f"  paused={paused}")
     print("\nSummary")
     for title, seconds in timings:
         print(f"  {seconds:6.1f} s  {title}")
-    print(f"\nThe stack keeps running: `make status`, `make down`. Aggregator sandbox: {settings.aggregator_base_url}")
+    print("\nThe stack keeps running (`make status`, `make down`).")
+    print(f"Aggregator sandbox: {settings.aggregator_base_url}   Ops dashboard: http://localhost:8090")
     return 0
 
 
