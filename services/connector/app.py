@@ -16,6 +16,7 @@ from services.connector.handlers import ConnectorConfig, ConnectorHandlers
 from services.connector.powens import PowensClient, RetryPolicy
 from services.connector.repository import ConnectorRepository
 from services.connector.security import StateSigner, TokenCipher
+from shared.batch_publisher import BatchPublisher
 from shared.consumer import Incoming, TopicConsumer, data_of
 from shared.logging import get_logger
 from shared.schemas import EntitlementChanged, SyncRequested
@@ -72,6 +73,9 @@ async def wire(runtime: Runtime) -> None:
             cursor_overlap=timedelta(seconds=settings.sync_cursor_overlap_s),
             nightly=NightlyWindow.parse(settings.nightly_window, settings.nightly_timezone),
         ),
+        lines_publisher=BatchPublisher(
+            settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-lines", SERVICE
+        ),
     )
     runtime.extras["handlers"] = handlers
 
@@ -96,6 +100,8 @@ async def wire(runtime: Runtime) -> None:
 async def close(runtime: Runtime) -> None:
     handlers: ConnectorHandlers = runtime.extras["handlers"]
     await handlers.powens.aclose()
+    if isinstance(handlers.lines_publisher, BatchPublisher):
+        await handlers.lines_publisher.stop()
     await handlers.gate.aclose()
 
 

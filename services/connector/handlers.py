@@ -26,6 +26,7 @@ from services.connector.gate import EntitlementsUnavailable, GateAnswer, SyncGat
 from services.connector.powens import AggregatorError, PowensClient
 from services.connector.repository import ConnectorRepository, connection_key
 from services.connector.security import InvalidState, StateSigner, TokenCipher
+from shared.batch_publisher import BatchPublisher
 from shared.events import CloudEvent, account_key, deterministic_event_id
 from shared.kafka import EventPublisher
 from shared.logging import get_logger
@@ -113,11 +114,14 @@ class ConnectorHandlers:
         signer: StateSigner,
         config: ConnectorConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lines_publisher: EventPublisher | BatchPublisher | None = None,
     ) -> None:
         self.repository = repository
         self.powens = powens
         self.gate = gate
         self.publisher = publisher
+        # bank lines go out by the thousand: a batch producer, not one faststream call per record
+        self.lines_publisher = lines_publisher or publisher
         self.cipher = cipher
         self.signer = signer
         self.config = config
@@ -534,8 +538,7 @@ class ConnectorHandlers:
                     )
                     for transaction, fp in changes
                 ]
-                await self.publisher.publish_many(TRANSACTIONS_RAW, events)
-                EVENTS_PUBLISHED.labels(SERVICE, TRANSACTIONS_RAW).inc(len(events))
+                await self.lines_publisher.publish_many(TRANSACTIONS_RAW, events)
                 await self.repository.remember_fingerprints(
                     key, {str(t["id"]): fp for t, fp in changes}, known=set(known)
                 )
