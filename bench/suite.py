@@ -6,5 +6,6 @@ A new benchmark is one module with one `@benchmark(...)` function (see `bench.re
 from bench import kafka_rates, mongo_rates  # isort: skip  (limits first)
 from bench import connector  # isort: skip
 from bench import categorizer  # isort: skip
+from bench import importer  # isort: skip
 
-__all__ = ["categorizer", "connector", "kafka_rates", "mongo_rates"]
+__all__ = ["categorizer", "connector", "importer", "kafka_rates", "mongo_rates"]

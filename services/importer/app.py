@@ -1,18 +1,94 @@
-"""Wiring of the importer service: settings, routes and event subscribers on the shared runtime."""
+"""Wiring of the importer service: stores, the import path, its three consumers, the API and replays."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
+from pydantic import Field
 
-from shared.service import create_service_app
+from services.importer.adapters import AccountStore, OperationStore, StateStore
+from services.importer.api import Replays, ops, users
+from services.importer.handlers import (
+    SERVICE,
+    AccountDetails,
+    AccountDiscovered,
+    AccountService,
+    Categorizations,
+    CategorizedConsumerHandler,
+    DiscoveredConsumerHandler,
+    Importer,
+    RawConsumerHandler,
+)
+from shared.consumer import TopicConsumer
+from shared.schemas import OperationCategorized, TransactionObserved
+from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
+from shared.topics import CATEGORIZATIONS, CONNECTIONS, TRANSACTIONS_RAW
 
-SERVICE = "importer"
+
+class ImporterSettings(ServiceSettings):
+    """The shared settings, plus the consumer groups (a fresh group reads the topics from the start)."""
+
+    importer_group_id: str = "importer"
+    importer_categorizations_group_id: str = "importer-categorizations"
+    importer_connections_group_id: str = "importer-connections"
+    importer_max_records: int = Field(default=500, ge=1, le=10_000)
+
+
+def settings_of(runtime: Runtime) -> ImporterSettings:
+    settings = runtime.settings
+    return settings if isinstance(settings, ImporterSettings) else ImporterSettings()
+
+
+async def wire(runtime: Runtime) -> None:
+    settings = settings_of(runtime)
+    state, operations, accounts = StateStore(runtime.db), OperationStore(runtime.db), AccountStore(runtime.db)
+    await operations.create_indexes()
+    await accounts.create_indexes()
+    importer = Importer(state, operations, accounts, runtime.publisher)
+    runtime.extras["importer"] = importer
+    runtime.extras["accounts"] = AccountService(importer)
+    runtime.extras["replays"] = Replays(importer, settings.kafka_bootstrap_servers)
+
+    raw_handler = RawConsumerHandler(importer)
+    raw = TopicConsumer(
+        runtime.broker, SERVICE, TRANSACTIONS_RAW, {"transaction.observed": TransactionObserved}, raw_handler
+    )
+    raw_handler.dead_letter = raw.dead_letter
+    raw.subscribe(settings.importer_group_id, max_records=settings.importer_max_records)
+
+    categorized = TopicConsumer(
+        runtime.broker,
+        SERVICE,
+        CATEGORIZATIONS,
+        {"operation.categorized": OperationCategorized},
+        CategorizedConsumerHandler(Categorizations(operations, importer.op_locks)),
+    )
+    categorized.subscribe(
+        settings.importer_categorizations_group_id, max_records=settings.importer_max_records
+    )
+
+    discovered = TopicConsumer(
+        runtime.broker,
+        SERVICE,
+        CONNECTIONS,
+        {"account.discovered": AccountDiscovered},
+        DiscoveredConsumerHandler(AccountDetails(accounts)),
+    )
+    discovered.subscribe(settings.importer_connections_group_id)
+
+
+async def stop_replays(runtime: Runtime) -> None:
+    replays: Replays | None = runtime.extras.get("replays")
+    if replays is not None:
+        await replays.stop()
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return create_service_app(
         SERVICE,
-        settings or ServiceSettings(),
+        settings or ImporterSettings(),
+        routers=[users, ops],
+        on_startup=[wire],
+        on_shutdown=[stop_replays],
         description="Deduplication, account mapping and operations.",
     )

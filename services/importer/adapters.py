@@ -1,0 +1,435 @@
+"""MongoDB storage of the importer, shaped for what FerretDB v1 does fast and safely.
+
+FerretDB v1 (SQLite) answers `_id` lookups from its primary key but scans the collection for any other
+filter, commits each updated document on its own (about 10 ms each here) while an `insert_many` is
+one commit, and wedges on an update command of more than 100 matching statements. So the hot path
+only ever reads and writes by `_id`, inserts new documents in bulk, and updates one document per
+changed fact, a few dozen per command:
+
+- `import_state`: one document per aggregator account (`_id` = `<user>:<aggregator account>`): every
+  line's identity, version and role, compressed into one binary field, with a revision number. It is
+  the dedup state; each batch replaces it with a compare-and-set on `rev` (single-document atomicity,
+  no transaction needed), after the operations and events it implies are written.
+- `operations`: one document per operation the app shows (`_id` = operation id, deterministic for
+  bank lines), with the categorizer's payee and category.
+- `accounts` (with the manual operations reconcile mode may match), `banks`, `links`.
+
+Filters other than `_id` (listing a user's accounts, a page of operations, deleting an account's
+operations) are API or ops paths: indexed on MongoDB, scanned on FerretDB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from bson import Binary
+from pymongo import ASCENDING, DESCENDING, DeleteOne, InsertOne, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from services.importer.domain import AccountLines, ImportMode, Line
+from shared.mongo import DUPLICATE_KEY
+from shared.schemas import Operation
+
+Doc = dict[str, Any]
+
+STATE_FORMAT = 1
+# FerretDB v1.24 never completes an `update` command with more than 100 statements that match
+# documents (each holds one of its 100 pooled SQLite connections) and wedges that database until it
+# restarts (measured by bench/mongo_rates.py): updates and deletes go at most this many per command.
+WRITE_BATCH = 50
+_PENDING, _REMOVED, _WAS_PENDING = 1, 2, 4
+
+
+# ---- the per-account dedup state -----------------------------------------------------------------------
+
+
+def encode_lines(lines: Iterable[Line]) -> bytes:
+    rows = [
+        [
+            line.txid,
+            line.date.isoformat(),
+            str(line.amount),
+            line.memo,
+            line.label,
+            (_PENDING if line.pending else 0)
+            | (_REMOVED if line.removed else 0)
+            | (_WAS_PENDING if line.was_pending else 0),
+            line.version,
+            line.seen.isoformat(),
+            line.account_id,
+            line.op_id,
+            line.claimed_by,
+            line.claims,
+            line.reconciles,
+            line.removed_in,
+            line.since,
+        ]
+        for line in lines
+    ]
+    return zlib.compress(json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode(), 6)
+
+
+def decode_lines(blob: bytes) -> dict[str, Line]:
+    lines: dict[str, Line] = {}
+    for row in json.loads(zlib.decompress(blob)):
+        (txid, date, amount, memo, label, flags, version, seen, account_id) = row[:9]
+        (op_id, claimed_by, claims, reconciles, removed_in, since) = row[9:15]
+        lines[txid] = Line(
+            txid=txid,
+            date=dt.date.fromisoformat(date),
+            amount=Decimal(amount),
+            memo=memo,
+            label=label,
+            pending=bool(flags & _PENDING),
+            removed=bool(flags & _REMOVED),
+            version=version,
+            seen=dt.date.fromisoformat(seen),
+            was_pending=bool(flags & _WAS_PENDING),
+            account_id=account_id,
+            op_id=op_id,
+            claimed_by=claimed_by,
+            claims=claims,
+            reconciles=reconciles,
+            removed_in=removed_in,
+            since=since,
+        )
+    return lines
+
+
+@dataclass
+class StoredState:
+    akey: str
+    user_id: str = ""
+    rev: int = 0
+    lines: dict[str, Line] = field(default_factory=dict)
+    accounts: set[str] = field(default_factory=set)
+
+    def account_lines(self) -> AccountLines:
+        return AccountLines(dict(self.lines))
+
+
+class StateStore:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.coll: AsyncCollection[Doc] = db["import_state"]
+
+    async def load(self, akey: str) -> StoredState:
+        doc = await self.coll.find_one({"_id": akey})
+        if doc is None:
+            return StoredState(akey)
+        return StoredState(
+            akey,
+            doc.get("user_id", ""),
+            int(doc["rev"]),
+            decode_lines(bytes(doc["lines"])),
+            set(doc.get("accounts", [])),
+        )
+
+    async def save(self, state: StoredState, user_id: str, lines: Iterable[Line], accounts: set[str]) -> bool:
+        """Compare-and-set on the revision; False when another writer stored a newer state first."""
+        line_list = list(lines)
+        doc: Doc = {
+            "user_id": user_id,
+            "format": STATE_FORMAT,
+            "rev": state.rev + 1,
+            "count": len(line_list),
+            "accounts": sorted(accounts),
+            "lines": Binary(encode_lines(line_list)),
+            "updated_at": dt.datetime.now(dt.UTC),
+        }
+        if state.rev == 0:
+            try:
+                await self.coll.insert_one({"_id": state.akey, **doc})
+            except DuplicateKeyError:
+                return False
+            return True
+        result = await self.coll.replace_one({"_id": state.akey, "rev": state.rev}, doc)
+        return result.matched_count == 1
+
+
+# ---- operations ----------------------------------------------------------------------------------------
+
+
+def cents(amount: Decimal) -> int:
+    return int(amount * 100)
+
+
+def to_operation(doc: Doc) -> Operation:
+    categorized_by = doc.get("categorized_by")
+    return Operation(
+        id=doc["_id"],
+        account_id=doc["account_id"],
+        date=dt.date.fromisoformat(doc["date"]),
+        amount=doc["amount"],
+        currency=doc["currency"],
+        memo=doc.get("memo", ""),
+        label=doc.get("label", ""),
+        status=doc.get("status", "booked"),
+        source=doc.get("source", "bank"),
+        reconciled=bool(doc.get("reconciled", False)),
+        payee=doc.get("payee"),
+        category=doc.get("category"),
+        categorized_by=categorized_by,
+        aggregator_transaction_id=doc.get("aggregator_transaction_id"),
+    )
+
+
+def bank_fields(line: Line) -> Doc:
+    """What a bank line decides on its operation (never the categorization)."""
+    return {
+        "date": line.date.isoformat(),
+        "amount": str(line.amount),
+        "cents": cents(line.amount),
+        "memo": line.memo,
+        "label": line.label,
+        "status": line.status,
+        "aggregator_transaction_id": line.txid,
+    }
+
+
+CATEGORIZATION_DEFAULTS: Doc = {
+    "payee": None,
+    "category": None,
+    "categorized_by": None,
+    "cat_src": None,
+    "cat_rv": -1,
+}
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Doc]
+    next_after: tuple[str, str] | None
+
+
+class OperationStore:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.coll: AsyncCollection[Doc] = db["operations"]
+
+    async def create_indexes(self) -> None:
+        await self.coll.create_index(
+            [("account_id", ASCENDING), ("date", DESCENDING), ("_id", DESCENDING)], name="account_date"
+        )
+
+    async def get_many(self, ids: Iterable[str]) -> dict[str, Doc]:
+        """By `_id` one at a time: on FerretDB each is a primary-key lookup, `$in` would scan."""
+        found: dict[str, Doc] = {}
+        for op_id in dict.fromkeys(ids):
+            doc = await self.coll.find_one({"_id": op_id})
+            if doc is not None:
+                found[op_id] = doc
+        return found
+
+    async def get(self, op_id: str) -> Doc | None:
+        return await self.coll.find_one({"_id": op_id})
+
+    async def insert_new(self, docs: Sequence[Doc]) -> int:
+        """Inserts in one bulk; documents already there (a batch re-run) are left as they are."""
+        if not docs:
+            return 0
+        try:
+            result = await self.coll.bulk_write([InsertOne(d) for d in docs], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            return int(exc.details.get("nInserted", 0))
+        return result.inserted_count
+
+    async def write(self, requests: Sequence[UpdateOne | DeleteOne]) -> None:
+        """In order, at most `WRITE_BATCH` statements per command (see the module docstring)."""
+        for start in range(0, len(requests), WRITE_BATCH):
+            await self.coll.bulk_write(list(requests[start : start + WRITE_BATCH]), ordered=True)
+
+    async def guarded_update(self, op_id: str, guard: Doc, update: Doc) -> bool:
+        result = await self.coll.update_one({"_id": op_id, **guard}, update)
+        return result.matched_count == 1
+
+    async def delete_account(self, account_id: str) -> int:
+        result = await self.coll.delete_many({"account_id": account_id})
+        return result.deleted_count
+
+    async def insert_one(self, doc: Doc) -> bool:
+        try:
+            await self.coll.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def page(
+        self,
+        user_id: str,
+        account_id: str,
+        *,
+        date_from: dt.date | None,
+        date_to: dt.date | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> Page:
+        """Operations newest first (date, then id), `limit` of them after the cursor position."""
+        query: Doc = {"account_id": account_id, "user_id": user_id}
+        dates: Doc = {}
+        if date_from is not None:
+            dates["$gte"] = date_from.isoformat()
+        if date_to is not None:
+            dates["$lte"] = date_to.isoformat()
+        if dates:
+            query["date"] = dates
+        if after is not None:
+            last_date, last_id = after
+            query["$or"] = [{"date": {"$lt": last_date}}, {"date": last_date, "_id": {"$lt": last_id}}]
+        cursor = self.coll.find(query).sort([("date", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+        docs = await cursor.to_list()
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return Page(docs, (docs[-1]["date"], docs[-1]["_id"]) if more and docs else None)
+
+    async def balances(self, user_id: str) -> dict[str, int]:
+        """Sum of booked operations per account, in cents."""
+        pipeline: list[Doc] = [
+            {"$match": {"user_id": user_id, "status": "booked"}},
+            {"$group": {"_id": "$account_id", "total": {"$sum": "$cents"}}},
+        ]
+        rows = await (await self.coll.aggregate(pipeline)).to_list()
+        return {row["_id"]: int(row["total"]) for row in rows}
+
+    async def count(self, account_id: str) -> int:
+        return await self.coll.count_documents({"account_id": account_id})
+
+
+# ---- accounts, banks, links ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    akey: str
+    user_id: str
+    aggregator_account_id: str
+    target_account_id: str | None
+    import_mode: ImportMode
+    updated_at: dt.datetime | None = None
+
+
+class AccountStore:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.accounts: AsyncCollection[Doc] = db["accounts"]
+        self.banks: AsyncCollection[Doc] = db["banks"]
+        self.links: AsyncCollection[Doc] = db["links"]
+        # what the connector said of each aggregator account (name, IBAN, balance), by `<user>:<account>`
+        self.details: AsyncCollection[Doc] = db["aggregator_accounts"]
+
+    async def create_indexes(self) -> None:
+        await self.accounts.create_index([("user_id", ASCENDING)], name="by_user")
+        await self.banks.create_index([("user_id", ASCENDING)], name="by_user")
+        await self.links.create_index([("user_id", ASCENDING)], name="by_user")
+
+    # accounts
+
+    async def get(self, account_id: str) -> Doc | None:
+        return await self.accounts.find_one({"_id": account_id})
+
+    async def list_accounts(self, user_id: str) -> list[Doc]:
+        cursor = self.accounts.find({"user_id": user_id, "deleted": False}).sort("_id", ASCENDING)
+        return await cursor.to_list()
+
+    async def insert(self, doc: Doc) -> Doc:
+        """Creates the account, or returns the one a concurrent writer created with this id."""
+        try:
+            await self.accounts.insert_one(doc)
+        except DuplicateKeyError:
+            existing = await self.get(doc["_id"])
+            assert existing is not None
+            return existing
+        return doc
+
+    async def revive(self, doc: Doc) -> Doc:
+        """A deleted account that a sync or a replay fills again comes back as its next generation."""
+        generation = int(doc["generation"])
+        await self.accounts.update_one(
+            {"_id": doc["_id"], "deleted": True, "generation": generation},
+            {"$set": {"deleted": False, "generation": generation + 1, "revived_at": dt.datetime.now(dt.UTC)}},
+        )
+        fresh = await self.get(doc["_id"])
+        assert fresh is not None
+        return fresh
+
+    async def mark_deleted(self, account_id: str) -> bool:
+        result = await self.accounts.update_one(
+            {"_id": account_id, "deleted": False},
+            {"$set": {"deleted": True, "deleted_at": dt.datetime.now(dt.UTC), "manual": {}}},
+        )
+        return result.modified_count == 1
+
+    async def mark_announced(self, account_id: str, generation: int) -> None:
+        await self.accounts.update_one({"_id": account_id}, {"$set": {"announced": generation}})
+
+    async def add_sources(self, account_id: str, akeys: Iterable[str]) -> None:
+        for akey in akeys:
+            await self.accounts.update_one({"_id": account_id}, {"$addToSet": {"sources": akey}})
+
+    async def add_manual(self, account_id: str, op_id: str, date: dt.date, amount: Decimal) -> None:
+        await self.accounts.update_one(
+            {"_id": account_id},
+            {"$set": {f"manual.{op_id}": {"date": date.isoformat(), "amount": str(amount)}}},
+        )
+
+    async def set_fields(self, account_id: str, fields: Doc) -> None:
+        await self.accounts.update_one({"_id": account_id}, {"$set": fields})
+
+    async def put_details(self, akey: str, details: Doc) -> None:
+        await self.details.replace_one({"_id": akey}, details, upsert=True)
+
+    async def get_details(self, akey: str) -> Doc | None:
+        return await self.details.find_one({"_id": akey})
+
+    # banks
+
+    async def ensure_bank(self, user_id: str, bank_id: str, name: str) -> None:
+        bank_key = f"{user_id}:{bank_id}"
+        if await self.banks.find_one({"_id": bank_key}) is None:
+            with contextlib.suppress(DuplicateKeyError):
+                await self.banks.insert_one(
+                    {"_id": bank_key, "user_id": user_id, "id": bank_id, "name": name}
+                )
+
+    async def list_banks(self, user_id: str) -> list[Doc]:
+        return await self.banks.find({"user_id": user_id}).sort("_id", ASCENDING).to_list()
+
+    # links
+
+    async def get_link(self, akey: str) -> Link | None:
+        doc = await self.links.find_one({"_id": akey})
+        if doc is None:
+            return None
+        return Link(
+            akey=akey,
+            user_id=doc["user_id"],
+            aggregator_account_id=doc["aggregator_account_id"],
+            target_account_id=doc.get("target_account_id"),
+            import_mode=ImportMode(doc.get("import_mode", "create")),
+            updated_at=doc.get("updated_at"),
+        )
+
+    async def put_link(self, link: Link) -> None:
+        await self.links.replace_one(
+            {"_id": link.akey},
+            {
+                "user_id": link.user_id,
+                "aggregator_account_id": link.aggregator_account_id,
+                "target_account_id": link.target_account_id,
+                "import_mode": link.import_mode.value,
+                "updated_at": link.updated_at,
+            },
+            upsert=True,
+        )
+
+    async def list_links(self, user_id: str) -> list[Doc]:
+        return await self.links.find({"user_id": user_id}).sort("_id", ASCENDING).to_list()

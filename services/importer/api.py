@@ -1,0 +1,370 @@
+"""HTTP API of the contract: banks, accounts, links, operations with cursor paging, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import json
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.importer.adapters import to_operation
+from services.importer.domain import ImportMode
+from services.importer.handlers import AccountService, CurrencyMismatch, Importer, UnknownAccount
+from services.importer.replay import ReplayResult, replay_into
+from shared.auth import OpsPrincipal, UserPrincipal
+from shared.logging import get_logger
+from shared.money import InvalidAmount, to_amount
+from shared.problems import Problem, problem_responses
+from shared.schemas import Operation
+from shared.service import correlation_id_of
+
+log = get_logger(__name__)
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+
+users = APIRouter(prefix="/v1/users/{user_id}", tags=["importer"], responses=problem_responses(401, 403, 422))
+ops = APIRouter(prefix="/v1/ops", tags=["ops"], responses=problem_responses(401, 403, 422))
+
+
+# ---- bodies and views ----------------------------------------------------------------------------------
+
+
+class BankView(BaseModel):
+    id: str
+    name: str
+
+
+class AccountView(BaseModel):
+    account_id: str
+    bank_id: str | None
+    name: str
+    iban: str | None
+    balance: str
+    currency: str
+    aggregator_account_id: str | None
+
+
+class AccountIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    currency: str = Field(default="EUR", pattern=CURRENCY_PATTERN)
+
+
+class LinkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target_account_id: str | None = None
+    import_mode: ImportMode = ImportMode.CREATE
+
+
+class LinkView(BaseModel):
+    aggregator_account_id: str
+    target_account_id: str | None
+    import_mode: ImportMode
+    updated_at: dt.datetime | None = None
+
+
+class ManualOperationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    date: dt.date
+    amount: str = Field(description='A decimal string, e.g. "-42.50" (never a float)')
+    currency: str = Field(default="EUR", pattern=CURRENCY_PATTERN)
+    label: str = Field(min_length=1, max_length=500)
+
+    @field_validator("amount")
+    @classmethod
+    def exact_amount(cls, value: str) -> str:
+        try:
+            return str(to_amount(value))
+        except InvalidAmount as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("date")
+    @classmethod
+    def plausible_date(cls, value: dt.date) -> dt.date:
+        if not dt.date(1990, 1, 1) <= value <= dt.date(2100, 1, 1):
+            raise ValueError(f"implausible date {value.isoformat()}")
+        return value
+
+
+class OperationsPage(BaseModel):
+    items: list[Operation]
+    next_cursor: str | None
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1)
+    aggregator_account_id: str = Field(min_length=1)
+    since: dt.date | None = None
+
+
+class ReplayView(BaseModel):
+    replay_id: str
+    status: Literal["running", "succeeded", "failed"]
+    user_id: str
+    aggregator_account_id: str
+    since: dt.date | None
+    processed: int = Field(default=0, description="Records of the partition read so far")
+    total: int | None = Field(default=None, description="Records of the partition to read")
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+# ---- dependencies --------------------------------------------------------------------------------------
+
+
+def service_of(request: Request) -> AccountService:
+    found: AccountService = request.app.state.runtime.extras["accounts"]
+    return found
+
+
+Service = Annotated[AccountService, Depends(service_of)]
+
+
+def unknown_account(account_id: str) -> Problem:
+    return Problem(404, "unknown_account", f"No account {account_id!r} for this user.")
+
+
+def encode_cursor(after: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(after)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        date, op_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        dt.date.fromisoformat(date)
+        if not isinstance(op_id, str):
+            raise TypeError
+    except (ValueError, TypeError, binascii.Error):
+        raise Problem(400, "invalid_cursor", "The cursor is not one this API gave.") from None
+    return date, op_id
+
+
+# ---- user routes ---------------------------------------------------------------------------------------
+
+
+@users.get("/banks", response_model=list[BankView])
+async def list_banks(user_id: str, _: UserPrincipal, service: Service) -> list[dict[str, Any]]:
+    return [{"id": doc["id"], "name": doc["name"]} for doc in await service.accounts.list_banks(user_id)]
+
+
+@users.get("/accounts", response_model=list[AccountView])
+async def list_accounts(user_id: str, _: UserPrincipal, service: Service) -> list[dict[str, Any]]:
+    return await service.list_accounts(user_id)
+
+
+@users.post("/accounts", response_model=AccountView, status_code=201)
+async def create_account(
+    user_id: str, body: AccountIn, request: Request, _: UserPrincipal, service: Service
+) -> dict[str, Any]:
+    return await service.create_account(user_id, body.name, body.currency, correlation_id_of(request))
+
+
+@users.delete("/accounts/{account_id}", status_code=204, responses=problem_responses(404))
+async def delete_account(
+    user_id: str, account_id: str, request: Request, _: UserPrincipal, service: Service
+) -> Response:
+    try:
+        await service.delete_account(user_id, account_id, correlation_id_of(request))
+    except UnknownAccount:
+        raise unknown_account(account_id) from None
+    return Response(status_code=204)
+
+
+@users.put("/links/{aggregator_account_id}", response_model=LinkView, responses=problem_responses(404))
+async def put_link(
+    user_id: str, aggregator_account_id: str, body: LinkIn, _: UserPrincipal, service: Service
+) -> dict[str, Any]:
+    if body.import_mode is ImportMode.RECONCILE and body.target_account_id is None:
+        raise Problem(
+            422, "validation_error", "target_account_id: the reconcile mode needs a reconciliation account"
+        )
+    try:
+        link = await service.put_link(
+            user_id, aggregator_account_id, body.target_account_id, body.import_mode
+        )
+    except UnknownAccount:
+        raise unknown_account(str(body.target_account_id)) from None
+    return {
+        "aggregator_account_id": link.aggregator_account_id,
+        "target_account_id": link.target_account_id,
+        "import_mode": link.import_mode,
+        "updated_at": link.updated_at,
+    }
+
+
+@users.get("/links", response_model=list[LinkView])
+async def list_links(user_id: str, _: UserPrincipal, service: Service) -> list[dict[str, Any]]:
+    return [
+        {
+            "aggregator_account_id": doc["aggregator_account_id"],
+            "target_account_id": doc.get("target_account_id"),
+            "import_mode": doc.get("import_mode", "create"),
+            "updated_at": doc.get("updated_at"),
+        }
+        for doc in await service.accounts.list_links(user_id)
+    ]
+
+
+@users.post(
+    "/accounts/{account_id}/operations",
+    response_model=Operation,
+    status_code=201,
+    responses={**problem_responses(404), 200: {"description": "Already created with this Idempotency-Key"}},
+)
+async def add_manual_operation(
+    user_id: str,
+    account_id: str,
+    body: ManualOperationIn,
+    request: Request,
+    response: Response,
+    _: UserPrincipal,
+    service: Service,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Operation:
+    try:
+        doc, created = await service.add_manual_operation(
+            user_id,
+            account_id,
+            date=body.date,
+            amount=to_amount(body.amount),
+            currency=body.currency,
+            label=body.label,
+            correlation_id=correlation_id_of(request),
+            idempotency_key=idempotency_key,
+        )
+    except UnknownAccount:
+        raise unknown_account(account_id) from None
+    except CurrencyMismatch as exc:
+        raise Problem(422, "currency_mismatch", str(exc)) from None
+    if not created:
+        response.status_code = 200
+    return to_operation(doc)
+
+
+@users.get(
+    "/accounts/{account_id}/operations", response_model=OperationsPage, responses=problem_responses(400, 404)
+)
+async def list_operations(
+    user_id: str,
+    account_id: str,
+    _: UserPrincipal,
+    service: Service,
+    date_from: Annotated[dt.date | None, Query(alias="from")] = None,
+    date_to: Annotated[dt.date | None, Query(alias="to")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    try:
+        await service.own_account(user_id, account_id)
+    except UnknownAccount:
+        raise unknown_account(account_id) from None
+    page = await service.operations.page(
+        user_id,
+        account_id,
+        date_from=date_from,
+        date_to=date_to,
+        after=decode_cursor(cursor) if cursor else None,
+        limit=limit,
+    )
+    return {
+        "items": [to_operation(doc) for doc in page.items],
+        "next_cursor": encode_cursor(page.next_after) if page.next_after else None,
+    }
+
+
+# ---- ops routes ----------------------------------------------------------------------------------------
+
+
+class Replays:
+    """Replays started through the API in this process, and how they ended (the last `KEEP`)."""
+
+    KEEP = 100
+
+    def __init__(self, importer: Importer, bootstrap_servers: str) -> None:
+        self.importer = importer
+        self.bootstrap_servers = bootstrap_servers
+        self.views: dict[str, ReplayView] = {}
+        self.running: dict[str, ReplayResult] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, body: ReplayIn) -> ReplayView:
+        replay_id = str(uuid.uuid4())
+        view = ReplayView(
+            replay_id=replay_id,
+            status="running",
+            user_id=body.user_id,
+            aggregator_account_id=body.aggregator_account_id,
+            since=body.since,
+        )
+        self.views[replay_id] = view
+        for old in [k for k, v in self.views.items() if v.status != "running"][: -self.KEEP]:
+            del self.views[old]  # the finished ones beyond the last KEEP
+        task = asyncio.create_task(self._run(view), name=f"replay-{replay_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return view
+
+    def view(self, replay_id: str) -> ReplayView | None:
+        view = self.views.get(replay_id)
+        live = self.running.get(replay_id)
+        if view is not None and live is not None:
+            view.processed, view.total = live.processed, live.total if live.partition >= 0 else None
+        return view
+
+    async def _run(self, view: ReplayView) -> None:
+        live = self.running[view.replay_id] = ReplayResult(
+            view.user_id, view.aggregator_account_id, view.since
+        )
+        try:
+            await replay_into(
+                self.importer,
+                self.bootstrap_servers,
+                view.user_id,
+                view.aggregator_account_id,
+                view.since,
+                result=live,
+            )
+        except Exception as exc:
+            log.exception("replay_failed", replay_id=view.replay_id)
+            view.status, view.error = "failed", f"{type(exc).__name__}: {exc}"
+        else:
+            view.status, view.result = "succeeded", live.as_dict()
+        finally:
+            view.processed, view.total = live.processed, live.total
+            del self.running[view.replay_id]
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def replays_of(request: Request) -> Replays:
+    found: Replays = request.app.state.runtime.extras["replays"]
+    return found
+
+
+@ops.post("/replay", response_model=ReplayView, status_code=202)
+async def start_replay(
+    body: ReplayIn, response: Response, _: OpsPrincipal, replays: Annotated[Replays, Depends(replays_of)]
+) -> ReplayView:
+    view = replays.start(body)
+    response.headers["Location"] = f"/v1/ops/replays/{view.replay_id}"
+    return view
+
+
+@ops.get("/replays/{replay_id}", response_model=ReplayView, responses=problem_responses(404))
+async def get_replay(
+    replay_id: str, _: OpsPrincipal, replays: Annotated[Replays, Depends(replays_of)]
+) -> ReplayView:
+    view = replays.view(replay_id)
+    if view is None:
+        raise Problem(404, "unknown_replay", f"No replay {replay_id!r} in this process.")
+    return view

@@ -1,0 +1,912 @@
+"""What a raw bank line, a categorization and each API request do: load, decide, store, announce.
+
+The import path, for one aggregator account at a time (its lines are ordered on one partition):
+1. load the account's dedup state (one document) and resolve where its lines go (link, account);
+2. decide with `domain.apply`: which operations appear, change, go, which manual ones are reconciled;
+3. write the operations (new ones in one bulk insert, changed ones by `_id`), then publish the events
+   (deterministic ids), then store the new state with a compare-and-set on its revision.
+A crash anywhere before step 3 ends leaves the state as it was: the batch is read again, decided the
+same way, and its writes and events are repeated with the same ids. A concurrent writer (a replay
+in another process) makes the compare-and-set fail: the batch is decided again on the newer state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from pymongo import DeleteOne, UpdateOne
+
+from services.importer.adapters import (
+    CATEGORIZATION_DEFAULTS,
+    AccountStore,
+    Doc,
+    Link,
+    OperationStore,
+    StateStore,
+    bank_fields,
+    cents,
+    to_operation,
+)
+from services.importer.domain import (
+    AccountLines,
+    Changes,
+    ImportMode,
+    Line,
+    ManualCandidate,
+    Observation,
+    Target,
+    apply,
+    line_ref,
+    version_of,
+)
+from shared.consumer import Incoming, PoisonRecord
+from shared.events import CloudEvent, account_key, content_hash, deterministic_event_id
+from shared.kafka import EventPublisher
+from shared.logging import get_logger
+from shared.money import InvalidAmount, format_amount, to_amount
+from shared.schemas import Bank, OperationCategorized, OperationEvent, Payload, TransactionObserved
+from shared.topics import OPERATIONS
+
+SERVICE = "importer"
+log = get_logger(__name__)
+
+# a line not observed for this long can no longer come back from the raw topic (400 days retention)
+FORGET_AFTER = dt.timedelta(days=450)
+# a bank date this far after the sync that reported it is nonsense, not a pending line
+MAX_DAYS_AHEAD = 400
+CONFLICT_RETRIES = 8
+ACCOUNT_NAMESPACE = uuid.UUID("5b0b7f7e-8a4f-4d55-9f3e-2f1d0c9b8a71")
+
+
+class UnknownTarget(Exception):
+    """The link names an app account that does not exist (or is another user's)."""
+
+
+class Conflict(Exception):
+    """Another writer changed the same account meanwhile: decide again on the newer state."""
+
+
+class UnknownAccount(Exception):
+    pass
+
+
+class CurrencyMismatch(Exception):
+    pass
+
+
+# ---- ids -----------------------------------------------------------------------------------------------
+
+
+def auto_account_id(akey: str) -> str:
+    """The app account created for an aggregator account synced without a chosen target."""
+    return str(uuid.uuid5(ACCOUNT_NAMESPACE, akey))
+
+
+def time_ordered_id() -> str:
+    """A UUID-shaped id that sorts by creation time (manual accounts and operations)."""
+    millis = int(time.time() * 1000)
+    return str(uuid.UUID(int=(millis << 80) | uuid.uuid4().int >> 48))
+
+
+# ---- raw lines -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawLine:
+    """One `transaction.observed`, validated, with where it came from (for the DLQ)."""
+
+    event: CloudEvent
+    data: TransactionObserved
+    key: str
+    record: ConsumerRecord[bytes, bytes] | None = None
+
+    @property
+    def akey(self) -> str:
+        return account_key(self.data.user_id, self.data.aggregator_account_id)
+
+    @classmethod
+    def of(cls, incoming: Incoming) -> RawLine:
+        assert isinstance(incoming.data, TransactionObserved)
+        return cls(incoming.event, incoming.data, incoming.key, incoming.record)
+
+
+def problem_with(raw: RawLine) -> str | None:
+    """Why a schema-valid record still cannot be imported (it goes to the DLQ), or None."""
+    data, tx = raw.data, raw.data.transaction
+    if raw.key != raw.akey:
+        return f"key {raw.key!r} is not <user>:<aggregator account> {raw.akey!r}"
+    if raw.event.userid != data.user_id:
+        return f"event user {raw.event.userid!r} differs from data user {data.user_id!r}"
+    if str(tx.id_account) != data.aggregator_account_id:
+        return f"transaction of account {tx.id_account!r} reported for {data.aggregator_account_id!r}"
+    if not str(tx.id).strip() or not data.user_id or not data.aggregator_account_id:
+        return "empty transaction, user or account id"
+    if len(data.currency) != 3 or not data.currency.isalpha() or not data.currency.isupper():
+        return f"currency {data.currency!r} is not an ISO 4217 code"
+    if (tx.date - raw.event.time.date()).days > MAX_DAYS_AHEAD:
+        return f"bank date {tx.date.isoformat()} is more than {MAX_DAYS_AHEAD} days after the sync"
+    return None
+
+
+def observation_of(raw: RawLine) -> Observation:
+    tx = raw.data.transaction
+    memo = tx.original_wording or tx.wording or ""
+    label = tx.simplified_wording or tx.wording or memo
+    removed = tx.deleted is not None or not tx.active
+    fingerprint = content_hash(
+        [tx.date, tx.value, tx.original_wording, tx.simplified_wording, tx.wording, tx.coming, removed]
+    )
+    return Observation(
+        txid=str(tx.id),
+        date=tx.date,
+        amount=tx.value,
+        memo=memo,
+        label=label,
+        pending=tx.coming,
+        removed=removed,
+        version=version_of(
+            tx.last_update or raw.event.time, pending=tx.coming, removed=removed, content=fingerprint
+        ),
+        seen=raw.event.time.date(),
+        sync=raw.data.sync_run_id,
+    )
+
+
+# ---- documents and events ------------------------------------------------------------------------------
+
+
+def account_view(doc: Doc, balance_cents: int | None = None) -> dict[str, Any]:
+    balance = doc.get("bank_balance")
+    if balance is None:
+        balance = format_amount(Decimal(balance_cents or 0) / 100)
+    return {
+        "account_id": doc["_id"],
+        "bank_id": doc.get("bank_id"),
+        "name": doc.get("name", ""),
+        "iban": doc.get("iban"),
+        "balance": balance,
+        "currency": doc.get("currency", "EUR"),
+        "aggregator_account_id": doc.get("aggregator_account_id"),
+    }
+
+
+@dataclass
+class ImportStats:
+    lines: int = 0
+    imported: int = 0
+    updated: int = 0
+    deleted: int = 0
+    reconciled: int = 0
+    unchanged: int = 0
+
+    def add(self, other: ImportStats) -> None:
+        self.lines += other.lines
+        self.imported += other.imported
+        self.updated += other.updated
+        self.deleted += other.deleted
+        self.reconciled += other.reconciled
+        self.unchanged += other.unchanged
+
+
+@dataclass
+class ImportResult:
+    stats: ImportStats = field(default_factory=ImportStats)
+    rejected: list[tuple[RawLine, str]] = field(default_factory=list)
+
+
+class KeyLocks:
+    """One holder at a time per key in this process; several keys are taken in order (no deadlock).
+
+    Per aggregator account: one writer of its dedup state (consumer, replay, deletion). Per operation:
+    one writer of its document, because FerretDB v1 rewrites a whole document on update and can lose
+    one of two concurrent updates of it (bank fields and categorization would race).
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._holders: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *keys: str) -> AsyncIterator[None]:
+        ordered = sorted(set(keys))
+        for key in ordered:
+            self._holders[key] = self._holders.get(key, 0) + 1
+        acquired: list[str] = []
+        try:
+            for key in ordered:
+                await self._locks.setdefault(key, asyncio.Lock()).acquire()
+                acquired.append(key)
+            yield
+        finally:
+            for key in acquired:
+                self._locks[key].release()
+            for key in ordered:
+                self._holders[key] -= 1
+                if self._holders[key] == 0:
+                    del self._holders[key]
+                    self._locks.pop(key, None)
+
+
+@dataclass(frozen=True)
+class BankOperationFactory:
+    """Operation documents of one aggregator account's lines."""
+
+    user_id: str
+    currency: str
+    akey: str
+    aggregator_account_id: str
+
+    def new(self, line: Line) -> Doc:
+        now = dt.datetime.now(dt.UTC)
+        return {
+            "_id": line.op_id,
+            "user_id": self.user_id,
+            "account_id": line.account_id,
+            "akey": self.akey,
+            "aggregator_account_id": self.aggregator_account_id,
+            "currency": self.currency,
+            "source": "bank",
+            "reconciled": False,
+            "reconciled_by": None,
+            **bank_fields(line),
+            **CATEGORIZATION_DEFAULTS,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def update(self, line: Line) -> UpdateOne:
+        """The bank's side of an existing operation (its categorization stays); created if missing."""
+        changed = {**bank_fields(line), "account_id": line.account_id, "updated_at": dt.datetime.now(dt.UTC)}
+        rest = {k: v for k, v in self.new(line).items() if k not in changed and k != "_id"}
+        return UpdateOne({"_id": line.op_id}, {"$set": changed, "$setOnInsert": rest}, upsert=True)
+
+
+class Announcer:
+    """Builds the `operation.*` events of one batch: deterministic ids, the sync run's correlation id."""
+
+    def __init__(
+        self, user_id: str, correlation: dict[str, str], default_correlation: str, generations: dict[str, int]
+    ) -> None:
+        self.user_id = user_id
+        self.correlation = correlation
+        self.default_correlation = default_correlation
+        self.generations = generations
+        self.events: list[tuple[str, CloudEvent]] = []
+
+    def add(self, name: str, doc: Doc, txid: str | None, *fact: str) -> None:
+        """`fact` names what is restated beyond the operation and its account's life (e.g. a version)."""
+        operation = to_operation(doc)
+        generation = str(self.generations.get(operation.account_id, 1))
+        payload = OperationEvent(
+            user_id=self.user_id, operation=operation, aggregator_account_id=doc.get("aggregator_account_id")
+        )
+        event = CloudEvent.new(
+            service=SERVICE,
+            name=name,
+            data=payload.model_dump(mode="json"),
+            user_id=self.user_id,
+            correlation_id=self.correlation.get(txid or "", self.default_correlation),
+            subject=operation.id,
+            event_id=deterministic_event_id(name, operation.id, *fact, generation),
+        )
+        self.events.append((account_key(self.user_id, operation.account_id), event))
+
+
+class Importer:
+    """The one import path, for the consumer, the replay and the ops command alike."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        operations: OperationStore,
+        accounts: AccountStore,
+        publisher: EventPublisher,
+        *,
+        locks: KeyLocks | None = None,
+        concurrency: int = 8,
+        today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
+    ) -> None:
+        self.state = state
+        self.operations = operations
+        self.accounts = accounts
+        self.publisher = publisher
+        self.locks = locks or KeyLocks()
+        self.op_locks = KeyLocks()
+        self.today = today
+        self._semaphore = asyncio.Semaphore(concurrency)
+
+    # -- batches
+
+    async def import_lines(self, lines: Sequence[RawLine]) -> ImportResult:
+        """Imports lines of any accounts; the lines of one account in their order, accounts concurrently."""
+        result = ImportResult()
+        groups: dict[str, list[RawLine]] = {}
+        for raw in lines:
+            problem = problem_with(raw)
+            if problem is not None:
+                result.rejected.append((raw, problem))
+            else:
+                groups.setdefault(raw.akey, []).append(raw)
+
+        async def one(akey: str, group: list[RawLine]) -> ImportStats:
+            async with self._semaphore:
+                return await self.import_account(akey, group)
+
+        outcomes = await asyncio.gather(*(one(k, g) for k, g in groups.items()), return_exceptions=True)
+        failure: BaseException | None = None
+        for (_akey, group), outcome in zip(groups.items(), outcomes, strict=True):
+            if isinstance(outcome, UnknownTarget):
+                result.rejected += [(raw, f"unknown account: {outcome}") for raw in group]
+            elif isinstance(outcome, BaseException):
+                failure = failure or outcome
+            else:
+                result.stats.add(outcome)
+        if failure is not None:
+            raise failure
+        return result
+
+    async def import_account(self, akey: str, lines: Sequence[RawLine]) -> ImportStats:
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                async with self.locks.hold(akey):
+                    return await self._import_once(akey, lines)
+            except Conflict:
+                log.info("import_conflict_retrying", akey=akey)
+                await asyncio.sleep(0.05)
+        raise Conflict(f"{akey}: too many concurrent writers")
+
+    async def _import_once(self, akey: str, lines: Sequence[RawLine]) -> ImportStats:
+        first = lines[0]
+        stored = await self.state.load(akey)
+        target, account = await self._target(first)
+        observations = [observation_of(raw) for raw in lines]
+        correlation = {
+            obs.txid: raw.event.correlationid for obs, raw in zip(observations, lines, strict=True)
+        }
+        work = stored.account_lines()
+        if target.mode is ImportMode.RECONCILE:
+            work.manual = await self._manual_candidates(account, observations)
+        after, changes = apply(work, observations, target)
+        after.forget(self.today() - FORGET_AFTER)
+        stats = ImportStats(
+            lines=len(lines),
+            imported=len(changes.imported),
+            updated=len(changes.updated) + len(changes.rereconciled) + len(changes.unreconciled),
+            deleted=len(changes.deleted),
+            reconciled=len(changes.reconciled),
+        )
+        if after.lines == stored.lines:
+            stats.unchanged = len(lines)
+            return stats  # a redelivery or a replay of what is known: nothing to do
+
+        await self._store(first, target, account, changes, correlation)
+        accounts = set(stored.accounts) | {line.account_id for line in after.lines.values()}
+        for account_id in sorted(accounts - stored.accounts):
+            await self.accounts.add_sources(account_id, [akey])
+        if not await self.state.save(stored, first.data.user_id, after.lines.values(), accounts):
+            raise Conflict(akey)
+        if not changes.empty:
+            log.info(
+                "lines_imported",
+                akey=akey,
+                lines=len(lines),
+                imported=stats.imported,
+                updated=stats.updated,
+                deleted=stats.deleted,
+                reconciled=stats.reconciled,
+            )
+        return stats
+
+    # -- where lines go
+
+    async def _target(self, raw: RawLine) -> tuple[Target, Doc]:
+        data = raw.data
+        link = await self.accounts.get_link(raw.akey)
+        chosen = link.target_account_id if link is not None else None
+        account_id = chosen or auto_account_id(raw.akey)
+        mode = link.import_mode if link is not None else ImportMode.CREATE
+        account = await self.accounts.get(account_id)
+        if account is None:
+            if chosen is not None:
+                raise UnknownTarget(f"the link of {data.aggregator_account_id} names account {chosen}")
+            account = await self.accounts.insert(await self._bank_account_doc(raw, account_id))
+        if account["user_id"] != data.user_id:
+            raise UnknownTarget(f"account {account_id} is not {data.user_id}'s")
+        if account.get("deleted"):
+            account = await self.accounts.revive(account)
+        await self.accounts.ensure_bank(data.user_id, data.bank.id, data.bank.name)
+        if int(account.get("announced", 0)) < int(account["generation"]):
+            await self.announce_account(account, raw.event.correlationid)
+        return Target(raw.akey, account_id, mode), account
+
+    async def _bank_account_doc(self, raw: RawLine, account_id: str) -> Doc:
+        data = raw.data
+        details = await self.accounts.get_details(raw.akey) or {}
+        return {
+            "_id": account_id,
+            "user_id": data.user_id,
+            "bank_id": data.bank.id,
+            "name": details.get("name") or f"{data.bank.name} {data.aggregator_account_id}",
+            "iban": details.get("iban"),
+            "bank_balance": details.get("balance"),
+            "currency": data.currency,
+            "aggregator_account_id": data.aggregator_account_id,
+            "deleted": False,
+            "generation": 1,
+            "announced": 0,
+            "manual": {},
+            "sources": [raw.akey],
+            "created_at": dt.datetime.now(dt.UTC),
+        }
+
+    async def announce_account(self, account: Doc, correlation_id: str) -> None:
+        generation = int(account["generation"])
+        event = CloudEvent.new(
+            service=SERVICE,
+            name="account.created",
+            data={
+                "user_id": account["user_id"],
+                "account": account_view(account),
+                "aggregator_account_id": account.get("aggregator_account_id"),
+                "generation": generation,
+            },
+            user_id=account["user_id"],
+            correlation_id=correlation_id,
+            subject=account["_id"],
+            event_id=deterministic_event_id("account.created", account["_id"], str(generation)),
+        )
+        await self.publisher.publish(OPERATIONS, account_key(account["user_id"], account["_id"]), event)
+        await self.accounts.mark_announced(account["_id"], generation)
+
+    async def _manual_candidates(
+        self, account: Doc, observations: Sequence[Observation]
+    ) -> dict[str, ManualCandidate]:
+        amounts = {obs.amount for obs in observations if not obs.removed}
+        entries: dict[str, Doc] = account.get("manual") or {}
+        wanted = [op_id for op_id, entry in entries.items() if Decimal(entry["amount"]) in amounts]
+        docs = await self.operations.get_many(wanted)
+        return {
+            op_id: ManualCandidate(
+                op_id=op_id,
+                date=dt.date.fromisoformat(doc["date"]),
+                amount=Decimal(doc["amount"]),
+                reconciled_by=doc.get("reconciled_by"),
+            )
+            for op_id, doc in docs.items()
+            if doc.get("source") == "manual" and doc.get("account_id") == account["_id"]
+        }
+
+    # -- storing and announcing what changed
+
+    async def _store(
+        self, raw: RawLine, target: Target, account: Doc, changes: Changes, correlation: dict[str, str]
+    ) -> None:
+        """Writes what changed to the operations, then announces it (the state is stored after)."""
+        data = raw.data
+        bank_op = BankOperationFactory(data.user_id, data.currency, target.akey, data.aggregator_account_id)
+        updated_ids = [line.op_id for line in changes.updated if line.op_id]
+        deleted_ids = [op_id for op_id, _ in changes.deleted]
+        manual_ids = [m for m, _ in (*changes.reconciled, *changes.rereconciled, *changes.unreconciled)]
+        existing = await self.operations.get_many([*updated_ids, *deleted_ids, *manual_ids])
+
+        new_docs = [bank_op.new(line) for line in changes.imported]
+        await self.operations.insert_new(new_docs)
+        async with self.op_locks.hold(*updated_ids, *deleted_ids, *manual_ids):
+            await self.operations.write(
+                [bank_op.update(line) for line in changes.updated]
+                + [DeleteOne({"_id": op_id}) for op_id in deleted_ids]
+            )
+            manual_after = await self._write_reconciliations(target.akey, changes, existing)
+
+        generations = await self._generations(
+            {account["_id"]: account},
+            {
+                doc["account_id"]
+                for doc in (*new_docs, *existing.values(), *manual_after.values())
+                if "account_id" in doc
+            }
+            | {line.account_id for line in changes.updated},
+        )
+        announcer = Announcer(data.user_id, correlation, raw.event.correlationid, generations)
+        for doc in new_docs:
+            announcer.add("operation.imported", doc, doc["aggregator_transaction_id"])
+        for line in changes.updated:
+            assert line.op_id is not None
+            categorization = {
+                k: v for k, v in existing.get(line.op_id, {}).items() if k in CATEGORIZATION_DEFAULTS
+            }
+            announcer.add(
+                "operation.updated", {**bank_op.new(line), **categorization}, line.txid, line.version
+            )
+        for op_id, line in changes.deleted:
+            doc = existing.get(op_id) or {**bank_op.new(line), "_id": op_id}
+            announcer.add("operation.deleted", doc, line.txid)
+        for name, items in (
+            ("operation.reconciled", changes.reconciled),
+            ("operation.updated", changes.rereconciled),
+            ("operation.updated", changes.unreconciled),
+        ):
+            for manual_id, line in items:
+                doc = manual_after[manual_id]
+                if "_id" in doc:  # else the manual operation went meanwhile (its account was deleted)
+                    announcer.add(name, doc, line.txid, line_ref(target.akey, line.txid), line.version)
+        if announcer.events:
+            await self.publisher.publish_many(OPERATIONS, announcer.events)
+
+    async def _write_reconciliations(
+        self, akey: str, changes: Changes, existing: dict[str, Doc]
+    ) -> dict[str, Doc]:
+        """Marks manual operations reconciled or not; returns them as they now are."""
+        now = dt.datetime.now(dt.UTC)
+        after: dict[str, Doc] = {}
+
+        def reconciled_by(line: Line) -> Doc:
+            ref = line_ref(akey, line.txid)
+            return {
+                "reconciled": True,
+                "reconciled_by": ref,
+                "aggregator_transaction_id": line.txid,
+                "memo": line.memo,
+            }
+
+        for manual_id, line in changes.reconciled:
+            fields = reconciled_by(line)
+            guard = {"reconciled_by": {"$in": [None, fields["reconciled_by"]]}}
+            if not await self.operations.guarded_update(
+                manual_id, guard, {"$set": {**fields, "updated_at": now}}
+            ):
+                raise Conflict(f"manual operation {manual_id} reconciled elsewhere meanwhile")
+            after[manual_id] = {**existing.get(manual_id, {}), **fields}
+        for manual_id, line in changes.rereconciled:
+            fields = reconciled_by(line)
+            await self.operations.guarded_update(manual_id, {}, {"$set": {**fields, "updated_at": now}})
+            after[manual_id] = {**existing.get(manual_id, {}), **fields}
+        for manual_id, line in changes.unreconciled:
+            fields = {
+                "reconciled": False,
+                "reconciled_by": None,
+                "aggregator_transaction_id": None,
+                "memo": "",
+            }
+            released: Doc = {"reconciled_by": line_ref(akey, line.txid)}
+            await self.operations.guarded_update(manual_id, released, {"$set": {**fields, "updated_at": now}})
+            after[manual_id] = {**existing.get(manual_id, {}), **fields}
+        return after
+
+    async def _generations(self, known: dict[str, Doc], account_ids: Iterable[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for account_id in set(account_ids):
+            doc = known.get(account_id) or await self.accounts.get(account_id)
+            found[account_id] = int(doc["generation"]) if doc else 1
+        return found
+
+
+# ---- categorizations -----------------------------------------------------------------------------------
+
+
+class Categorizations:
+    """Stores the categorizer's payee and category on operations; never over the user's own choice."""
+
+    def __init__(self, operations: OperationStore, op_locks: KeyLocks) -> None:
+        self.operations = operations
+        self.op_locks = op_locks
+
+    async def apply(self, items: Sequence[OperationCategorized]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        requests: list[UpdateOne | DeleteOne] = []
+        for item in items:
+            guard: Doc = {"_id": item.operation_id, "user_id": item.user_id}
+            if item.source != "manual":
+                # a rule result never replaces the user's choice, nor a newer rule set's result
+                guard |= {"cat_src": {"$ne": "manual"}, "cat_rv": {"$lte": item.rules_version}}
+            categorized_by = (
+                {
+                    "source": item.source,
+                    "payee_id": item.payee.id if item.payee else None,
+                    "keyword": item.keyword,
+                }
+                if item.source is not None
+                else None
+            )
+            requests.append(
+                UpdateOne(
+                    guard,
+                    {
+                        "$set": {
+                            "payee": item.payee.model_dump() if item.payee else None,
+                            "category": item.category,
+                            "categorized_by": categorized_by,
+                            "cat_src": item.source,
+                            "cat_rv": item.rules_version,
+                            "categorized_at": now,
+                        }
+                    },
+                )
+            )
+        async with self.op_locks.hold(*(item.operation_id for item in items)):
+            await self.operations.write(requests)
+
+
+# ---- what the API asks -----------------------------------------------------------------------------------
+
+
+class AccountService:
+    def __init__(self, importer: Importer) -> None:
+        self.importer = importer
+        self.accounts = importer.accounts
+        self.operations = importer.operations
+        self.publisher = importer.publisher
+
+    async def own_account(self, user_id: str, account_id: str) -> Doc:
+        doc = await self.accounts.get(account_id)
+        if doc is None or doc["user_id"] != user_id or doc.get("deleted"):
+            raise UnknownAccount(account_id)
+        return doc
+
+    async def list_accounts(self, user_id: str) -> list[dict[str, Any]]:
+        docs = await self.accounts.list_accounts(user_id)
+        balances = await self.operations.balances(user_id) if docs else {}
+        return [account_view(doc, balances.get(doc["_id"], 0)) for doc in docs]
+
+    async def create_account(
+        self, user_id: str, name: str, currency: str, correlation_id: str
+    ) -> dict[str, Any]:
+        doc: Doc = {
+            "_id": time_ordered_id(),
+            "user_id": user_id,
+            "bank_id": None,
+            "name": name,
+            "iban": None,
+            "bank_balance": None,
+            "currency": currency,
+            "aggregator_account_id": None,
+            "deleted": False,
+            "generation": 1,
+            "announced": 0,
+            "manual": {},
+            "sources": [],
+            "created_at": dt.datetime.now(dt.UTC),
+        }
+        await self.accounts.insert(doc)
+        await self.importer.announce_account(doc, correlation_id)
+        return account_view(doc, 0)
+
+    async def delete_account(self, user_id: str, account_id: str, correlation_id: str) -> None:
+        """Deletes the account and its operations; links stay, so a replay or a sync brings it back."""
+        doc = await self.accounts.get(account_id)
+        if doc is None or doc["user_id"] != user_id:
+            raise UnknownAccount(account_id)
+        sources = sorted(set(doc.get("sources") or []))
+        async with self.importer.locks.hold(*sources):
+            await self.accounts.mark_deleted(account_id)
+            for akey in sources:
+                await self._forget_lines(akey, account_id)
+            removed = await self.operations.delete_account(account_id)
+        generation = int(doc["generation"])
+        event = CloudEvent.new(
+            service=SERVICE,
+            name="account.deleted",
+            data={
+                "user_id": user_id,
+                "account_id": account_id,
+                "aggregator_account_id": doc.get("aggregator_account_id"),
+                "generation": generation,
+                "operations_deleted": removed,
+            },
+            user_id=user_id,
+            correlation_id=correlation_id,
+            subject=account_id,
+            event_id=deterministic_event_id("account.deleted", account_id, str(generation)),
+        )
+        await self.publisher.publish(OPERATIONS, account_key(user_id, account_id), event)
+        log.info("account_deleted", account_id=account_id, operations=removed, sources=sources)
+
+    async def _forget_lines(self, akey: str, account_id: str) -> None:
+        """Drops the lines that went to this account from the dedup state, so they import again."""
+        for _ in range(CONFLICT_RETRIES):
+            stored = await self.importer.state.load(akey)
+            if stored.rev == 0:
+                return
+            gone = {t for t, line in stored.lines.items() if line.account_id == account_id}
+            if not gone:
+                return
+            kept = AccountLines(
+                {t: _without_refs(line, gone) for t, line in stored.lines.items() if t not in gone}
+            )
+            if await self.importer.state.save(
+                stored, stored.user_id, kept.lines.values(), stored.accounts - {account_id}
+            ):
+                return
+        raise Conflict(akey)
+
+    async def put_link(
+        self, user_id: str, aggregator_account_id: str, target_account_id: str | None, mode: ImportMode
+    ) -> Link:
+        if target_account_id is not None:
+            await self.own_account(user_id, target_account_id)
+        elif mode is ImportMode.RECONCILE:
+            raise UnknownAccount("reconcile mode needs a target account")
+        link = Link(
+            akey=account_key(user_id, aggregator_account_id),
+            user_id=user_id,
+            aggregator_account_id=aggregator_account_id,
+            target_account_id=target_account_id,
+            import_mode=mode,
+            updated_at=dt.datetime.now(dt.UTC),
+        )
+        await self.accounts.put_link(link)
+        return link
+
+    async def add_manual_operation(
+        self,
+        user_id: str,
+        account_id: str,
+        *,
+        date: dt.date,
+        amount: Decimal,
+        currency: str,
+        label: str,
+        correlation_id: str,
+        idempotency_key: str | None,
+    ) -> tuple[Doc, bool]:
+        account = await self.own_account(user_id, account_id)
+        if currency != account.get("currency", "EUR"):
+            raise CurrencyMismatch(f"the account is in {account.get('currency')}, not {currency}")
+        op_id = (
+            deterministic_event_id("manual-operation", user_id, account_id, idempotency_key)
+            if idempotency_key
+            else time_ordered_id()
+        )
+        existing = await self.operations.get(op_id)
+        if existing is not None:
+            return existing, False
+        now = dt.datetime.now(dt.UTC)
+        doc: Doc = {
+            "_id": op_id,
+            "user_id": user_id,
+            "account_id": account_id,
+            "akey": None,
+            "aggregator_account_id": None,
+            "date": date.isoformat(),
+            "amount": format_amount(amount),
+            "cents": cents(amount),
+            "currency": currency,
+            "memo": "",
+            "label": label,
+            "status": "booked",
+            "source": "manual",
+            "reconciled": False,
+            "reconciled_by": None,
+            "aggregator_transaction_id": None,
+            **CATEGORIZATION_DEFAULTS,
+            "created_at": now,
+            "updated_at": now,
+        }
+        # the candidate first: a manual operation reconcile mode cannot see would be a silent miss
+        await self.accounts.add_manual(account_id, op_id, date, amount)
+        if not await self.operations.insert_one(doc):
+            found = await self.operations.get(op_id)
+            assert found is not None
+            return found, False
+        event = CloudEvent.new(
+            service=SERVICE,
+            name="operation.created",
+            data=OperationEvent(user_id=user_id, operation=to_operation(doc)).model_dump(mode="json"),
+            user_id=user_id,
+            correlation_id=correlation_id,
+            subject=op_id,
+            event_id=deterministic_event_id("operation.created", op_id),
+        )
+        await self.publisher.publish(OPERATIONS, account_key(user_id, account_id), event)
+        return doc, True
+
+
+def _without_refs(line: Line, gone: set[str]) -> Line:
+    return replace(
+        line,
+        claimed_by=None if line.claimed_by in gone else line.claimed_by,
+        claims=None if line.claims in gone else line.claims,
+    )
+
+
+# ---- what the connector says of aggregator accounts -------------------------------------------------------
+
+
+class AccountDiscovered(Payload):
+    """`account.discovered` on banksync.connections.v1 (the connector's account view)."""
+
+    user_id: str
+    connection_id: str
+    bank: Bank
+    account: dict[str, Any]
+
+
+class AccountDetails:
+    """Keeps the name, IBAN and balance the bank gives each aggregator account, for the app account."""
+
+    def __init__(self, accounts: AccountStore) -> None:
+        self.accounts = accounts
+
+    async def apply(self, items: Sequence[AccountDiscovered]) -> None:
+        for item in items:
+            aggregator_account_id = str(item.account.get("aggregator_account_id", ""))
+            if not aggregator_account_id:
+                continue
+            akey = account_key(item.user_id, aggregator_account_id)
+            try:
+                balance = (
+                    format_amount(to_amount(item.account["balance"])) if item.account.get("balance") else None
+                )
+            except InvalidAmount:
+                balance = None
+            details: Doc = {
+                "user_id": item.user_id,
+                "aggregator_account_id": aggregator_account_id,
+                "bank": item.bank.model_dump(),
+                "name": str(item.account.get("name") or "") or None,
+                "iban": item.account.get("iban"),
+                "balance": balance,
+                "currency": item.account.get("currency"),
+                "type": item.account.get("type"),
+                "updated_at": dt.datetime.now(dt.UTC),
+            }
+            await self.accounts.put_details(akey, details)
+            # the account the importer created for it takes the bank's name (never a user's own account)
+            created = await self.accounts.get(auto_account_id(akey))
+            if created is not None and created.get("aggregator_account_id") == aggregator_account_id:
+                fields = {k: details[k] for k in ("name", "iban") if details[k]}
+                if details["balance"] is not None:
+                    fields["bank_balance"] = details["balance"]
+                if fields:
+                    await self.accounts.set_fields(created["_id"], fields)
+
+
+# ---- consumer entry points -------------------------------------------------------------------------------
+
+
+DeadLetter = Callable[[ConsumerRecord[bytes, bytes], str], Any]
+
+
+class RawConsumerHandler:
+    """Adapts TopicConsumer batches of `transaction.observed` to the import path."""
+
+    def __init__(self, importer: Importer) -> None:
+        self.importer = importer
+        self.dead_letter: DeadLetter | None = None
+
+    async def __call__(self, batch: list[Incoming]) -> None:
+        result = await self.importer.import_lines([RawLine.of(i) for i in batch])
+        if not result.rejected:
+            return
+        if len(batch) == 1:
+            raise PoisonRecord(result.rejected[0][1])
+        assert self.dead_letter is not None
+        for raw, reason in result.rejected:
+            assert raw.record is not None
+            await self.dead_letter(raw.record, f"rejected: {reason}")
+
+
+class DiscoveredConsumerHandler:
+    def __init__(self, details: AccountDetails) -> None:
+        self.details = details
+
+    async def __call__(self, batch: list[Incoming]) -> None:
+        await self.details.apply([i.data for i in batch if isinstance(i.data, AccountDiscovered)])
+
+
+class CategorizedConsumerHandler:
+    def __init__(self, categorizations: Categorizations) -> None:
+        self.categorizations = categorizations
+
+    async def __call__(self, batch: list[Incoming]) -> None:
+        items = [i.data for i in batch if isinstance(i.data, OperationCategorized)]
+        await self.categorizations.apply(items)

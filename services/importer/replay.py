@@ -1,0 +1,202 @@
+"""Rebuilding one aggregator account from the raw topic, through the same import path.
+
+The raw topic is the source of truth for what the bank said. Everything about one aggregator account
+is keyed `<user>:<aggregator account>`, so it sits on one partition: the one the producer's default
+partitioner chose (murmur2 of the key, as Kafka's and aiokafka's `DefaultPartitioner`). A replay reads
+only that partition, from its start or from the first record at or after a date (`offsets_for_times`),
+up to the end it had when the replay began, keeps the records of that key, and imports them in
+batches like the consumer does. The import is idempotent: what is already known changes nothing, what
+was deleted (an app account deleted by its user) comes back.
+
+`replay_account(settings, ...)` is the same thing as a function for an ops command: it opens its own
+Kafka and MongoDB clients and runs in the caller's process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
+from pydantic import ValidationError
+
+from services.importer.adapters import AccountStore, OperationStore, StateStore
+from services.importer.handlers import Importer, ImportStats, RawLine
+from shared.events import CloudEvent, account_key
+from shared.kafka import EventPublisher, make_broker
+from shared.logging import get_logger
+from shared.mongo import make_client
+from shared.schemas import TransactionObserved
+from shared.settings import ServiceSettings
+from shared.topics import TRANSACTIONS_RAW
+
+log = get_logger(__name__)
+BATCH = 500
+# offsets without a record (transaction markers) must not make a replay wait forever
+MAX_IDLE_POLLS = 10
+
+
+@dataclass
+class ReplayResult:
+    user_id: str
+    aggregator_account_id: str
+    since: dt.date | None
+    partition: int = -1
+    start_offset: int = 0
+    end_offset: int = 0
+    position: int = 0
+    records_read: int = 0
+    records_matched: int = 0
+    records_rejected: int = 0
+    stats: ImportStats = field(default_factory=ImportStats)
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    finished_at: dt.datetime | None = None
+
+    @property
+    def processed(self) -> int:
+        """Offsets of the partition read so far (every key's), out of `total`."""
+        return max(0, self.position - self.start_offset)
+
+    @property
+    def total(self) -> int:
+        return max(0, self.end_offset - self.start_offset)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["processed"], data["total"] = self.processed, self.total
+        data["since"] = self.since.isoformat() if self.since else None
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        return data
+
+
+def partition_for(key: str, partitions: list[int]) -> int:
+    """The partition the producers' default partitioner puts `key` on."""
+    ordered = sorted(partitions)
+    chosen: int = DefaultPartitioner()(key.encode(), ordered, ordered)
+    return chosen
+
+
+async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="banksync-importer-replay")
+    await admin.start()
+    try:
+        described: Any = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for t in described if t["topic"] == topic for p in t["partitions"]]
+    if not partitions:
+        raise LookupError(f"topic {topic} has no partitions")
+    return sorted(partitions)
+
+
+def _parse(value: bytes | None, key: str) -> RawLine | None:
+    if value is None:
+        return None
+    try:
+        event = CloudEvent.from_json_bytes(value)
+        if event.name != "transaction.observed":
+            return None
+        return RawLine(event, TransactionObserved.model_validate(event.data), key)
+    except (ValidationError, ValueError):
+        return None
+
+
+async def replay_into(
+    importer: Importer,
+    bootstrap_servers: str,
+    user_id: str,
+    aggregator_account_id: str,
+    since: dt.date | None = None,
+    *,
+    topic: str = TRANSACTIONS_RAW,
+    batch: int = BATCH,
+    result: ReplayResult | None = None,
+) -> ReplayResult:
+    """Replays into `importer`; `result` (updated as it goes) lets a caller follow the progress."""
+    key = account_key(user_id, aggregator_account_id)
+    result = result or ReplayResult(user_id, aggregator_account_id, since)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        client_id="banksync-importer-replay",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(bootstrap_servers, topic)
+        tp = TopicPartition(topic, partition_for(key, partitions))
+        result.partition = tp.partition
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if since is None:
+            start = (await consumer.beginning_offsets([tp]))[tp]
+        else:
+            moment = dt.datetime.combine(since, dt.time(), tzinfo=dt.UTC)
+            found = (await consumer.offsets_for_times({tp: int(moment.timestamp() * 1000)}))[tp]
+            start = found.offset if found is not None else end
+        result.start_offset, result.end_offset = start, end
+        result.position = start
+        consumer.seek(tp, start)
+        position = start
+        pending: list[RawLine] = []
+        idle_polls = 0
+        while position < end and idle_polls < MAX_IDLE_POLLS:
+            fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=batch)
+            records = fetched.get(tp, [])
+            idle_polls = 0 if records else idle_polls + 1
+            for record in records:
+                position = result.position = record.offset + 1
+                if record.offset >= end:
+                    break
+                result.records_read += 1
+                if record.key is None or record.key.decode(errors="replace") != key:
+                    continue
+                result.records_matched += 1
+                raw = _parse(record.value, key)
+                if raw is None:
+                    result.records_rejected += 1
+                    continue
+                pending.append(raw)
+            if len(pending) >= batch or (position >= end and pending):
+                await _import(importer, pending, result)
+                pending = []
+        if pending:
+            await _import(importer, pending, result)
+    finally:
+        await consumer.stop()
+    result.finished_at = dt.datetime.now(dt.UTC)
+    log.info(
+        "replay_finished",
+        **{k: v for k, v in result.as_dict().items() if k != "stats"},
+        **asdict(result.stats),
+    )
+    return result
+
+
+async def _import(importer: Importer, lines: list[RawLine], result: ReplayResult) -> None:
+    outcome = await importer.import_lines(lines)
+    result.stats.add(outcome.stats)
+    result.records_rejected += len(outcome.rejected)
+
+
+async def replay_account(
+    settings: ServiceSettings, user_id: str, aggregator_account_id: str, since: dt.date | None = None
+) -> ReplayResult:
+    """For an ops command: rebuilds one aggregator account's operations from the raw topic."""
+    broker = make_broker(settings.kafka_bootstrap_servers, client_id="banksync-importer-replay")
+    mongo = make_client(settings.mongodb_url)
+    await broker.start()
+    try:
+        db = mongo[settings.mongodb_database]
+        importer = Importer(StateStore(db), OperationStore(db), AccountStore(db), EventPublisher(broker))
+        return await replay_into(
+            importer, settings.kafka_bootstrap_servers, user_id, aggregator_account_id, since
+        )
+    finally:
+        await broker.stop()
+        await mongo.close()
