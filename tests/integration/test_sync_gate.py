@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from shared.devstack import ServiceProcess, free_port
 from shared.mongo import make_client
-from shared.topics import SYNC_REQUESTS, TRANSACTIONS_RAW
+from shared.topics import CATEGORIZATIONS, CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
 from tests.kafka_helpers import events_where
 from tests.stack import Stack, connector_stack, new_user
+from tests.unit.importer.support import start_group_at_end
 
 pytestmark = pytest.mark.engines
 
@@ -20,7 +22,41 @@ pytestmark = pytest.mark.engines
 @pytest.fixture(scope="module")
 def stack(engines, log_dir) -> Iterator[Stack]:
     with connector_stack(engines, log_dir, "gate") as running:
+        # the importer too, so that "nothing imported is lost" is checked on operations
+        suffix = uuid.uuid4().hex[:6]
+        groups = {
+            TRANSACTIONS_RAW: f"gate-imp-{suffix}",
+            CATEGORIZATIONS: f"gate-cat-{suffix}",
+            CONNECTIONS: f"gate-conn-{suffix}",
+        }
+        for topic, group in groups.items():
+            asyncio_run(start_group_at_end(engines.kafka_bootstrap, group, [topic]))
+        running.start(
+            "importer",
+            "services.importer",
+            MONGODB_DATABASE="gate_imp",
+            IMPORTER_GROUP_ID=groups[TRANSACTIONS_RAW],
+            IMPORTER_CATEGORIZATIONS_GROUP_ID=groups[CATEGORIZATIONS],
+            IMPORTER_CONNECTIONS_GROUP_ID=groups[CONNECTIONS],
+        )
         yield running
+
+
+def operations_of(stack: Stack, user: str) -> int:
+    total = 0
+    with stack.client("importer", user) as api:
+        for account in api.get(f"/v1/users/{user}/accounts").json():
+            cursor: str | None = None
+            while True:
+                params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+                page = api.get(
+                    f"/v1/users/{user}/accounts/{account['account_id']}/operations", params=params
+                ).json()
+                total += len(page["items"])
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+    return total
 
 
 def wait_for(check, timeout: float = 30, every: float = 0.3):
@@ -50,12 +86,13 @@ def test_standard_user_refused_then_subscribes_cancels_and_comes_back(stack):
     stack.select_all(user, connection)
     run = stack.sync(user)
     assert {s["state"] for s in stack.wait_run(user, run)} == {"ok"}
-    imported = len(
+    raw_lines = len(
         asyncio_run(
             events_where(stack.engines.kafka_bootstrap, TRANSACTIONS_RAW, lambda k, e: e.userid == user)
         )
     )
-    assert imported > 1000
+    assert raw_lines > 1000
+    imported = wait_for(lambda: (n := operations_of(stack, user)) >= raw_lines - 20 and n, timeout=120)
 
     with stack.client("entitlements", user) as ent:
         ent.delete(f"/v1/users/{user}/options/auto_import").raise_for_status()
@@ -74,7 +111,8 @@ def test_standard_user_refused_then_subscribes_cancels_and_comes_back(stack):
     after = asyncio_run(
         events_where(stack.engines.kafka_bootstrap, TRANSACTIONS_RAW, lambda k, e: e.userid == user)
     )
-    assert len(after) == imported
+    assert len(after) == raw_lines
+    assert operations_of(stack, user) == imported
     with stack.client("connector", user) as api:
         assert len(api.get(f"/v1/users/{user}/connections").json()) == 1
 
