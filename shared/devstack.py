@@ -218,7 +218,9 @@ def running_service(module: str, engines: Engines, log_dir: Path, **env: str) ->
 WEBHOOK_SECRET = "test-webhook-secret"
 
 
-class _FormParser(HTMLParser):
+class WebviewForm(HTMLParser):
+    """The aggregator webview's login form: its action, hidden fields and the bank choices."""
+
     def __init__(self) -> None:
         super().__init__()
         self.action = ""
@@ -287,7 +289,7 @@ class Stack:
         with httpx.Client(timeout=30, follow_redirects=False) as browser:
             page = browser.get(connect_url)
             page.raise_for_status()
-            form = _FormParser()
+            form = WebviewForm()
             form.feed(page.text)
             action = httpx.URL(connect_url).join(form.action or connect_url)
             posted = browser.post(

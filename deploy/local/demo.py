@@ -13,12 +13,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from html.parser import HTMLParser
 from typing import Any
 
 import httpx
 
 from shared.auth import issue_token
+from shared.devstack import WebviewForm
 from shared.settings import ServiceSettings
 
 settings = ServiceSettings()
@@ -43,21 +43,6 @@ def client(base: str, user: str) -> httpx.Client:
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 
-class _Form(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.action, self.hidden, self.banks = "", {}, []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form":
-            self.action = a.get("action", "")
-        elif tag == "input" and a.get("type") == "hidden":
-            self.hidden[a["name"]] = a.get("value", "")
-        elif tag == "input" and a.get("name") == "connector_id":
-            self.banks.append(a["value"])
-
-
 def link_bank(user: str, bank_index: int) -> dict[str, Any]:
     with client(CONNECTOR, user) as api:
         activation = api.post(f"/v1/users/{user}/sync/activate")
@@ -65,9 +50,9 @@ def link_bank(user: str, bank_index: int) -> dict[str, Any]:
     url = activation.json()["connect_url"]
     with httpx.Client(timeout=60) as browser:
         page = browser.get(url)
-        form = _Form()
+        form = WebviewForm()
         form.feed(page.text)
-        fields = {**form.hidden, "connector_id": form.banks[bank_index], "login": "demo", "password": "demo"}
+        fields = {**form.fields, "connector_id": form.banks[bank_index], "login": "demo", "password": "demo"}
         answer = browser.post(httpx.URL(url).join(form.action or url), data=fields, follow_redirects=True)
         answer.raise_for_status()
         linked: dict[str, Any] = answer.json()
