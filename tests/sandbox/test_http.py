@@ -395,6 +395,10 @@ def test_sync_sends_connection_synced_until_acknowledged(http: httpx.Client, rec
     _headers, body, status = receiver.wait_for(connection_id, 3)[2]
     assert status == 200
     assert len(body["connection"]["accounts"][0]["transactions"]) == len(account["transactions"])
+    # the acknowledgement is recorded when the webhook call returns, after the receiver saw it
+    deadline = time.monotonic() + 10
+    while connection_of(http, auth, connection_id)["last_push"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     http.post(f"/2.0/users/me/connections/{connection_id}", headers=auth).raise_for_status()
     _headers, body, _status = receiver.wait_for(connection_id, 4)[3]
     assert body["connection"]["accounts"][0]["transactions"] == []  # acknowledged: not sent again
