@@ -241,13 +241,6 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def records_by_key(batch: list[Incoming]) -> dict[str, list[Incoming]]:
-    grouped: dict[str, list[Incoming]] = {}
-    for incoming in batch:
-        grouped.setdefault(incoming.key, []).append(incoming)
-    return grouped
-
-
 def data_of(incoming: Incoming, model: type[Any]) -> Any:
     assert isinstance(incoming.data, model)
     return incoming.data

@@ -11,6 +11,7 @@ from faststream.kafka import KafkaBroker
 
 from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.logging import get_logger
+from shared.metrics import EVENTS_PUBLISHED
 from shared.topics import TOPICS, TopicSpec
 
 log = get_logger(__name__)
@@ -36,8 +37,9 @@ def cloudevent_headers(event: CloudEvent) -> dict[str, str]:
 class EventPublisher:
     """Publishes CloudEvents in structured mode, keyed by the topic's partition key."""
 
-    def __init__(self, broker: KafkaBroker) -> None:
+    def __init__(self, broker: KafkaBroker, service: str = "") -> None:
         self._broker = broker
+        self.service = service
 
     async def publish(self, topic: str, key: str, event: CloudEvent) -> None:
         await self._broker.publish(
@@ -47,6 +49,7 @@ class EventPublisher:
             headers=cloudevent_headers(event),
             correlation_id=event.correlationid,
         )
+        EVENTS_PUBLISHED.labels(self.service, topic).inc()
 
     async def publish_many(self, topic: str, items: list[tuple[str, CloudEvent]]) -> None:
         """Send a batch concurrently; the producer batches them and keeps per-partition order per key."""

@@ -92,7 +92,7 @@ def create_service_app(
     configure_logging(service, settings.log_level)
     broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"banksync-{service}")
     mongo = make_client(settings.mongodb_url)
-    runtime = Runtime(service, settings, broker, mongo, EventPublisher(broker))
+    runtime = Runtime(service, settings, broker, mongo, EventPublisher(broker, service))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -174,8 +174,3 @@ async def _readiness_checks(runtime: Runtime) -> dict[str, str]:
 
     kafka_state, mongo_state = await asyncio.gather(kafka(), mongodb())
     return {"kafka": kafka_state, "mongodb": mongo_state}
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime

@@ -30,7 +30,6 @@ from shared.batch_publisher import BatchPublisher
 from shared.events import CloudEvent, account_key, deterministic_event_id
 from shared.kafka import EventPublisher
 from shared.logging import get_logger
-from shared.metrics import EVENTS_PUBLISHED
 from shared.money import format_amount, to_amount
 from shared.problems import Problem
 from shared.schemas import EntitlementChanged, SyncRequested
@@ -137,10 +136,6 @@ class ConnectorHandlers:
         if not answer.allowed:
             raise NotEntitled(answer)
         return answer
-
-    async def _publish(self, topic: str, key: str, event: CloudEvent) -> None:
-        await self.publisher.publish(topic, key, event)
-        EVENTS_PUBLISHED.labels(SERVICE, topic).inc()
 
     def _event(
         self, name: str, data: dict[str, Any], user_id: str, correlation_id: str, event_id: str | None = None
@@ -250,7 +245,7 @@ class ConnectorHandlers:
         }
         await self.repository.upsert_connection(doc)
         if announce:
-            await self._publish(
+            await self.publisher.publish(
                 CONNECTIONS,
                 user_id,
                 self._event(
@@ -262,7 +257,7 @@ class ConnectorHandlers:
                 ),
             )
             for account in accounts:
-                await self._publish(
+                await self.publisher.publish(
                     CONNECTIONS,
                     user_id,
                     self._event(
@@ -308,7 +303,7 @@ class ConnectorHandlers:
                 if enable:
                     newly_selected.append(account["aggregator_account_id"])
         await self.repository.set_connection_fields(doc["_id"], {"accounts": doc["accounts"]})
-        await self._publish(
+        await self.publisher.publish(
             CONNECTIONS,
             user_id,
             self._event(
@@ -338,7 +333,7 @@ class ConnectorHandlers:
             if exc.failure.retryable:
                 raise Problem(502, "aggregator_unavailable", exc.failure.message) from None
         await self.repository.set_connection_fields(doc["_id"], {"removed": True, "removed_at": self.clock()})
-        await self._publish(
+        await self.publisher.publish(
             CONNECTIONS,
             user_id,
             self._event(
@@ -385,7 +380,7 @@ class ConnectorHandlers:
             aggregator_account_ids=aggregator_account_ids,
             connection_id=connection_id,
         )
-        await self._publish(
+        await self.publisher.publish(
             SYNC_REQUESTS,
             user_id,
             self._event(
@@ -495,7 +490,7 @@ class ConnectorHandlers:
         state = await self.repository.account_state(user_id, account_id) or {}
         window = fetch_window(state.get("cursor"), self.config.cursor_overlap)
         started = self.clock()
-        await self._publish(
+        await self.publisher.publish(
             SYNC_STATUS,
             key,
             self._event(
@@ -567,7 +562,7 @@ class ConnectorHandlers:
                 "error": None,
             },
         )
-        await self._publish(
+        await self.publisher.publish(
             SYNC_STATUS,
             key,
             self._event(
@@ -645,7 +640,7 @@ class ConnectorHandlers:
                 },
             },
         )
-        await self._publish(
+        await self.publisher.publish(
             SYNC_STATUS,
             account_key(user_id, account_id),
             self._event(
@@ -682,7 +677,7 @@ class ConnectorHandlers:
                 user_id=user_id,
                 connection_id=connection_id,
             )
-            await self._publish(
+            await self.publisher.publish(
                 CONNECTIONS,
                 user_id,
                 self._event(

@@ -193,7 +193,9 @@ async def replay_account(
     await broker.start()
     try:
         db = mongo[settings.mongodb_database]
-        importer = Importer(StateStore(db), OperationStore(db), AccountStore(db), EventPublisher(broker))
+        importer = Importer(
+            StateStore(db), OperationStore(db), AccountStore(db), EventPublisher(broker, "importer")
+        )
         return await replay_into(
             importer, settings.kafka_bootstrap_servers, user_id, aggregator_account_id, since
         )
