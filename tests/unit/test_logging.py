@@ -1,9 +1,21 @@
 import json
+import logging
 
+import pytest
 import structlog
 
 from shared.auth import issue_token
 from shared.logging import REDACTED, bind_context, clear_context, configure_logging, get_logger
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """configure_logging binds the current stdout (here pytest's capture); later tests must not log there."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
 
 
 def test_json_lines_carry_context_and_hide_secrets(capsys):
