@@ -471,8 +471,11 @@ class ConnectorHandlers:
             for account in accounts:
                 await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
             return
-        if conn.get("state") is not None:
-            await self.repository.set_connection_fields(conn["_id"], {"state": None, "error": None})
+        fields: dict[str, Any] = {"state": None, "error": None}
+        if request.reason != "webhook" and refreshed.get("last_update"):
+            # the aggregator will announce this very refresh with a webhook: this run reads it already
+            fields["refreshed_update"] = refreshed["last_update"]
+        await self.repository.set_connection_fields(conn["_id"], fields)
         for account in accounts:
             await self._sync_account(user_id, conn, account, request, token, correlation_id)
 
@@ -727,6 +730,9 @@ class ConnectorHandlers:
         if doc is None or doc.get("removed"):
             log.info("webhook_unknown_connection", connection_id=str(connection["id"]))
             return {"status": "ignored"}
+        if connection.get("last_update") and connection.get("last_update") == doc.get("refreshed_update"):
+            # the announcement of our own refresh, whose run read (or is reading) the result
+            return {"status": "already_read"}
         user_id = doc["user_id"]
         try:
             answer = await self.gate.check(user_id)
