@@ -26,10 +26,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.registry import Context, Limit, Measurement, benchmark
-from services.importer.replay import topic_partitions
 from shared.devstack import ROOT, ServiceProcess, ensure_dir, free_port
 from shared.events import CloudEvent, account_key, event_type
-from shared.kafka import cloudevent_headers
+from shared.kafka import cloudevent_headers, topic_partitions
 from shared.mongo import make_client
 from shared.topics import OPERATIONS, TRANSACTIONS_RAW
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from services.categorizer.app import CONSUMER_GROUP as CATEGORIZER_GROUP
 from services.categorizer.app import OPERATION_MODELS as CATEGORIZER_MODELS
+from services.categorizer.app import CategorizerSettings
 from services.connector.app import ConnectorSettings
 from services.importer.app import ImporterSettings
 from shared.schemas import (
@@ -278,7 +278,7 @@ CATALOG: tuple[TopicDoc, ...] = (
             EventDoc("account.created", AccountCreated),
             EventDoc("account.deleted", AccountDeleted),
         ),
-        (reads("categorizer", CATEGORIZER_GROUP, CATEGORIZER_MODELS),),
+        (reads("categorizer", _default(CategorizerSettings, "categorizer_group_id"), CATEGORIZER_MODELS),),
     ),
     TopicDoc(
         CATEGORIZATIONS,

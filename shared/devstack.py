@@ -7,6 +7,7 @@ are both set, those engines are used instead and nothing is started.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -26,7 +27,9 @@ from typing import Any
 import httpx
 
 from shared.auth import issue_token
+from shared.kafka import start_group_at_end
 from shared.settings import DEV_JWT_SECRET
+from shared.topics import CATEGORIZATIONS, CONNECTIONS, OPERATIONS, TRANSACTIONS_RAW
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "local"
@@ -381,3 +384,39 @@ def connector_stack(engines: Engines, log_dir: Path, database: str, **connector_
         yield stack
     finally:
         stack.stop_all()
+
+
+@contextlib.contextmanager
+def pipeline_stack(engines: Engines, log_dir: Path, database: str, **connector_env: str) -> Iterator[Stack]:
+    """The whole pipeline: sandbox, entitlements, connector, importer and categorizer.
+
+    Databases and consumer groups are private to `database`; the importer's and the categorizer's
+    groups start at the topics' current ends, so earlier runs on the same Kafka are not read again.
+    """
+    groups = {
+        "IMPORTER_GROUP_ID": (f"{database}-imp", TRANSACTIONS_RAW),
+        "IMPORTER_CATEGORIZATIONS_GROUP_ID": (f"{database}-imp-cat", CATEGORIZATIONS),
+        "IMPORTER_CONNECTIONS_GROUP_ID": (f"{database}-imp-conn", CONNECTIONS),
+        "CATEGORIZER_GROUP_ID": (f"{database}-cat", OPERATIONS),
+    }
+
+    async def start_groups() -> None:
+        for group, topic in groups.values():
+            await start_group_at_end(engines.kafka_bootstrap, group, [topic])
+
+    with connector_stack(engines, log_dir, database, **connector_env) as stack:
+        asyncio.run(start_groups())
+        env = {name: group for name, (group, _) in groups.items()}
+        stack.start(
+            "importer",
+            "services.importer",
+            MONGODB_DATABASE=f"{database}_imp",
+            **{name: group for name, group in env.items() if name.startswith("IMPORTER_")},
+        )
+        stack.start(
+            "categorizer",
+            "services.categorizer",
+            MONGODB_DATABASE=f"{database}_cat",
+            CATEGORIZER_GROUP_ID=env["CATEGORIZER_GROUP_ID"],
+        )
+        yield stack

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -94,3 +96,35 @@ async def ensure_topics(
         return created
     finally:
         await admin.close()
+
+
+async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="banksync-partitions")
+    await admin.start()
+    try:
+        described: Any = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for t in described if t["topic"] == topic for p in t["partitions"]]
+    if not partitions:
+        raise LookupError(f"topic {topic} has no partitions")
+    return sorted(partitions)
+
+
+async def start_group_at_end(bootstrap_servers: str, group: str, topics: Iterable[str]) -> None:
+    """Commits a new consumer group's offsets at the topics' current ends.
+
+    A consumer that later joins the group reads only what is produced from now on, not what earlier
+    runs left on shared topics (tests and benchmarks share one Kafka).
+    """
+    partitions = [
+        TopicPartition(topic, p) for topic in topics for p in await topic_partitions(bootstrap_servers, topic)
+    ]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit(dict(ends.items()))
+    finally:
+        await consumer.stop()

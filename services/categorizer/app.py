@@ -17,7 +17,12 @@ from shared.settings import ServiceSettings
 from shared.topics import OPERATIONS
 
 SERVICE = "categorizer"
-CONSUMER_GROUP = "categorizer"
+
+
+class CategorizerSettings(ServiceSettings):
+    """The shared settings, plus the consumer group of the operations topic."""
+
+    categorizer_group_id: str = "categorizer"
 
 
 class AccountEventData(Payload):
@@ -37,6 +42,8 @@ OPERATION_MODELS: dict[str, type[Payload]] = {
 
 
 async def wire(runtime: Runtime) -> None:
+    settings = runtime.settings
+    assert isinstance(settings, CategorizerSettings)
     rulesets = RuleSetRepository(runtime.db)
     operations = OperationsRepository(runtime.db)
     await rulesets.create_indexes()
@@ -51,7 +58,7 @@ async def wire(runtime: Runtime) -> None:
     runtime.extras["handlers"] = handlers
     TopicConsumer(
         runtime.broker, SERVICE, OPERATIONS, dict(OPERATION_MODELS), handlers.on_operations
-    ).subscribe(CONSUMER_GROUP)
+    ).subscribe(settings.categorizer_group_id)
 
 
 async def stop_publisher(runtime: Runtime) -> None:
@@ -64,10 +71,10 @@ async def reexaminer(runtime: Runtime) -> None:
     await handlers.run_reexaminer()
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(settings: CategorizerSettings | None = None) -> FastAPI:
     return create_service_app(
         SERVICE,
-        settings or ServiceSettings(),
+        settings or CategorizerSettings(),
         routers=[router],
         on_startup=[wire],
         on_shutdown=[stop_publisher],

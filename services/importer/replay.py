@@ -19,14 +19,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
 from services.importer.adapters import AccountStore, OperationStore, StateStore
 from services.importer.handlers import Importer, ImportStats, RawLine
 from shared.events import CloudEvent, account_key
-from shared.kafka import EventPublisher, make_broker
+from shared.kafka import EventPublisher, make_broker, topic_partitions
 from shared.logging import get_logger
 from shared.mongo import make_client
 from shared.schemas import TransactionObserved
@@ -78,19 +77,6 @@ def partition_for(key: str, partitions: list[int]) -> int:
     ordered = sorted(partitions)
     chosen: int = DefaultPartitioner()(key.encode(), ordered, ordered)
     return chosen
-
-
-async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="banksync-importer-replay")
-    await admin.start()
-    try:
-        described: Any = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = [p["partition"] for t in described if t["topic"] == topic for p in t["partitions"]]
-    if not partitions:
-        raise LookupError(f"topic {topic} has no partitions")
-    return sorted(partitions)
 
 
 def _parse(value: bytes | None, key: str) -> RawLine | None:

@@ -23,9 +23,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.importer.replay import replay_account
 from shared.devstack import Engines, ServiceProcess, free_port
 from shared.events import CloudEvent, event_type
+from shared.kafka import start_group_at_end
 from shared.settings import ServiceSettings
 from shared.topics import OPERATIONS, TRANSACTIONS_RAW
-from tests.unit.importer.support import RawProducer, Txn, history, read_topic, start_group_at_end, wait_for
+from tests.unit.importer.support import RawProducer, Txn, history, read_topic, wait_for
 
 pytestmark = pytest.mark.engines
 

@@ -23,6 +23,7 @@ from services.importer.handlers import auto_account_id
 from services.importer.replay import partition_for
 from shared.devstack import ServiceProcess, running_service
 from shared.events import CloudEvent, account_key, event_type
+from shared.kafka import start_group_at_end
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
 from tests.unit.importer.support import (
     RawProducer,
@@ -34,7 +35,6 @@ from tests.unit.importer.support import (
     history,
     raw_event,
     read_topic,
-    start_group_at_end,
     wait_for,
 )
 

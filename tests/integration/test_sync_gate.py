@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from shared.devstack import ServiceProcess, free_port
+from shared.kafka import start_group_at_end
 from shared.mongo import make_client
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
 from tests.kafka_helpers import events_where
 from tests.stack import Stack, connector_stack, new_user
-from tests.unit.importer.support import start_group_at_end
 
 pytestmark = pytest.mark.engines
 

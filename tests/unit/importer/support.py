@@ -13,9 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.importer.replay import topic_partitions
 from shared.auth import issue_token
 from shared.events import CloudEvent, account_key
 from shared.kafka import cloudevent_headers
@@ -236,20 +235,3 @@ async def read_topic(
     finally:
         await consumer.stop()
     return found
-
-
-async def start_group_at_end(bootstrap: str, group: str, topics: Iterable[str]) -> None:
-    """Commits a new consumer group's offsets at the topics' current ends.
-
-    A test importer then reads only what the test produces, not what earlier tests left on the
-    shared topics, whenever it joins its group.
-    """
-    partitions = [TopicPartition(t, p) for t in topics for p in await topic_partitions(bootstrap, t)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit(dict(ends.items()))
-    finally:
-        await consumer.stop()
