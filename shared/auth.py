@@ -7,16 +7,21 @@ missing scope: 403.
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import jwt
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.logging import bind_context
-from shared.problems import Problem
+from shared.problems import Problem, problem_response
 
 ALGORITHM = "HS256"
 OPS_SCOPE = "ops"
@@ -88,3 +93,52 @@ async def ops_principal(found: Annotated[Principal, Depends(principal)]) -> Prin
 
 UserPrincipal = Annotated[Principal, Depends(user_principal)]
 OpsPrincipal = Annotated[Principal, Depends(ops_principal)]
+
+
+# ---- refusal before validation -------------------------------------------------------------------------
+# FastAPI parses a JSON body before it resolves a route's dependencies, so a malformed body used to earn a
+# caller without a token (or with another user's) a 422 describing the body instead of the 401/403 that
+# the contract promises. A validation error on a route that has these dependencies therefore first
+# answers what they would have answered.
+
+_AUTH_DEPENDENCIES: frozenset[Callable[..., Any]] = frozenset({principal, user_principal, ops_principal})
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _calls(sub)
+
+
+async def refusal(request: Request) -> Problem | None:
+    """The 401/403 the matched route's auth dependencies answer this request, or None when they let it by."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if not isinstance(dependant, Dependant):
+        return None
+    calls = set(_calls(dependant))
+    if not calls & _AUTH_DEPENDENCIES:
+        return None
+    try:
+        found = await principal(request, await _bearer(request))
+        if user_principal in calls:
+            await user_principal(str(request.path_params.get("user_id", "")), found)
+        if ops_principal in calls:
+            await ops_principal(found)
+    except Problem as problem:
+        return problem
+    return None
+
+
+def install_auth_before_validation(app: FastAPI) -> None:
+    """Call after `install_problem_handlers`: wraps its validation handler."""
+    validation_handler = app.exception_handlers[RequestValidationError]
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        refused = await refusal(request)
+        if refused is not None:
+            return problem_response(refused)
+        answer = validation_handler(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    app.add_exception_handler(RequestValidationError, on_validation)

@@ -283,7 +283,9 @@ class Stack:
             if auto_import:
                 api.post(f"/v1/users/{user}/options/auto_import").raise_for_status()
 
-    def link_bank(self, user: str, login: str = "demo", bank_index: int = 0) -> dict[str, Any]:
+    def link_bank(
+        self, user: str, login: str = "demo", bank_index: int = 0, password: str = "secret-pw"
+    ) -> dict[str, Any]:
         """Activation, then the webview as a browser would fill it, then the callback."""
         with self.client("connector", user) as api:
             activation = api.post(f"/v1/users/{user}/sync/activate")
@@ -301,7 +303,7 @@ class Stack:
                     **form.fields,
                     "connector_id": form.banks[bank_index],
                     "login": login,
-                    "password": "secret-pw",
+                    "password": password,
                 },
             )
             assert posted.status_code == 303, posted.text

@@ -25,6 +25,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+from shared.auth import install_auth_before_validation
 from shared.kafka import EventPublisher, make_broker
 from shared.logging import bind_context, clear_context, configure_logging, get_logger
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -119,6 +120,7 @@ def create_service_app(
     app.state.runtime = runtime
     app.state.jwt_secret = settings.banksync_jwt_secret.get_secret_value()
     install_problem_handlers(app)
+    install_auth_before_validation(app)
     app.add_middleware(_RequestContextMiddleware, service=service)
 
     @app.get("/healthz", tags=["health"])

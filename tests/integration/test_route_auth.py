@@ -1,0 +1,371 @@
+"""Every route of every service refuses whoever may not use it, with a problem document.
+
+The table is every (service, method, path) of the services' OpenAPI documents, crossed with the cases
+that apply to the route:
+
+- `/v1/users/{user_id}/...`: no token, a token signed with another secret, an expired token -> 401;
+  a valid token of ANOTHER user -> 403 (with the owner's real resource ids in the path and a valid body,
+  so that only the authorisation can stop the request);
+- `/v1/ops/...`: the same 401 cases; a user token without the `ops` scope -> 403;
+- routes any signed-in user may read (`ANY_USER`): the 401 cases;
+- routes public by design (`PUBLIC`, each with its reason): their own protection instead (the webhook's
+  shared secret, the callback's signed state), or nothing for the probes.
+
+A route that is in none of these (a new one, say) becomes an `unclassified` case, which fails: it must be
+protected by the path conventions above or listed here with its reason. The routes are read at collection
+time from the OpenAPI each service's app builds (a subprocess, no engines needed); the running services
+must serve exactly the same routes (`test_running_services_serve_the_collected_routes`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from shared.auth import issue_token
+from shared.devstack import ROOT, WEBHOOK_SECRET, Stack, new_user, pipeline_stack
+from shared.problems import PROBLEM_CONTENT_TYPE
+from shared.settings import DEV_JWT_SECRET
+
+pytestmark = pytest.mark.engines
+
+SERVICES = ("entitlements", "connector", "importer", "categorizer")
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+
+USER_PREFIX = "/v1/users/{user_id}/"
+OPS_PREFIX = "/v1/ops/"
+
+# Routes that need no JWT, and why. "*" is every service.
+PUBLIC: dict[tuple[str, str, str], str] = {
+    ("*", "GET", "/healthz"): "liveness probe for the orchestrator (contract: no JWT)",
+    ("*", "GET", "/readyz"): "readiness probe for the orchestrator (contract: no JWT)",
+    ("*", "GET", "/metrics"): "Prometheus scrape (contract: no JWT)",
+    ("connector", "GET", "/v1/callback"): (
+        "the aggregator's webview sends the user's browser back here: the HMAC-signed, single-use "
+        "`state` the connector issued at activation is the proof, not a JWT"
+    ),
+    ("connector", "POST", "/v1/webhooks/aggregator"): (
+        "the aggregator's CONNECTION_SYNCED webhook: authenticated by the shared webhook secret "
+        "(X-Webhook-Secret), not a JWT"
+    ),
+}
+# Routes any valid token may use, and why (no user in the path, no ops power).
+ANY_USER: dict[tuple[str, str, str], str] = {
+    ("categorizer", "GET", "/v1/categories"): "the default category tree, the same for every user",
+}
+
+UNAUTHENTICATED_CASES = ("no_token", "bad_signature", "expired", "garbage_token")
+# What a public route is checked with instead of a JWT: (service, method, path) -> cases
+PUBLIC_CASES: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("connector", "GET", "/v1/callback"): ("forged_state", "state_signed_elsewhere", "tampered_state"),
+    ("connector", "POST", "/v1/webhooks/aggregator"): ("no_webhook_secret", "wrong_webhook_secret"),
+}
+
+_DUMP_OPENAPI = """
+import importlib, json, sys
+out = {}
+for name in sys.argv[1:]:
+    out[name] = importlib.import_module(f"services.{name}.app").create_app().openapi()
+sys.stdout.write("\\nOPENAPI " + json.dumps(out) + "\\n")
+"""
+
+
+def collected_openapi() -> dict[str, dict[str, Any]]:
+    """The OpenAPI document each service's app builds: what the table is made of (no engines needed)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DUMP_OPENAPI, *SERVICES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    line = next(x for x in done.stdout.splitlines() if x.startswith("OPENAPI "))
+    documents: dict[str, dict[str, Any]] = json.loads(line.removeprefix("OPENAPI "))
+    return documents
+
+
+DOCUMENTS = collected_openapi()
+
+
+def routes_of(document: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted(
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in METHODS
+    )
+
+
+def public_reason(service: str, method: str, path: str) -> str | None:
+    return PUBLIC.get((service, method, path)) or PUBLIC.get(("*", method, path))
+
+
+def kind_of(service: str, method: str, path: str) -> str:
+    if path.startswith(USER_PREFIX):
+        return "user"
+    if path.startswith(OPS_PREFIX):
+        return "ops"
+    if (service, method, path) in ANY_USER:
+        return "any_user"
+    if public_reason(service, method, path):
+        return "public"
+    return "unclassified"
+
+
+def takes_body(service: str, method: str, path: str) -> bool:
+    return "requestBody" in DOCUMENTS[service]["paths"][path][method.lower()]
+
+
+def cases_of(service: str, method: str, path: str) -> tuple[str, ...]:
+    kind = kind_of(service, method, path)
+    # where the route reads a body, the refusal must come before the body is even parsed
+    hostile_body = takes_body(service, method, path)
+    if kind == "user":
+        extra = ("no_token_malformed_body", "other_user_malformed_body") if hostile_body else ()
+        return (*UNAUTHENTICATED_CASES, "other_user", *extra)
+    if kind == "ops":
+        extra = ("no_token_malformed_body", "user_without_ops_malformed_body") if hostile_body else ()
+        return (*UNAUTHENTICATED_CASES, "user_without_ops", *extra)
+    if kind == "any_user":
+        return UNAUTHENTICATED_CASES
+    if kind == "public":
+        return PUBLIC_CASES.get((service, method, path), ("public_without_token",))
+    return ("unclassified",)
+
+
+TABLE = [
+    (service, method, path, case)
+    for service in SERVICES
+    for method, path in routes_of(DOCUMENTS[service])
+    for case in cases_of(service, method, path)
+]
+
+
+# ---- the running stack, and a victim with real resources -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(engines, log_dir) -> Iterator[Stack]:
+    with pipeline_stack(engines, log_dir, "routeauth") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def world(stack: Stack) -> dict[str, str]:
+    """A victim user who owns one of everything a path can name: the values put in the paths."""
+    victim = new_user("victim")
+    stack.entitle(victim)
+    connection = stack.link_bank(victim)
+    stack.select_all(victim, connection)
+    with stack.client("importer", victim) as importer:
+        account = importer.post(f"/v1/users/{victim}/accounts", json={"name": "Compte joint"})
+        assert account.status_code == 201, account.text
+        account_id = account.json()["account_id"]
+        operation = importer.post(
+            f"/v1/users/{victim}/accounts/{account_id}/operations",
+            json={"date": "2025-03-01", "amount": "-12.30", "currency": "EUR", "label": "Boulangerie"},
+        )
+        assert operation.status_code == 201, operation.text
+    with stack.client("categorizer", victim) as categorizer:
+        payee = categorizer.post(
+            f"/v1/users/{victim}/payees",
+            json={"name": "Boulangerie Paul", "category": "alimentation", "keywords": ["paul"]},
+        )
+        assert payee.status_code == 201, payee.text
+    return {
+        "user_id": victim,
+        "connection_id": connection["connection_id"],
+        "aggregator_account_id": connection["accounts"][0]["aggregator_account_id"],
+        "account_id": account_id,
+        "operation_id": operation.json()["id"],
+        "payee_id": payee.json()["id"],
+        "option": "auto_import",
+        "replay_id": str(uuid.uuid4()),
+    }
+
+
+def fill(path: str, world: dict[str, str]) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        assert name in world, f"no plausible value for the path parameter {{{name}}}: add one to `world`"
+        return world[name]
+
+    return re.sub(r"\{([^}]+)\}", value, path)
+
+
+def body_for(method: str, path: str, world: dict[str, str]) -> Any:
+    """A valid body where the route takes one, so that only the authorisation can stop the request."""
+    bodies: dict[tuple[str, str], Any] = {
+        ("PUT", "/v1/users/{user_id}/plan"): {"plan": "premium"},
+        ("PUT", "/v1/users/{user_id}/connections/{connection_id}/accounts"): {"selected": []},
+        ("POST", "/v1/users/{user_id}/accounts"): {"name": "Intrus", "currency": "EUR"},
+        ("PUT", "/v1/users/{user_id}/links/{aggregator_account_id}"): {
+            "target_account_id": world["account_id"],
+            "import_mode": "reconcile",
+        },
+        ("POST", "/v1/users/{user_id}/accounts/{account_id}/operations"): {
+            "date": "2025-03-02",
+            "amount": "-1.00",
+            "currency": "EUR",
+            "label": "intrus",
+        },
+        ("POST", "/v1/ops/replay"): {
+            "user_id": world["user_id"],
+            "aggregator_account_id": world["aggregator_account_id"],
+        },
+        ("POST", "/v1/users/{user_id}/categories"): {"id": "loisirs/intrus", "label": "Intrus"},
+        ("POST", "/v1/users/{user_id}/payees"): {"name": "Intrus", "category": "divers", "keywords": []},
+        ("PUT", "/v1/users/{user_id}/payees/{payee_id}"): {
+            "name": "Intrus",
+            "category": "divers",
+            "keywords": [],
+        },
+        ("POST", "/v1/users/{user_id}/operations/{operation_id}/payee"): {"payee_id": world["payee_id"]},
+        ("POST", "/v1/users/{user_id}/categorize/preview"): {"memos": ["CB PAUL 01/03"]},
+    }
+    return bodies.get((method, path))
+
+
+def token_for(case: str, victim: str) -> str | None:
+    now = int(time.time())
+    if case == "no_token":
+        return None
+    if case == "bad_signature":
+        return issue_token("another-secret-entirely-0123456789abcdef", victim, scopes="ops")
+    if case == "expired":
+        claims = {"sub": victim, "scope": "ops", "iat": now - 7200, "exp": now - 3600}
+        return jwt.encode(claims, DEV_JWT_SECRET, algorithm="HS256")
+    if case == "garbage_token":
+        return "not-a-jwt"
+    if case == "other_user":
+        return issue_token(DEV_JWT_SECRET, new_user("intruder"))
+    if case == "user_without_ops":
+        return issue_token(DEV_JWT_SECRET, victim)
+    raise AssertionError(case)
+
+
+def assert_problem(answer: httpx.Response, status: int | tuple[int, ...], code: str | None = None) -> None:
+    statuses = (status,) if isinstance(status, int) else status
+    where = f"{answer.request.method} {answer.request.url.path}"
+    assert answer.status_code in statuses, f"{where}: {answer.status_code} {answer.text[:300]}"
+    assert answer.headers["content-type"].startswith(PROBLEM_CONTENT_TYPE), (
+        f"{where}: content-type {answer.headers['content-type']}"
+    )
+    body = answer.json()
+    assert isinstance(body.get("code"), str), f"{where}: {body}"
+    assert body["code"], where
+    assert body.get("status") == answer.status_code, f"{where}: {body}"
+    for member in ("type", "title", "detail"):
+        assert isinstance(body.get(member), str), f"{where}: no {member} in {body}"
+    if code is not None:
+        assert body["code"] == code, f"{where}: {body}"
+
+
+# ---- the table -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("service", "method", "path", "case"), TABLE, ids=lambda v: str(v))
+def test_route_refuses_who_may_not_use_it(stack, world, service, method, path, case):
+    if case == "unclassified":
+        pytest.fail(
+            f"{service} {method} {path} is neither under {USER_PREFIX} nor {OPS_PREFIX}, nor listed in "
+            "ANY_USER or PUBLIC with its reason: protect it or list it"
+        )
+    url = stack.url(service) + fill(path, world)
+    if kind_of(service, method, path) == "public":
+        check_public(stack, world, service, method, path, url, case)
+        return
+    token = token_for(case.removesuffix("_malformed_body"), world["user_id"])
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if case.endswith("_malformed_body"):
+        headers["Content-Type"] = "application/json"
+        answer = httpx.request(method, url, headers=headers, content=b'{"name": "x",', timeout=30)
+    else:
+        answer = httpx.request(method, url, headers=headers, json=body_for(method, path, world), timeout=30)
+    if case.removesuffix("_malformed_body") in UNAUTHENTICATED_CASES:
+        assert_problem(answer, 401, "unauthorized")
+        assert answer.headers.get("www-authenticate", "").lower().startswith("bearer"), answer.headers
+    else:
+        assert_problem(answer, 403, "forbidden")
+
+
+def check_public(
+    stack: Stack, world: dict[str, str], service: str, method: str, path: str, url: str, case: str
+) -> None:
+    if case == "public_without_token":
+        answer = httpx.request(method, url, timeout=30)
+        assert answer.status_code == 200, f"{service} {method} {path}: {answer.status_code} {answer.text}"
+        return
+    if path == "/v1/callback":
+        real_state = activation_state(stack, new_user("cb"))
+        payload, _, signature = real_state.partition(".")
+        forged = {
+            # a state with our shape, for the victim, signed by someone who does not hold our secret
+            "forged_state": f"{payload}.{'A' * len(signature)}",
+            "state_signed_elsewhere": state_signed_with("not-our-secret", world["user_id"]),
+            # someone else's genuine signature on a payload changed to name the victim
+            "tampered_state": f"{state_payload(world['user_id'])}.{signature}",
+        }[case]
+        answer = httpx.get(
+            url, params={"connection_id": world["connection_id"], "code": "x", "state": forged}, timeout=30
+        )
+        assert_problem(answer, 400, "invalid_state")
+        return
+    if path == "/v1/webhooks/aggregator":
+        headers = {} if case == "no_webhook_secret" else {"X-Webhook-Secret": WEBHOOK_SECRET + "-wrong"}
+        body = {"connection": {"id": world["connection_id"]}, "user": {"id": "1"}}
+        answer = httpx.post(url, headers=headers, json=body, timeout=30)
+        assert_problem(answer, 401, "invalid_webhook_secret")
+        return
+    raise AssertionError(f"no check for the public route {service} {method} {path} case {case}")
+
+
+def activation_state(stack: Stack, user: str) -> str:
+    stack.entitle(user)
+    with stack.client("connector", user) as api:
+        activation = api.post(f"/v1/users/{user}/sync/activate")
+    assert activation.status_code == 200, activation.text
+    state: str = activation.json()["state"]
+    return state
+
+
+def state_payload(user: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps([user, "bm9uY2U", int(time.time()) + 600]).encode()).decode()
+
+
+def state_signed_with(secret: str, user: str) -> str:
+    from services.connector.security import StateSigner
+
+    state, _ = StateSigner(secret).issue(user)
+    return state
+
+
+# ---- the table is the running services' routes ---------------------------------------------------------
+
+
+def test_running_services_serve_the_collected_routes(stack):
+    """A route the running services serve and the table lacks would escape every check above."""
+    for service in SERVICES:
+        served = httpx.get(stack.url(service) + "/openapi.json", timeout=30).json()
+        assert routes_of(served) == routes_of(DOCUMENTS[service]), service
+
+
+def test_listed_public_routes_exist():
+    """A stale listing would hide nothing today, but says a route is public that is gone."""
+    every = {(s, m, p) for s in SERVICES for m, p in routes_of(DOCUMENTS[s])}
+    for service, method, path in [*PUBLIC, *ANY_USER]:
+        owners = SERVICES if service == "*" else (service,)
+        assert any((s, method, path) in every for s in owners), (service, method, path)

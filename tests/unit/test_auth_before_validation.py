@@ -1,0 +1,78 @@
+"""A malformed body never earns an unauthorised caller more than 401/403 (FastAPI parses bodies first)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from shared.auth import OpsPrincipal, UserPrincipal, install_auth_before_validation, issue_token
+from shared.problems import install_problem_handlers
+
+SECRET = "unit-test-secret-0123456789abcdef0123"
+
+
+class Body(BaseModel):
+    name: str
+
+
+def make_client() -> TestClient:
+    router = APIRouter()
+
+    @router.post("/v1/users/{user_id}/things")
+    async def post_thing(user_id: str, body: Body, _: UserPrincipal) -> dict[str, str]:
+        return {"name": body.name}
+
+    @router.post("/v1/ops/things")
+    async def post_ops(body: Body, _: OpsPrincipal) -> dict[str, str]:
+        return {"name": body.name}
+
+    @router.post("/v1/public")
+    async def post_public(body: Body) -> dict[str, str]:
+        return {"name": body.name}
+
+    app = FastAPI()
+    app.state.jwt_secret = SECRET
+    install_problem_handlers(app)
+    install_auth_before_validation(app)
+    app.include_router(router)
+    return TestClient(app)
+
+
+def bearer(user: str, scopes: str = "") -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(SECRET, user, scopes=scopes)}"}
+
+
+MALFORMED = {"content": b'{"name": ', "headers": {"Content-Type": "application/json"}}
+
+
+@pytest.mark.parametrize(
+    ("path", "auth", "status", "code"),
+    [
+        ("/v1/users/alice/things", {}, 401, "unauthorized"),
+        ("/v1/users/alice/things", {"Authorization": "Bearer nope"}, 401, "unauthorized"),
+        ("/v1/users/alice/things", bearer("mallory"), 403, "forbidden"),
+        ("/v1/users/alice/things", bearer("alice"), 422, "validation_error"),
+        ("/v1/users/alice/things", bearer("ops-bot", "ops"), 422, "validation_error"),
+        ("/v1/ops/things", {}, 401, "unauthorized"),
+        ("/v1/ops/things", bearer("alice"), 403, "forbidden"),
+        ("/v1/ops/things", bearer("ops-bot", "ops"), 422, "validation_error"),
+        ("/v1/public", {}, 422, "validation_error"),
+    ],
+)
+def test_malformed_body_is_refused_as_the_caller_deserves(path, auth, status, code):
+    with make_client() as client:
+        answer = client.post(path, content=MALFORMED["content"], headers={**MALFORMED["headers"], **auth})
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.json()["code"] == code
+
+
+def test_invalid_but_well_formed_body_is_refused_too():
+    with make_client() as client:
+        answer = client.post("/v1/users/alice/things", json={"name": 5}, headers=bearer("mallory"))
+        assert answer.status_code == 403
+        assert client.post("/v1/users/alice/things", json={"name": "x"}, headers=bearer("alice")).json() == {
+            "name": "x"
+        }
