@@ -30,7 +30,7 @@ from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, Ser
 
 from shared.events import CloudEvent
 from shared.logging import bind_context, clear_context, get_logger
-from shared.metrics import EVENTS_CONSUMED, HANDLER_LATENCY
+from shared.metrics import ERRORS, EVENTS_CONSUMED, HANDLER_LATENCY
 from shared.topics import DLQ
 
 log = get_logger(__name__)
@@ -82,6 +82,10 @@ def dlq_headers(record: ConsumerRecord[bytes, bytes], service: str, error: str) 
     }
 
 
+# consumer group -> topics, of every TopicConsumer subscribed in this process (for the lag gauge)
+SUBSCRIPTIONS: dict[str, set[str]] = {}
+
+
 class TopicConsumer:
     """Parses, validates and dispatches batches from one topic; see the module docstring."""
 
@@ -113,6 +117,8 @@ class TopicConsumer:
         max_records: int = 500,
         auto_offset_reset: Literal["latest", "earliest", "none"] = "earliest",
     ) -> None:
+        SUBSCRIPTIONS.setdefault(group_id, set()).add(self.topic)
+
         async def on_batch(body: Any, message: KafkaMessage) -> None:
             await self.process(_records_of(message.raw_message))
 
@@ -153,7 +159,7 @@ class TopicConsumer:
                 return None
             data = model.model_validate(event.data)
         except (ValidationError, ValueError) as exc:
-            await self.dead_letter(record, f"invalid record: {_short(exc)}")
+            await self.dead_letter(record, f"invalid record: {_short(exc)}", "invalid_record")
             return None
         key = record.key.decode(errors="replace") if record.key else ""
         return Incoming(event, data, key, record.topic, record.partition, record.offset, record)
@@ -173,19 +179,19 @@ class TopicConsumer:
             await self._handle_one(incoming)
 
     async def _handle_one(self, incoming: Incoming) -> None:
-        error = ""
+        error, code = "", "handler_failed"
         for attempt in range(1, self.max_attempts + 1):
             try:
                 await self._until_engines_answer([incoming])
                 EVENTS_CONSUMED.labels(self.service, self.topic, "ok").inc()
                 return
             except PoisonRecord as exc:
-                error = f"rejected: {_short(exc)}"
+                error, code = f"rejected: {_short(exc)}", "rejected"
                 break
             except Exception as exc:
-                error = f"failed after {attempt} attempts: {_short(exc)}"
+                error, code = f"failed after {attempt} attempts: {_short(exc)}", "handler_failed"
                 await asyncio.sleep(self.retry_base_s * 2 ** (attempt - 1))
-        await self.dead_letter(incoming.record, error)
+        await self.dead_letter(incoming.record, error, code)
 
     async def _until_engines_answer(self, batch: list[Incoming]) -> None:
         delay = 0.5
@@ -197,6 +203,7 @@ class TopicConsumer:
                 await self.handle(batch)
                 return
             except TRANSIENT_ERRORS as exc:
+                ERRORS.labels(self.service, "consumer", "engine_unreachable").inc()
                 log.warning(
                     "engine_unreachable_waiting", topic=self.topic, error=_short(exc), retry_in_s=delay
                 )
@@ -205,15 +212,17 @@ class TopicConsumer:
             finally:
                 clear_context()
 
-    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str, code: str) -> None:
         log.error(
             "record_dead_lettered",
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             error=error,
+            code=code,
         )
         EVENTS_CONSUMED.labels(self.service, self.topic, "dead_lettered").inc()
+        ERRORS.labels(self.service, "dead_letter", code).inc()
         while True:
             try:
                 await self.broker.publish(

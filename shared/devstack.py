@@ -413,7 +413,9 @@ def pipeline_stack(engines: Engines, log_dir: Path, database: str, **connector_e
             "importer",
             "services.importer",
             MONGODB_DATABASE=f"{database}_imp",
-            **{name: group for name, group in env.items() if name.startswith("IMPORTER_")},
+            IMPORTER_GROUP_ID=env["IMPORTER_GROUP_ID"],
+            IMPORTER_CATEGORIZATIONS_GROUP_ID=env["IMPORTER_CATEGORIZATIONS_GROUP_ID"],
+            IMPORTER_CONNECTIONS_GROUP_ID=env["IMPORTER_CONNECTIONS_GROUP_ID"],
         )
         stack.start(
             "categorizer",

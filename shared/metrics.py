@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
     "banksync_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
@@ -16,4 +16,14 @@ EVENTS_CONSUMED = Counter(
 )
 HANDLER_LATENCY = Histogram(
     "banksync_handler_duration_seconds", "Event handler processing time", ["service", "topic"]
+)
+ERRORS = Counter(
+    "banksync_errors_total",
+    "Errors by stable code: problem answers (HTTP), dead-lettered records, failed syncs",
+    ["service", "kind", "code"],
+)
+CONSUMER_LAG = Gauge(
+    "banksync_consumer_lag",
+    "Records not yet committed by the service's consumer group (log end offset - committed offset)",
+    ["service", "group", "topic", "partition"],
 )

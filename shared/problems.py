@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.metrics import ERRORS
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://budgetfacile.fr/problems/"
 
@@ -106,10 +108,14 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def install_problem_handlers(app: FastAPI, service: str = "") -> None:
+    def answer(problem: Problem) -> JSONResponse:
+        ERRORS.labels(service, "http", problem.code).inc()
+        return problem_response(problem)
+
     async def on_problem(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
-        return problem_response(exc)
+        return answer(exc)
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -123,7 +129,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(first["loc"])
-        return problem_response(
+        return answer(
             Problem(
                 422,
                 "validation_error",
@@ -137,13 +143,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         code = _DEFAULT_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
         headers = dict(exc.headers) if exc.headers else None
-        return problem_response(Problem(exc.status_code, code, detail, headers=headers))
+        return answer(Problem(exc.status_code, code, detail, headers=headers))
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         from shared.logging import get_logger
 
         get_logger(__name__).exception("unhandled_error", error_type=type(exc).__name__)
-        return problem_response(Problem(500, "internal_error", "An unexpected error occurred."))
+        return answer(Problem(500, "internal_error", "An unexpected error occurred."))
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -25,10 +25,12 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+from ops.kafka import inspector
 from shared.auth import install_auth_before_validation
+from shared.consumer import SUBSCRIPTIONS
 from shared.kafka import EventPublisher, make_broker
 from shared.logging import bind_context, clear_context, configure_logging, get_logger
-from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from shared.metrics import CONSUMER_LAG, HTTP_LATENCY, HTTP_REQUESTS
 from shared.mongo import make_client, ping
 from shared.problems import PROBLEM_CONTENT_TYPE, install_problem_handlers
 from shared.settings import ServiceSettings
@@ -101,7 +103,8 @@ def create_service_app(
             await hook(runtime)
         await broker.start()
         tasks = [
-            asyncio.create_task(job(runtime), name=getattr(job, "__name__", "job")) for job in background
+            asyncio.create_task(job(runtime), name=getattr(job, "__name__", "job"))
+            for job in (*background, report_consumer_lag)
         ]
         log.info("service_started", kafka=settings.kafka_bootstrap_servers)
         try:
@@ -119,7 +122,7 @@ def create_service_app(
     app = FastAPI(title=f"banksync {service}", version="1.0.0", description=description, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.jwt_secret = settings.banksync_jwt_secret.get_secret_value()
-    install_problem_handlers(app)
+    install_problem_handlers(app, service)
     install_auth_before_validation(app)
     app.add_middleware(_RequestContextMiddleware, service=service)
 
@@ -176,3 +179,27 @@ async def _readiness_checks(runtime: Runtime) -> dict[str, str]:
 
     kafka_state, mongo_state = await asyncio.gather(kafka(), mongodb())
     return {"kafka": kafka_state, "mongodb": mongo_state}
+
+
+async def report_consumer_lag(runtime: Runtime) -> None:
+    """Keeps `banksync_consumer_lag` current for the groups this process consumes in.
+
+    Lag is read from the broker (committed offsets against log end offsets), the same figure as
+    `banksync lag` and Kafka's `kafka-consumer-groups --describe`: it keeps growing when a consumer is
+    stuck, which a figure computed inside the consumer would not show.
+    """
+    interval = runtime.settings.consumer_lag_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        groups = sorted(SUBSCRIPTIONS)
+        if not groups:
+            return
+        try:
+            async with inspector(runtime.settings.kafka_bootstrap_servers) as kafka:
+                _, rows = await kafka.lag(groups)
+        except Exception as exc:
+            log.warning("consumer_lag_unavailable", error=f"{type(exc).__name__}: {exc}")
+            continue
+        for row in rows:
+            if row.lag is not None and row.topic in SUBSCRIPTIONS.get(row.group, ()):
+                CONSUMER_LAG.labels(runtime.service, row.group, row.topic, str(row.partition)).set(row.lag)

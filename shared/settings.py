@@ -29,3 +29,5 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # how long /readyz waits for each engine before it answers 503
     readiness_timeout_s: float = 2.0
+    # how often /metrics' consumer lag is read from the broker
+    consumer_lag_interval_s: float = Field(default=10.0, gt=0)

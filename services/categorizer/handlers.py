@@ -348,6 +348,18 @@ class CategorizerHandlers:
         return categorize_memo(analyse(memo_text(memo, label)), matcher, self.dictionary)
 
     async def _publish(self, pending: Sequence[_Pending]) -> None:
+        # one line per sync (correlation) and user: a batch mixes several, the log context holds one
+        stories: dict[tuple[str, str], list[_Pending]] = {}
+        for p in pending:
+            stories.setdefault((p.user_id, p.correlation_id), []).append(p)
+        for (user_id, correlation_id), items in stories.items():
+            log.info(
+                "operations_categorized",
+                user_id=user_id,
+                correlation_id=correlation_id,
+                operations=len(items),
+                recognised=sum(1 for p in items if p.result.recognised),
+            )
         for start in range(0, len(pending), PUBLISH_CHUNK):
             chunk = pending[start : start + PUBLISH_CHUNK]
             await self.publisher.publish_many(

@@ -30,6 +30,7 @@ from shared.batch_publisher import BatchPublisher
 from shared.events import CloudEvent, account_key, deterministic_event_id
 from shared.kafka import EventPublisher
 from shared.logging import get_logger
+from shared.metrics import ERRORS
 from shared.money import format_amount, to_amount
 from shared.problems import Problem
 from shared.schemas import EntitlementChanged, SyncRequested
@@ -626,6 +627,7 @@ class ConnectorHandlers:
         correlation_id: str,
     ) -> None:
         """A failed sync never moves the cursor: the next one asks again from the last good one."""
+        ERRORS.labels(SERVICE, "sync", failure.code).inc()
         account_id = account["aggregator_account_id"]
         finished = self.clock()
         await self.repository.update_account_state(

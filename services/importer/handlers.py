@@ -398,6 +398,8 @@ class Importer:
             log.info(
                 "lines_imported",
                 akey=akey,
+                user_id=first.data.user_id,
+                correlation_id=first.event.correlationid,
                 lines=len(lines),
                 imported=stats.imported,
                 updated=stats.updated,
@@ -873,7 +875,7 @@ class AccountDetails:
 # ---- consumer entry points -------------------------------------------------------------------------------
 
 
-DeadLetter = Callable[[ConsumerRecord[bytes, bytes], str], Any]
+DeadLetter = Callable[[ConsumerRecord[bytes, bytes], str, str], Any]
 
 
 class RawConsumerHandler:
@@ -892,7 +894,7 @@ class RawConsumerHandler:
         assert self.dead_letter is not None
         for raw, reason in result.rejected:
             assert raw.record is not None
-            await self.dead_letter(raw.record, f"rejected: {reason}")
+            await self.dead_letter(raw.record, f"rejected: {reason}", "rejected")
 
 
 class DiscoveredConsumerHandler:
