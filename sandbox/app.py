@@ -31,6 +31,7 @@ class SandboxSettings:
     webhook_url: str | None = None
     webhook_secret: str | None = DEV_WEBHOOK_SECRET
     today: date | None = None  # pins the last day of generated history (default: today in Paris)
+    history_months: int | None = None  # shorter histories than the banks' 13 months (load tests)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> SandboxSettings:
@@ -47,6 +48,9 @@ class SandboxSettings:
             webhook_url=webhook_url,
             webhook_secret=env.get("SANDBOX_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET) or None,
             today=date.fromisoformat(today) if today else None,
+            history_months=int(env["AGGREGATOR_SANDBOX_HISTORY_MONTHS"])
+            if env.get("AGGREGATOR_SANDBOX_HISTORY_MONTHS")
+            else None,
         )
 
 
@@ -54,7 +58,9 @@ def create_app(
     settings: SandboxSettings | None = None, *, clock: Clock = system_clock, store: Store | None = None
 ) -> FastAPI:
     settings = settings or SandboxSettings.from_env()
-    store = store or Store(seed=settings.seed, clock=clock, today=settings.today)
+    store = store or Store(
+        seed=settings.seed, clock=clock, today=settings.today, history_months=settings.history_months
+    )
     faults = Faults(settings.seed)
     webhooks = WebhookSender(store, WebhookTarget(settings.webhook_url, settings.webhook_secret))
 

@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sandbox.banks import bank_by_id
+from sandbox.banks import DemoBank, bank_by_id
 from sandbox.clock import Clock, system_clock
 from sandbox.generator import AccountHistory, AccountKind, Line, generate_connection
 from sandbox.listing import Page, TransactionQuery, paginate, select
@@ -98,12 +98,28 @@ def state_error(connection: Connection) -> SandboxError:
 
 
 class Store:
-    def __init__(self, *, seed: int = 0, clock: Clock = system_clock, today: date | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        clock: Clock = system_clock,
+        today: date | None = None,
+        history_months: int | None = None,
+    ) -> None:
         self.seed = seed
         self.clock = clock
         self.today_override = today
+        # shorter histories than the banks' own (load tests link thousands of users)
+        self.history_months = history_months
         self.lock = threading.RLock()
         self._init_state()
+
+    def _history_bank(self, connector_id: int) -> DemoBank:
+        bank = bank_by_id(connector_id)
+        assert bank is not None
+        if self.history_months is None:
+            return bank
+        return replace(bank, months_to_fetch=min(bank.months_to_fetch, self.history_months))
 
     def _init_state(self) -> None:
         self.users: dict[int, User] = {}
@@ -221,8 +237,7 @@ class Store:
         """Creates the connection's accounts and their history the first time the bank login works."""
         if any(account.id_connection == connection.id for account in self.accounts.values()):
             return
-        bank = bank_by_id(connection.id_connector)
-        assert bank is not None
+        bank = self._history_bank(connection.id_connector)
         histories = generate_connection(self.seed, bank, str(connection.id), self.history_today())
         for kind in (AccountKind.CHECKING, AccountKind.SAVINGS, AccountKind.CARD):
             self._add_account(connection, histories[kind], stamp)
@@ -527,8 +542,7 @@ class Store:
         """The bank shows a new account on this connection (disabled, with its own history)."""
         with self.lock:
             connection = self.control_connection(connection_id)
-            bank = bank_by_id(connection.id_connector)
-            assert bank is not None
+            bank = self._history_bank(connection.id_connector)
             count = len(self._accounts_of(connection.id))
             key = f"{connection.id}/{count}"
             history = generate_connection(self.seed, bank, key, self.history_today())[kind]

@@ -246,6 +246,8 @@ class Stack:
     log_dir: Path
     database: str
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    # environment every process of the stack gets (a process's own settings win)
+    env: dict[str, str] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
         return self.processes[name].url
@@ -253,7 +255,7 @@ class Stack:
     def start(self, name: str, module: str, port: int | None = None, **env: str) -> ServiceProcess:
         port = port or free_port()
         proc = ServiceProcess(
-            module, port, self.engines.service_env(**env), self.log_dir / f"{name}-{port}.log"
+            module, port, self.engines.service_env(**{**self.env, **env}), self.log_dir / f"{name}-{port}.log"
         )
         self.processes[name] = proc
         proc.start(wait_ready=module != "sandbox")
@@ -356,8 +358,15 @@ def new_user(prefix: str = "user") -> str:
 
 
 @contextlib.contextmanager
-def connector_stack(engines: Engines, log_dir: Path, database: str, **connector_env: str) -> Iterator[Stack]:
-    stack = Stack(engines, log_dir, database)
+def connector_stack(
+    engines: Engines,
+    log_dir: Path,
+    database: str,
+    *,
+    common_env: dict[str, str] | None = None,
+    **connector_env: str,
+) -> Iterator[Stack]:
+    stack = Stack(engines, log_dir, database, env=dict(common_env or {}))
     try:
         connector_port = free_port()
         sandbox = stack.start(
@@ -389,7 +398,14 @@ def connector_stack(engines: Engines, log_dir: Path, database: str, **connector_
 
 
 @contextlib.contextmanager
-def pipeline_stack(engines: Engines, log_dir: Path, database: str, **connector_env: str) -> Iterator[Stack]:
+def pipeline_stack(
+    engines: Engines,
+    log_dir: Path,
+    database: str,
+    *,
+    common_env: dict[str, str] | None = None,
+    **connector_env: str,
+) -> Iterator[Stack]:
     """The whole pipeline: sandbox, entitlements, connector, importer and categorizer.
 
     Databases and consumer groups are private to `database`; the importer's and the categorizer's
@@ -406,7 +422,7 @@ def pipeline_stack(engines: Engines, log_dir: Path, database: str, **connector_e
         for group, topic in groups.values():
             await start_group_at_end(engines.kafka_bootstrap, group, [topic])
 
-    with connector_stack(engines, log_dir, database, **connector_env) as stack:
+    with connector_stack(engines, log_dir, database, common_env=common_env, **connector_env) as stack:
         asyncio.run(start_groups())
         env = {name: group for name, (group, _) in groups.items()}
         stack.start(

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from services.connector.api import ops, public, users
 from services.connector.domain import NightlyWindow
@@ -40,6 +40,8 @@ class ConnectorSettings(ServiceSettings):
     nightly_enabled: bool = True
     sync_cursor_overlap_s: int = 1800
     sync_workers_group: str = "connector-sync"
+    # sync requests of one batch handled at once (different users wait on the aggregator in parallel)
+    sync_concurrency: int = Field(default=8, ge=1)
     entitlements_group: str = "connector-entitlements"
 
 
@@ -79,9 +81,22 @@ async def wire(runtime: Runtime) -> None:
     )
     runtime.extras["handlers"] = handlers
 
-    async def on_sync_requests(batch: list[Incoming]) -> None:
-        for incoming in batch:
+    slots = asyncio.Semaphore(settings.sync_concurrency)
+
+    async def sync_one(incoming: Incoming) -> None:
+        async with slots:
             await handlers.handle_sync_request(data_of(incoming, SyncRequested), incoming.event.correlationid)
+
+    async def on_sync_requests(batch: list[Incoming]) -> None:
+        # a failure cancels the rest and the batch is retried record by record: runs are idempotent
+        # (fingerprints, deterministic event ids) and leases are released in `finally`
+        try:
+            async with asyncio.TaskGroup() as group:
+                for incoming in batch:
+                    group.create_task(sync_one(incoming))
+        except ExceptionGroup as failed:
+            # the consumer tells "engines away, wait" from "bad record" by the exception's type
+            raise failed.exceptions[0] from failed
 
     async def on_entitlements(batch: list[Incoming]) -> None:
         for incoming in batch:
@@ -91,7 +106,7 @@ async def wire(runtime: Runtime) -> None:
 
     TopicConsumer(
         runtime.broker, SERVICE, SYNC_REQUESTS, {"sync.requested": SyncRequested}, on_sync_requests
-    ).subscribe(settings.sync_workers_group, max_records=10)
+    ).subscribe(settings.sync_workers_group, max_records=max(10, 2 * settings.sync_concurrency))
     TopicConsumer(
         runtime.broker, SERVICE, ENTITLEMENTS, {"entitlement.changed": EntitlementChanged}, on_entitlements
     ).subscribe(settings.entitlements_group)
