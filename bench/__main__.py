@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smaller counts: a smoke run of a minute or so")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument(
+        "--users",
+        type=int,
+        metavar="N",
+        help="users of the nightly benchmarks (default: their full or quick size)",
+    )
     args = parser.parse_args(args_list)
     if args.list:
         for bench in REGISTRY.values():
@@ -29,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     benches = select(args.only)
     # a TERM (a CI timeout, `kill`) stops the run like Ctrl-C: the engines are stopped on the way out
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return run(benches, quick=args.quick, argv=args_list)
+    return run(benches, quick=args.quick, argv=args_list, users=args.users)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from shared.mongo import make_client
 CONCURRENCY = 16
 
 
-async def _in_threads(items: list[str], work: Any) -> list[Any]:
+async def in_threads(items: list[str], work: Any) -> list[Any]:
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(item: str) -> Any:
@@ -30,7 +30,7 @@ async def _in_threads(items: list[str], work: Any) -> list[Any]:
     return await asyncio.gather(*(one(item) for item in items))
 
 
-def _link(stack: Stack, user: str, account_types: set[str] | None) -> int:
+def link_and_select(stack: Stack, user: str, account_types: set[str] | None) -> int:
     """Subscribes, links a demo bank through the webview, selects accounts; returns how many."""
     stack.entitle(user)
     connection = stack.link_bank(user, bank_index=hash(user) % 2)
@@ -73,7 +73,9 @@ async def _lines_published(stack: Stack, users: list[str]) -> int:
         await client.close()
 
 
-async def _wait(stack: Stack, since: datetime, users: list[str], accounts: int, timeout_s: float) -> float:
+async def wait_synced(
+    stack: Stack, since: datetime, users: list[str], accounts: int, timeout_s: float
+) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if await _synced_since(stack, since, users) >= accounts:
@@ -82,7 +84,7 @@ async def _wait(stack: Stack, since: datetime, users: list[str], accounts: int, 
     raise TimeoutError(f"only {await _synced_since(stack, since, users)} of {accounts} accounts synced")
 
 
-def _stack(ctx: Context, name: str) -> Any:
+def bench_stack(ctx: Context, name: str) -> Any:
     return connector_stack(
         ctx.engines,
         ensure_dir(ROOT / ".run" / "bench-logs"),
@@ -95,15 +97,15 @@ def _stack(ctx: Context, name: str) -> Any:
 async def connector_fetch_publish(ctx: Context) -> Measurement:
     """First syncs of a batch of users: lines fetched from the sandbox and published per second."""
     users_n = ctx.size(full=20, quick=4)
-    with _stack(ctx, "fetch") as stack:
+    with bench_stack(ctx, "fetch") as stack:
         users = [new_user("bench") for _ in range(users_n)]
         # link everything first, without selecting: the measured part is the syncs only
-        accounts = sum(await _in_threads(users, lambda u: _link(stack, u, account_types=set())))
+        accounts = sum(await in_threads(users, lambda u: link_and_select(stack, u, account_types=set())))
         assert accounts == 0
         started_at = datetime.now(UTC)
         started = time.monotonic()
-        selected = sum(await _in_threads(users, lambda u: _select_all(stack, u)))
-        finished = await _wait(stack, started_at, users, selected, timeout_s=600)
+        selected = sum(await in_threads(users, lambda u: _select_all(stack, u)))
+        finished = await wait_synced(stack, started_at, users, selected, timeout_s=600)
         lines = await _lines_published(stack, users)
     elapsed = finished - started
     return Measurement(
@@ -127,19 +129,21 @@ def _select_all(stack: Stack, user: str) -> int:
 @benchmark("nightly_run", timeout_s=1500, needs=("kafka_produce",))
 async def nightly_run(ctx: Context) -> Measurement:
     """The nightly run of N users x 2 accounts, from the request to the last account synced."""
-    users_n = ctx.size(full=1_000, quick=100)
-    with _stack(ctx, "nightly") as stack:
+    users_n = ctx.user_count(full=1_000, quick=100)
+    with bench_stack(ctx, "nightly") as stack:
         users = [new_user("night") for _ in range(users_n)]
         # two accounts each (savings and card), first sync done before the measured night
         setup_at = datetime.now(UTC)
-        accounts = sum(await _in_threads(users, lambda u: _link(stack, u, account_types={"savings", "card"})))
-        await _wait(stack, setup_at, users, accounts, timeout_s=900)
+        accounts = sum(
+            await in_threads(users, lambda u: link_and_select(stack, u, account_types={"savings", "card"}))
+        )
+        await wait_synced(stack, setup_at, users, accounts, timeout_s=900)
         night_at = datetime.now(UTC)
         started = time.monotonic()
         with stack.client("connector", "bench-ops", scopes="ops") as ops:
             report = ops.post("/v1/ops/nightly-run", timeout=600).json()
         published = time.monotonic()
-        finished = await _wait(stack, night_at, users, accounts, timeout_s=900)
+        finished = await wait_synced(stack, night_at, users, accounts, timeout_s=900)
     wall = finished - started
     return Measurement(
         "nightly run wall time (one connector process)",

@@ -76,11 +76,15 @@ class Context:
     engines: Engines
     run_id: str
     quick: bool = False
+    users: int | None = None  # `--users N`: the user count of the nightly benchmarks
     results: dict[str, Result] = field(default_factory=dict)
     cleanups: list[Cleanup] = field(default_factory=list)
 
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full
+
+    def user_count(self, full: int, quick: int) -> int:
+        return self.users or self.size(full, quick)
 
     def result(self, name: str) -> Result:
         """An earlier benchmark of this run that succeeded (LookupError otherwise)."""

@@ -247,7 +247,7 @@ def write_report(report: dict[str, Any], stamp: str, results_dir: Path = RESULTS
     return path
 
 
-def run(benches: list[Benchmark], quick: bool, argv: list[str]) -> int:
+def run(benches: list[Benchmark], quick: bool, argv: list[str], users: int | None = None) -> int:
     started_at = datetime.now(UTC)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{stamp.lower()}-{os.getpid()}"
@@ -256,7 +256,7 @@ def run(benches: list[Benchmark], quick: bool, argv: list[str]) -> int:
     engines = Engines.start()
     try:
         print(f"engines: Kafka {engines.kafka_bootstrap}, MongoDB wire {engines.mongodb_url}", flush=True)
-        ctx = Context(engines=engines, run_id=run_id, quick=quick)
+        ctx = Context(engines=engines, run_id=run_id, quick=quick, users=users)
 
         async def main() -> dict[str, Any]:
             info = await engines_info(engines)

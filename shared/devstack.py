@@ -8,6 +8,7 @@ are both set, those engines are used instead and nothing is started.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -423,7 +424,9 @@ def pipeline_stack(
             await start_group_at_end(engines.kafka_bootstrap, group, [topic])
 
     with connector_stack(engines, log_dir, database, common_env=common_env, **connector_env) as stack:
-        asyncio.run(start_groups())
+        # from a thread: the caller may be inside an event loop (benchmarks are)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, start_groups()).result()
         env = {name: group for name, (group, _) in groups.items()}
         stack.start(
             "importer",

@@ -1,0 +1,232 @@
+"""The nightly run through the whole pipeline: sandbox → connector → importer → categorizer → importer.
+
+`pipeline_nightly`: N users (10,000 full) with two accounts each, linked and first-synced before the
+night (the sandbox keeps one month of history, so that setting up thousands of users stays bounded);
+before the night the bank books a few new lines on every account. Measured from `POST
+/v1/ops/nightly-run` to the last new line categorised and readable in the importer:
+- wall time and lines per second;
+- end-to-end latency of each new line, from the connector fetching it (the `time` of its
+  `transaction.observed` event) to its categorisation being stored on the operation (`categorized_at`,
+  from when the importer's API shows it), at p50/p95/p99;
+- peak memory (VmHWM) of every service process, over the whole run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.connector import in_threads, link_and_select, wait_synced
+from bench.registry import Context, Measurement, benchmark
+from ops.kafka import inspector
+from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
+from shared.events import CloudEvent
+from shared.kafka import topic_partitions
+from shared.mongo import make_client
+from shared.topics import TRANSACTIONS_RAW
+
+NEW_LINES_PER_ACCOUNT = 3
+# what a day at the bank looks like: memos the built-in dictionary knows, and some it does not
+DAY_MEMOS = (
+    ("CB CARREFOUR MARKET {d}", "-23.40"),
+    ("PRLV SEPA FREE MOBILE ECH/{d}", "-19.99"),
+    ("CARTE X4417 {d} BOULANGERIE DU COIN", "-4.80"),
+    ("RETRAIT DAB {d} PARIS 11", "-40.00"),
+    ("VIR SEPA RECU /DE JEAN DUPONT /MOTIF REMBOURSEMENT", "35.00"),
+    ("CB TOTALENERGIES {d}", "-61.25"),
+)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def append_day(stack: Stack, user: str) -> int:
+    """The bank books NEW_LINES_PER_ACCOUNT lines today on each of the user's selected accounts."""
+    today = date.today()
+    rng = random.Random(user)
+    added = 0
+    with stack.client("connector", user) as api, stack.sandbox() as bank:
+        for connection in api.get(f"/v1/users/{user}/connections").json():
+            for account in connection["accounts"]:
+                if not account["selected"]:
+                    continue
+                lines = []
+                for _ in range(NEW_LINES_PER_ACCOUNT):
+                    memo, amount = rng.choice(DAY_MEMOS)
+                    lines.append(
+                        {
+                            "date": today.isoformat(),
+                            "value": amount,
+                            "original_wording": memo.format(d=today.strftime("%d/%m")),
+                        }
+                    )
+                answer = bank.post(
+                    f"/sandbox/accounts/{account['aggregator_account_id']}/transactions", json=lines
+                )
+                answer.raise_for_status()
+                added += len(lines)
+    return added
+
+
+async def wait_drained(stack: Stack, timeout_s: float) -> None:
+    """Until the importer's and the categorizer's groups have consumed everything (lag 0 everywhere)."""
+    groups = [
+        stack.processes["importer"].env[name]
+        for name in ("IMPORTER_GROUP_ID", "IMPORTER_CATEGORIZATIONS_GROUP_ID")
+    ] + [stack.processes["categorizer"].env["CATEGORIZER_GROUP_ID"]]
+    deadline = time.monotonic() + timeout_s
+    async with inspector(stack.engines.kafka_bootstrap) as kafka:
+        while time.monotonic() < deadline:
+            _, rows = await kafka.lag(groups)
+            if rows and all(row.lag == 0 for row in rows):
+                return
+            await asyncio.sleep(1)
+    raise TimeoutError("the pipeline did not drain")
+
+
+async def categorised_since(stack: Stack, since: datetime) -> list[dict[str, Any]]:
+    client = make_client(stack.engines.mongodb_url)
+    try:
+        return (
+            await client[f"{stack.database}_imp"]["operations"]
+            .find(
+                {"created_at": {"$gte": since}},
+                {"user_id": 1, "aggregator_transaction_id": 1, "categorized_at": 1, "category": 1},
+            )
+            .to_list()
+        )
+    finally:
+        await client.close()
+
+
+async def wait_categorised(
+    stack: Stack, since: datetime, expected: int, timeout_s: float
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        found = await categorised_since(stack, since)
+        if sum(1 for op in found if op.get("categorized_at")) >= expected:
+            return found
+        await asyncio.sleep(1)
+    raise TimeoutError(
+        f"{sum(1 for op in found if op.get('categorized_at'))} of {expected} lines categorised"
+    )
+
+
+async def fetched_at(bootstrap: str, since: datetime, users: set[str]) -> dict[tuple[str, str], datetime]:
+    """(user, aggregator transaction id) → when the connector fetched it, for the lines observed since."""
+    partitions = [
+        TopicPartition(TRANSACTIONS_RAW, p) for p in await topic_partitions(bootstrap, TRANSACTIONS_RAW)
+    ]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: dict[tuple[str, str], datetime] = {}
+    try:
+        consumer.assign(partitions)
+        starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            start = starts.get(tp)
+            consumer.seek(tp, start.offset if start else ends[tp])
+        pending = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
+            for records in batches.values():
+                for record in records:
+                    event = CloudEvent.from_json_bytes(record.value or b"")
+                    if event.userid in users and event.name == "transaction.observed":
+                        found[(event.userid, str(event.data["transaction"]["id"]))] = event.time
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
+    return found
+
+
+@benchmark("pipeline_nightly", timeout_s=3 * 3600, needs=("kafka_produce",))
+async def pipeline_nightly(ctx: Context) -> Measurement:
+    """The nightly run of N users x 2 accounts through the whole pipeline, to the last line categorised."""
+    users_n = ctx.user_count(full=10_000, quick=100)
+    with pipeline_stack(
+        ctx.engines,
+        ensure_dir(ROOT / ".run" / "bench-logs"),
+        f"bench_pipe_{ctx.run_id[-6:]}",
+        common_env={"LOG_LEVEL": "WARNING", "AGGREGATOR_SANDBOX_HISTORY_MONTHS": "1"},
+    ) as stack:
+        users = [new_user("load") for _ in range(users_n)]
+        setup_started = time.monotonic()
+        setup_at = datetime.now(UTC)
+        accounts = sum(
+            await in_threads(users, lambda u: link_and_select(stack, u, account_types={"savings", "card"}))
+        )
+        await wait_synced(stack, setup_at, users, accounts, timeout_s=4 * users_n + 600)
+        await wait_drained(stack, timeout_s=2 * users_n + 600)
+        setup_s = time.monotonic() - setup_started
+        new_lines = sum(await in_threads(users, lambda u: append_day(stack, u)))
+
+        night_at = datetime.now(UTC)
+        started = time.monotonic()
+        with stack.client("connector", "bench-ops", scopes="ops") as ops:
+            ops.post("/v1/ops/nightly-run", timeout=1800).raise_for_status()
+        synced = await wait_synced(stack, night_at, users, accounts, timeout_s=4 * users_n + 600)
+        operations = await wait_categorised(stack, night_at, new_lines, timeout_s=2 * users_n + 600)
+        finished = time.monotonic()
+        peaks = {
+            name: peak_rss_mb(proc.process.pid) for name, proc in stack.processes.items() if proc.process
+        }
+        fetched = await fetched_at(ctx.engines.kafka_bootstrap, night_at, set(users))
+
+    latencies = sorted(
+        (
+            op["categorized_at"].replace(tzinfo=UTC)
+            - fetched[(op["user_id"], str(op["aggregator_transaction_id"]))]
+        ).total_seconds()
+        for op in operations
+        if op.get("categorized_at") and (op["user_id"], str(op["aggregator_transaction_id"])) in fetched
+    )
+    wall = finished - started
+    return Measurement(
+        "nightly run through the whole pipeline: request to last new line categorised (one process each)",
+        "s",
+        wall,
+        {
+            "users": users_n,
+            "accounts": accounts,
+            "new_lines": new_lines,
+            "lines_per_s": round(new_lines / wall, 1),
+            "accounts_synced_s": round(synced - started, 1),
+            "latency_s": {
+                "lines": len(latencies),
+                "p50": round(percentile(latencies, 0.50), 2),
+                "p95": round(percentile(latencies, 0.95), 2),
+                "p99": round(percentile(latencies, 0.99), 2),
+                "max": round(latencies[-1], 2),
+            }
+            if latencies
+            else None,
+            "recognised_share": round(
+                sum(1 for op in operations if op.get("category")) / max(1, len(operations)), 3
+            ),
+            "peak_rss_mb": peaks,
+            "setup_s": round(setup_s, 1),
+            "kafka_produce_limit_records_per_s": round(ctx.value("kafka_produce")),
+        },
+    )
