@@ -19,6 +19,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.logging import bind_context
 from shared.problems import Problem, problem_response
@@ -96,10 +97,10 @@ OpsPrincipal = Annotated[Principal, Depends(ops_principal)]
 
 
 # ---- refusal before validation -------------------------------------------------------------------------
-# FastAPI parses a JSON body before it resolves a route's dependencies, so a malformed body used to earn a
-# caller without a token (or with another user's) a 422 describing the body instead of the 401/403 that
-# the contract promises. A validation error on a route that has these dependencies therefore first
-# answers what they would have answered.
+# FastAPI reads and parses a JSON body before it resolves a route's dependencies, so a malformed body used
+# to earn a caller without a token (or with another user's) a 422 or a 400 describing the body instead of
+# the 401/403 that the contract promises. An error answered before the dependencies ran, on a route that
+# has these dependencies, therefore first answers what they would have answered.
 
 _AUTH_DEPENDENCIES: frozenset[Callable[..., Any]] = frozenset({principal, user_principal, ops_principal})
 
@@ -131,14 +132,18 @@ async def refusal(request: Request) -> Problem | None:
 
 
 def install_auth_before_validation(app: FastAPI) -> None:
-    """Call after `install_problem_handlers`: wraps its validation handler."""
-    validation_handler = app.exception_handlers[RequestValidationError]
+    """Call after `install_problem_handlers`: wraps its handlers of invalid requests."""
+    for error in (RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(error, _refusing_first(app.exception_handlers[error]))
 
-    async def on_validation(request: Request, exc: Exception) -> Response:
+
+def _refusing_first(handler: Callable[[Request, Any], Any]) -> Callable[[Request, Exception], Any]:
+    async def on_error(request: Request, exc: Exception) -> Response:
         refused = await refusal(request)
         if refused is not None:
             return problem_response(refused)
-        answer = validation_handler(request, exc)
-        return await answer if inspect.isawaitable(answer) else answer
+        answer = handler(request, exc)
+        result: Response = await answer if inspect.isawaitable(answer) else answer
+        return result
 
-    app.add_exception_handler(RequestValidationError, on_validation)
+    return on_error

@@ -140,6 +140,16 @@ def install_problem_handlers(app: FastAPI, service: str = "") -> None:
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's answer to a body that is not even text: the same as to one that is not JSON
+            return answer(
+                Problem(
+                    422,
+                    "validation_error",
+                    "body: the body is not JSON (it is not UTF-8 text)",
+                    errors=[{"loc": ["body"], "msg": "The body is not UTF-8 text", "type": "json_invalid"}],
+                )
+            )
         code = _DEFAULT_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
         headers = dict(exc.headers) if exc.headers else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo import AsyncMongoClient
@@ -32,7 +32,7 @@ from shared.kafka import EventPublisher, make_broker
 from shared.logging import bind_context, clear_context, configure_logging, get_logger
 from shared.metrics import CONSUMER_LAG, HTTP_LATENCY, HTTP_REQUESTS
 from shared.mongo import make_client, ping
-from shared.problems import PROBLEM_CONTENT_TYPE, install_problem_handlers
+from shared.problems import PROBLEM_CONTENT_TYPE, install_problem_handlers, problem_responses
 from shared.settings import ServiceSettings
 
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -130,7 +130,7 @@ def create_service_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses=problem_responses(503))
     async def readyz() -> JSONResponse:
         checks = await _readiness_checks(runtime)
         ready = all(v == "ok" for v in checks.values())
@@ -150,8 +150,9 @@ def create_service_app(
             media_type=PROBLEM_CONTENT_TYPE,
         )
 
-    @app.get("/metrics", tags=["health"], include_in_schema=True)
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics() -> Response:
+        """Prometheus text exposition format."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:

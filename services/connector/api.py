@@ -48,7 +48,7 @@ async def activate(user_id: str, request: Request, _: UserPrincipal, handlers: H
     return await handlers.activate(user_id, correlation_id_of(request))
 
 
-@public.get("/callback", responses=problem_responses(400, 404, 502))
+@public.get("/callback", responses=problem_responses(400, 404, 422, 502))
 async def callback(
     request: Request,
     handlers: Handlers,

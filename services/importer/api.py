@@ -7,11 +7,12 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from services.importer.adapters import to_operation
 from services.importer.domain import ImportMode
@@ -26,6 +27,17 @@ from shared.service import correlation_id_of
 
 log = get_logger(__name__)
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date_only(value: object) -> object:
+    """Dates are ISO 8601 (contract): pydantic alone would also take `0` or `"1700000000"` as Unix times."""
+    if isinstance(value, dt.date) or (isinstance(value, str) and ISO_DATE.fullmatch(value)):
+        return value
+    raise ValueError("expected an ISO 8601 date (YYYY-MM-DD)")
+
+
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_only)]
 
 users = APIRouter(prefix="/v1/users/{user_id}", tags=["importer"], responses=problem_responses(401, 403, 422))
 ops = APIRouter(prefix="/v1/ops", tags=["ops"], responses=problem_responses(401, 403, 422))
@@ -70,7 +82,7 @@ class LinkView(BaseModel):
 
 class ManualOperationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    date: dt.date
+    date: IsoDate
     amount: str = Field(description='A decimal string, e.g. "-42.50" (never a float)')
     currency: str = Field(default="EUR", pattern=CURRENCY_PATTERN)
     label: str = Field(min_length=1, max_length=500)
@@ -100,7 +112,7 @@ class ReplayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(min_length=1)
     aggregator_account_id: str = Field(min_length=1)
-    since: dt.date | None = None
+    since: IsoDate | None = None
 
 
 class ReplayView(BaseModel):
@@ -256,8 +268,8 @@ async def list_operations(
     account_id: str,
     _: UserPrincipal,
     service: Service,
-    date_from: Annotated[dt.date | None, Query(alias="from")] = None,
-    date_to: Annotated[dt.date | None, Query(alias="to")] = None,
+    date_from: Annotated[IsoDate | None, Query(alias="from")] = None,
+    date_to: Annotated[IsoDate | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:

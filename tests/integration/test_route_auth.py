@@ -13,16 +13,14 @@ that apply to the route:
 
 A route that is in none of these (a new one, say) becomes an `unclassified` case, which fails: it must be
 protected by the path conventions above or listed here with its reason. The routes are read at collection
-time from the OpenAPI each service's app builds (a subprocess, no engines needed); the running services
-must serve exactly the same routes (`test_running_services_serve_the_collected_routes`).
+time from the OpenAPI each service's app builds (tests/openapi_documents.py); the running services must
+serve exactly the same documents (`test_running_services_serve_the_collected_documents`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,14 +31,12 @@ import jwt
 import pytest
 
 from shared.auth import issue_token
-from shared.devstack import ROOT, WEBHOOK_SECRET, Stack, new_user, pipeline_stack
+from shared.devstack import WEBHOOK_SECRET, Stack, new_user, pipeline_stack
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import DEV_JWT_SECRET
+from tests.openapi_documents import SERVICES, built_documents, routes_of
 
 pytestmark = pytest.mark.engines
-
-SERVICES = ("entitlements", "connector", "importer", "categorizer")
-METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
 USER_PREFIX = "/v1/users/{user_id}/"
 OPS_PREFIX = "/v1/ops/"
@@ -71,40 +67,7 @@ PUBLIC_CASES: dict[tuple[str, str, str], tuple[str, ...]] = {
     ("connector", "POST", "/v1/webhooks/aggregator"): ("no_webhook_secret", "wrong_webhook_secret"),
 }
 
-_DUMP_OPENAPI = """
-import importlib, json, sys
-out = {}
-for name in sys.argv[1:]:
-    out[name] = importlib.import_module(f"services.{name}.app").create_app().openapi()
-sys.stdout.write("\\nOPENAPI " + json.dumps(out) + "\\n")
-"""
-
-
-def collected_openapi() -> dict[str, dict[str, Any]]:
-    """The OpenAPI document each service's app builds: what the table is made of (no engines needed)."""
-    done = subprocess.run(
-        [sys.executable, "-c", _DUMP_OPENAPI, *SERVICES],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    )
-    line = next(x for x in done.stdout.splitlines() if x.startswith("OPENAPI "))
-    documents: dict[str, dict[str, Any]] = json.loads(line.removeprefix("OPENAPI "))
-    return documents
-
-
-DOCUMENTS = collected_openapi()
-
-
-def routes_of(document: dict[str, Any]) -> list[tuple[str, str]]:
-    return sorted(
-        (method.upper(), path)
-        for path, item in document["paths"].items()
-        for method in item
-        if method in METHODS
-    )
+DOCUMENTS = built_documents()
 
 
 def public_reason(service: str, method: str, path: str) -> str | None:
@@ -123,25 +86,28 @@ def kind_of(service: str, method: str, path: str) -> str:
     return "unclassified"
 
 
-def takes_body(service: str, method: str, path: str) -> bool:
-    return "requestBody" in DOCUMENTS[service]["paths"][path][method.lower()]
-
-
 def cases_of(service: str, method: str, path: str) -> tuple[str, ...]:
     kind = kind_of(service, method, path)
-    # where the route reads a body, the refusal must come before the body is even parsed
-    hostile_body = takes_body(service, method, path)
     if kind == "user":
-        extra = ("no_token_malformed_body", "other_user_malformed_body") if hostile_body else ()
-        return (*UNAUTHENTICATED_CASES, "other_user", *extra)
+        return (*UNAUTHENTICATED_CASES, "other_user", *hostile_bodies(service, method, path, "other_user"))
     if kind == "ops":
-        extra = ("no_token_malformed_body", "user_without_ops_malformed_body") if hostile_body else ()
-        return (*UNAUTHENTICATED_CASES, "user_without_ops", *extra)
+        who = "user_without_ops"
+        return (*UNAUTHENTICATED_CASES, who, *hostile_bodies(service, method, path, who))
     if kind == "any_user":
         return UNAUTHENTICATED_CASES
     if kind == "public":
         return PUBLIC_CASES.get((service, method, path), ("public_without_token",))
     return ("unclassified",)
+
+
+# where the route reads a body, the refusal comes before the body is even parsed
+HOSTILE_BODIES = {"malformed_body": b'{"name": "x",', "binary_body": b'{"name": "\xff\xfe'}
+
+
+def hostile_bodies(service: str, method: str, path: str, forbidden: str) -> tuple[str, ...]:
+    if "requestBody" not in DOCUMENTS[service]["paths"][path][method.lower()]:
+        return ()
+    return tuple(f"{who}+{body}" for body in HOSTILE_BODIES for who in ("no_token", forbidden))
 
 
 TABLE = [
@@ -286,14 +252,15 @@ def test_route_refuses_who_may_not_use_it(stack, world, service, method, path, c
     if kind_of(service, method, path) == "public":
         check_public(stack, world, service, method, path, url, case)
         return
-    token = token_for(case.removesuffix("_malformed_body"), world["user_id"])
+    who, _, hostile = case.partition("+")
+    token = token_for(who, world["user_id"])
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if case.endswith("_malformed_body"):
+    if hostile:
         headers["Content-Type"] = "application/json"
-        answer = httpx.request(method, url, headers=headers, content=b'{"name": "x",', timeout=30)
+        answer = httpx.request(method, url, headers=headers, content=HOSTILE_BODIES[hostile], timeout=30)
     else:
         answer = httpx.request(method, url, headers=headers, json=body_for(method, path, world), timeout=30)
-    if case.removesuffix("_malformed_body") in UNAUTHENTICATED_CASES:
+    if who in UNAUTHENTICATED_CASES:
         assert_problem(answer, 401, "unauthorized")
         assert answer.headers.get("www-authenticate", "").lower().startswith("bearer"), answer.headers
     else:
@@ -356,11 +323,12 @@ def state_signed_with(secret: str, user: str) -> str:
 # ---- the table is the running services' routes ---------------------------------------------------------
 
 
-def test_running_services_serve_the_collected_routes(stack):
+def test_running_services_serve_the_collected_documents(stack):
     """A route the running services serve and the table lacks would escape every check above."""
     for service in SERVICES:
         served = httpx.get(stack.url(service) + "/openapi.json", timeout=30).json()
         assert routes_of(served) == routes_of(DOCUMENTS[service]), service
+        assert served == DOCUMENTS[service], service
 
 
 def test_listed_public_routes_exist():

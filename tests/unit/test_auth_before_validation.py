@@ -44,9 +44,10 @@ def bearer(user: str, scopes: str = "") -> dict[str, str]:
     return {"Authorization": f"Bearer {issue_token(SECRET, user, scopes=scopes)}"}
 
 
-MALFORMED = {"content": b'{"name": ', "headers": {"Content-Type": "application/json"}}
+JSON = {"Content-Type": "application/json"}
 
 
+@pytest.mark.parametrize("content", [b'{"name": ', b'{"name": "\xff\xfe'], ids=["not_json", "not_utf8"])
 @pytest.mark.parametrize(
     ("path", "auth", "status", "code"),
     [
@@ -61,9 +62,9 @@ MALFORMED = {"content": b'{"name": ', "headers": {"Content-Type": "application/j
         ("/v1/public", {}, 422, "validation_error"),
     ],
 )
-def test_malformed_body_is_refused_as_the_caller_deserves(path, auth, status, code):
+def test_malformed_body_is_refused_as_the_caller_deserves(path, auth, status, code, content):
     with make_client() as client:
-        answer = client.post(path, content=MALFORMED["content"], headers={**MALFORMED["headers"], **auth})
+        answer = client.post(path, content=content, headers={**JSON, **auth})
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert answer.json()["code"] == code
