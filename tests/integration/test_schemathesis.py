@@ -1,0 +1,174 @@
+"""Schemathesis against each running service's OpenAPI: hostile and valid input, bounded.
+
+For every operation of every service (one pytest item per operation, named after it), Schemathesis
+sends the schema's examples, its coverage cases (boundaries, missing and wrong-typed values, methods the
+path does not take) and a bounded number of generated ones, valid and invalid. The caller is a user who
+exists (entitled, a bank linked, an account, an operation and a payee of their own, whose real ids are
+put in the paths of all but DELETE requests); `/v1/ops/...` is called with an ops token. The schemas are
+the documents the services' apps build (tests/openapi_documents.py), checked equal to what the running
+services serve. Every answer must:
+
+- never be a 5xx;
+- when it is a 4xx, be a problem document (`application/problem+json` with `code` and `status`);
+- conform to the schema: its status is one the operation declares, its content type and body match;
+- reject what the schema says is invalid (a 4xx, never a 2xx).
+
+Bounds: `MAX_EXAMPLES` generated cases per operation (plus the coverage cases), no shrinking, a fixed seed
+(the same cases on every run; change `SEED` to explore others), a request timeout, and a pytest timeout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from schemathesis import Case
+from schemathesis.checks import CheckContext
+from schemathesis.core.transport import Response
+
+from shared.auth import issue_token
+from shared.devstack import Stack, new_user, pipeline_stack
+from shared.problems import PROBLEM_CONTENT_TYPE
+from shared.settings import DEV_JWT_SECRET
+from tests.openapi_documents import SERVICES, built_documents, routes_of
+
+pytestmark = pytest.mark.engines
+
+MAX_EXAMPLES = 25
+SEED = 20261126
+# the caller: a user who exists (the `owner` fixture creates what they own); named now, because the
+# schemas are built at collection time with this user in every path
+OWNER = new_user("fuzz")
+REAL_IDS = ("connection_id", "aggregator_account_id", "account_id", "operation_id", "payee_id")
+
+
+def config() -> schemathesis.Config:
+    return schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "request-timeout": 30,
+            # the owner in every path: another user's id only earns a 403 (test_route_auth covers that)
+            "parameters": {"path.user_id": OWNER},
+            "generation": {"max-examples": MAX_EXAMPLES, "no-shrink": True, "database": "none"},
+            "phases": {
+                "examples": {"enabled": True},
+                "coverage": {"enabled": True},
+                "fuzzing": {"enabled": True},
+                "stateful": {"enabled": False},
+            },
+            "operations": [
+                # each replay reads a whole partition of the raw topic in the background: a few suffice
+                {"include-path": "/v1/ops/replay", "generation": {"max-examples": 5}},
+            ],
+        }
+    )
+
+
+DOCUMENTS = built_documents()
+SCHEMAS = {name: schemathesis.openapi.from_dict(DOCUMENTS[name], config=config()) for name in SERVICES}
+
+
+@pytest.fixture(scope="module")
+def stack(engines, log_dir) -> Iterator[Stack]:
+    with pipeline_stack(engines, log_dir, "fuzz") as running:
+        for name in SERVICES:  # what is fuzzed is what the running services serve
+            assert httpx.get(f"{running.url(name)}/openapi.json", timeout=30).json() == DOCUMENTS[name]
+        yield running
+
+
+@pytest.fixture(scope="module")
+def owner(stack: Stack) -> dict[str, str]:
+    """The caller owns one of everything a path names: real ids, put in the paths of non-DELETE requests."""
+    user = OWNER
+    stack.entitle(user)
+    connection = stack.link_bank(user)
+    stack.select_all(user, connection)
+    with stack.client("importer", user) as importer:
+        account = importer.post(f"/v1/users/{user}/accounts", json={"name": "Compte courant"})
+        assert account.status_code == 201, account.text
+        account_id = account.json()["account_id"]
+        operation = importer.post(
+            f"/v1/users/{user}/accounts/{account_id}/operations",
+            json={"date": "2025-03-01", "amount": "-12.30", "currency": "EUR", "label": "Boulangerie"},
+        )
+        assert operation.status_code == 201, operation.text
+    with stack.client("categorizer", user) as categorizer:
+        payee = categorizer.post(
+            f"/v1/users/{user}/payees",
+            json={"name": "Boulangerie Paul", "category": "alimentation", "keywords": ["paul"]},
+        )
+        assert payee.status_code == 201, payee.text
+    return {
+        "connection_id": connection["connection_id"],
+        "aggregator_account_id": connection["accounts"][0]["aggregator_account_id"],
+        "account_id": account_id,
+        "operation_id": operation.json()["id"],
+        "payee_id": payee.json()["id"],
+        "user_token": issue_token(DEV_JWT_SECRET, user),
+        "ops_token": issue_token(DEV_JWT_SECRET, new_user("fuzz-ops"), scopes="ops"),
+    }
+
+
+def problem_documents(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+    """Every error answer is an RFC 9457 problem document with a stable `code`."""
+    if response.status_code < 400:
+        return None
+    content_type = response.headers.get("content-type", [""])[0]
+    assert content_type.startswith(PROBLEM_CONTENT_TYPE), (
+        f"{response.status_code} answered as {content_type!r}, not {PROBLEM_CONTENT_TYPE}"
+    )
+    body = response.json()
+    assert isinstance(body, dict), f"the problem document is not an object: {body!r}"
+    assert isinstance(body.get("code"), str), f"no `code` in {body}"
+    assert body["code"], f"an empty `code` in {body}"
+    assert body.get("status") == response.status_code, f"`status` {body.get('status')} in {body}"
+    return True
+
+
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_schema_conformance,
+    schemathesis.checks.negative_data_rejection,
+    problem_documents,
+]
+
+
+def exercise(stack: Stack, owner: dict[str, str], service: str, case: Case) -> None:
+    if case.method != "DELETE":  # DELETE keeps generated ids: the owner's bank and account stay
+        for name in REAL_IDS:
+            if name in (case.path_parameters or {}):
+                case.path_parameters[name] = owner[name]
+    token = owner["ops_token"] if case.path.startswith("/v1/ops/") else owner["user_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    response = case.call(base_url=stack.url(service), headers=headers)
+    case.validate_response(response, checks=CHECKS, headers=headers)
+
+
+def item_name(service: str, method: str, path: str) -> str:
+    words = re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_")
+    return f"test_{service}_{method.lower()}_{words}"
+
+
+def operation_test(service: str, method: str, path: str) -> Any:
+    """One pytest item per operation (Schemathesis names its items alike under pytest 9.2's node ids)."""
+
+    def test(case: Case, stack: Stack, owner: dict[str, str]) -> None:
+        exercise(stack, owner, service, case)
+
+    test.__name__ = test.__qualname__ = item_name(service, method, path)
+    # an exclude: `include` filters are OR-ed with the config's per-operation entries, which match all
+    only = SCHEMAS[service].exclude(
+        lambda ctx: (ctx.operation.method.upper(), ctx.operation.path) != (method, path)
+    )
+    return pytest.mark.timeout(120)(only.parametrize()(test))
+
+
+for _service in SERVICES:
+    for _method, _path in routes_of(DOCUMENTS[_service]):
+        globals()[item_name(_service, _method, _path)] = operation_test(_service, _method, _path)
