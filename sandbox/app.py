@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -64,10 +66,16 @@ def create_app(
     faults = Faults(settings.seed)
     webhooks = WebhookSender(store, WebhookTarget(settings.webhook_url, settings.webhook_secret))
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await webhooks.aclose()
+
     app = FastAPI(
         title="Budgetfacile aggregator sandbox",
         description="Powens-compatible (Budget Insight API 2.0) stand-in; control API under /sandbox.",
         version="1.0.0",
+        lifespan=lifespan,
     )
     app.state.store = store
     app.state.faults = faults

@@ -36,6 +36,14 @@ class WebhookSender:
         self.target = target
         self.timeout_s = timeout_s
         self.deliveries: deque[dict[str, Any]] = deque(maxlen=200)
+        # one client for every delivery: a new one per webhook cost a TLS context (most of the CPU
+        # of the sandbox in a nightly run)
+        self._client: httpx.AsyncClient | None = None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     def configure(self, url: str | None, secret: str | None) -> None:
         self.target = WebhookTarget(url, secret)
@@ -68,8 +76,9 @@ class WebhookSender:
             "error": None,
         }
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                response = await client.post(url, json=body, headers=headers)
+            if self._client is None:
+                self._client = httpx.AsyncClient(timeout=self.timeout_s)
+            response = await self._client.post(url, json=body, headers=headers)
             record["status"] = response.status_code
             if response.status_code == 200:
                 self.store.mark_pushed(connection_id, as_of)

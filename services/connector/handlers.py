@@ -7,6 +7,7 @@ sync more users; one run at a time per user, and a request made while one runs j
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from shared.schemas import EntitlementChanged, SyncRequested
 from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 
 SERVICE = "connector"
+# users whose nightly request is prepared at once (each is a few database reads and one publish)
+NIGHTLY_REQUEST_CONCURRENCY = 16
 log = get_logger(__name__)
 
 
@@ -449,8 +452,16 @@ class ConnectorHandlers:
             (await self.repository.aggregator_user(user_id) or {})["token_enc"], user_id
         )
         started = self.clock()
-        for account in accounts:
-            await self._status(user_id, conn, account, request, SyncState.SYNCING, started=started)
+        await self.repository.update_account_states(
+            user_id,
+            [account["aggregator_account_id"] for account in accounts],
+            {
+                "connection_id": conn["connection_id"],
+                "state": SyncState.SYNCING.value,
+                "current_run": request.sync_run_id,
+                "run_started_at": started,
+            },
+        )
         try:
             if request.reason == "webhook":
                 # the aggregator just synced this connection and told us: read, do not refresh again
@@ -494,6 +505,7 @@ class ConnectorHandlers:
         state = await self.repository.account_state(user_id, account_id) or {}
         window = fetch_window(state.get("cursor"), self.config.cursor_overlap)
         started = self.clock()
+        lease_extended_at = started
         await self.publisher.publish(
             SYNC_STATUS,
             key,
@@ -542,9 +554,12 @@ class ConnectorHandlers:
                     key, {str(t["id"]): fp for t, fp in changes}, known=set(known)
                 )
                 published += len(events)
-                await self.repository.extend_run(
-                    conn["_id"], request.sync_run_id, self.clock() + self.config.run_lease
-                )
+                if self.clock() - lease_extended_at > self.config.run_lease / 4:
+                    # a long first sync keeps its connection; a short one does not write for it
+                    lease_extended_at = self.clock()
+                    await self.repository.extend_run(
+                        conn["_id"], request.sync_run_id, lease_extended_at + self.config.run_lease
+                    )
         except AggregatorError as exc:
             await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
             return
@@ -594,27 +609,6 @@ class ConnectorHandlers:
             "sync_run_id": request.sync_run_id,
             "reason": request.reason,
         }
-
-    async def _status(
-        self,
-        user_id: str,
-        conn: dict[str, Any],
-        account: dict[str, Any],
-        request: SyncRequested,
-        state: SyncState,
-        *,
-        started: datetime,
-    ) -> None:
-        await self.repository.update_account_state(
-            user_id,
-            account["aggregator_account_id"],
-            {
-                "connection_id": conn["connection_id"],
-                "state": state.value,
-                "current_run": request.sync_run_id,
-                "run_started_at": started,
-            },
-        )
 
     async def _fail(
         self,
@@ -701,22 +695,26 @@ class ConnectorHandlers:
     # --- nightly and webhooks ----------------------------------------------------------------
     async def nightly_run(self, correlation_id: str) -> dict[str, int]:
         """One `sync.requested` per entitled user with live connections; the others are skipped, with why."""
-        requested = skipped = 0
         users = await self.repository.users_with_connections()
-        for user_id in users:
-            try:
-                answer = await self.gate.check(user_id)
-            except EntitlementsUnavailable:
-                log.warning("nightly_skip_entitlements_unavailable", user_id=user_id)
-                skipped += 1
-                continue
-            if not answer.allowed:
-                log.info("nightly_skip_not_entitled", user_id=user_id, code=answer.code)
-                await self._pause(user_id, True, correlation_id)
-                skipped += 1
-                continue
-            await self.request_sync(user_id, "nightly", correlation_id, gate=False)
-            requested += 1
+        slots = asyncio.Semaphore(NIGHTLY_REQUEST_CONCURRENCY)
+
+        async def request_one(user_id: str) -> bool:
+            async with slots:
+                try:
+                    answer = await self.gate.check(user_id)
+                except EntitlementsUnavailable:
+                    log.warning("nightly_skip_entitlements_unavailable", user_id=user_id)
+                    return False
+                if not answer.allowed:
+                    log.info("nightly_skip_not_entitled", user_id=user_id, code=answer.code)
+                    await self._pause(user_id, True, correlation_id)
+                    return False
+                await self.request_sync(user_id, "nightly", correlation_id, gate=False)
+                return True
+
+        outcomes = await asyncio.gather(*(request_one(user_id) for user_id in users))
+        requested = sum(outcomes)
+        skipped = len(users) - requested
         log.info("nightly_run", users=len(users), requested=requested, skipped=skipped)
         return {"users": len(users), "requested": requested, "skipped": skipped}
 

@@ -124,10 +124,22 @@ class ConnectorRepository:
         return await self.account_sync.find_one({"_id": account_sync_id(user_id, aggregator_account_id)})
 
     async def update_account_state(self, user_id: str, aggregator_account_id: str, fields: Doc) -> None:
-        await self.account_sync.update_one(
-            {"_id": account_sync_id(user_id, aggregator_account_id)},
-            {"$set": {"user_id": user_id, "aggregator_account_id": aggregator_account_id, **fields}},
-            upsert=True,
+        await self.update_account_states(user_id, [aggregator_account_id], fields)
+
+    async def update_account_states(
+        self, user_id: str, aggregator_account_ids: list[str], fields: Doc
+    ) -> None:
+        """The same fields on several accounts of one user, in one command."""
+        await bulk_write_chunked(
+            self.account_sync,
+            [
+                UpdateOne(
+                    {"_id": account_sync_id(user_id, account_id)},
+                    {"$set": {"user_id": user_id, "aggregator_account_id": account_id, **fields}},
+                    upsert=True,
+                )
+                for account_id in aggregator_account_ids
+            ],
         )
 
     # change detection ---------------------------------------------------------------------------
