@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from shared.events import CloudEvent
 from shared.kafka import topic_partitions
 from shared.mongo import make_client
-from shared.topics import TRANSACTIONS_RAW
+from shared.topics import CATEGORIZATIONS, OPERATIONS, TRANSACTIONS_RAW
 
 NEW_LINES_PER_ACCOUNT = 3
 # what a day at the bank looks like: memos the built-in dictionary knows, and some it does not
@@ -132,14 +133,14 @@ async def wait_categorised(
     )
 
 
-async def fetched_at(bootstrap: str, since: datetime, users: set[str]) -> dict[tuple[str, str], datetime]:
-    """(user, aggregator transaction id) → when the connector fetched it, for the lines observed since."""
-    partitions = [
-        TopicPartition(TRANSACTIONS_RAW, p) for p in await topic_partitions(bootstrap, TRANSACTIONS_RAW)
-    ]
+async def event_times(
+    bootstrap: str, topic: str, since: datetime, users: set[str], key: Callable[[CloudEvent], str | None]
+) -> dict[str, datetime]:
+    """`key(event)` → the event's time, for the events of `users` written to `topic` since `since`."""
+    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    found: dict[tuple[str, str], datetime] = {}
+    found: dict[str, datetime] = {}
     try:
         consumer.assign(partitions)
         starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
@@ -153,12 +154,40 @@ async def fetched_at(bootstrap: str, since: datetime, users: set[str]) -> dict[t
             for records in batches.values():
                 for record in records:
                     event = CloudEvent.from_json_bytes(record.value or b"")
-                    if event.userid in users and event.name == "transaction.observed":
-                        found[(event.userid, str(event.data["transaction"]["id"]))] = event.time
+                    name = key(event) if event.userid in users else None
+                    if name is not None:
+                        found.setdefault(name, event.time)
             pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
     finally:
         await consumer.stop()
     return found
+
+
+def observed_key(event: CloudEvent) -> str | None:
+    if event.name != "transaction.observed":
+        return None
+    return f"{event.userid}:{event.data['transaction']['id']}"
+
+
+def imported_key(event: CloudEvent) -> str | None:
+    return str(event.data["operation"]["id"]) if event.name == "operation.imported" else None
+
+
+def categorized_key(event: CloudEvent) -> str | None:
+    return str(event.data["operation_id"]) if event.name == "operation.categorized" else None
+
+
+def spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "p50": round(percentile(ordered, 0.50), 2),
+        "p95": round(percentile(ordered, 0.95), 2),
+        "p99": round(percentile(ordered, 0.99), 2),
+        "max": round(ordered[-1], 2),
+    }
 
 
 @benchmark("pipeline_nightly", timeout_s=3 * 3600, needs=("kafka_produce",))
@@ -192,16 +221,29 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
         peaks = {
             name: peak_rss_mb(proc.process.pid) for name, proc in stack.processes.items() if proc.process
         }
-        fetched = await fetched_at(ctx.engines.kafka_bootstrap, night_at, set(users))
+        bootstrap, who = ctx.engines.kafka_bootstrap, set(users)
+        fetched = await event_times(bootstrap, TRANSACTIONS_RAW, night_at, who, observed_key)
+        imported = await event_times(bootstrap, OPERATIONS, night_at, who, imported_key)
+        categorized = await event_times(bootstrap, CATEGORIZATIONS, night_at, who, categorized_key)
 
-    latencies = sorted(
-        (
-            op["categorized_at"].replace(tzinfo=UTC)
-            - fetched[(op["user_id"], str(op["aggregator_transaction_id"]))]
-        ).total_seconds()
-        for op in operations
-        if op.get("categorized_at") and (op["user_id"], str(op["aggregator_transaction_id"])) in fetched
-    )
+    stages: dict[str, list[float]] = {
+        "end_to_end": [],
+        "fetch_to_imported": [],
+        "imported_to_categorized": [],
+    }
+    stages["categorized_to_stored"] = []
+    for op in operations:
+        seen = fetched.get(f"{op['user_id']}:{op['aggregator_transaction_id']}")
+        stored = op.get("categorized_at")
+        if seen is None or stored is None:
+            continue
+        stored = stored.replace(tzinfo=UTC)
+        stages["end_to_end"].append((stored - seen).total_seconds())
+        made, named = imported.get(str(op["_id"])), categorized.get(str(op["_id"]))
+        if made is not None and named is not None:
+            stages["fetch_to_imported"].append((made - seen).total_seconds())
+            stages["imported_to_categorized"].append((named - made).total_seconds())
+            stages["categorized_to_stored"].append((stored - named).total_seconds())
     wall = finished - started
     return Measurement(
         "nightly run through the whole pipeline: request to last new line categorised (one process each)",
@@ -213,15 +255,7 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
             "new_lines": new_lines,
             "lines_per_s": round(new_lines / wall, 1),
             "accounts_synced_s": round(synced - started, 1),
-            "latency_s": {
-                "lines": len(latencies),
-                "p50": round(percentile(latencies, 0.50), 2),
-                "p95": round(percentile(latencies, 0.95), 2),
-                "p99": round(percentile(latencies, 0.99), 2),
-                "max": round(latencies[-1], 2),
-            }
-            if latencies
-            else None,
+            "latency_s": {stage: spread(values) for stage, values in stages.items()},
             "recognised_share": round(
                 sum(1 for op in operations if op.get("category")) / max(1, len(operations)), 3
             ),
