@@ -20,15 +20,30 @@ HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "tra
 
 _DUMP = """
 import importlib, json, sys
-out = {}
+out = {"documents": {}, "routes": {}}
 for name in sys.argv[1:]:
-    out[name] = importlib.import_module(f"services.{name}.app").create_app().openapi()
+    app = importlib.import_module(f"services.{name}.app").create_app()
+    out["documents"][name] = app.openapi()
+    out["routes"][name] = sorted(
+        [method, route.path] for route in app.routes for method in getattr(route, "methods", None) or ()
+    )
 sys.stdout.write("\\nOPENAPI " + json.dumps(out) + "\\n")
 """
 
 
-@functools.cache
 def built_documents() -> dict[str, dict[str, Any]]:
+    documents: dict[str, dict[str, Any]] = _built()["documents"]
+    return documents
+
+
+def built_routes() -> dict[str, list[tuple[str, str]]]:
+    """(METHOD, path) of every route each app serves, in its OpenAPI document or not (HEAD left out)."""
+    routes: dict[str, list[list[str]]] = _built()["routes"]
+    return {name: [(m, p) for m, p in pairs if m != "HEAD"] for name, pairs in routes.items()}
+
+
+@functools.cache
+def _built() -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", _DUMP, *SERVICES],
         cwd=ROOT,
@@ -38,8 +53,8 @@ def built_documents() -> dict[str, dict[str, Any]]:
         check=True,
     )
     line = next(x for x in done.stdout.splitlines() if x.startswith("OPENAPI "))
-    documents: dict[str, dict[str, Any]] = json.loads(line.removeprefix("OPENAPI "))
-    return documents
+    built: dict[str, Any] = json.loads(line.removeprefix("OPENAPI "))
+    return built
 
 
 def routes_of(document: dict[str, Any]) -> list[tuple[str, str]]:

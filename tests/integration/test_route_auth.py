@@ -13,8 +13,10 @@ that apply to the route:
 
 A route that is in none of these (a new one, say) becomes an `unclassified` case, which fails: it must be
 protected by the path conventions above or listed here with its reason. The routes are read at collection
-time from the OpenAPI each service's app builds (tests/openapi_documents.py); the running services must
-serve exactly the same documents (`test_running_services_serve_the_collected_documents`).
+time from the OpenAPI each service's app builds (tests/openapi_documents.py), plus the routes the app
+serves outside it (FastAPI's documentation pages, or a route hidden with `include_in_schema=False`); the
+running services must serve exactly the same documents
+(`test_running_services_serve_the_collected_documents`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from shared.auth import issue_token
 from shared.devstack import WEBHOOK_SECRET, Stack, new_user, pipeline_stack
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import DEV_JWT_SECRET
-from tests.openapi_documents import SERVICES, built_documents, routes_of
+from tests.openapi_documents import SERVICES, built_documents, built_routes, routes_of
 
 pytestmark = pytest.mark.engines
 
@@ -55,6 +57,13 @@ PUBLIC: dict[tuple[str, str, str], str] = {
         "(X-Webhook-Secret), not a JWT"
     ),
 }
+# Routes FastAPI itself serves outside the OpenAPI document, and why they are public.
+FRAMEWORK_PUBLIC: dict[tuple[str, str], str] = {
+    ("GET", "/openapi.json"): "the OpenAPI document (contract: no JWT): says what the API is, holds no data",
+    ("GET", "/docs"): "the OpenAPI UI page: static, holds no data (calls need a token)",
+    ("GET", "/docs/oauth2-redirect"): "part of the OpenAPI UI: static",
+    ("GET", "/redoc"): "the OpenAPI reference page: static, holds no data",
+}
 # Routes any valid token may use, and why (no user in the path, no ops power).
 ANY_USER: dict[tuple[str, str, str], str] = {
     ("categorizer", "GET", "/v1/categories"): "the default category tree, the same for every user",
@@ -71,7 +80,11 @@ DOCUMENTS = built_documents()
 
 
 def public_reason(service: str, method: str, path: str) -> str | None:
-    return PUBLIC.get((service, method, path)) or PUBLIC.get(("*", method, path))
+    return (
+        PUBLIC.get((service, method, path))
+        or PUBLIC.get(("*", method, path))
+        or FRAMEWORK_PUBLIC.get((method, path))
+    )
 
 
 def kind_of(service: str, method: str, path: str) -> str:
@@ -105,15 +118,21 @@ HOSTILE_BODIES = {"malformed_body": b'{"name": "x",', "binary_body": b'{"name": 
 
 
 def hostile_bodies(service: str, method: str, path: str, forbidden: str) -> tuple[str, ...]:
-    if "requestBody" not in DOCUMENTS[service]["paths"][path][method.lower()]:
+    operation = DOCUMENTS[service]["paths"].get(path, {}).get(method.lower(), {})
+    if "requestBody" not in operation:
         return ()
     return tuple(f"{who}+{body}" for body in HOSTILE_BODIES for who in ("no_token", forbidden))
 
 
+# every route of the OpenAPI documents, and every route the apps serve outside them (which had better be
+# FastAPI's own documentation pages: anything else there is unclassified, hence a failure)
+ROUTES = {
+    service: sorted(set(routes_of(DOCUMENTS[service])) | set(built_routes()[service])) for service in SERVICES
+}
 TABLE = [
     (service, method, path, case)
     for service in SERVICES
-    for method, path in routes_of(DOCUMENTS[service])
+    for method, path in ROUTES[service]
     for case in cases_of(service, method, path)
 ]
 
@@ -337,3 +356,10 @@ def test_listed_public_routes_exist():
     for service, method, path in [*PUBLIC, *ANY_USER]:
         owners = SERVICES if service == "*" else (service,)
         assert any((s, method, path) in every for s in owners), (service, method, path)
+
+
+def test_a_new_route_outside_the_conventions_fails_the_table():
+    assert cases_of("connector", "POST", "/v1/something-new") == ("unclassified",)
+    assert cases_of("importer", "GET", "/internal/debug") == ("unclassified",)
+    assert "other_user" in cases_of("importer", "GET", "/v1/users/{user_id}/something-new")
+    assert "user_without_ops" in cases_of("importer", "GET", "/v1/ops/something-new")
