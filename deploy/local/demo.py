@@ -1,120 +1,163 @@
-"""The user journey on the running stack (`make demo`), through public APIs only.
+"""`make demo`: the user journey (deploy/local/journey.py) on the running local stack, shown with rich.
 
-A Standard user is refused, subscribes to Auto-Import, links two demo banks through the aggregator's
-webview, chooses the accounts, syncs a year of history and sees the result; then cancels and is paused.
-Each step prints what happened and how long it took; the stack keeps running afterwards.
+The stack keeps running afterwards (`make status`, `make down`). Addresses come from the same
+environment variables as `make up` (127.0.0.1 and the default ports when unset).
+Exit code: 0 when every step's checks passed, 1 otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
-import httpx
+from journey import Endpoints, Journey, JourneyError, JourneyResult
+from rich.console import Console
+from rich.padding import Padding
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 
-from shared.auth import issue_token
-from shared.devstack import WebviewForm
 from shared.settings import ServiceSettings
 
-settings = ServiceSettings()
-ENTITLEMENTS = settings.entitlements_url
-CONNECTOR = settings.connector_url
-IMPORTER = settings.importer_url
-timings: list[tuple[str, float]] = []
+
+class RichReporter:
+    """Each step as a heading, its details and tables indented, a live bar while it waits."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live: Progress | None = None
+        self.task: TaskID | None = None
+
+    def step_started(self, number: int, total: int, title: str) -> None:
+        self.console.print()
+        self.console.print(f"[bold cyan]▶ {number}/{total}[/] [bold]{title}[/]")
+        self.live = Progress(
+            SpinnerColumn(),
+            TextColumn("[dim]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.live.add_task("working", total=None)
+        self.live.start()
+
+    def detail(self, text: str) -> None:
+        self.console.print(Padding(text, (0, 0, 0, 4)), highlight=False)
+
+    def progress(self, text: str, done: int, total: int | None = None) -> None:
+        if self.live is not None and self.task is not None:
+            self.live.update(self.task, description=text, completed=done, total=total)
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        table = Table(title=title, title_justify="left", title_style="italic", box=None, padding=(0, 2, 0, 0))
+        for column in columns:
+            table.add_column(column, style="dim" if column in ("date", "type", "status") else None)
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(Padding(table, (0, 0, 0, 4)))
+
+    def check(self, ok: bool, text: str) -> None:
+        mark = "[green]✓[/]" if ok else "[bold red]✗[/]"
+        self.console.print(Padding(f"{mark} {text}", (0, 0, 0, 4)), highlight=False)
+
+    def step_finished(self, title: str, seconds: float) -> None:
+        self.stop()
+        self.console.print(Padding(f"[dim]{seconds:.1f} s[/]", (0, 0, 0, 4)))
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
 
-@contextmanager
-def step(title: str) -> Iterator[None]:
-    print(f"\n▶ {title}", flush=True)
-    started = time.perf_counter()
-    yield
-    elapsed = time.perf_counter() - started
-    timings.append((title, elapsed))
-    print(f"  ✓ {elapsed:.1f} s", flush=True)
+def endpoints_from_env() -> Endpoints:
+    env = os.environ.get
+    sandbox_port = env("AGGREGATOR_SANDBOX_PORT", "8010")
+    return Endpoints(
+        entitlements=env("ENTITLEMENTS_URL", "http://127.0.0.1:8001"),
+        connector=env("CONNECTOR_URL", "http://127.0.0.1:8002"),
+        importer=env("IMPORTER_URL", "http://127.0.0.1:8003"),
+        categorizer=env("CATEGORIZER_URL", "http://127.0.0.1:8004"),
+        aggregator=env("AGGREGATOR_BASE_URL", f"http://127.0.0.1:{sandbox_port}"),
+    )
 
 
-def client(base: str, user: str) -> httpx.Client:
-    token = issue_token(settings.banksync_jwt_secret.get_secret_value(), user)
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+def summary(console: Console, result: JourneyResult, endpoints: Endpoints) -> None:
+    console.print()
+    console.rule("[bold]Summary")
+    table = Table(box=None, padding=(0, 2, 0, 0), show_header=False)
+    table.add_column(justify="right", style="bold")
+    table.add_column()
+    table.add_row("user", result.user_id)
+    table.add_row("accounts", str(result.final_accounts))
+    table.add_row("operations", str(result.final_operations))
+    table.add_row(
+        "recognised",
+        f"{result.final_recognised} ({result.recognised_share:.0%}; "
+        f"{result.recognised_after_sync} at import, built-in dictionary)",
+    )
+    failed = [c for c in result.checks if not c.ok]
+    table.add_row(
+        "checks",
+        f"[green]{len(result.checks)} passed[/]"
+        if not failed
+        else f"[red]{len(failed)} of {len(result.checks)} failed[/]",
+    )
+    console.print(table)
+    steps = Table(box=None, padding=(0, 2, 0, 0))
+    steps.add_column("step")
+    steps.add_column("time", justify="right")
+    for title, seconds in result.timings:
+        steps.add_row(title, f"{seconds:.1f} s")
+    steps.add_row("[bold]total", f"[bold]{sum(s for _, s in result.timings):.1f} s")
+    console.print()
+    console.print(steps)
+    for check in failed:
+        console.print(f"[red]✗ {check.step}: {check.text}")
+    dashboard = f"http://127.0.0.1:{os.environ.get('DASHBOARD_PORT', '8090')}/"
+    console.print()
+    console.print("The stack keeps running: [bold]make status[/], [bold]make down[/].")
+    console.print(f"Ops dashboard: [bold]{dashboard}[/]   importer API: {endpoints.importer}/docs")
 
 
-def link_bank(user: str, bank_index: int) -> dict[str, Any]:
-    with client(CONNECTOR, user) as api:
-        activation = api.post(f"/v1/users/{user}/sync/activate")
-        activation.raise_for_status()
-    url = activation.json()["connect_url"]
-    with httpx.Client(timeout=60) as browser:
-        page = browser.get(url)
-        form = WebviewForm()
-        form.feed(page.text)
-        fields = {**form.fields, "connector_id": form.banks[bank_index], "login": "demo", "password": "demo"}
-        answer = browser.post(httpx.URL(url).join(form.action or url), data=fields, follow_redirects=True)
-        answer.raise_for_status()
-        linked: dict[str, Any] = answer.json()
-        return linked
-
-
-def wait(check: Callable[[], Any], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise TimeoutError("the stack did not reach the expected state in time")
-
-
-def main() -> int:
-    user = os.environ.get("DEMO_USER", f"demo-{uuid.uuid4().hex[:6]}")
-    print(f"Budgetfacile banksync demo, user {user}")
-    with step("A Standard user asks for automatic sync"), client(CONNECTOR, user) as api:
-        refused = api.post(f"/v1/users/{user}/sync/activate")
-        print(f"  {refused.status_code} {refused.json()['code']}: {refused.json()['detail']}")
-        assert refused.status_code == 403
-    with step("They subscribe to the Auto-Import option"), client(ENTITLEMENTS, user) as api:
-        rights = api.post(f"/v1/users/{user}/options/auto_import").json()
-        print(f"  auto_sync_allowed={rights['auto_sync_allowed']} ({rights['reason']})")
-    connections = []
-    with step("They link two demo banks through the aggregator's webview"):
-        for index in (0, 1):
-            connection = link_bank(user, index)
-            connections.append(connection)
-            print(f"  {connection['bank']['name']}: {len(connection['accounts'])} accounts")
-    with step("They choose the accounts to sync (the first sync starts)"), client(CONNECTOR, user) as api:
-        for connection in connections:
-            ids = [a["aggregator_account_id"] for a in connection["accounts"]]
-            api.put(
-                f"/v1/users/{user}/connections/{connection['connection_id']}/accounts", json={"selected": ids}
-            )
-    with step("A year of history is fetched"), client(CONNECTOR, user) as api:
-
-        def all_ok() -> list[dict[str, Any]] | None:
-            status: list[dict[str, Any]] = api.get(f"/v1/users/{user}/sync/status").json()
-            done = status and all(s["state"] == "ok" and s["last_run"] for s in status)
-            return status if done else None
-
-        status = wait(all_ok)
-        total = sum(s["last_run"]["transactions"] for s in status)
-        print(f"  {len(status)} accounts ok, {total} bank lines fetched")
-    with step("They cancel the option: syncing pauses, nothing imported is lost"):
-        with client(ENTITLEMENTS, user) as api:
-            api.delete(f"/v1/users/{user}/options/auto_import").raise_for_status()
-        with client(CONNECTOR, user) as api:
-            paused = wait(
-                lambda: all(s["state"] == "paused" for s in api.get(f"/v1/users/{user}/sync/status").json())
-            )
-            print(f"  paused={paused}")
-    print("\nSummary")
-    for title, seconds in timings:
-        print(f"  {seconds:6.1f} s  {title}")
-    print("\nThe stack keeps running (`make status`, `make down`).")
-    print(f"Aggregator sandbox: {settings.aggregator_base_url}   Ops dashboard: http://localhost:8090")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--user", default=os.environ.get("DEMO_USER"), help="user id (default: a new one)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="longest wait of one step, seconds")
+    args = parser.parse_args(argv)
+    console = Console()
+    endpoints = endpoints_from_env()
+    reporter = RichReporter(console)
+    journey = Journey(
+        endpoints,
+        ServiceSettings().banksync_jwt_secret.get_secret_value(),
+        reporter,
+        user_id=args.user,
+        timeout_s=args.timeout,
+    )
+    console.print(f"[bold]Budgetfacile banksync[/]: the user journey, as user [bold]{journey.user_id}[/]")
+    try:
+        result = journey.run()
+    except JourneyError as exc:
+        reporter.stop()
+        console.print(f"\n[bold red]The journey stopped:[/] {exc}")
+        console.print("Service logs: .run/stack/logs/; `make status` shows what runs.")
+        return 1
+    finally:
+        reporter.stop()
+    summary(console, result, endpoints)
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":
