@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from journey import Endpoints, Journey, JourneyError, JourneyResult
@@ -36,10 +37,14 @@ class RichReporter:
         self.console = console
         self.live: Progress | None = None
         self.task: TaskID | None = None
+        self.quiet_since = 0.0
 
     def step_started(self, number: int, total: int, title: str) -> None:
         self.console.print()
         self.console.print(f"[bold cyan]▶ {number}/{total}[/] [bold]{title}[/]")
+        self.quiet_since = time.monotonic()
+        if not self.console.is_terminal:
+            return  # a live bar only where it can redraw itself (else a line now and then)
         self.live = Progress(
             SpinnerColumn(),
             TextColumn("[dim]{task.description}"),
@@ -53,11 +58,16 @@ class RichReporter:
         self.live.start()
 
     def detail(self, text: str) -> None:
+        self.quiet_since = time.monotonic()
         self.console.print(Padding(text, (0, 0, 0, 4)), highlight=False)
 
     def progress(self, text: str, done: int, total: int | None = None) -> None:
         if self.live is not None and self.task is not None:
             self.live.update(self.task, description=text, completed=done, total=total)
+        elif time.monotonic() - self.quiet_since >= 30:
+            self.quiet_since = time.monotonic()
+            of = f"/{total}" if total is not None else ""
+            self.console.print(Padding(f"[dim]… {text}: {done}{of}[/]", (0, 0, 0, 4)), highlight=False)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         table = Table(title=title, title_justify="left", title_style="italic", box=None, padding=(0, 2, 0, 0))

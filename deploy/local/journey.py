@@ -779,7 +779,12 @@ class Journey:
             every_s=self.heavy_poll_s,
         )
         total = sum(expected.values())
-        self._check(counts == expected, f"{sum(counts.values())} operations imported, {total} expected")
+        live = sum(c.bank_lines for c in r.chosen)
+        self._check(
+            counts == expected,
+            f"{sum(counts.values())} operations imported, {total} expected: one per live bank line "
+            f"({live}) plus the manual entries no bank line matched ({total - live})",
+        )
         categorized = self.wait_categorized("operations recognised by the built-in dictionary")
         r.history = {k: v for k, v in categorized.items() if k in expected}
         r.recognised_after_sync = sum(
