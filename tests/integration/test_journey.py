@@ -19,9 +19,9 @@ from deploy.local.journey import Endpoints, Journey, JourneyResult, PlainReporte
 from shared.devstack import Stack, pipeline_stack
 from shared.settings import ServiceSettings
 
-# the whole journey runs in the first test's setup: about 5 minutes on a busy 2-core machine, most of
-# it FerretDB storing the categorisation of the ~1,400 imported operations
-pytestmark = [pytest.mark.engines, pytest.mark.timeout(1200)]
+# the whole journey runs in the first test's setup: about 3 minutes on a busy 2-core machine, most of
+# it FerretDB storing the categorisations of the ~1,400 imported operations
+pytestmark = [pytest.mark.engines, pytest.mark.timeout(900)]
 
 
 @dataclass
