@@ -25,7 +25,7 @@ from shared.devstack import Engines, ServiceProcess, free_port
 from shared.events import CloudEvent, event_type
 from shared.kafka import start_group_at_end
 from shared.settings import ServiceSettings
-from shared.topics import OPERATIONS, TRANSACTIONS_RAW
+from shared.topics import CATEGORIZATIONS, CONNECTIONS, OPERATIONS, TRANSACTIONS_RAW
 from tests.unit.importer.support import RawProducer, Txn, history, read_topic, wait_for
 
 pytestmark = pytest.mark.engines
@@ -41,10 +41,28 @@ def mongo(engines) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
     client.close()
 
 
+def importer_groups(group: str) -> dict[str, str]:
+    """The importer's three consumer groups, private to one test, by topic."""
+    return {TRANSACTIONS_RAW: group, CATEGORIZATIONS: f"{group}-cat", CONNECTIONS: f"{group}-conn"}
+
+
+async def start_importer_groups_at_end(bootstrap: str, group: str) -> None:
+    """Private groups start at the topics' ends: records other tests left (poison included) are not read."""
+    for topic, topic_group in importer_groups(group).items():
+        await start_group_at_end(bootstrap, topic_group, [topic])
+
+
 def importer_process(engines: Engines, log_dir: Path, group: str, **env: str) -> ServiceProcess:
-    """An importer process whose consumer group reads the raw topic from where it is now (see below)."""
+    """An importer process with the private consumer groups named after `group`."""
+    groups = importer_groups(group)
     port = free_port()
-    settings = {"MONGODB_DATABASE": DATABASE, "IMPORTER_GROUP_ID": group, **env}
+    settings = {
+        "MONGODB_DATABASE": DATABASE,
+        "IMPORTER_GROUP_ID": groups[TRANSACTIONS_RAW],
+        "IMPORTER_CATEGORIZATIONS_GROUP_ID": groups[CATEGORIZATIONS],
+        "IMPORTER_CONNECTIONS_GROUP_ID": groups[CONNECTIONS],
+        **env,
+    }
     return ServiceProcess(
         "services.importer",
         port,
@@ -73,7 +91,7 @@ async def imported_events(bootstrap: str, user: str, expected: int) -> list[Clou
 
 async def test_killed_mid_import_then_restarted_loses_nothing_and_doubles_nothing(engines, log_dir, mongo):
     user, group = f"kill-{uuid.uuid4().hex[:8]}", f"importer-kill-{uuid.uuid4().hex[:6]}"
-    await start_group_at_end(engines.kafka_bootstrap, group, [TRANSACTIONS_RAW])
+    await start_importer_groups_at_end(engines.kafka_bootstrap, group)
     accounts = ("8101", "8102", "8103")
     lines = [txn for i, a in enumerate(accounts) for txn in history(a, 2000, first_id=1_000_000 * (i + 1))]
     async with RawProducer(engines.kafka_bootstrap) as producer:
@@ -120,7 +138,7 @@ async def reset_group_to_earliest(bootstrap: str, group: str) -> None:
 async def test_group_reset_to_earliest_and_replay_add_nothing(engines, log_dir, mongo):
     user, acct = f"reset-{uuid.uuid4().hex[:8]}", "8201"
     group = f"importer-reset-{uuid.uuid4().hex[:6]}"
-    await start_group_at_end(engines.kafka_bootstrap, group, [TRANSACTIONS_RAW])
+    await start_importer_groups_at_end(engines.kafka_bootstrap, group)
     lines = history(acct, 500, first_id=5_000_000, seed=3)
     async with RawProducer(engines.kafka_bootstrap) as producer:
         await producer.send(user, "bnp", lines, sync_run="run-1")
@@ -223,7 +241,7 @@ async def test_mongodb_unreachable_is_waited_out_not_dead_lettered(engines, log_
     proxy = CuttableProxy((host, int(port)))
     proxy.open()
     group = f"importer-outage-{uuid.uuid4().hex[:6]}"
-    await start_group_at_end(engines.kafka_bootstrap, group, [TRANSACTIONS_RAW])
+    await start_importer_groups_at_end(engines.kafka_bootstrap, group)
     proc = importer_process(engines, log_dir, group, MONGODB_URL=proxy.url).start()
     try:
         before = history(acct, 100, first_id=6_000_000, seed=8)
