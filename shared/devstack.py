@@ -398,6 +398,29 @@ def connector_stack(
         stack.stop_all()
 
 
+def private_consumer_groups(engines: Engines, prefix: str) -> dict[str, str]:
+    """The importer's and the categorizer's consumer-group settings, private to `prefix`.
+
+    Each group starts at its topic's current end, so records that earlier runs left on the same Kafka
+    (poison records included) are not read again.
+    """
+    groups = {
+        "IMPORTER_GROUP_ID": (f"{prefix}-imp", TRANSACTIONS_RAW),
+        "IMPORTER_CATEGORIZATIONS_GROUP_ID": (f"{prefix}-imp-cat", CATEGORIZATIONS),
+        "IMPORTER_CONNECTIONS_GROUP_ID": (f"{prefix}-imp-conn", CONNECTIONS),
+        "CATEGORIZER_GROUP_ID": (f"{prefix}-cat", OPERATIONS),
+    }
+
+    async def start_groups() -> None:
+        for group, topic in groups.values():
+            await start_group_at_end(engines.kafka_bootstrap, group, [topic])
+
+    # from a thread: the caller may be inside an event loop (benchmarks and async tests are)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, start_groups()).result()
+    return {name: group for name, (group, _) in groups.items()}
+
+
 @contextlib.contextmanager
 def pipeline_stack(
     engines: Engines,
@@ -412,22 +435,8 @@ def pipeline_stack(
     Databases and consumer groups are private to `database`; the importer's and the categorizer's
     groups start at the topics' current ends, so earlier runs on the same Kafka are not read again.
     """
-    groups = {
-        "IMPORTER_GROUP_ID": (f"{database}-imp", TRANSACTIONS_RAW),
-        "IMPORTER_CATEGORIZATIONS_GROUP_ID": (f"{database}-imp-cat", CATEGORIZATIONS),
-        "IMPORTER_CONNECTIONS_GROUP_ID": (f"{database}-imp-conn", CONNECTIONS),
-        "CATEGORIZER_GROUP_ID": (f"{database}-cat", OPERATIONS),
-    }
-
-    async def start_groups() -> None:
-        for group, topic in groups.values():
-            await start_group_at_end(engines.kafka_bootstrap, group, [topic])
-
     with connector_stack(engines, log_dir, database, common_env=common_env, **connector_env) as stack:
-        # from a thread: the caller may be inside an event loop (benchmarks are)
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, start_groups()).result()
-        env = {name: group for name, (group, _) in groups.items()}
+        env = private_consumer_groups(engines, database)
         stack.start(
             "importer",
             "services.importer",

@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -301,6 +302,31 @@ class Announcer:
         self.events.append((account_key(self.user_id, operation.account_id), event))
 
 
+def log_imported(
+    akey: str, user_id: str, lines: Sequence[RawLine], changes: Changes, correlation: dict[str, str]
+) -> None:
+    """One log line per sync run in the batch: a batch may join the tail of one sync and the head of
+    the next, and `grep <correlation id>` must find each of them."""
+    runs = Counter(raw.event.correlationid for raw in lines)
+    imported = Counter(correlation.get(line.txid) for line in changes.imported)
+    updated = Counter(correlation.get(line.txid) for line in changes.updated)
+    updated.update(correlation.get(line.txid) for _, line in changes.rereconciled + changes.unreconciled)
+    deleted = Counter(correlation.get(line.txid) for _, line in changes.deleted)
+    reconciled = Counter(correlation.get(line.txid) for _, line in changes.reconciled)
+    for correlation_id, count in runs.items():
+        log.info(
+            "lines_imported",
+            akey=akey,
+            user_id=user_id,
+            correlation_id=correlation_id,
+            lines=count,
+            imported=imported[correlation_id],
+            updated=updated[correlation_id],
+            deleted=deleted[correlation_id],
+            reconciled=reconciled[correlation_id],
+        )
+
+
 class Importer:
     """The one import path, for the consumer, the replay and the ops command alike."""
 
@@ -395,17 +421,7 @@ class Importer:
         if not await self.state.save(stored, first.data.user_id, after.lines.values(), accounts):
             raise Conflict(akey)
         if not changes.empty:
-            log.info(
-                "lines_imported",
-                akey=akey,
-                user_id=first.data.user_id,
-                correlation_id=first.event.correlationid,
-                lines=len(lines),
-                imported=stats.imported,
-                updated=stats.updated,
-                deleted=stats.deleted,
-                reconciled=stats.reconciled,
-            )
+            log_imported(akey, first.data.user_id, lines, changes, correlation)
         return stats
 
     # -- where lines go

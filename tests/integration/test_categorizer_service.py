@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.auth import issue_token
-from shared.devstack import ServiceProcess, running_service
+from shared.devstack import ServiceProcess, private_consumer_groups, running_service
 from shared.events import CloudEvent, account_key
 from shared.kafka import cloudevent_headers
 from shared.schemas import Operation, OperationCategorized, OperationEvent
@@ -160,7 +160,14 @@ async def categorizations(bootstrap: str, user: str) -> AsyncIterator[Categoriza
 @pytest.fixture(scope="module")
 def categorizer(engines, log_dir) -> Iterator[ServiceProcess]:
     database = f"categorizer_test_{uuid.uuid4().hex[:6]}"
-    with running_service("services.categorizer", engines, log_dir, MONGODB_DATABASE=database) as proc:
+    groups = private_consumer_groups(engines, database)
+    with running_service(
+        "services.categorizer",
+        engines,
+        log_dir,
+        MONGODB_DATABASE=database,
+        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
+    ) as proc:
         yield proc
 
 

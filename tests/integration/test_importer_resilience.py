@@ -21,11 +21,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.importer.replay import replay_account
-from shared.devstack import Engines, ServiceProcess, free_port
+from shared.devstack import Engines, ServiceProcess, free_port, private_consumer_groups
 from shared.events import CloudEvent, event_type
-from shared.kafka import start_group_at_end
 from shared.settings import ServiceSettings
-from shared.topics import CATEGORIZATIONS, CONNECTIONS, OPERATIONS, TRANSACTIONS_RAW
+from shared.topics import OPERATIONS, TRANSACTIONS_RAW
 from tests.unit.importer.support import RawProducer, Txn, history, read_topic, wait_for
 
 pytestmark = pytest.mark.engines
@@ -41,28 +40,10 @@ def mongo(engines) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
     client.close()
 
 
-def importer_groups(group: str) -> dict[str, str]:
-    """The importer's three consumer groups, private to one test, by topic."""
-    return {TRANSACTIONS_RAW: group, CATEGORIZATIONS: f"{group}-cat", CONNECTIONS: f"{group}-conn"}
-
-
-async def start_importer_groups_at_end(bootstrap: str, group: str) -> None:
-    """Private groups start at the topics' ends: records other tests left (poison included) are not read."""
-    for topic, topic_group in importer_groups(group).items():
-        await start_group_at_end(bootstrap, topic_group, [topic])
-
-
-def importer_process(engines: Engines, log_dir: Path, group: str, **env: str) -> ServiceProcess:
-    """An importer process with the private consumer groups named after `group`."""
-    groups = importer_groups(group)
+def importer_process(engines: Engines, log_dir: Path, groups: dict[str, str], **env: str) -> ServiceProcess:
+    """An importer process on the consumer groups of `private_consumer_groups`."""
     port = free_port()
-    settings = {
-        "MONGODB_DATABASE": DATABASE,
-        "IMPORTER_GROUP_ID": groups[TRANSACTIONS_RAW],
-        "IMPORTER_CATEGORIZATIONS_GROUP_ID": groups[CATEGORIZATIONS],
-        "IMPORTER_CONNECTIONS_GROUP_ID": groups[CONNECTIONS],
-        **env,
-    }
+    settings = {"MONGODB_DATABASE": DATABASE, **groups, **env}
     return ServiceProcess(
         "services.importer",
         port,
@@ -90,14 +71,14 @@ async def imported_events(bootstrap: str, user: str, expected: int) -> list[Clou
 
 
 async def test_killed_mid_import_then_restarted_loses_nothing_and_doubles_nothing(engines, log_dir, mongo):
-    user, group = f"kill-{uuid.uuid4().hex[:8]}", f"importer-kill-{uuid.uuid4().hex[:6]}"
-    await start_importer_groups_at_end(engines.kafka_bootstrap, group)
+    user = f"kill-{uuid.uuid4().hex[:8]}"
+    groups = private_consumer_groups(engines, f"importer-kill-{uuid.uuid4().hex[:6]}")
     accounts = ("8101", "8102", "8103")
     lines = [txn for i, a in enumerate(accounts) for txn in history(a, 2000, first_id=1_000_000 * (i + 1))]
     async with RawProducer(engines.kafka_bootstrap) as producer:
         await producer.send(user, "bnp", lines, sync_run="run-big")
 
-    first = importer_process(engines, log_dir, group).start()
+    first = importer_process(engines, log_dir, groups).start()
     try:
         at_kill = wait_for(lambda: (n := len(stored(mongo, user))) >= 600 and n, 60, every=0.05)
     finally:
@@ -106,7 +87,7 @@ async def test_killed_mid_import_then_restarted_loses_nothing_and_doubles_nothin
     assert first.process.returncode == -9
     assert at_kill < len(lines), "the import ended before the kill: nothing was tested"
 
-    second = importer_process(engines, log_dir, group).start()
+    second = importer_process(engines, log_dir, groups).start()
     try:
         wait_for(lambda: len(stored(mongo, user)) >= len(lines), 90, every=0.5, what="the whole import")
         time.sleep(1.5)  # anything doubled would show now
@@ -137,19 +118,18 @@ async def reset_group_to_earliest(bootstrap: str, group: str) -> None:
 
 async def test_group_reset_to_earliest_and_replay_add_nothing(engines, log_dir, mongo):
     user, acct = f"reset-{uuid.uuid4().hex[:8]}", "8201"
-    group = f"importer-reset-{uuid.uuid4().hex[:6]}"
-    await start_importer_groups_at_end(engines.kafka_bootstrap, group)
+    groups = private_consumer_groups(engines, f"importer-reset-{uuid.uuid4().hex[:6]}")
     lines = history(acct, 500, first_id=5_000_000, seed=3)
     async with RawProducer(engines.kafka_bootstrap) as producer:
         await producer.send(user, "bnp", lines, sync_run="run-1")
-        proc = importer_process(engines, log_dir, group).start()
+        proc = importer_process(engines, log_dir, groups).start()
         try:
             wait_for(lambda: len(stored(mongo, user)) >= 500, 60, every=0.3)
         finally:
             proc.stop()
 
-        await reset_group_to_earliest(engines.kafka_bootstrap, group)
-        proc = importer_process(engines, log_dir, group).start()
+        await reset_group_to_earliest(engines.kafka_bootstrap, groups["IMPORTER_GROUP_ID"])
+        proc = importer_process(engines, log_dir, groups).start()
         try:
             # a line after the others on the same partition: once it is in, everything before was read again
             sentinel = Txn(
@@ -240,9 +220,8 @@ async def test_mongodb_unreachable_is_waited_out_not_dead_lettered(engines, log_
     host, port = engines.mongodb_url.removeprefix("mongodb://").split(":")
     proxy = CuttableProxy((host, int(port)))
     proxy.open()
-    group = f"importer-outage-{uuid.uuid4().hex[:6]}"
-    await start_importer_groups_at_end(engines.kafka_bootstrap, group)
-    proc = importer_process(engines, log_dir, group, MONGODB_URL=proxy.url).start()
+    groups = private_consumer_groups(engines, f"importer-outage-{uuid.uuid4().hex[:6]}")
+    proc = importer_process(engines, log_dir, groups, MONGODB_URL=proxy.url).start()
     try:
         before = history(acct, 100, first_id=6_000_000, seed=8)
         during = history(acct, 200, first_id=6_100_000, seed=9)

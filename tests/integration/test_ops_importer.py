@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from shared.auth import issue_token
-from shared.devstack import ROOT, ServiceProcess, free_port
+from shared.devstack import ROOT, ServiceProcess, free_port, private_consumer_groups
 from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.kafka import EventPublisher, make_broker
 from shared.settings import DEV_JWT_SECRET
@@ -27,11 +27,11 @@ pytestmark = pytest.mark.engines
 
 @pytest.fixture(scope="module")
 def importer(engines, log_dir) -> Iterator[ServiceProcess]:
-    port = free_port()
+    port, database = free_port(), f"opsimp{uuid.uuid4().hex[:6]}"
     process = ServiceProcess(
         "services.importer",
         port,
-        engines.service_env(MONGODB_DATABASE=f"opsimp{uuid.uuid4().hex[:6]}"),
+        engines.service_env(MONGODB_DATABASE=database, **private_consumer_groups(engines, database)),
         log_dir / f"importer-ops-{port}.log",
     )
     process.start()

@@ -6,11 +6,12 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from structlog.testing import capture_logs
 
 from services.importer.adapters import decode_lines, encode_lines
 from services.importer.api import decode_cursor, encode_cursor
 from services.importer.domain import AccountLines, Target, apply
-from services.importer.handlers import RawLine, auto_account_id, observation_of, problem_with
+from services.importer.handlers import RawLine, auto_account_id, log_imported, observation_of, problem_with
 from services.importer.replay import partition_for
 from shared.events import CloudEvent
 from shared.problems import Problem
@@ -92,3 +93,19 @@ def test_ids_are_stable():
     assert auto_account_id("u1:7") == auto_account_id("u1:7") != auto_account_id("u1:8")
     assert partition_for("u1:7", [0, 1, 2, 3, 4, 5]) == partition_for("u1:7", [5, 4, 3, 2, 1, 0])
     assert {partition_for(f"u{i}:7", list(range(6))) for i in range(100)} == set(range(6))
+
+
+def test_a_batch_joining_two_sync_runs_logs_each_run_under_its_own_correlation_id():
+    lines = history("7", 3, first_id=2000, seed=5)
+    raws = [raw(t) for t in lines]
+    raws = [
+        RawLine(r.event.model_copy(update={"correlationid": run}), r.data, r.key)
+        for r, run in zip(raws, ["run-a", "run-a", "run-b"], strict=True)
+    ]
+    observations = [observation_of(r) for r in raws]
+    _, changes = apply(AccountLines(), observations, Target("u1:7", "acc"))
+    correlation = {obs.txid: r.event.correlationid for obs, r in zip(observations, raws, strict=True)}
+    with capture_logs() as logs:
+        log_imported("u1:7", "u1", raws, changes, correlation)
+    by_run = {entry["correlation_id"]: (entry["lines"], entry["imported"]) for entry in logs}
+    assert by_run == {"run-a": (2, 2), "run-b": (1, 1)}
