@@ -32,7 +32,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy shared services sandbox ops deploy/local/probe.py deploy/local/journey.py bench
+	$(VENV)/bin/mypy shared services sandbox ops deploy/local/probe.py deploy/local/journey.py deploy/local/demo.py bench
 
 test: lint typecheck
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
