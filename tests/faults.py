@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from shared.topics import (
     SYNC_REQUESTS,
     TRANSACTIONS_RAW,
 )
+from tests.polling import wait_for
 
 # ---- the bank's truth and the app's operations --------------------------------------------------------
 
@@ -201,7 +202,7 @@ def wait_idle(bootstrap: str, groups: list[tuple[str, str]], timeout: float = 24
         return not any(last.values())
 
     try:
-        wait_until(idle, timeout, "every consumer group caught up", every=1.0)
+        wait_for(idle, timeout, "every consumer group caught up", every=1.0)
     except TimeoutError:
         raise TimeoutError(f"consumer groups still behind after {timeout} s: {last}") from None
 
@@ -244,17 +245,6 @@ def sync_completes(stack: Stack, user: str, timeout: float = 150, re_request_aft
             asked = True
         time.sleep(1)
     raise TimeoutError(f"the sync of {user} did not end well: {stack.status(user)}")
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"{what}: not within {timeout} s (last: {last!r})")
 
 
 def set_faults(stack: Stack, **faults: Any) -> None:

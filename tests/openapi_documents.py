@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
-from shared.devstack import ROOT
+from shared.devstack import ROOT, Stack
 
 SERVICES = ("entitlements", "connector", "importer", "categorizer")
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
@@ -65,3 +65,33 @@ def routes_of(document: dict[str, Any]) -> list[tuple[str, str]]:
         for method in item
         if method in HTTP_METHODS
     )
+
+
+def one_of_everything(stack: Stack, user: str) -> dict[str, str]:
+    """Makes `user` own one of everything a path can name (a linked bank, an account, an operation, a
+    payee) and returns the ids to put in the paths."""
+    stack.entitle(user)
+    connection = stack.link_bank(user)
+    stack.select_all(user, connection)
+    with stack.client("importer", user) as importer:
+        account = importer.post(f"/v1/users/{user}/accounts", json={"name": "Compte joint"})
+        assert account.status_code == 201, account.text
+        account_id = account.json()["account_id"]
+        operation = importer.post(
+            f"/v1/users/{user}/accounts/{account_id}/operations",
+            json={"date": "2025-03-01", "amount": "-12.30", "currency": "EUR", "label": "Boulangerie"},
+        )
+        assert operation.status_code == 201, operation.text
+    with stack.client("categorizer", user) as categorizer:
+        payee = categorizer.post(
+            f"/v1/users/{user}/payees",
+            json={"name": "Boulangerie Paul", "category": "alimentation", "keywords": ["paul"]},
+        )
+        assert payee.status_code == 201, payee.text
+    return {
+        "connection_id": connection["connection_id"],
+        "aggregator_account_id": connection["accounts"][0]["aggregator_account_id"],
+        "account_id": account_id,
+        "operation_id": operation.json()["id"],
+        "payee_id": payee.json()["id"],
+    }

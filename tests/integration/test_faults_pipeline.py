@@ -64,9 +64,9 @@ from tests.faults import (
     set_faults,
     settle,
     sync_completes,
-    wait_until,
 )
 from tests.kafka_helpers import read_raw
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
 
@@ -141,7 +141,7 @@ def test_sigkill_of_each_service_mid_sync_then_restart_loses_nothing_and_doubles
                 select(stack, user, connection, account_ids(connection))  # each starts its first sync
             for service, topic, name, share in KILLS:
                 at = int(total * share)
-                wait_until(
+                wait_for(
                     functools.partial(reached, tail, topic, user, name, at),
                     180,
                     f"{at} {name} on {topic}",
@@ -155,7 +155,7 @@ def test_sigkill_of_each_service_mid_sync_then_restart_loses_nothing_and_doubles
                 assert seen < total, f"{service}: its part had ended before the kill, nothing was tested"
                 stack.processes[service].start(wait_ready=False)  # back at once, the sync goes on
             for service, *_ in KILLS:
-                stack.processes[service].wait_until("/readyz", 200, 90)
+                stack.processes[service].wait_for("/readyz", 200, 90)
 
         asked_again = sync_completes(stack, user)
         result = settle(stack, user, truth)
@@ -468,7 +468,7 @@ def test_poison_records_in_every_consumed_topic_go_to_the_dlq_and_the_stream_goe
     # the importer took the bank's account details after the poison on banksync.connections.v1
     bank_name = next(a["name"] for a in connection["accounts"] if a["aggregator_account_id"] == card)
     with stack.client("importer", user) as api:
-        wait_until(
+        wait_for(
             lambda: [a["name"] for a in api.get(f"/v1/users/{user}/accounts").json()] == [bank_name],
             30,
             "account name",
@@ -476,7 +476,7 @@ def test_poison_records_in_every_consumed_topic_go_to_the_dlq_and_the_stream_goe
     # the connector's projection of entitlements went past its poison: a cancellation pauses the user
     with stack.client("entitlements", user) as api:
         api.delete(f"/v1/users/{user}/options/auto_import").raise_for_status()
-    wait_until(lambda: {s["state"] for s in stack.status(user)} == {"paused"}, 30, "paused")
+    wait_for(lambda: {s["state"] for s in stack.status(user)} == {"paused"}, 30, "paused")
 
     def dead_letters() -> dict[tuple[str, int, int], dict[str, str]]:
         found = {}
@@ -490,7 +490,7 @@ def test_poison_records_in_every_consumed_topic_go_to_the_dlq_and_the_stream_goe
                 found[where] = headers
         return found
 
-    dead = wait_until(
+    dead = wait_for(
         lambda: (d := dead_letters()) and len(d) == len(sent) and d, 60, "every poison in the DLQ"
     )
     for where, (service, why) in sent.items():

@@ -25,7 +25,8 @@ from shared.devstack import Engines, ServiceProcess, free_port, private_consumer
 from shared.events import CloudEvent, event_type
 from shared.settings import ServiceSettings
 from shared.topics import OPERATIONS, TRANSACTIONS_RAW
-from tests.unit.importer.support import RawProducer, Txn, history, read_topic, wait_for
+from tests.polling import wait_for
+from tests.unit.importer.support import RawProducer, Txn, history, read_topic
 
 pytestmark = pytest.mark.engines
 

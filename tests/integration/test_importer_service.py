@@ -25,6 +25,7 @@ from shared.devstack import ServiceProcess, running_service
 from shared.events import CloudEvent, account_key, event_type
 from shared.kafka import start_group_at_end
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
+from tests.polling import wait_for
 from tests.unit.importer.support import (
     RawProducer,
     Txn,
@@ -35,7 +36,6 @@ from tests.unit.importer.support import (
     history,
     raw_event,
     read_topic,
-    wait_for,
 )
 
 pytestmark = pytest.mark.engines

@@ -36,7 +36,7 @@ from shared.auth import issue_token
 from shared.devstack import WEBHOOK_SECRET, Stack, new_user, pipeline_stack
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import DEV_JWT_SECRET
-from tests.openapi_documents import SERVICES, built_documents, built_routes, routes_of
+from tests.openapi_documents import SERVICES, built_documents, built_routes, one_of_everything, routes_of
 
 pytestmark = pytest.mark.engines
 
@@ -150,31 +150,9 @@ def stack(engines, log_dir) -> Iterator[Stack]:
 def world(stack: Stack) -> dict[str, str]:
     """A victim user who owns one of everything a path can name: the values put in the paths."""
     victim = new_user("victim")
-    stack.entitle(victim)
-    connection = stack.link_bank(victim)
-    stack.select_all(victim, connection)
-    with stack.client("importer", victim) as importer:
-        account = importer.post(f"/v1/users/{victim}/accounts", json={"name": "Compte joint"})
-        assert account.status_code == 201, account.text
-        account_id = account.json()["account_id"]
-        operation = importer.post(
-            f"/v1/users/{victim}/accounts/{account_id}/operations",
-            json={"date": "2025-03-01", "amount": "-12.30", "currency": "EUR", "label": "Boulangerie"},
-        )
-        assert operation.status_code == 201, operation.text
-    with stack.client("categorizer", victim) as categorizer:
-        payee = categorizer.post(
-            f"/v1/users/{victim}/payees",
-            json={"name": "Boulangerie Paul", "category": "alimentation", "keywords": ["paul"]},
-        )
-        assert payee.status_code == 201, payee.text
     return {
         "user_id": victim,
-        "connection_id": connection["connection_id"],
-        "aggregator_account_id": connection["accounts"][0]["aggregator_account_id"],
-        "account_id": account_id,
-        "operation_id": operation.json()["id"],
-        "payee_id": payee.json()["id"],
+        **one_of_everything(stack, victim),
         "option": "auto_import",
         "replay_id": str(uuid.uuid4()),
     }

@@ -34,7 +34,7 @@ from shared.auth import issue_token
 from shared.devstack import Stack, new_user, pipeline_stack
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import DEV_JWT_SECRET
-from tests.openapi_documents import SERVICES, built_documents, routes_of
+from tests.openapi_documents import SERVICES, built_documents, one_of_everything, routes_of
 
 pytestmark = pytest.mark.engines
 
@@ -84,30 +84,8 @@ def stack(engines, log_dir) -> Iterator[Stack]:
 def owner(stack: Stack) -> dict[str, str]:
     """The caller owns one of everything a path names: real ids, put in the paths of non-DELETE requests."""
     user = OWNER
-    stack.entitle(user)
-    connection = stack.link_bank(user)
-    stack.select_all(user, connection)
-    with stack.client("importer", user) as importer:
-        account = importer.post(f"/v1/users/{user}/accounts", json={"name": "Compte courant"})
-        assert account.status_code == 201, account.text
-        account_id = account.json()["account_id"]
-        operation = importer.post(
-            f"/v1/users/{user}/accounts/{account_id}/operations",
-            json={"date": "2025-03-01", "amount": "-12.30", "currency": "EUR", "label": "Boulangerie"},
-        )
-        assert operation.status_code == 201, operation.text
-    with stack.client("categorizer", user) as categorizer:
-        payee = categorizer.post(
-            f"/v1/users/{user}/payees",
-            json={"name": "Boulangerie Paul", "category": "alimentation", "keywords": ["paul"]},
-        )
-        assert payee.status_code == 201, payee.text
     return {
-        "connection_id": connection["connection_id"],
-        "aggregator_account_id": connection["accounts"][0]["aggregator_account_id"],
-        "account_id": account_id,
-        "operation_id": operation.json()["id"],
-        "payee_id": payee.json()["id"],
+        **one_of_everything(stack, user),
         "user_token": issue_token(DEV_JWT_SECRET, user),
         "ops_token": issue_token(DEV_JWT_SECRET, new_user("fuzz-ops"), scopes="ops"),
     }

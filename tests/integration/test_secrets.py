@@ -23,7 +23,7 @@ import concurrent.futures
 import json
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -40,6 +40,7 @@ from shared.mongo import make_client
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import CATEGORIZATIONS, DLQ, TOPICS
 from tests.kafka_helpers import events_where, read_raw
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
 
@@ -130,17 +131,6 @@ class Caller:
         return answer.json() if answer.content else None
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 120, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"condition not met, last value: {last!r}")
-
-
 def link_bank(caller: Caller, user: str, token: str) -> dict[str, Any]:
     """Activation, the webview as a browser fills it (the password typed there), the callback."""
     activation = caller.ok("connector", "POST", f"/v1/users/{user}/sync/activate", token)
@@ -170,7 +160,7 @@ def sync_and_wait(caller: Caller, user: str, token: str) -> list[dict[str, Any]]
         )
         return status if done else None
 
-    result: list[dict[str, Any]] = wait_for(finished)
+    result: list[dict[str, Any]] = wait_for(finished, timeout=120, every=0.5)
     return result
 
 

@@ -14,6 +14,7 @@ from shared.kafka import start_group_at_end
 from shared.mongo import make_client
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
 from tests.kafka_helpers import events_where
+from tests.polling import wait_for
 from tests.stack import Stack, connector_stack, new_user
 
 pytestmark = pytest.mark.engines
@@ -57,17 +58,6 @@ def operations_of(stack: Stack, user: str) -> int:
                 if not cursor:
                     break
     return total
-
-
-def wait_for(check, timeout: float = 30, every: float = 0.3):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"condition not met, last value: {last!r}")
 
 
 def test_standard_user_refused_then_subscribes_cancels_and_comes_back(stack):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -181,17 +180,6 @@ def accounts_of(client: httpx.Client, user: str) -> list[dict[str, Any]]:
     answer.raise_for_status()
     result: list[dict[str, Any]] = answer.json()
     return result
-
-
-def wait_for(predicate: Any, timeout: float = 60, every: float = 0.25, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"{what} not met within {timeout}s (last: {last!r})")
 
 
 def account_for(client: httpx.Client, user: str, aggregator_account_id: str) -> dict[str, Any] | None:
