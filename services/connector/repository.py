@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,9 @@ from shared.bulk import bulk_write_chunked
 from shared.mongo import is_duplicate_key_error
 
 Doc = dict[str, Any]
+
+# up to this many lines, fingerprints are read one `_id` at a time (see `known_fingerprints`)
+POINT_LOOKUPS_UP_TO = 64
 
 
 def connection_key(user_id: str, connection_id: str) -> str:
@@ -145,7 +149,15 @@ class ConnectorRepository:
     # change detection ---------------------------------------------------------------------------
     async def known_fingerprints(self, account: str, transaction_ids: list[str]) -> dict[str, str]:
         ids = [f"{account}:{tid}" for tid in transaction_ids]
-        found = await self.seen.find({"_id": {"$in": ids}}).to_list()
+        found: list[Doc]
+        if len(ids) <= POINT_LOOKUPS_UP_TO:
+            # FerretDB v1 answers a filter that is exactly `{_id}` from its primary key but scans the whole
+            # collection for `{_id: {$in}}` (measured: 1.9 s for 20 ids among 15,000 lines, against 0.17 s
+            # one by one); a night's pages hold a few lines each. MongoDB uses the index either way.
+            docs = await asyncio.gather(*(self.seen.find_one({"_id": one}) for one in ids))
+            found = [doc for doc in docs if doc is not None]
+        else:
+            found = await self.seen.find({"_id": {"$in": ids}}).to_list()
         return {doc["_id"].rsplit(":", 1)[1]: doc["fp"] for doc in found}
 
     async def remember_fingerprints(self, account: str, prints: dict[str, str], known: set[str]) -> None:
