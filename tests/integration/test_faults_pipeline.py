@@ -155,7 +155,7 @@ def test_sigkill_of_each_service_mid_sync_then_restart_loses_nothing_and_doubles
                 assert seen < total, f"{service}: its part had ended before the kill, nothing was tested"
                 stack.processes[service].start(wait_ready=False)  # back at once, the sync goes on
             for service, *_ in KILLS:
-                stack.processes[service].wait_for("/readyz", 200, 90)
+                stack.processes[service].wait_until("/readyz", 200, 90)
 
         asked_again = sync_completes(stack, user)
         result = settle(stack, user, truth)
