@@ -1,6 +1,7 @@
 """MongoDB storage of the importer, shaped for what FerretDB v1 does fast and safely.
 
-FerretDB v1 (SQLite) answers `_id` lookups from its primary key but scans the collection for any other
+FerretDB v1 (SQLite) pushes an exact `_id` filter down to SQLite (for string ids still a pass over
+the table, so its cost grows with the collection) but decodes and filters every document for any other
 filter, commits each updated document on its own (about 10 ms each here) while an `insert_many` is
 one commit, and wedges on an update command of more than 100 matching statements. So the hot path
 only ever reads and writes by `_id`, inserts new documents in bulk, and updates one document per
@@ -220,7 +221,7 @@ class OperationStore:
         )
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, Doc]:
-        """By `_id` one at a time: on FerretDB each is a primary-key lookup, `$in` would scan."""
+        """By `_id` one at a time: on FerretDB each is pushed down to SQLite, `$in` would not be."""
         found: dict[str, Doc] = {}
         for op_id in dict.fromkeys(ids):
             doc = await self.coll.find_one({"_id": op_id})
