@@ -6,7 +6,6 @@ database and consumer groups of its own.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import uuid
@@ -21,9 +20,8 @@ import pytest
 from services.importer.domain import operation_id
 from services.importer.handlers import auto_account_id
 from services.importer.replay import partition_for
-from shared.devstack import ServiceProcess, running_service
+from shared.devstack import ServiceProcess, private_consumer_groups, running_service
 from shared.events import CloudEvent, account_key, event_type
-from shared.kafka import start_group_at_end
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
 from tests.polling import wait_for
 from tests.unit.importer.support import (
@@ -48,23 +46,8 @@ LATER = dt.datetime(2026, 10, 9, 8, tzinfo=dt.UTC)
 @pytest.fixture(scope="module")
 def importer(engines, log_dir) -> Iterator[ServiceProcess]:
     pymongo.MongoClient(engines.mongodb_url).drop_database(DATABASE)
-    suffix = uuid.uuid4().hex[:6]
-    groups = {
-        TRANSACTIONS_RAW: f"importer-it-{suffix}",
-        CATEGORIZATIONS: f"importer-it-cat-{suffix}",
-        CONNECTIONS: f"importer-it-conn-{suffix}",
-    }
-    for topic, group in groups.items():
-        asyncio.run(start_group_at_end(engines.kafka_bootstrap, group, [topic]))
-    with running_service(
-        "services.importer",
-        engines,
-        log_dir,
-        MONGODB_DATABASE=DATABASE,
-        IMPORTER_GROUP_ID=groups[TRANSACTIONS_RAW],
-        IMPORTER_CATEGORIZATIONS_GROUP_ID=groups[CATEGORIZATIONS],
-        IMPORTER_CONNECTIONS_GROUP_ID=groups[CONNECTIONS],
-    ) as proc:
+    groups = private_consumer_groups(engines, f"importer-it-{uuid.uuid4().hex[:6]}")
+    with running_service("services.importer", engines, log_dir, MONGODB_DATABASE=DATABASE, **groups) as proc:
         yield proc
 
 
