@@ -64,6 +64,7 @@ class Engines:
             "KAFKA_CONTROLLER_PORT": free_port(),
             "FERRETDB_PORT": free_port(),
             "FERRETDB_DEBUG_PORT": free_port(),
+            "FERRETDB_PG_PORT": free_port(),
         }
         env = {
             **os.environ,

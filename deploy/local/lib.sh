@@ -19,6 +19,14 @@ KAFKA_TOPIC_PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-6}"
 FERRETDB_VERSION="v1.24.2"
 FERRETDB_PORT="${FERRETDB_PORT:-27017}"
 FERRETDB_DEBUG_PORT="${FERRETDB_DEBUG_PORT:-8088}"
+# FerretDB's backend: a private PostgreSQL cluster per run folder
+POSTGRES_MAJOR="15"
+FERRETDB_PG_PORT="${FERRETDB_PG_PORT:-54329}"
+# FerretDB v1.24 keeps one pooled connection per statement of an update or delete command until the
+# command ends (its handler defers each statement's close to the end of the loop): a command with more
+# statements than the pool, or several at once, wait for each other for ever and block every database.
+# Hence a large pool, and at most shared.bulk.DEFAULT_CHUNK (50) statements per command.
+FERRETDB_POOL_MAX_CONNS="${FERRETDB_POOL_MAX_CONNS:-400}"
 
 say() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 
