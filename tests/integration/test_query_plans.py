@@ -1,0 +1,943 @@
+"""Every MongoDB query shape the services send is served by an index on the local engine.
+
+The local engine is FerretDB v1.24 on PostgreSQL (deploy/local/ferretdb.sh). FerretDB turns a filter
+into `SELECT _jsonb FROM <table> WHERE ...`, pushing down only top-level scalar equalities (`_id`
+included) and `$eq`, as `_jsonb -> 'f' @> v`; `$in`, `$or`, `$nor`, ranges, `$ne` on most types and
+sorts are evaluated in Go on whatever the SELECT returns. `find`, `find_one`, the filters of
+`update_*`, `replace_one`, `delete_*` and `distinct`, and the first `$match` of an `aggregate`
+(`count_documents` is one) all run that same SELECT. ferretdb-gin.sql gives every btree index
+FerretDB creates a GIN `jsonb_path_ops` twin per column, which is what serves `@>`.
+
+FerretDB's `explain` answers PostgreSQL's `EXPLAIN (FORMAT JSON)` of that SELECT. This module builds
+each service's collections with the services' own `create_indexes` in private databases, fills them
+with realistic documents (50,000 operations, thousands of everything else), runs ANALYZE so that the
+planner knows the real sizes, and explains every shape of `SHAPES`. A `Seq Scan` of a collection of
+thousands of rows then means that nothing of the filter reaches an index: the shape reads the whole
+collection every time, and its cost grows with it. Only shapes that read (nearly) the whole
+collection by design may scan, and they say why (`whole_collection`).
+
+When a service adds or changes a query, add or change its row in `SHAPES`. Inventory (HEAD of the
+services as of this file): services/*/adapters.py, services/connector/repository.py and the filters
+the handlers build (services/*/handlers.py). services/importer/replay.py goes through the importer's
+stores (same shapes); ops/*.py reach the services over HTTP only and never MongoDB. Collections that
+are only inserted into (`nightly_runs`) have no shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from bson import Binary
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.categorizer.adapters import OperationsRepository, RuleSetRepository
+from services.connector.repository import ConnectorRepository
+from services.entitlements.adapters import EntitlementsRepository
+from services.importer.adapters import AccountStore, OperationStore
+from shared.devstack import DEPLOY, Engines
+from shared.mongo import make_client
+
+pytestmark = pytest.mark.engines
+
+Doc = dict[str, Any]
+
+# ---- the store: sizes, ids, documents -----------------------------------------------------------------
+
+USERS = 1_000
+ACCOUNTS_PER_USER = 2
+OPERATIONS_PER_ACCOUNT = 25  # 1,000 users x 2 accounts x 25 = 50,000 operations
+OPERATIONS = USERS * ACCOUNTS_PER_USER * OPERATIONS_PER_ACCOUNT
+# the categorizer's projection and the connector's fingerprints keep the first lines of each account only:
+# 20,000 rows each are as telling as 50,000 and fill twice as fast
+MIRRORED_PER_ACCOUNT = 10
+# below this many rows PostgreSQL may rightly prefer a sequential scan; every collection holds more
+MIN_ROWS = 1_000
+INSERT_CHUNK = 2_500
+NOW = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
+FIRST_DAY = dt.date(2025, 12, 1)
+
+
+def user(u: int) -> str:
+    return f"user-{u:04d}"
+
+
+def agg_user(u: int) -> str:  # the aggregator's id of that user
+    return str(70_000 + u)
+
+
+def agg_account(u: int, a: int) -> str:
+    return str(500_000 + u * ACCOUNTS_PER_USER + a)
+
+
+def akey(u: int, a: int) -> str:  # `<user>:<aggregator account>`
+    return f"{user(u)}:{agg_account(u, a)}"
+
+
+def connection(u: int) -> str:  # connector: `<user>:<connection>`
+    return f"{user(u)}:{9_000 + u}"
+
+
+def account(u: int, a: int) -> str:  # importer: the app account
+    return f"acc-{u:04d}-{a}"
+
+
+def op_id(u: int, a: int, n: int) -> str:
+    return f"op-{u:04d}-{a}-{n:03d}"
+
+
+def tx_id(u: int, a: int, n: int) -> str:
+    return str(10_000_000 + (u * ACCOUNTS_PER_USER + a) * OPERATIONS_PER_ACCOUNT + n)
+
+
+def day(n: int) -> str:
+    return (FIRST_DAY + dt.timedelta(days=(n * 14) % 365)).isoformat()
+
+
+def accounts() -> Iterator[tuple[int, int]]:
+    for u in range(USERS):
+        for a in range(ACCOUNTS_PER_USER):
+            yield u, a
+
+
+def lines(per_account: int = OPERATIONS_PER_ACCOUNT) -> Iterator[tuple[int, int, int]]:
+    for u, a in accounts():
+        for n in range(per_account):
+            yield u, a, n
+
+
+MEMOS = ("CB CARREFOUR 12/03", "PRLV SEPA EDF", "VIR SALAIRE ACME", "CB SNCF INTERNET", "RETRAIT DAB 0423")
+
+
+@functools.cache
+def importer_docs() -> dict[str, list[Doc]]:
+    operations = [
+        {
+            "_id": op_id(u, a, n),
+            "user_id": user(u),
+            "account_id": account(u, a),
+            "date": day(n),
+            "amount": f"-{n + 1}.50",
+            "cents": -(n + 1) * 100 - 50,
+            "currency": "EUR",
+            "memo": MEMOS[n % len(MEMOS)],
+            "label": MEMOS[n % len(MEMOS)].title(),
+            "status": "coming" if n == 0 else "booked",
+            "source": "bank",
+            "reconciled": False,
+            "reconciled_by": None,
+            "aggregator_transaction_id": tx_id(u, a, n),
+            "payee": None,
+            "category": None,
+            "categorized_by": None,
+            "cat_src": None,
+            "cat_rv": -1,
+            "created_at": NOW,
+        }
+        for u, a, n in lines()
+    ]
+    return {
+        "operations": operations,
+        "import_state": [
+            {
+                "_id": akey(u, a),
+                "user_id": user(u),
+                "format": 1,
+                "rev": 3,
+                "count": OPERATIONS_PER_ACCOUNT,
+                "accounts": [account(u, a)],
+                "lines": Binary(b"x\x9c" + bytes(64)),
+                "updated_at": NOW,
+            }
+            for u, a in accounts()
+        ],
+        "accounts": [
+            {
+                "_id": account(u, a),
+                "user_id": user(u),
+                "name": f"Compte {a}",
+                "currency": "EUR",
+                "deleted": u % 50 == 0 and a == 1,
+                "generation": 1,
+                "announced": 1,
+                "sources": [akey(u, a)],
+                "manual": {},
+            }
+            for u, a in accounts()
+        ],
+        "banks": [
+            {"_id": f"{user(u)}:bank-{u % 4}", "user_id": user(u), "id": f"bank-{u % 4}"}
+            for u in range(USERS)
+        ]
+        + [{"_id": f"{user(u)}:bank-9", "user_id": user(u), "id": "bank-9"} for u in range(USERS)],
+        "links": [
+            {
+                "_id": akey(u, a),
+                "user_id": user(u),
+                "aggregator_account_id": agg_account(u, a),
+                "target_account_id": account(u, a),
+                "import_mode": "create",
+                "updated_at": NOW,
+            }
+            for u, a in accounts()
+        ],
+        "aggregator_accounts": [
+            {"_id": akey(u, a), "name": f"Compte {a}", "iban": f"FR76{u:08d}{a}", "balance": 1234.5}
+            for u, a in accounts()
+        ],
+    }
+
+
+@functools.cache
+def categorizer_docs() -> dict[str, list[Doc]]:
+    payees = [{"id": "p1", "name": "Carrefour", "category": "groceries", "keywords": ["carrefour"]}]
+    return {
+        "categorizer_rulesets": [
+            {
+                "_id": user(u),
+                "version": 4,
+                "examined_version": 4 if u % 100 else 3,
+                "retro_pending": u % 100 == 0,
+                "retro_requested_at": NOW - dt.timedelta(hours=1),
+                "payees": payees,
+                "categories": [],
+                "snapshots": [],
+                "updated_at": NOW,
+                "correlation_id": f"rules:{user(u)}:4",
+            }
+            for u in range(USERS)
+        ],
+        "categorizer_operations": [
+            {
+                "_id": f"{user(u)}:{op_id(u, a, n)}",
+                "user_id": user(u),
+                "operation_id": op_id(u, a, n),
+                "account_id": account(u, a),
+                "memo": MEMOS[n % len(MEMOS)],
+                "label": MEMOS[n % len(MEMOS)].title(),
+                "seen_at": NOW,
+                "seen_version": 4,
+                "result": {
+                    "payee_id": None,
+                    "payee_name": None,
+                    "category": None,
+                    "source": None,
+                    "keyword": None,
+                },
+            }
+            for u, a, n in lines()
+        ],
+    }
+
+
+@functools.cache
+def connector_docs() -> dict[str, list[Doc]]:
+    return {
+        "aggregator_users": [
+            {"_id": user(u), "token_enc": "v1.AAAA", "id_user": agg_user(u), "created_at": NOW}
+            for u in range(USERS)
+        ],
+        "activations": [
+            {"_id": uuid.UUID(int=u * 2 + k).hex, "user_id": user(u), "created_at": NOW, "used": k == 0}
+            for u in range(USERS)
+            for k in range(2)
+        ],
+        "connections": [
+            {
+                "_id": connection(u),
+                "user_id": user(u),
+                "connection_id": str(9_000 + u),
+                "removed": u % 40 == 0,
+                "paused": False,
+                "state": "valid",
+                "accounts": [{"aggregator_account_id": agg_account(u, a)} for a in range(ACCOUNTS_PER_USER)],
+            }
+            for u in range(USERS)
+        ],
+        "account_sync": [
+            {
+                "_id": akey(u, a),
+                "user_id": user(u),
+                "aggregator_account_id": agg_account(u, a),
+                "state": "ok",
+                "last_good_start": NOW,
+            }
+            for u, a in accounts()
+        ],
+        "seen_transactions": [
+            {"_id": f"{akey(u, a)}:{tx_id(u, a, n)}", "account": akey(u, a), "fp": f"{u:04x}{n:04x}"}
+            for u, a, n in lines(MIRRORED_PER_ACCOUNT)
+        ],
+        "active_runs": [
+            {
+                "_id": connection(u),
+                "run_id": f"run-{u}",
+                "claimed_at": NOW,
+                "expires_at": NOW + dt.timedelta(minutes=(u % 3 - 1) * 10),
+            }
+            for u in range(USERS)
+        ],
+        "entitlement_projection": [
+            {"_id": user(u), "plan": "premium", "options": [], "entitled": True, "version": 3}
+            for u in range(USERS)
+        ],
+    }
+
+
+@functools.cache
+def entitlements_docs() -> dict[str, list[Doc]]:
+    return {
+        "entitlements": [
+            {
+                "_id": user(u),
+                "plan": "standard",
+                "options": ["auto_import"],
+                "version": 3,
+                "updated_at": NOW,
+                "has_outbox": u % 200 == 0,
+                "outbox": [],
+            }
+            for u in range(USERS)
+        ],
+        "entitlement_history": [
+            {"_id": f"{user(u)}:{v}", "user_id": user(u), "version": v, "action": "plan_set", "at": NOW}
+            for u in range(USERS)
+            for v in (1, 2, 3)
+        ],
+    }
+
+
+# ---- the shapes ---------------------------------------------------------------------------------------
+
+# The store a shape runs against: a value that exists in it
+U, A = 42, 1
+
+
+@dataclass(frozen=True)
+class Shape:
+    source: str  # file:function (several when they send the same filter)
+    service: str  # importer | categorizer | connector | entitlements: whose database
+    collection: str
+    op: str  # what the service calls (find, update_one, ...): all run the same SELECT
+    filter: Doc
+    # an `aggregate` sends its pipeline; the first $match is what FerretDB pushes down
+    pipeline: list[Doc] | None = None
+    # set when the shape reads (nearly) the whole collection by design: a sequential scan is right
+    whole_collection: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}.{self.collection} {self.op} {self.source}"
+
+
+IMP, CAT, CON, ENT = "importer", "categorizer", "connector", "entitlements"
+SEEN_IDS = [f"{akey(U, A)}:{tx_id(U, A, n)}" for n in range(MIRRORED_PER_ACCOUNT)]
+RUN_REF = f"{akey(U, A)}:{tx_id(U, A, 3)}"
+
+SHAPES: tuple[Shape, ...] = (
+    # -- importer: services/importer/adapters.py, filters built in services/importer/handlers.py
+    Shape("importer/adapters.py:StateStore.load", IMP, "import_state", "find_one", {"_id": akey(U, A)}),
+    Shape(
+        "importer/adapters.py:StateStore.save",
+        IMP,
+        "import_state",
+        "replace_one",
+        {"_id": akey(U, A), "rev": 3},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.get, get_many (one find_one per id)",
+        IMP,
+        "operations",
+        "find_one",
+        {"_id": op_id(U, A, 7)},
+    ),
+    Shape(
+        "importer/handlers.py:Importer (UpdateOne upsert / DeleteOne by _id), Categorizations.apply "
+        "via OperationStore.write; guarded_update with an empty guard",
+        IMP,
+        "operations",
+        "bulk_write",
+        {"_id": op_id(U, A, 7)},
+    ),
+    Shape(
+        "importer/handlers.py:Importer reconcile -> OperationStore.guarded_update (claim)",
+        IMP,
+        "operations",
+        "update_one",
+        {"_id": op_id(U, A, 7), "reconciled_by": {"$in": [None, RUN_REF]}},
+    ),
+    Shape(
+        "importer/handlers.py:Importer unreconcile -> OperationStore.guarded_update (release)",
+        IMP,
+        "operations",
+        "update_one",
+        {"_id": op_id(U, A, 7), "reconciled_by": RUN_REF},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.delete_account",
+        IMP,
+        "operations",
+        "delete_many",
+        {"account_id": account(U, A)},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.page (first page, date range)",
+        IMP,
+        "operations",
+        "find",
+        {
+            "account_id": account(U, A),
+            "user_id": user(U),
+            "date": {"$gte": "2026-01-01", "$lte": "2026-06-30"},
+        },
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.page (next page, $or cursor)",
+        IMP,
+        "operations",
+        "find",
+        {
+            "account_id": account(U, A),
+            "user_id": user(U),
+            "$or": [{"date": {"$lt": day(9)}}, {"date": day(9), "_id": {"$lt": op_id(U, A, 9)}}],
+        },
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.balances",
+        IMP,
+        "operations",
+        "aggregate",
+        {"user_id": user(U), "status": "booked"},
+        pipeline=[
+            {"$match": {"user_id": user(U), "status": "booked"}},
+            {"$group": {"_id": "$account_id", "total": {"$sum": "$cents"}}},
+        ],
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.count (count_documents; no service calls it)",
+        IMP,
+        "operations",
+        "count_documents",
+        {"account_id": account(U, A)},
+        pipeline=[{"$match": {"account_id": account(U, A)}}, {"$group": {"_id": 1, "n": {"$sum": 1}}}],
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.get, mark_announced, add_sources, add_manual, set_fields",
+        IMP,
+        "accounts",
+        "find_one/update_one",
+        {"_id": account(U, A)},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.list_accounts",
+        IMP,
+        "accounts",
+        "find",
+        {"user_id": user(U), "deleted": False},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.revive",
+        IMP,
+        "accounts",
+        "update_one",
+        {"_id": account(U, A), "deleted": True, "generation": 1},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.mark_deleted",
+        IMP,
+        "accounts",
+        "update_one",
+        {"_id": account(U, A), "deleted": False},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.put_details, get_details",
+        IMP,
+        "aggregator_accounts",
+        "replace_one/find_one",
+        {"_id": akey(U, A)},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.ensure_bank",
+        IMP,
+        "banks",
+        "find_one",
+        {"_id": f"{user(U)}:bank-2"},
+    ),
+    Shape("importer/adapters.py:AccountStore.list_banks", IMP, "banks", "find", {"user_id": user(U)}),
+    Shape(
+        "importer/adapters.py:AccountStore.get_link, put_link",
+        IMP,
+        "links",
+        "find_one/replace_one",
+        {"_id": akey(U, A)},
+    ),
+    Shape("importer/adapters.py:AccountStore.list_links", IMP, "links", "find", {"user_id": user(U)}),
+    # -- categorizer: services/categorizer/adapters.py
+    Shape(
+        "categorizer/adapters.py:RuleSetRepository.stored, get, status, correlation_id, reexamination_done",
+        CAT,
+        "categorizer_rulesets",
+        "find_one",
+        {"_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters.py:RuleSetRepository.versions",
+        CAT,
+        "categorizer_rulesets",
+        "find",
+        {"_id": {"$in": [user(U), user(U + 1), user(U + 2)]}},
+    ),
+    Shape(
+        "categorizer/adapters.py:RuleSetRepository.save, reexamination_done (guard on version)",
+        CAT,
+        "categorizer_rulesets",
+        "update_one",
+        {"_id": user(U), "version": 4},
+    ),
+    Shape(
+        "categorizer/adapters.py:RuleSetRepository.reexamination_done (examined_version)",
+        CAT,
+        "categorizer_rulesets",
+        "update_one",
+        {"_id": user(U), "examined_version": {"$lt": 4}},
+    ),
+    Shape(
+        "categorizer/adapters.py:RuleSetRepository.pending_since",
+        CAT,
+        "categorizer_rulesets",
+        "find",
+        {"retro_pending": True, "retro_requested_at": {"$lt": NOW}},
+    ),
+    Shape(
+        "categorizer/adapters.py:OperationsRepository.get, write_seen, set_seen_version, set_manual",
+        CAT,
+        "categorizer_operations",
+        "find_one/update_one",
+        {"_id": f"{user(U)}:{op_id(U, A, 7)}"},
+    ),
+    Shape(
+        "categorizer/adapters.py:OperationsRepository.get_many",
+        CAT,
+        "categorizer_operations",
+        "find",
+        {"_id": {"$in": [f"{user(U)}:{op_id(U, A, n)}" for n in range(5)]}},
+    ),
+    Shape(
+        "categorizer/adapters.py:OperationsRepository.of_user",
+        CAT,
+        "categorizer_operations",
+        "find",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters.py:OperationsRepository.delete",
+        CAT,
+        "categorizer_operations",
+        "delete_many",
+        {"_id": {"$in": [f"{user(U)}:{op_id(U, A, 7)}"]}},
+    ),
+    Shape(
+        "categorizer/adapters.py:OperationsRepository.delete_account",
+        CAT,
+        "categorizer_operations",
+        "delete_many",
+        {"user_id": user(U), "account_id": account(U, A)},
+    ),
+    # -- connector: services/connector/repository.py
+    Shape(
+        "connector/repository.py:aggregator_user, save_aggregator_user",
+        CON,
+        "aggregator_users",
+        "find_one",
+        {"_id": user(U)},
+    ),
+    Shape(
+        "connector/repository.py:connection_for_webhook",
+        CON,
+        "aggregator_users",
+        "find",
+        {"id_user": agg_user(U)},
+    ),
+    Shape(
+        "connector/repository.py:use_activation",
+        CON,
+        "activations",
+        "update_one",
+        {"_id": uuid.UUID(int=U * 2 + 1).hex, "user_id": user(U), "used": False},
+    ),
+    Shape(
+        "connector/repository.py:connection, upsert_connection, set_connection_fields",
+        CON,
+        "connections",
+        "find_one/update_one",
+        {"_id": connection(U)},
+    ),
+    Shape(
+        "connector/repository.py:user_connections",
+        CON,
+        "connections",
+        "find",
+        {"user_id": user(U), "removed": False},
+    ),
+    Shape(
+        "connector/repository.py:user_connections(include_removed=True)",
+        CON,
+        "connections",
+        "find",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "connector/repository.py:set_paused",
+        CON,
+        "connections",
+        "update_many",
+        {"_id": {"$in": [connection(U)]}},
+    ),
+    Shape(
+        "connector/repository.py:users_with_connections",
+        CON,
+        "connections",
+        "distinct",
+        {"removed": False},
+        whole_collection="the nightly run lists every user with a live connection: nearly every row",
+    ),
+    Shape("connector/repository.py:account_states", CON, "account_sync", "find", {"user_id": user(U)}),
+    Shape(
+        "connector/repository.py:account_state, update_account_states",
+        CON,
+        "account_sync",
+        "find_one/bulk_write",
+        {"_id": akey(U, A)},
+    ),
+    Shape(
+        "connector/repository.py:known_fingerprints (up to 64 lines, a find_one each), remember_fingerprints",
+        CON,
+        "seen_transactions",
+        "find_one/bulk_write",
+        {"_id": SEEN_IDS[0]},
+    ),
+    Shape(
+        "connector/repository.py:known_fingerprints (more than 64 lines)",
+        CON,
+        "seen_transactions",
+        "find",
+        {"_id": {"$in": SEEN_IDS}},
+    ),
+    Shape(
+        "connector/repository.py:claim_run (take an expired lease)",
+        CON,
+        "active_runs",
+        "update_one",
+        {"_id": connection(U), "expires_at": {"$lt": NOW}},
+    ),
+    Shape(
+        "connector/repository.py:claim_run (holder)", CON, "active_runs", "find_one", {"_id": connection(U)}
+    ),
+    Shape(
+        "connector/repository.py:active_run",
+        CON,
+        "active_runs",
+        "find_one",
+        {"_id": connection(U), "expires_at": {"$gte": NOW}},
+    ),
+    Shape(
+        "connector/repository.py:extend_run, release_run",
+        CON,
+        "active_runs",
+        "update_one/delete_one",
+        {"_id": connection(U), "run_id": f"run-{U}"},
+    ),
+    Shape(
+        "connector/repository.py:projected_rights",
+        CON,
+        "entitlement_projection",
+        "find_one",
+        {"_id": user(U)},
+    ),
+    Shape(
+        "connector/repository.py:project_rights",
+        CON,
+        "entitlement_projection",
+        "update_one",
+        {"_id": user(U), "version": {"$lt": 4}},
+    ),
+    # -- entitlements: services/entitlements/adapters.py, services/entitlements/handlers.py
+    Shape(
+        "entitlements/adapters.py:get, mark_sent; entitlements/handlers.py (relay)",
+        ENT,
+        "entitlements",
+        "find_one",
+        {"_id": user(U)},
+    ),
+    Shape(
+        "entitlements/adapters.py:save, mark_sent (guard on version)",
+        ENT,
+        "entitlements",
+        "update_one",
+        {"_id": user(U), "version": 3},
+    ),
+    Shape("entitlements/adapters.py:pending", ENT, "entitlements", "find", {"has_outbox": True}),
+    Shape("entitlements/adapters.py:list_history", ENT, "entitlement_history", "find", {"user_id": user(U)}),
+)
+
+
+# ---- the engine ---------------------------------------------------------------------------------------
+
+
+def psql(engines: Engines, sql: str) -> list[list[str]]:
+    """Rows of `sql` on the PostgreSQL behind FerretDB (deploy/local/ferretdb.sh psql), tab-separated."""
+    env = dict(engines.env) if engines.owned else dict(os.environ)
+    done = subprocess.run(
+        [str(DEPLOY / "ferretdb.sh"), "psql", "-tA", "-F", "\t", "-c", sql],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()}")
+    return [line.split("\t") for line in done.stdout.splitlines() if line]
+
+
+@dataclass
+class Store:
+    client: AsyncMongoClient[Doc]
+    databases: dict[str, str]  # service -> MongoDB database (= PostgreSQL schema)
+
+    def db(self, service: str) -> AsyncDatabase[Doc]:
+        return self.client[self.databases[service]]
+
+    def schemas(self) -> str:
+        return ", ".join(f"'{name}'" for name in self.databases.values())
+
+
+async def fill(db: AsyncDatabase[Doc], docs: Mapping[str, list[Doc]], parallel: int = 4) -> None:
+    """`insert_many` in chunks, a few at once (FerretDB encodes each document in Go: it is CPU-bound)."""
+    slots = asyncio.Semaphore(parallel)
+
+    async def insert(name: str, rows: list[Doc]) -> None:
+        async with slots:
+            await db[name].insert_many(rows, ordered=False)
+
+    for name, rows in docs.items():  # one first, so that the collection is created once
+        await insert(name, rows[:1])
+    await asyncio.gather(
+        *(
+            insert(name, rows[start : start + INSERT_CHUNK])
+            for name, rows in docs.items()
+            for start in range(1, len(rows), INSERT_CHUNK)
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+async def store(engines: Engines) -> AsyncIterator[Store]:
+    try:
+        psql(engines, "SELECT 1")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"needs the PostgreSQL behind the local FerretDB (deploy/local/ferretdb.sh psql): {exc}")
+    prefix = f"qplans_{uuid.uuid4().hex[:8]}"
+    databases = {s: f"{prefix}_{s[:3]}" for s in (IMP, CAT, CON, ENT)}
+    client = make_client(engines.mongodb_url)
+    built = Store(client, databases)
+    try:
+        # filled first, then indexed: PostgreSQL builds an index over a full table faster than it grows it
+        # row by row (the `_id` index, made with each collection, is the exception)
+        await asyncio.gather(
+            fill(built.db(IMP), importer_docs()),
+            fill(built.db(CAT), categorizer_docs()),
+            fill(built.db(CON), connector_docs()),
+            fill(built.db(ENT), entitlements_docs()),
+        )
+        # the services' own index definitions, as their apps create them at start-up
+        await OperationStore(built.db(IMP)).create_indexes()
+        await AccountStore(built.db(IMP)).create_indexes()
+        await RuleSetRepository(built.db(CAT)).create_indexes()
+        await OperationsRepository(built.db(CAT)).create_indexes()
+        await ConnectorRepository(built.db(CON)).create_indexes()
+        await EntitlementsRepository(built.db(ENT)).create_indexes()
+        tables = psql(
+            engines,
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+            f"WHERE schemaname IN ({built.schemas()}) AND tablename <> '_ferretdb_database_metadata'",
+        )
+        psql(engines, "ANALYZE " + ", ".join(row[0] for row in tables))
+        yield built
+    finally:
+        for name in databases.values():
+            await client.drop_database(name)
+        await client.close()
+
+
+async def collection_tables(engines: Engines, store: Store) -> dict[tuple[str, str], str]:
+    """(schema, PostgreSQL table) -> collection, from FerretDB's own metadata table."""
+    found: dict[tuple[str, str], str] = {}
+    for schema in store.databases.values():
+        for name, table in psql(
+            engines, f"SELECT _jsonb->>'_id', _jsonb->>'table' FROM {schema}._ferretdb_database_metadata"
+        ):
+            found[(schema, table)] = name
+    return found
+
+
+# ---- reading a plan -----------------------------------------------------------------------------------
+
+
+def plan_nodes(node: Any) -> Iterator[Doc]:
+    if isinstance(node, dict):
+        if "Node Type" in node:
+            yield node
+        for value in node.values():
+            yield from plan_nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from plan_nodes(value)
+
+
+def describe(nodes: list[Doc]) -> str:
+    parts = []
+    for node in nodes:
+        what = node["Node Type"]
+        if "Index Name" in node:
+            what += f" {node['Index Name']}"
+        if node["Node Type"] == "Seq Scan":
+            what += f" {node.get('Relation Name')} (~{node.get('Plan Rows', 0):.0f} rows)"
+        parts.append(what)
+    return " > ".join(parts)
+
+
+def brief(filter_: Doc, width: int = 160) -> str:
+    text = json.dumps(filter_, default=str)
+    return text if len(text) <= width else text[: width - 5] + " ...}"
+
+
+async def explain(store: Store, shape: Shape) -> Doc:
+    db = store.db(shape.service)
+    if shape.pipeline is not None:
+        command: Doc = {"aggregate": shape.collection, "pipeline": shape.pipeline, "cursor": {}}
+    else:
+        command = {"find": shape.collection, "filter": shape.filter}
+    answer: Doc = await db.command("explain", command)
+    return answer
+
+
+# ---- the tests ----------------------------------------------------------------------------------------
+
+
+def test_every_collection_of_a_shape_is_filled() -> None:
+    """A shape names a collection this module fills, with enough rows to make a scan mean something."""
+    filled = {
+        IMP: importer_docs,
+        CAT: categorizer_docs,
+        CON: connector_docs,
+        ENT: entitlements_docs,
+    }
+    sizes: dict[tuple[str, str], int] = {}
+    for service, make in filled.items():
+        sizes.update(((service, name), len(rows)) for name, rows in make().items())
+    for shape in SHAPES:
+        assert sizes.get((shape.service, shape.collection), 0) >= MIN_ROWS, shape.name
+    assert sizes[(IMP, "operations")] == OPERATIONS == 50_000
+
+
+async def test_the_planner_sees_real_sizes_and_the_detector_sees_scans(
+    engines: Engines, store: Store
+) -> None:
+    """Controls: ANALYZE gave every table its real size; a filter with nothing pushed down is a Seq Scan
+    and an `_id` equality is an index scan, so the verdicts below are the planner's, not an artefact."""
+    rows = psql(
+        engines,
+        "SELECT n.nspname, c.relname, c.reltuples::bigint FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind = 'r' AND n.nspname IN ({store.schemas()}) "
+        "AND c.relname <> '_ferretdb_database_metadata'",
+    )
+    tables = await collection_tables(engines, store)
+    sizes = {tables[(schema, table)]: int(tuples) for schema, table, tuples in rows}
+    assert sizes["operations"] >= OPERATIONS * 0.9, sizes
+    assert all(n >= MIN_ROWS * 0.9 for n in sizes.values()), sizes
+
+    scan = await explain(store, Shape("control", IMP, "operations", "find", {"cents": {"$gt": 0}}))
+    assert not scan["filterPushdown"]
+    assert [n["Node Type"] for n in plan_nodes(scan["queryPlanner"])] == ["Seq Scan"]
+    point = await explain(store, Shape("control", IMP, "operations", "find", {"_id": op_id(U, A, 7)}))
+    assert point["filterPushdown"]
+    assert "Seq Scan" not in {n["Node Type"] for n in plan_nodes(point["queryPlanner"])}
+
+
+async def test_every_index_column_has_its_gin_twin(engines: Engines, store: Store) -> None:
+    """ferretdb-gin.sql: each column of each btree index FerretDB made (`_id` and compound ones included)
+    has a GIN jsonb_path_ops index on the same expression, the only kind that serves FerretDB's `@>`."""
+    rows = psql(
+        engines,
+        f"""
+        SELECT n.nspname, t.relname, c.relname, k, pg_get_indexdef(i.indexrelid, k, false),
+               EXISTS (
+                 SELECT 1 FROM pg_index g
+                   JOIN pg_class gc ON gc.oid = g.indexrelid
+                   JOIN pg_am gam ON gam.oid = gc.relam
+                  WHERE g.indrelid = i.indrelid AND gam.amname = 'gin' AND g.indnatts = 1
+                    AND pg_get_indexdef(g.indexrelid, 1, false) = pg_get_indexdef(i.indexrelid, k, false)
+                    AND pg_get_indexdef(g.indexrelid) LIKE '%jsonb_path_ops%'
+               )
+          FROM pg_index i
+          JOIN pg_class c ON c.oid = i.indexrelid
+          JOIN pg_am am ON am.oid = c.relam
+          JOIN pg_class t ON t.oid = i.indrelid
+          JOIN pg_namespace n ON n.oid = t.relnamespace
+          CROSS JOIN LATERAL generate_series(1, i.indnatts) AS k
+         WHERE am.amname = 'btree' AND n.nspname IN ({store.schemas()})
+           AND t.relname <> '_ferretdb_database_metadata'
+        """,
+    )
+    tables = await collection_tables(engines, store)
+    columns = [
+        (tables[(schema, table)], index, int(k), expr, twin == "t")
+        for schema, table, index, k, expr, twin in rows
+    ]
+    missing = [f"{coll} {index} column {k}: {expr}" for coll, index, k, expr, twin in columns if not twin]
+    assert not missing, "btree index columns without a GIN jsonb_path_ops twin:\n" + "\n".join(missing)
+    # the ones this check must have seen: an `_id` index per collection, and compound indexes column by column
+    seen = {(coll, expr) for coll, _, _, expr, _ in columns}
+    for coll in {shape.collection for shape in SHAPES}:
+        assert (coll, "((_jsonb -> '_id'::text))") in seen, coll
+    for coll, field in [
+        ("operations", "account_id"),
+        ("operations", "date"),
+        ("categorizer_operations", "account_id"),
+        ("entitlement_history", "version"),
+    ]:
+        assert (coll, f"((_jsonb -> '{field}'::text))") in seen, (coll, field)
+
+
+async def test_every_query_shape_is_served_by_an_index(store: Store) -> None:
+    report: list[str] = []
+    scans: list[str] = []
+    for shape in SHAPES:
+        answer = await explain(store, shape)
+        nodes = list(plan_nodes(answer["queryPlanner"]))
+        seq = [n for n in nodes if n["Node Type"] == "Seq Scan"]
+        verdict = "index"
+        if seq and shape.whole_collection:
+            verdict = f"seq scan, by design ({shape.whole_collection})"
+        elif seq:
+            verdict = "SEQ SCAN"
+            scans.append(
+                f"{shape.source}\n    {shape.op} on {shape.collection}: {brief(shape.filter)}"
+                f"\n    pushed down: {answer.get('filterPushdown')}; plan: {describe(nodes)}"
+            )
+        report.append(f"{verdict:<9} {shape.name}: {describe(nodes)}")
+    print("\n".join(report))
+    assert not scans, (
+        f"{len(scans)} of {len(SHAPES)} query shapes read their whole collection:\n" + "\n".join(scans)
+    )
