@@ -62,7 +62,6 @@ start_postgres() {
 # banksync: a private cluster behind FerretDB, on loopback only
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
-max_connections = $((FERRETDB_POOL_MAX_CONNS + 80))
 shared_buffers = 256MB
 work_mem = 16MB
 maintenance_work_mem = 128MB
@@ -75,7 +74,7 @@ log_min_duration_statement = -1
 CONF
   fi
   port_in_use "$FERRETDB_PG_PORT" && { say "ERROR: port $FERRETDB_PG_PORT is taken; set FERRETDB_PG_PORT"; exit 1; }
-  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 -o "-p $FERRETDB_PG_PORT" start >/dev/null \
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 -o "-p $FERRETDB_PG_PORT -c max_connections=$((FERRETDB_POOL_MAX_CONNS + 80))" start >/dev/null \
     || die_with_log "PostgreSQL did not start" "$PG_LOG"
   if [ "$(pg_sql postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != "1" ]; then
     pg_sql postgres -c "CREATE DATABASE $PG_DB ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"

@@ -25,8 +25,8 @@ FERRETDB_PG_PORT="${FERRETDB_PG_PORT:-54329}"
 # FerretDB v1.24 keeps one pooled connection per statement of an update or delete command until the
 # command ends (its handler defers each statement's close to the end of the loop): a command with more
 # statements than the pool, or several at once, wait for each other for ever and block every database.
-# Hence a large pool, and at most shared.bulk.DEFAULT_CHUNK (50) statements per command.
-FERRETDB_POOL_MAX_CONNS="${FERRETDB_POOL_MAX_CONNS:-400}"
+# Hence a large pool, and (shared.bulk) commands of at most 50 statements, at most 3 at once per process.
+FERRETDB_POOL_MAX_CONNS="${FERRETDB_POOL_MAX_CONNS:-800}"
 
 say() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 

@@ -6,16 +6,17 @@ with compare-and-set on that version. The same write marks a re-examination of p
 pending, which a crash cannot lose (a background scan picks it up), and keeps a snapshot of the
 payees of every version since the last completed re-examination (`examined_version`): the
 re-examination compares what those rules and today's rules say of each operation, so it never
-writes per operation (FerretDB v1 does about a hundred single-document updates a second; an
+writes per operation (the local engine does a few hundred single-document updates a second; an
 `insert_many` of thousands of documents takes a fraction of a second).
 
 The projection (`categorizer_operations`) is what this service knows of each operation: memo,
 label, account, the rules version it was categorised with (`seen_version`) and that result, and the
-user's manual choice when there is one. Operators used here were checked against FerretDB v1
-(`$set`/`$setOnInsert` with scalars, `$in`, `$lt`, unordered `insert_many` and bulk upserts, which go
-in small commands: see shared.bulk). FerretDB v1 also loses one of two concurrent updates of the same
-document (it applies each to the document as its query read it): the handlers never run two at once
-on one document in a process (see CategorizerHandlers).
+user's manual choice when there is one. Every read is an equality on `_id` or on indexed fields
+(FerretDB serves those from an index and scans the collection for `$in`: see shared.mongo.find_by_ids);
+writes are unordered `insert_many` and bulk updates in small commands (see shared.bulk). FerretDB
+v1 also loses one of two concurrent updates of the same document (it applies each to the document
+as its query read it): the handlers never run two at once on one document in a process (see
+CategorizerHandlers).
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, DeleteOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.categorizer.domain import Categorization, Payee, RuleSet, UserCategory
 from shared.bulk import bulk_write_chunked
-from shared.mongo import DUPLICATE_KEY
+from shared.mongo import DUPLICATE_KEY, find_by_ids
 
 Doc = dict[str, Any]
 
@@ -147,15 +148,10 @@ class RuleSetRepository:
         return (await self.stored(user_id)).ruleset
 
     async def versions(self, user_ids: Iterable[str]) -> dict[str, int]:
-        """The current version of each user's rules (0 for a user without any), in one read."""
+        """The current version of each user's rules (0 for a user without any)."""
         wanted = list(set(user_ids))
-        if not wanted:
-            return {}
-        found = {
-            doc["_id"]: int(doc["version"])
-            async for doc in self.rulesets.find({"_id": {"$in": wanted}}, {"version": 1})
-        }
-        return {user: found.get(user, 0) for user in wanted}
+        found = await find_by_ids(self.rulesets, wanted)
+        return {user: int(found[user]["version"]) if user in found else 0 for user in wanted}
 
     async def save(
         self, before: StoredRules, after: RuleSet, at: datetime, correlation_id: str, *, reexamine: bool
@@ -267,11 +263,16 @@ class OperationsRepository:
         doc = await self.operations.find_one({"_id": operation_key(user_id, operation_id)})
         return None if doc is None else Projected.of(doc)
 
-    async def get_many(self, keys: Sequence[str]) -> dict[str, Projected]:
-        if not keys:
-            return {}
-        cursor = self.operations.find({"_id": {"$in": list(set(keys))}})
-        return {doc["_id"]: Projected.of(doc) async for doc in cursor}
+    async def get_many(self, operations: Iterable[tuple[str, str, str]]) -> dict[str, Projected]:
+        """(user, account, operation) → the projected operation, by key; one read per account."""
+        by_account: dict[tuple[str, str], list[str]] = {}
+        for user_id, account_id, operation_id in operations:
+            by_account.setdefault((user_id, account_id), []).append(operation_key(user_id, operation_id))
+        found: dict[str, Projected] = {}
+        for (user_id, account_id), keys in by_account.items():
+            docs = await find_by_ids(self.operations, keys, {"user_id": user_id, "account_id": account_id})
+            found.update((key, Projected.of(doc)) for key, doc in docs.items())
+        return found
 
     async def write_seen(self, seen: Sequence[Seen], known: set[str], at: datetime) -> None:
         """New operations in one `insert_many`; known ones (or ones another writer inserted meanwhile)
@@ -325,10 +326,9 @@ class OperationsRepository:
             yield Projected.of(doc)
 
     async def delete(self, user_id: str, operation_ids: Sequence[str]) -> None:
-        if operation_ids:
-            await self.operations.delete_many(
-                {"_id": {"$in": [operation_key(user_id, op) for op in operation_ids]}}
-            )
+        await bulk_write_chunked(
+            self.operations, [DeleteOne({"_id": operation_key(user_id, op)}) for op in operation_ids]
+        )
 
     async def delete_account(self, user_id: str, account_id: str) -> int:
         result = await self.operations.delete_many({"user_id": user_id, "account_id": account_id})

@@ -273,7 +273,7 @@ class CategorizerHandlers:
             return
         events = [(incoming, _operation_event(incoming)) for incoming in group]
         existing = await self.operations.get_many(
-            [operation_key(e.user_id, e.operation.id) for _, e in events]
+            (e.user_id, e.operation.account_id, e.operation.id) for _, e in events
         )
         users = {e.user_id for _, e in events}
         rules = {

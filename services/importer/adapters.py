@@ -1,11 +1,11 @@
-"""MongoDB storage of the importer, shaped for what FerretDB v1 does fast and safely.
+"""MongoDB storage of the importer, shaped for what the local engine (FerretDB v1 on PostgreSQL) does
+fast and safely, which is also what MongoDB does well.
 
-FerretDB v1 (SQLite) pushes an exact `_id` filter down to SQLite (for string ids still a pass over
-the table, so its cost grows with the collection) but decodes and filters every document for any other
-filter, commits each updated document on its own (about 10 ms each here) while an `insert_many` is
-one commit, and wedges on an update command of more than 100 matching statements. So the hot path
-only ever reads and writes by `_id`, inserts new documents in bulk, and updates one document per
-changed fact, a few dozen per command:
+FerretDB serves an equality on `_id` or on an indexed field from an index (deploy/local/ferretdb-gin.sql),
+evaluates every other operator (`$in`, `$or`, ranges, sorts) on what that returns, inserts in bulk fast,
+applies each update statement by reading the document and writing it back, and cannot take update
+commands of many statements (see shared.bulk). So the hot path reads by `_id` or by account, inserts
+new documents in bulk and sends updates in small commands:
 
 - `import_state`: one document per aggregator account (`_id` = `<user>:<aggregator account>`): every
   line's identity, version and role, compressed into one binary field, with a revision number. It is
@@ -15,8 +15,7 @@ changed fact, a few dozen per command:
   bank lines), with the categorizer's payee and category.
 - `accounts` (with the manual operations reconcile mode may match), `banks`, `links`.
 
-Filters other than `_id` (listing a user's accounts, a page of operations, deleting an account's
-operations) are API or ops paths: indexed on MongoDB, scanned on FerretDB.
+A page of operations is read by account (an index) and ordered and cut by the engine after it.
 """
 
 from __future__ import annotations
@@ -37,16 +36,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.importer.domain import AccountLines, ImportMode, Line
-from shared.mongo import DUPLICATE_KEY
+from shared.bulk import bulk_write_chunked
+from shared.mongo import DUPLICATE_KEY, find_by_ids
 from shared.schemas import Operation
 
 Doc = dict[str, Any]
 
 STATE_FORMAT = 1
-# FerretDB v1.24 never completes an `update` command with more than 100 statements that match
-# documents (each holds one of its 100 pooled SQLite connections) and wedges that database until it
-# restarts (measured by bench/mongo_rates.py): updates and deletes go at most this many per command.
-WRITE_BATCH = 50
 _PENDING, _REMOVED, _WAS_PENDING = 1, 2, 4
 
 
@@ -219,15 +215,10 @@ class OperationStore:
         await self.coll.create_index(
             [("account_id", ASCENDING), ("date", DESCENDING), ("_id", DESCENDING)], name="account_date"
         )
+        await self.coll.create_index([("user_id", ASCENDING)], name="by_user")
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, Doc]:
-        """By `_id` one at a time: on FerretDB each is pushed down to SQLite, `$in` would not be."""
-        found: dict[str, Doc] = {}
-        for op_id in dict.fromkeys(ids):
-            doc = await self.coll.find_one({"_id": op_id})
-            if doc is not None:
-                found[op_id] = doc
-        return found
+        return await find_by_ids(self.coll, ids)
 
     async def get(self, op_id: str) -> Doc | None:
         return await self.coll.find_one({"_id": op_id})
@@ -245,10 +236,9 @@ class OperationStore:
             return int(exc.details.get("nInserted", 0))
         return result.inserted_count
 
-    async def write(self, requests: Sequence[UpdateOne | DeleteOne]) -> None:
-        """In order, at most `WRITE_BATCH` statements per command (see the module docstring)."""
-        for start in range(0, len(requests), WRITE_BATCH):
-            await self.coll.bulk_write(list(requests[start : start + WRITE_BATCH]), ordered=True)
+    async def write(self, requests: Sequence[UpdateOne | DeleteOne]) -> int:
+        """In order, in small commands (shared.bulk); returns how many documents matched."""
+        return await bulk_write_chunked(self.coll, requests, ordered=True)
 
     async def guarded_update(self, op_id: str, guard: Doc, update: Doc) -> bool:
         result = await self.coll.update_one({"_id": op_id, **guard}, update)

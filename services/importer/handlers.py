@@ -614,44 +614,49 @@ class Importer:
 class Categorizations:
     """Stores the categorizer's payee and category on operations; never over the user's own choice.
 
-    The guard (the operation is the user's; a rule result never replaces the user's choice, nor the
-    result of a newer rule set) is checked on each operation as read by `_id`, and the write names it
-    by `_id` alone: FerretDB v1 pushes a filter that is exactly `{_id}` down to SQLite but decodes
-    and filters every document for `_id` plus anything else, so with the guard in the filter storing
-    one import's categorisations was quadratic (measured here: about a second per operation with
-    2,800 operations in the collection, against 0.1 s by `_id` alone). Reading, deciding and writing
-    happen under this process's per-operation locks, and the categorisations of one operation come
-    in order on one partition (key `<user>:<account>`), so nothing else writes them in between (only
-    a consumer that lost its partitions and still runs could; on FerretDB the filter guard did not
-    protect against concurrent writers either, as FerretDB v1 updates the document as it read it).
-    A categorisation already stored, exactly, is not written again (redeliveries, replays).
+    The rule is in each write's filter, so it holds on MongoDB whoever writes: the operation is the
+    user's, a rule result never replaces the user's choice (`cat_src` manual) nor the result of a
+    newer rule set (`cat_rv`), and a categorisation already stored exactly is not written again
+    (redeliveries, replays). Nothing is read first: one batch is one set of guarded updates per
+    account, accounts side by side, an account's in order (a later result for the same operation
+    sees the earlier one). The local engine evaluates everything but the `_id` in Go on the one
+    document the index gives, and applies an update by reading and writing the document back, so
+    two writers of one document can lose one's change there: the categorisations of one account come
+    in order on one partition, and within a process the importer's intake and this write-back take
+    the same per-operation locks (a FerretDB-only precaution; MongoDB applies each `$set` atomically).
     """
 
-    def __init__(self, operations: OperationStore, op_locks: KeyLocks) -> None:
+    def __init__(self, operations: OperationStore, op_locks: KeyLocks, concurrency: int = 4) -> None:
         self.operations = operations
         self.op_locks = op_locks
+        self._concurrency = asyncio.Semaphore(concurrency)
 
-    async def apply(self, items: Sequence[OperationCategorized]) -> None:
+    async def apply(self, items: Sequence[OperationCategorized]) -> int:
+        """Returns how many operations were written."""
         now = dt.datetime.now(dt.UTC)
+        by_account: dict[tuple[str, str], list[UpdateOne | DeleteOne]] = {}
+        for item in items:
+            fields = categorization_fields(item)
+            by_account.setdefault((item.user_id, item.account_id), []).append(
+                UpdateOne(categorization_guard(item, fields), {"$set": {**fields, "categorized_at": now}})
+            )
+
+        async def write(requests: list[UpdateOne | DeleteOne]) -> int:
+            async with self._concurrency:
+                return await self.operations.write(requests)
+
         async with self.op_locks.hold(*(item.operation_id for item in items)):
-            current = await self.operations.get_many(item.operation_id for item in items)
-            requests: list[UpdateOne | DeleteOne] = []
-            for item in items:  # in order: a later result for the same operation sees the earlier one
-                doc = current.get(item.operation_id)
-                if doc is None or doc.get("user_id") != item.user_id:
-                    continue
-                if item.source != "manual" and (
-                    doc.get("cat_src") == "manual" or int(doc.get("cat_rv", -1)) > item.rules_version
-                ):
-                    continue  # a rule result never replaces the user's choice, nor a newer rule set's
-                fields = categorization_fields(item)
-                if all(doc.get(k) == v for k, v in fields.items()):
-                    continue
-                requests.append(
-                    UpdateOne({"_id": item.operation_id}, {"$set": {**fields, "categorized_at": now}})
-                )
-                current[item.operation_id] = {**doc, **fields}
-            await self.operations.write(requests)
+            written = await asyncio.gather(*(write(requests) for requests in by_account.values()))
+        return sum(written)
+
+
+def categorization_guard(item: OperationCategorized, fields: Doc) -> Doc:
+    """The filter of one categorisation's write: which operation, and when it may be written."""
+    guard: Doc = {"_id": item.operation_id, "user_id": item.user_id, "$nor": [fields]}
+    if item.source != "manual":
+        guard["cat_src"] = {"$ne": "manual"}
+        guard["cat_rv"] = {"$lte": item.rules_version}
+    return guard
 
 
 def categorization_fields(item: OperationCategorized) -> Doc:
