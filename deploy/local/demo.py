@@ -144,7 +144,18 @@ def summary(console: Console, result: JourneyResult, endpoints: Endpoints) -> No
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--user", default=os.environ.get("DEMO_USER"), help="user id (default: a new one)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="longest wait of one step, seconds")
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=float(os.environ.get("DEMO_STALL_S", "90")),
+        help="a wait fails when what it watches has not moved for this long, seconds (DEMO_STALL_S)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("DEMO_TIMEOUT_S", "1200")),
+        help="absolute cap of one wait even while it moves, seconds (DEMO_TIMEOUT_S)",
+    )
     args = parser.parse_args(argv)
     console = Console()
     endpoints = endpoints_from_env()
@@ -154,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ServiceSettings().banksync_jwt_secret.get_secret_value(),
         reporter,
         user_id=args.user,
-        timeout_s=args.timeout,
+        stall_s=args.stall,
+        cap_s=args.timeout,
     )
     console.print(f"[bold]Budgetfacile banksync[/]: the user journey, as user [bold]{journey.user_id}[/]")
     try:

@@ -32,6 +32,7 @@ from shared.devstack import WebviewForm
 
 Json = dict[str, Any]
 T = TypeVar("T")
+_NOTHING = object()  # what a wait has "seen move" before its first answer
 
 CENT = Decimal("0.01")
 # the importer's `reconcile` mode matches a manual operation at most this many days from the bank line
@@ -50,6 +51,23 @@ CORRECTION: tuple[str, str, str] = ("COIFFEUR L ATELIER", "Coiffeur L'Atelier", 
 
 class JourneyError(RuntimeError):
     """The stack did not answer or behave as the journey needs (the message says what it saw)."""
+
+
+class CallFailed(JourneyError):
+    """One HTTP call failed: `status` is the answer's status code, None when no answer came."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """No answer (timeout, connection refused or reset) or a 5xx: worth asking again."""
+        return self.status is None or self.status >= 500
+
+
+class Stalled(JourneyError):
+    """A wait saw nothing move for its stall window, or reached its absolute cap."""
 
 
 # ---- what it talks to and how it tells ----------------------------------------------------------------
@@ -201,6 +219,8 @@ class JourneyResult:
     user_id: str
     checks: list[Check] = field(default_factory=list)
     timings: list[tuple[str, float]] = field(default_factory=list)
+    # every wait: what, how long it took, the longest it saw nothing move (seconds)
+    waits: list[tuple[str, float, float]] = field(default_factory=list)
     refusal_status: int = 0
     refusal_content_type: str = ""
     refusal: Json = field(default_factory=dict)
@@ -280,19 +300,18 @@ class Journey:
         reporter: Reporter | None = None,
         *,
         user_id: str | None = None,
-        timeout_s: float = 300.0,
-        settle_s: float = 30.0,
-        poll_s: float = 1.0,
-        heavy_poll_s: float = 8.0,
+        stall_s: float = 90.0,
+        cap_s: float = 1200.0,
+        poll_s: float = 0.5,
     ) -> None:
         self.endpoints = endpoints
         self.reporter = reporter or PlainReporter()
         self.user_id = user_id or f"demo-{uuid.uuid4().hex[:8]}"
-        self.timeout_s = timeout_s
-        self.settle_s = settle_s
+        # every wait is on progress: it fails when what it watches has not moved for `stall_s`, and
+        # whatever moves, after `cap_s` (so nothing hangs); it polls every `poll_s` or more (see _wait)
+        self.stall_s = stall_s
+        self.cap_s = cap_s
         self.poll_s = poll_s
-        # reading every operation is a collection scan per page on FerretDB: not every second
-        self.heavy_poll_s = heavy_poll_s
         self.result = JourneyResult(self.user_id)
         user_token = issue_token(jwt_secret, self.user_id, ttl_s=3 * 3600)
         ops_token = issue_token(jwt_secret, "journey-ops", scopes="ops", ttl_s=3 * 3600)
@@ -350,10 +369,11 @@ class Journey:
         try:
             answer = api.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise JourneyError(f"{method} {api.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+            raise CallFailed(f"{method} {api.base_url}{path}: {type(exc).__name__}: {exc}", None) from exc
         if answer.status_code not in expect:
-            raise JourneyError(
-                f"{method} {api.base_url}{path} answered {answer.status_code}: {answer.text[:500]}"
+            raise CallFailed(
+                f"{method} {api.base_url}{path} answered {answer.status_code}: {answer.text[:500]}",
+                answer.status_code,
             )
         return answer
 
@@ -368,38 +388,80 @@ class Journey:
         probe: Callable[[], T],
         done: Callable[[T], bool],
         *,
+        measure: Callable[[T], object] | None = None,
         progress: Callable[[T], tuple[int, int | None]] | None = None,
-        settle: bool = False,
-        timeout_s: float | None = None,
-        describe: Callable[[T], str] = repr,
-        every_s: float | None = None,
+        describe: Callable[[T], str] | None = None,
+        judge_stall: bool = False,
     ) -> T:
-        """Polls `probe` until `done`, every `poll_s` at first, then less and less often (up to
-        `every_s`); with `settle`, also stops once the value has not changed for `settle_s` (the
-        caller then reports what it found instead of waiting for ever)."""
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        last_change = time.monotonic()
-        previous: object = object()
-        pause = self.poll_s
+        """Polls `probe` until `done(value)` and returns that value: a wait on progress, not on a clock.
+
+        `measure(value)` is what counts as progress (default: the value itself); the wait gives up only
+        when it has not moved for `stall_s`, or, however it moves, after `cap_s`. Giving up raises
+        `Stalled` saying what it waited for, the last value seen (`describe`, else `progress`, else
+        repr) and how long nothing had moved; with `judge_stall` it reports that and returns the last
+        value instead, so the caller's check judges it (and fails) and the journey goes on. A probe that
+        fails for a transient reason (no answer, 5xx) counts as no movement. Between polls: `poll_s`,
+        or twice what the probe took when longer (reading every operation loads the engine), at most 5 s.
+        """
+        started = last_move = time.monotonic()
+        seen: list[T] = []
+        moved: object = _NOTHING
+        error: CallFailed | None = None
+        longest_still = 0.0
         while True:
-            value = probe()
-            if progress is not None:
-                finished, total = progress(value)
-                self.reporter.progress(what, finished, total)
-            if done(value):
-                return value
+            asked = time.monotonic()
+            try:
+                value = probe()
+            except CallFailed as exc:
+                if not exc.transient:
+                    raise
+                error = exc
+            else:
+                error = None
+                seen[:] = [value]
+                if progress is not None:
+                    finished, total = progress(value)
+                    self.reporter.progress(what, finished, total)
+                if done(value):
+                    now = time.monotonic()
+                    self.result.waits.append((what, now - started, max(longest_still, now - last_move)))
+                    return value
+                now_moved = measure(value) if measure is not None else value
+                if now_moved != moved:
+                    moved, last_move = now_moved, time.monotonic()
             now = time.monotonic()
-            if value != previous:
-                previous, last_change = value, now
-            elif settle and now - last_change >= self.settle_s:
-                return value
-            if now >= deadline:
-                raise JourneyError(
-                    f"{what}: not reached in {timeout_s or self.timeout_s:.0f} s; "
-                    f"last: {describe(value)[:1500]}"
+            still, elapsed = now - last_move, now - started
+            longest_still = max(longest_still, still)
+            if still >= self.stall_s or elapsed >= self.cap_s:
+                shown = self._shown(seen[0], progress, describe) if seen else "no answer yet"
+                why = (
+                    f"nothing moved for {still:.0f} s (stall window {self.stall_s:.0f} s)"
+                    if still >= self.stall_s
+                    else f"it moved {still:.0f} s ago, but the absolute cap of {self.cap_s:.0f} s is reached"
                 )
-            time.sleep(pause)
-            pause = min(pause * 1.5, every_s or self.poll_s)
+                message = f"{what}: not done after {elapsed:.0f} s, {why}; last seen: {shown[:1500]}" + (
+                    f"; last probe failed: {error}" if error is not None else ""
+                )
+                self.result.waits.append((what, elapsed, longest_still))
+                if not judge_stall or not seen:
+                    raise Stalled(message)
+                self.reporter.detail(f"gave up waiting: {message}")
+                return seen[0]
+            took = time.monotonic() - asked
+            time.sleep(min(max(self.poll_s, 2 * took), max(self.poll_s, 5.0)))
+
+    @staticmethod
+    def _shown(
+        value: T,
+        progress: Callable[[T], tuple[int, int | None]] | None,
+        describe: Callable[[T], str] | None,
+    ) -> str:
+        if describe is not None:
+            return describe(value)
+        if progress is not None:
+            finished, total = progress(value)
+            return f"{finished} of {total}" if total is not None else str(finished)
+        return repr(value)
 
     # -- reading the stack
 
@@ -490,9 +552,10 @@ class Journey:
             what,
             probe,
             lambda all_ops: agreeing(all_ops) == len(expected),
+            # progress: operations as today's rules say (and how many there are)
+            measure=lambda all_ops: (agreeing(all_ops), sum(len(ops) for ops in all_ops.values())),
             progress=lambda all_ops: (agreeing(all_ops), len(expected)),
-            settle=True,
-            every_s=self.heavy_poll_s,
+            judge_stall=True,
             describe=lambda all_ops: self._disagreements(expected, all_ops),
         )
         agree = agreeing(found)
@@ -755,7 +818,7 @@ class Journey:
             self.sync_status,
             lambda s: fetched(s) == len(wanted) or any(x["state"] in ("error", "action_needed") for x in s),
             progress=lambda s: (fetched(s), len(wanted)),
-        )
+        )  # progress: any change of the accounts' status (a run started or finished, a state)
         r.sync_status = status
         lines = sum(s["last_run"]["transactions"] for s in status if s["last_run"])
         self.reporter.detail(f"the connector fetched {lines} bank lines from {len(status)} accounts")
@@ -768,15 +831,16 @@ class Journey:
         def imported() -> tuple[dict[str, int], dict[str, int]]:
             self._map_app_accounts()
             expected = self._expected_counts()
-            return {k: len(self.operations(k)) if self._all_mapped() else 0 for k in expected}, expected
+            # an app account not created yet ("?" + its bank account) has none; the others count already
+            return {k: 0 if k.startswith("?") else len(self.operations(k)) for k in expected}, expected
 
         counts, expected = self._wait(
             "operations imported",
             imported,
             lambda c: self._all_mapped() and c[0] == c[1],
+            measure=lambda c: c[0],  # progress: app accounts created, operations imported into each
             progress=lambda c: (sum(c[0].values()), sum(c[1].values())),
-            settle=True,
-            every_s=self.heavy_poll_s,
+            judge_stall=True,
         )
         total = sum(expected.values())
         live = sum(c.bank_lines for c in r.chosen)
@@ -1031,7 +1095,7 @@ class Journey:
             self.sync_status,
             lambda s: bool(s) and finished(s) == len(s),
             progress=lambda s: (finished(s), len(s)),
-        )
+        )  # progress: any change of the accounts' status (the run's state per account)
         changed = sum(s["last_run"]["transactions"] for s in status)
         self.reporter.detail(f"sync {outcome.sync_run_id[:8]}…: {changed} new or changed bank lines")
 
@@ -1043,9 +1107,9 @@ class Journey:
             "the booking reaches the operation",
             lambda: self.operations(chosen.app_account_id or ""),
             booked_op,
-            settle=True,
-            every_s=self.heavy_poll_s,
-        )
+            judge_stall=True,
+            describe=lambda ops: f"{len(ops)} operations, the pending one: {ops.get(outcome.before['id'])!r}",
+        )  # progress: any change of the account's operations
         outcome.after = after.get(outcome.before["id"])
         outcome.operations_after = len(after)
         txids = Counter(op["aggregator_transaction_id"] for op in after.values())
@@ -1105,6 +1169,8 @@ class Journey:
             "replaying the account from banksync.transactions.raw.v1",
             lambda: self._json(self.importer_ops, "GET", f"/v1/ops/replays/{replay_id}"),
             lambda view: view["status"] != "running",
+            # progress: the replay's status and the records of the partition it has read
+            measure=lambda view: (view["status"], view.get("processed"), view.get("total")),
             progress=lambda view: (int(view.get("processed") or 0), view.get("total")),
         )
         result = outcome.replay.get("result") or {}
@@ -1119,19 +1185,25 @@ class Journey:
         def restored() -> dict[str, Json]:
             try:
                 return self.operations(outcome.account_id)
-            except JourneyError:
-                return {}
+            except CallFailed as exc:
+                if exc.status == 404:  # the account is not back yet
+                    return {}
+                raise
+
+        def same_as_before(ops: dict[str, Json]) -> int:
+            return sum(1 for k, op in ops.items() if outcome.before.get(k) == op)
 
         outcome.after = self._wait(
             "operations back, categorised with today's rules",
             restored,
             lambda ops: ops == outcome.before,
-            progress=lambda ops: (
-                sum(1 for k, op in ops.items() if outcome.before.get(k) == op),
-                len(outcome.before),
+            # progress: operations back, and how many are exactly as before (payee and category too)
+            measure=lambda ops: (len(ops), same_as_before(ops)),
+            progress=lambda ops: (same_as_before(ops), len(outcome.before)),
+            judge_stall=True,
+            describe=lambda ops: (
+                f"{len(ops)} operations back, {same_as_before(ops)} of {len(outcome.before)} as before"
             ),
-            settle=True,
-            every_s=self.heavy_poll_s,
         )
         outcome.account_after = next(
             (a for a in self.app_accounts() if a["account_id"] == outcome.account_id), None
@@ -1158,7 +1230,7 @@ class Journey:
             self.sync_status,
             lambda s: bool(s) and all(x["state"] == "paused" for x in s),
             progress=lambda s: (sum(1 for x in s if x["state"] == "paused"), len(s)),
-        )
+        )  # progress: any change of the accounts' status
         connections = self._json(self.connector, "GET", f"/v1/users/{self.user_id}/connections")
         outcome.connection_states = [c["state"] for c in connections]
         answer = self._call(self.connector, "POST", f"/v1/users/{self.user_id}/sync", expect=(202, 403))
