@@ -17,24 +17,33 @@ collection every time, and its cost grows with it. Only shapes that read (nearly
 collection by design may scan, and they say why (`whole_collection`).
 
 When a service adds or changes a query, add or change its row in `SHAPES`. Inventory (HEAD of the
-services as of this file): services/*/adapters.py, services/connector/repository.py and the filters
-the handlers build (services/*/handlers.py). services/importer/replay.py goes through the importer's
-stores (same shapes); ops/*.py reach the services over HTTP only and never MongoDB. Collections that
-are only inserted into (`nightly_runs`) have no shape.
+services as of this file, after 2b97241): services/*/adapters.py, services/connector/repository.py and
+the filters the handlers build (services/*/handlers.py), with shared/mongo.py:find_by_ids (a find_one
+by `_id` per id, or one read of a scope for more than 64). services/importer/replay.py goes through the
+importer's stores (same shapes); ops/*.py reach the services over HTTP only and never MongoDB.
+Collections that are only inserted into (`nightly_runs`) have no shape. Static checks keep the table
+honest without an engine: every function it names exists, every function of the inventory that sends
+a filter is named by a row, and no module of services/ or shared/ writes an `_id` `$in`.
+
+The last tests check ferretdb-gin.sql itself: a twin follows its index in and out (create_index,
+drop_index, a twin shared by two indexes), and the script, run again, backfills missing twins.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import datetime as dt
 import functools
 import json
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, cast
 
 import pytest
 from bson import Binary
@@ -45,8 +54,10 @@ from services.categorizer.adapters import OperationsRepository, RuleSetRepositor
 from services.connector.repository import ConnectorRepository
 from services.entitlements.adapters import EntitlementsRepository
 from services.importer.adapters import AccountStore, OperationStore
-from shared.devstack import DEPLOY, Engines
-from shared.mongo import make_client
+from services.importer.handlers import categorization_fields, categorization_guard
+from shared.devstack import DEPLOY, ROOT, Engines
+from shared.mongo import POINT_READS_UP_TO, find_by_ids, make_client
+from shared.schemas import OperationCategorized, PayeeRef
 
 pytestmark = pytest.mark.engines
 
@@ -341,9 +352,28 @@ class Shape:
 
 
 IMP, CAT, CON, ENT = "importer", "categorizer", "connector", "entitlements"
-SEEN_IDS = [f"{akey(U, A)}:{tx_id(U, A, n)}" for n in range(MIRRORED_PER_ACCOUNT)]
 RUN_REF = f"{akey(U, A)}:{tx_id(U, A, 3)}"
 
+
+def categorized(source: Literal["user", "global", "manual"]) -> Doc:
+    """The filter of the importer's category write-back, as services/importer/handlers.py builds it."""
+    item = OperationCategorized(
+        user_id=user(U),
+        account_id=account(U, A),
+        operation_id=op_id(U, A, 7),
+        payee=PayeeRef(id="p1", name="Carrefour"),
+        category="groceries",
+        source=source,
+        keyword="carrefour",
+        rules_version=4,
+    )
+    return categorization_guard(item, categorization_fields(item))
+
+
+# `source` names every function that sends the shape, as `file:Class.method, method2 (note); file2:...`
+# (paths under services/, or shared/...): test_every_function_that_queries_has_a_shape reads them.
+# shared/mongo.py:find_by_ids sends `find_one({"_id": id})` per id, or, for more than POINT_READS_UP_TO ids
+# and a scope, one `find(scope)`: its callers have a row for each (test_find_by_ids_sends_these_shapes).
 SHAPES: tuple[Shape, ...] = (
     # -- importer: services/importer/adapters.py, filters built in services/importer/handlers.py
     Shape("importer/adapters.py:StateStore.load", IMP, "import_state", "find_one", {"_id": akey(U, A)}),
@@ -355,33 +385,53 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": akey(U, A), "rev": 3},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.get, get_many (one find_one per id)",
+        "importer/adapters.py:OperationStore.get, get_many (find_by_ids without a scope: a find_one per id)",
         IMP,
         "operations",
         "find_one",
         {"_id": op_id(U, A, 7)},
     ),
     Shape(
-        "importer/handlers.py:Importer (UpdateOne upsert / DeleteOne by _id), Categorizations.apply "
-        "via OperationStore.write; guarded_update with an empty guard",
+        "importer/handlers.py:BankOperationFactory.update (UpdateOne upsert), Importer._store (DeleteOne), "
+        "via importer/adapters.py:OperationStore.write; "
+        "importer/handlers.py:Importer._write_reconciliations (rereconcile: OperationStore.guarded_update, "
+        "empty guard)",
         IMP,
         "operations",
-        "bulk_write",
+        "bulk_write/update_one",
         {"_id": op_id(U, A, 7)},
     ),
     Shape(
-        "importer/handlers.py:Importer reconcile -> OperationStore.guarded_update (claim)",
+        "importer/handlers.py:Importer._write_reconciliations (claim) via "
+        "importer/adapters.py:OperationStore.guarded_update",
         IMP,
         "operations",
         "update_one",
         {"_id": op_id(U, A, 7), "reconciled_by": {"$in": [None, RUN_REF]}},
     ),
     Shape(
-        "importer/handlers.py:Importer unreconcile -> OperationStore.guarded_update (release)",
+        "importer/handlers.py:Importer._write_reconciliations (release) via "
+        "importer/adapters.py:OperationStore.guarded_update",
         IMP,
         "operations",
         "update_one",
         {"_id": op_id(U, A, 7), "reconciled_by": RUN_REF},
+    ),
+    Shape(
+        "importer/handlers.py:Categorizations.apply, categorization_guard (a rule's result) via "
+        "importer/adapters.py:OperationStore.write",
+        IMP,
+        "operations",
+        "bulk_write",
+        categorized("user"),
+    ),
+    Shape(
+        "importer/handlers.py:Categorizations.apply, categorization_guard (the user's choice) via "
+        "importer/adapters.py:OperationStore.write",
+        IMP,
+        "operations",
+        "bulk_write",
+        categorized("manual"),
     ),
     Shape(
         "importer/adapters.py:OperationStore.delete_account",
@@ -413,7 +463,7 @@ SHAPES: tuple[Shape, ...] = (
         },
     ),
     Shape(
-        "importer/adapters.py:OperationStore.balances",
+        "importer/adapters.py:OperationStore.balances (index by_user)",
         IMP,
         "operations",
         "aggregate",
@@ -484,18 +534,12 @@ SHAPES: tuple[Shape, ...] = (
     Shape("importer/adapters.py:AccountStore.list_links", IMP, "links", "find", {"user_id": user(U)}),
     # -- categorizer: services/categorizer/adapters.py
     Shape(
-        "categorizer/adapters.py:RuleSetRepository.stored, get, status, correlation_id, reexamination_done",
+        "categorizer/adapters.py:RuleSetRepository.stored, get, status, correlation_id, reexamination_done, "
+        "versions (find_by_ids without a scope: a find_one per user)",
         CAT,
         "categorizer_rulesets",
         "find_one",
         {"_id": user(U)},
-    ),
-    Shape(
-        "categorizer/adapters.py:RuleSetRepository.versions",
-        CAT,
-        "categorizer_rulesets",
-        "find",
-        {"_id": {"$in": [user(U), user(U + 1), user(U + 2)]}},
     ),
     Shape(
         "categorizer/adapters.py:RuleSetRepository.save, reexamination_done (guard on version)",
@@ -519,18 +563,20 @@ SHAPES: tuple[Shape, ...] = (
         {"retro_pending": True, "retro_requested_at": {"$lt": NOW}},
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository.get, write_seen, set_seen_version, set_manual",
+        "categorizer/adapters.py:OperationsRepository.get, get_many (up to 64 of an account: a find_one "
+        "each), write_seen (UpdateOne upsert), set_seen_version, set_manual, delete (DeleteOne)",
         CAT,
         "categorizer_operations",
-        "find_one/update_one",
+        "find_one/bulk_write/update_one",
         {"_id": f"{user(U)}:{op_id(U, A, 7)}"},
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository.get_many",
+        "categorizer/adapters.py:OperationsRepository.get_many (more than 64 of an account: "
+        "find_by_ids' scope), delete_account",
         CAT,
         "categorizer_operations",
-        "find",
-        {"_id": {"$in": [f"{user(U)}:{op_id(U, A, n)}" for n in range(5)]}},
+        "find/delete_many",
+        {"user_id": user(U), "account_id": account(U, A)},
     ),
     Shape(
         "categorizer/adapters.py:OperationsRepository.of_user",
@@ -539,133 +585,126 @@ SHAPES: tuple[Shape, ...] = (
         "find",
         {"user_id": user(U)},
     ),
-    Shape(
-        "categorizer/adapters.py:OperationsRepository.delete",
-        CAT,
-        "categorizer_operations",
-        "delete_many",
-        {"_id": {"$in": [f"{user(U)}:{op_id(U, A, 7)}"]}},
-    ),
-    Shape(
-        "categorizer/adapters.py:OperationsRepository.delete_account",
-        CAT,
-        "categorizer_operations",
-        "delete_many",
-        {"user_id": user(U), "account_id": account(U, A)},
-    ),
     # -- connector: services/connector/repository.py
     Shape(
-        "connector/repository.py:aggregator_user, save_aggregator_user",
+        "connector/repository.py:ConnectorRepository.aggregator_user, save_aggregator_user",
         CON,
         "aggregator_users",
         "find_one",
         {"_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:connection_for_webhook",
+        "connector/repository.py:ConnectorRepository.connection_for_webhook",
         CON,
         "aggregator_users",
         "find",
         {"id_user": agg_user(U)},
     ),
     Shape(
-        "connector/repository.py:use_activation",
+        "connector/repository.py:ConnectorRepository.use_activation",
         CON,
         "activations",
         "update_one",
         {"_id": uuid.UUID(int=U * 2 + 1).hex, "user_id": user(U), "used": False},
     ),
     Shape(
-        "connector/repository.py:connection, upsert_connection, set_connection_fields",
+        "connector/repository.py:ConnectorRepository.connection, connection_for_webhook, upsert_connection, "
+        "set_connection_fields, set_paused (UpdateOne per connection)",
         CON,
         "connections",
-        "find_one/update_one",
+        "find_one/update_one/bulk_write",
         {"_id": connection(U)},
     ),
     Shape(
-        "connector/repository.py:user_connections",
+        "connector/repository.py:ConnectorRepository.user_connections, set_paused",
         CON,
         "connections",
         "find",
         {"user_id": user(U), "removed": False},
     ),
     Shape(
-        "connector/repository.py:user_connections(include_removed=True)",
+        "connector/repository.py:ConnectorRepository.user_connections (include_removed=True)",
         CON,
         "connections",
         "find",
         {"user_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:set_paused",
-        CON,
-        "connections",
-        "update_many",
-        {"_id": {"$in": [connection(U)]}},
-    ),
-    Shape(
-        "connector/repository.py:users_with_connections",
+        "connector/repository.py:ConnectorRepository.users_with_connections",
         CON,
         "connections",
         "distinct",
         {"removed": False},
-        whole_collection="the nightly run lists every user with a live connection: nearly every row",
+        whole_collection="the nightly run lists every user with a live connection, once a night: it reads "
+        "nearly every row (all but removed ones), which no index would make cheaper, on MongoDB either",
     ),
-    Shape("connector/repository.py:account_states", CON, "account_sync", "find", {"user_id": user(U)}),
     Shape(
-        "connector/repository.py:account_state, update_account_states",
+        "connector/repository.py:ConnectorRepository.account_states",
+        CON,
+        "account_sync",
+        "find",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "connector/repository.py:ConnectorRepository.account_state, update_account_states (UpdateOne upsert)",
         CON,
         "account_sync",
         "find_one/bulk_write",
         {"_id": akey(U, A)},
     ),
     Shape(
-        "connector/repository.py:known_fingerprints (up to 64 lines, a find_one each), remember_fingerprints",
+        "connector/repository.py:ConnectorRepository.known_fingerprints (up to 64 lines: a find_one each), "
+        "remember_fingerprints (UpdateOne)",
         CON,
         "seen_transactions",
         "find_one/bulk_write",
-        {"_id": SEEN_IDS[0]},
+        {"_id": f"{akey(U, A)}:{tx_id(U, A, 3)}"},
     ),
     Shape(
-        "connector/repository.py:known_fingerprints (more than 64 lines)",
+        "connector/repository.py:ConnectorRepository.known_fingerprints (more than 64 lines: find_by_ids' "
+        "scope, index on account)",
         CON,
         "seen_transactions",
         "find",
-        {"_id": {"$in": SEEN_IDS}},
+        {"account": akey(U, A)},
     ),
     Shape(
-        "connector/repository.py:claim_run (take an expired lease)",
+        "connector/repository.py:ConnectorRepository.claim_run (take an expired lease)",
         CON,
         "active_runs",
         "update_one",
         {"_id": connection(U), "expires_at": {"$lt": NOW}},
     ),
     Shape(
-        "connector/repository.py:claim_run (holder)", CON, "active_runs", "find_one", {"_id": connection(U)}
+        "connector/repository.py:ConnectorRepository.claim_run (holder)",
+        CON,
+        "active_runs",
+        "find_one",
+        {"_id": connection(U)},
     ),
     Shape(
-        "connector/repository.py:active_run",
+        "connector/repository.py:ConnectorRepository.active_run",
         CON,
         "active_runs",
         "find_one",
         {"_id": connection(U), "expires_at": {"$gte": NOW}},
     ),
     Shape(
-        "connector/repository.py:extend_run, release_run",
+        "connector/repository.py:ConnectorRepository.extend_run, release_run",
         CON,
         "active_runs",
         "update_one/delete_one",
         {"_id": connection(U), "run_id": f"run-{U}"},
     ),
     Shape(
-        "connector/repository.py:projected_rights",
+        "connector/repository.py:ConnectorRepository.projected_rights",
         CON,
         "entitlement_projection",
         "find_one",
         {"_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:project_rights",
+        "connector/repository.py:ConnectorRepository.project_rights",
         CON,
         "entitlement_projection",
         "update_one",
@@ -673,32 +712,47 @@ SHAPES: tuple[Shape, ...] = (
     ),
     # -- entitlements: services/entitlements/adapters.py, services/entitlements/handlers.py
     Shape(
-        "entitlements/adapters.py:get, mark_sent; entitlements/handlers.py (relay)",
+        "entitlements/adapters.py:EntitlementsRepository.get, mark_sent; "
+        "entitlements/handlers.py:EntitlementsHandlers.relay_user",
         ENT,
         "entitlements",
         "find_one",
         {"_id": user(U)},
     ),
     Shape(
-        "entitlements/adapters.py:save, mark_sent (guard on version)",
+        "entitlements/adapters.py:EntitlementsRepository.save, mark_sent (guard on version)",
         ENT,
         "entitlements",
         "update_one",
         {"_id": user(U), "version": 3},
     ),
-    Shape("entitlements/adapters.py:pending", ENT, "entitlements", "find", {"has_outbox": True}),
-    Shape("entitlements/adapters.py:list_history", ENT, "entitlement_history", "find", {"user_id": user(U)}),
+    Shape(
+        "entitlements/adapters.py:EntitlementsRepository.pending",
+        ENT,
+        "entitlements",
+        "find",
+        {"has_outbox": True},
+    ),
+    Shape(
+        "entitlements/adapters.py:EntitlementsRepository.list_history",
+        ENT,
+        "entitlement_history",
+        "find",
+        {"user_id": user(U)},
+    ),
 )
 
 
 # ---- the engine ---------------------------------------------------------------------------------------
 
 
-def psql(engines: Engines, sql: str) -> list[list[str]]:
-    """Rows of `sql` on the PostgreSQL behind FerretDB (deploy/local/ferretdb.sh psql), tab-separated."""
+def psql(engines: Engines, sql: str = "", *, script: Path | None = None) -> list[list[str]]:
+    """Rows of `sql` (or of the file `script`) on the PostgreSQL behind FerretDB
+    (deploy/local/ferretdb.sh psql: its superuser, on its database), tab-separated."""
     env = dict(engines.env) if engines.owned else dict(os.environ)
+    what = ["-f", str(script)] if script is not None else ["-c", sql]
     done = subprocess.run(
-        [str(DEPLOY / "ferretdb.sh"), "psql", "-tA", "-F", "\t", "-c", sql],
+        [str(DEPLOY / "ferretdb.sh"), "psql", "-tA", "-F", "\t", *what],
         env=env,
         capture_output=True,
         text=True,
@@ -850,6 +904,170 @@ def test_every_collection_of_a_shape_is_filled() -> None:
     assert sizes[(IMP, "operations")] == OPERATIONS == 50_000
 
 
+# what sends a filter to MongoDB: a collection's methods, the bulk requests, the helpers that build them
+QUERY_METHODS = frozenset(
+    {
+        "find",
+        "find_one",
+        "find_one_and_update",
+        "find_one_and_replace",
+        "find_one_and_delete",
+        "update_one",
+        "update_many",
+        "replace_one",
+        "delete_one",
+        "delete_many",
+        "distinct",
+        "aggregate",
+        "count_documents",
+        # not `bulk_write`: its filters are in the requests, built by UpdateOne & co, wherever they are
+    }
+)
+QUERY_CALLS = frozenset(
+    {"UpdateOne", "UpdateMany", "ReplaceOne", "DeleteOne", "DeleteMany", "find_by_ids", "bulk_write_chunked"}
+)
+# the files whose functions send every filter of the services (the inventory this table mirrors)
+INVENTORY = sorted(
+    [
+        *(ROOT / "services").glob("*/adapters.py"),
+        *(ROOT / "services").glob("*/handlers.py"),
+        ROOT / "services" / "connector" / "repository.py",
+    ]
+)
+
+
+def defined_functions(path: Path) -> dict[str, ast.AST]:
+    """`name` and `Class.name` of the module's functions and methods (nested ones belong to theirs)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found[node.name] = node
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                    found[f"{node.name}.{item.name}"] = item
+    return found
+
+
+def sends_a_filter(function: ast.AST) -> bool:
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Attribute) and node.func.attr in QUERY_METHODS:
+            return True
+        if isinstance(node.func, ast.Name) and node.func.id in QUERY_CALLS:
+            return True
+    return False
+
+
+def source_path(name: str) -> Path:
+    return ROOT / name if name.startswith("shared/") else ROOT / "services" / name
+
+
+def named_functions(source: str) -> Iterator[tuple[str, str]]:
+    """(file, function) of each function a Shape.source names: `file:Class.method, method2 (note); ...`,
+    a bare name being the file's function of that name, else a method of the class named before it."""
+    text = re.sub(r"\bvia\b", " ", re.sub(r"\([^()]*\)", " ", source))
+    for match in re.finditer(r"([\w/]+\.py):([^:]*?)(?=[\w/]+\.py:|$)", text):
+        file, names = match.group(1), match.group(2)
+        defined = defined_functions(source_path(file))
+        owner = ""
+        for name in filter(None, (n.strip() for n in re.split(r"[,;]", names))):
+            if name not in defined and owner and f"{owner}.{name}" in defined:
+                name = f"{owner}.{name}"
+            if "." in name:
+                owner = name.split(".")[0]
+            yield file, name
+
+
+def test_every_shape_names_functions_that_exist() -> None:
+    """Each `file:function` of the table is a function of that file at HEAD (renames show here)."""
+    missing = [
+        f"{shape.name}: {file}:{name}"
+        for shape in SHAPES
+        for file, name in named_functions(shape.source)
+        if name not in defined_functions(source_path(file))
+    ]
+    assert not missing, "shapes naming functions that do not exist:\n" + "\n".join(missing)
+    assert all(list(named_functions(shape.source)) for shape in SHAPES)
+
+
+def test_every_function_that_queries_has_a_shape() -> None:
+    """A function of the inventory that sends a filter to MongoDB is named by a shape: a new query (on an
+    unindexed field, say) cannot go in without a row here, and the row is explained below."""
+    named = {(source_path(file), name) for shape in SHAPES for file, name in named_functions(shape.source)}
+    unnamed = [
+        f"{path.relative_to(ROOT)}:{name}"
+        for path in INVENTORY
+        for name, function in defined_functions(path).items()
+        if sends_a_filter(function) and (path, name) not in named
+    ]
+    assert not unnamed, "functions that query MongoDB without a row in SHAPES:\n" + "\n".join(unnamed)
+
+
+def test_no_filter_puts_in_on_id() -> None:
+    """`{"_id": {"$in": ...}}` is a sequential scan of the whole collection on the local engine (the
+    control below shows it): no service or shared module writes one (shared.mongo.find_by_ids instead)."""
+    found = []
+    for path in sorted([*(ROOT / "services").rglob("*.py"), *(ROOT / "shared").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Dict):
+                continue
+            for key, value in zip(node.keys, node.values, strict=True):
+                if (
+                    isinstance(key, ast.Constant)
+                    and key.value == "_id"
+                    and isinstance(value, ast.Dict)
+                    and any(isinstance(k, ast.Constant) and k.value in ("$in", "$nin") for k in value.keys)
+                ):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not found, "_id $in filters (a sequential scan on the local engine):\n" + "\n".join(found)
+    in_on_id = [s.name for s in SHAPES if isinstance(s.filter.get("_id"), dict) and "$in" in s.filter["_id"]]
+    assert not in_on_id, in_on_id
+
+
+class RecordingCollection:
+    """Stands in for a collection: records the filters shared.mongo.find_by_ids sends, finds nothing."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Doc]] = []
+
+    async def find_one(self, filter_: Doc) -> Doc | None:
+        self.sent.append(("find_one", filter_))
+        return None
+
+    def find(self, filter_: Doc) -> AsyncIterator[Doc]:
+        self.sent.append(("find", filter_))
+        return self._nothing()
+
+    async def _nothing(self) -> AsyncIterator[Doc]:
+        nothing: list[Doc] = []
+        for doc in nothing:
+            yield doc
+
+
+async def test_find_by_ids_sends_these_shapes() -> None:
+    """The rows of find_by_ids' callers: a find_one by `_id` per id up to POINT_READS_UP_TO (and for any
+    number without a scope), one read of the scope beyond; never an `_id` `$in`."""
+    scope = {"account": akey(U, A)}
+    for count, with_scope, expected in [
+        (3, True, {("find_one", "_id")}),
+        (POINT_READS_UP_TO, True, {("find_one", "_id")}),
+        (POINT_READS_UP_TO + 1, True, {("find", "account")}),
+        (POINT_READS_UP_TO * 2 + 1, False, {("find_one", "_id")}),
+    ]:
+        recorder = RecordingCollection()
+        ids = [f"{akey(U, A)}:{n}" for n in range(count)]
+        await find_by_ids(cast(Any, recorder), ids, scope if with_scope else None)
+        assert {(op, next(iter(f))) for op, f in recorder.sent} == expected, (count, with_scope)
+        assert all(len(f) == 1 and not isinstance(next(iter(f.values())), dict) for _, f in recorder.sent)
+        if expected == {("find", "account")}:
+            assert recorder.sent == [("find", scope)]
+        else:
+            assert len(recorder.sent) == count
+
+
 async def test_the_planner_sees_real_sizes_and_the_detector_sees_scans(
     engines: Engines, store: Store
 ) -> None:
@@ -873,6 +1091,11 @@ async def test_the_planner_sees_real_sizes_and_the_detector_sees_scans(
     point = await explain(store, Shape("control", IMP, "operations", "find", {"_id": op_id(U, A, 7)}))
     assert point["filterPushdown"]
     assert "Seq Scan" not in {n["Node Type"] for n in plan_nodes(point["queryPlanner"])}
+    # what the table must never hold: an `_id` `$in`, an equality on a field no index has
+    ids = {"_id": {"$in": [op_id(U, A, n) for n in range(3)]}}
+    for control in ({**ids}, {"memo": MEMOS[0]}, {"memo": MEMOS[0], "cents": -150}):
+        answer = await explain(store, Shape("control", IMP, "operations", "find", control))
+        assert "Seq Scan" in {n["Node Type"] for n in plan_nodes(answer["queryPlanner"])}, control
 
 
 async def test_every_index_column_has_its_gin_twin(engines: Engines, store: Store) -> None:
@@ -941,3 +1164,90 @@ async def test_every_query_shape_is_served_by_an_index(store: Store) -> None:
     assert not scans, (
         f"{len(scans)} of {len(SHAPES)} query shapes read their whole collection:\n" + "\n".join(scans)
     )
+
+
+# ---- ferretdb-gin.sql: twins follow FerretDB's indexes ------------------------------------------------
+
+
+def twins(engines: Engines, schema: str) -> set[str]:
+    """The fields of the GIN jsonb_path_ops twins of the collections of one FerretDB database."""
+    rows = psql(
+        engines,
+        "SELECT pg_get_indexdef(g.indexrelid, 1, false) FROM pg_index g "
+        "JOIN pg_class gc ON gc.oid = g.indexrelid JOIN pg_class t ON t.oid = g.indrelid "
+        "JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_opclass oc ON oc.oid = g.indclass[0] "
+        f"WHERE n.nspname = '{schema}' AND oc.opcname = 'jsonb_path_ops' "
+        "AND t.relname <> '_ferretdb_database_metadata'",
+    )
+    fields = set()
+    for (expr,) in rows:
+        found = re.fullmatch(r"\(\(_jsonb -> '(\w+)'::text\)\)", expr)
+        assert found, expr
+        fields.add(found.group(1))
+    return fields
+
+
+@pytest.fixture
+async def scratch(engines: Engines) -> AsyncIterator[tuple[AsyncDatabase[Doc], str]]:
+    """An empty FerretDB database (a PostgreSQL schema of its name) with one small collection."""
+    name = f"qplans_gin_{uuid.uuid4().hex[:8]}"
+    client = make_client(engines.mongodb_url)
+    try:
+        await client[name]["things"].insert_many([{"_id": f"t{n}", "a": n % 7, "b": n} for n in range(50)])
+        yield client[name], name
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+async def test_a_dropped_index_takes_its_twins_unless_another_index_has_them(
+    engines: Engines, store: Store, scratch: tuple[AsyncDatabase[Doc], str]
+) -> None:
+    """create_index gives each field its twin; drop_index takes a twin along once no btree index of the
+    collection has that field, so the local engine never answers from an index MongoDB would not have."""
+    db, schema = scratch
+    things = db["things"]
+    assert twins(engines, schema) == {"_id"}
+    await things.create_index([("a", 1)], name="a")
+    await things.create_index([("a", 1), ("b", -1)], name="a_b")  # shares the twin of `a`
+    await things.create_index([("c", 1)], name="c")
+    assert twins(engines, schema) == {"_id", "a", "b", "c"}
+    await things.drop_index("a")
+    assert twins(engines, schema) == {"_id", "a", "b", "c"}, "a_b still has `a`: its twin stays"
+    await things.drop_index("c")
+    assert twins(engines, schema) == {"_id", "a", "b"}
+    await things.drop_index("a_b")
+    assert twins(engines, schema) == {"_id"}
+    # and the plans say so: no index on `a` any more, the `_id` one still serves
+    scan = await db.command("explain", {"find": "things", "filter": {"a": 3}})
+    assert "Seq Scan" in {n["Node Type"] for n in plan_nodes(scan["queryPlanner"])}
+    await things.create_index([("a", 1)], name="a")
+    assert twins(engines, schema) == {"_id", "a"}, "an index made again gets its twin again"
+
+
+async def test_the_script_backfills_twins_on_an_existing_database(
+    engines: Engines, store: Store, scratch: tuple[AsyncDatabase[Doc], str]
+) -> None:
+    """Indexes made before the trigger existed (twins missing) get them when the script runs again, as
+    `ferretdb.sh start` runs it; a second run changes nothing."""
+    db, schema = scratch
+    await db["things"].create_index([("a", 1), ("b", 1)], name="a_b")
+    assert twins(engines, schema) == {"_id", "a", "b"}
+    # an older database: the twins removed by hand (dropping a twin does not touch anything else)
+    for (name,) in psql(
+        engines,
+        f"SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE n.nspname = '{schema}' AND c.relkind = 'i' AND c.relname ~ '^gin_[0-9a-f]{{32}}$'",
+    ):
+        psql(engines, f'DROP INDEX "{schema}"."{name}"')
+    assert twins(engines, schema) == set()
+    script = DEPLOY / "ferretdb-gin.sql"
+    psql(engines, script=script)
+    assert twins(engines, schema) == {"_id", "a", "b"}
+    indexes = "SELECT count(*) FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+    before = psql(engines, indexes)
+    psql(engines, script=script)
+    assert psql(engines, indexes) == before
+    # the filled store of this module already had all its twins: the backfill found nothing to add there
+    point = await explain(store, Shape("control", IMP, "operations", "find", {"_id": op_id(U, A, 7)}))
+    assert "Seq Scan" not in {n["Node Type"] for n in plan_nodes(point["queryPlanner"])}
