@@ -70,6 +70,10 @@ maintenance_work_mem = 128MB
 synchronous_commit = off
 jit = off
 random_page_cost = 1.1
+# statistics follow bulk inserts within seconds (a plan made on a table without them reads more)
+autovacuum_naptime = 5s
+autovacuum_analyze_scale_factor = 0.02
+autovacuum_vacuum_insert_scale_factor = 0.05
 log_min_duration_statement = -1
 CONF
   fi
