@@ -179,10 +179,21 @@ def to_operation(doc: Doc) -> Operation:
     )
 
 
+def month_of(date: dt.date) -> str:
+    """The month an operation is filed under (`YYYY-MM`): pages are read a month at a time."""
+    return date.isoformat()[:7]
+
+
+def previous_month(month: str) -> str:
+    year, number = int(month[:4]), int(month[5:7])
+    return f"{year - 1}-12" if number == 1 else f"{year:04d}-{number - 1:02d}"
+
+
 def bank_fields(line: Line) -> Doc:
     """What a bank line decides on its operation (never the categorization)."""
     return {
         "date": line.date.isoformat(),
+        "month": month_of(line.date),
         "amount": str(line.amount),
         "cents": cents(line.amount),
         "memo": line.memo,
@@ -215,6 +226,7 @@ class OperationStore:
         await self.coll.create_index(
             [("account_id", ASCENDING), ("date", DESCENDING), ("_id", DESCENDING)], name="account_date"
         )
+        await self.coll.create_index([("account_id", ASCENDING), ("month", DESCENDING)], name="account_month")
         await self.coll.create_index([("user_id", ASCENDING)], name="by_user")
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, Doc]:
@@ -260,25 +272,46 @@ class OperationStore:
         user_id: str,
         account_id: str,
         *,
+        months: Sequence[str] | None,
         date_from: dt.date | None,
         date_to: dt.date | None,
         after: tuple[str, str] | None,
         limit: int,
     ) -> Page:
-        """Operations newest first (date, then id), `limit` of them after the cursor position."""
+        """Operations newest first (date, then id), `limit` of them after the cursor position.
+
+        `months` is the account's list of months with operations (see AccountStore.add_months): the
+        page is read a month at a time, newest first, each an indexed read of one month, until it is
+        full, so its cost is the page's months, not the account's whole history (the local engine
+        orders and cuts what a filter returns itself). An account from before months were kept
+        (None) is read whole, as it was.
+        """
         query: Doc = {"account_id": account_id, "user_id": user_id}
-        dates: Doc = {}
-        if date_from is not None:
-            dates["$gte"] = date_from.isoformat()
-        if date_to is not None:
-            dates["$lte"] = date_to.isoformat()
-        if dates:
-            query["date"] = dates
-        if after is not None:
-            last_date, last_id = after
-            query["$or"] = [{"date": {"$lt": last_date}}, {"date": last_date, "_id": {"$lt": last_id}}]
-        cursor = self.coll.find(query).sort([("date", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
-        docs = await cursor.to_list()
+        low = date_from.isoformat() if date_from is not None else None
+        high = date_to.isoformat() if date_to is not None else None
+
+        def wanted(doc: Doc) -> bool:
+            date = str(doc["date"])
+            if (low is not None and date < low) or (high is not None and date > high):
+                return False
+            return after is None or (date, str(doc["_id"])) < after
+
+        if months is None:
+            docs = [doc for doc in await self.coll.find(query).to_list() if wanted(doc)]
+        else:
+            ceilings = [x for x in (high, after[0] if after else None) if x is not None]
+            top = min(ceilings)[:7] if ceilings else None
+            bottom = low[:7] if low is not None else None
+            docs = []
+            for month in sorted(set(months), reverse=True):
+                if (top is not None and month > top) or (bottom is not None and month < bottom):
+                    continue
+                if len(docs) > limit:
+                    break
+                docs += [
+                    doc for doc in await self.coll.find({**query, "month": month}).to_list() if wanted(doc)
+                ]
+        docs.sort(key=lambda doc: (str(doc["date"]), str(doc["_id"])), reverse=True)
         more = len(docs) > limit
         docs = docs[:limit]
         return Page(docs, (docs[-1]["date"], docs[-1]["_id"]) if more and docs else None)
@@ -353,11 +386,21 @@ class AccountStore:
         return fresh
 
     async def mark_deleted(self, account_id: str) -> bool:
+        """Its operations go too: the account starts again with no months."""
         result = await self.accounts.update_one(
             {"_id": account_id, "deleted": False},
-            {"$set": {"deleted": True, "deleted_at": dt.datetime.now(dt.UTC), "manual": {}}},
+            {"$set": {"deleted": True, "deleted_at": dt.datetime.now(dt.UTC), "manual": {}, "months": []}},
         )
         return result.modified_count == 1
+
+    async def add_months(self, account_id: str, months: Iterable[str]) -> None:
+        """Lists months the account now has operations in, before those operations are written (a
+        month listed with none costs a page one empty read; a month missing would hide operations).
+        An account from before months were kept (no `months`) gets none: its pages read it whole."""
+        await self.accounts.update_one(
+            {"_id": account_id, "months": {"$exists": True}},
+            {"$addToSet": {"months": {"$each": sorted(set(months))}}},
+        )
 
     async def mark_announced(self, account_id: str, generation: int) -> None:
         await self.accounts.update_one({"_id": account_id}, {"$set": {"announced": generation}})

@@ -274,12 +274,13 @@ async def list_operations(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
     try:
-        await service.own_account(user_id, account_id)
+        account = await service.own_account(user_id, account_id)
     except UnknownAccount:
         raise unknown_account(account_id) from None
     page = await service.operations.page(
         user_id,
         account_id,
+        months=account.get("months"),
         date_from=date_from,
         date_to=date_to,
         after=decode_cursor(cursor) if cursor else None,

@@ -35,6 +35,7 @@ from services.importer.adapters import (
     StateStore,
     bank_fields,
     cents,
+    month_of,
     to_operation,
 )
 from services.importer.domain import (
@@ -462,6 +463,7 @@ class Importer:
             "generation": 1,
             "announced": 0,
             "manual": {},
+            "months": [],
             "sources": [raw.akey],
             "created_at": dt.datetime.now(dt.UTC),
         }
@@ -517,6 +519,13 @@ class Importer:
         existing = await self.operations.get_many([*updated_ids, *deleted_ids, *manual_ids])
 
         new_docs = [bank_op.new(line) for line in changes.imported]
+        months: dict[str, set[str]] = {}
+        for doc in [*new_docs, *(bank_op.new(line) for line in changes.updated)]:
+            months.setdefault(doc["account_id"], set()).add(doc["month"])
+        for account_id, wanted in months.items():
+            known = set(account.get("months") or []) if account_id == account["_id"] else set()
+            if not wanted <= known:
+                await self.accounts.add_months(account_id, wanted)
         await self.operations.insert_new(new_docs)
         async with self.op_locks.hold(*updated_ids, *deleted_ids, *manual_ids):
             await self.operations.write(
@@ -716,6 +725,7 @@ class AccountService:
             "generation": 1,
             "announced": 0,
             "manual": {},
+            "months": [],
             "sources": [],
             "created_at": dt.datetime.now(dt.UTC),
         }
@@ -820,6 +830,7 @@ class AccountService:
             "akey": None,
             "aggregator_account_id": None,
             "date": date.isoformat(),
+            "month": month_of(date),
             "amount": format_amount(amount),
             "cents": cents(amount),
             "currency": currency,
@@ -836,6 +847,7 @@ class AccountService:
         }
         # the candidate first: a manual operation reconcile mode cannot see would be a silent miss
         await self.accounts.add_manual(account_id, op_id, date, amount)
+        await self.accounts.add_months(account_id, [month_of(date)])
         if not await self.operations.insert_one(doc):
             found = await self.operations.get(op_id)
             assert found is not None

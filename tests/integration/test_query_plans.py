@@ -138,6 +138,7 @@ def importer_docs() -> dict[str, list[Doc]]:
             "user_id": user(u),
             "account_id": account(u, a),
             "date": day(n),
+            "month": day(n)[:7],
             "amount": f"-{n + 1}.50",
             "cents": -(n + 1) * 100 - 50,
             "currency": "EUR",
@@ -441,26 +442,18 @@ SHAPES: tuple[Shape, ...] = (
         {"account_id": account(U, A)},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.page (first page, date range)",
+        "importer/adapters.py:OperationStore.page (a month of an account)",
         IMP,
         "operations",
         "find",
-        {
-            "account_id": account(U, A),
-            "user_id": user(U),
-            "date": {"$gte": "2026-01-01", "$lte": "2026-06-30"},
-        },
+        {"account_id": account(U, A), "user_id": user(U), "month": day(9)[:7]},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.page (next page, $or cursor)",
+        "importer/adapters.py:OperationStore.page (an account from before months were kept)",
         IMP,
         "operations",
         "find",
-        {
-            "account_id": account(U, A),
-            "user_id": user(U),
-            "$or": [{"date": {"$lt": day(9)}}, {"date": day(9), "_id": {"$lt": op_id(U, A, 9)}}],
-        },
+        {"account_id": account(U, A), "user_id": user(U)},
     ),
     Shape(
         "importer/adapters.py:OperationStore.balances (index by_user)",
@@ -501,6 +494,13 @@ SHAPES: tuple[Shape, ...] = (
         "accounts",
         "update_one",
         {"_id": account(U, A), "deleted": True, "generation": 1},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.add_months",
+        IMP,
+        "accounts",
+        "update_one",
+        {"_id": account(U, A), "months": {"$exists": True}},
     ),
     Shape(
         "importer/adapters.py:AccountStore.mark_deleted",
@@ -1137,6 +1137,7 @@ async def test_every_index_column_has_its_gin_twin(engines: Engines, store: Stor
     for coll, field in [
         ("operations", "account_id"),
         ("operations", "date"),
+        ("operations", "month"),
         ("categorizer_operations", "account_id"),
         ("entitlement_history", "version"),
     ]:
