@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if args.list:
         for bench in REGISTRY.values():
-            extra = f" (limit: {bench.limit.target:g} x {bench.limit.name})" if bench.limit else ""
+            extra = ""
+            if bench.limit is not None:
+                sign = ">=" if bench.limit.higher_is_better else "<="
+                of = "" if bench.limit.is_fixed else f" x {bench.limit.name}"
+                extra = f" (limit: {sign} {bench.limit.target:g}{of})"
             print(f"{bench.name:22} {bench.description}{extra}")
         return 0
     benches = select(args.only)

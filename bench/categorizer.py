@@ -8,18 +8,30 @@
   machine does not make them wrong; wall-clock rates are in the parameters.
 - `categorizer_recategorize`: 20,000 past operations in the projection (real MongoDB-wire engine), a
   payee gets a keyword, and the re-examination reads them all, compares old and new results and
-  publishes (real Kafka) a new categorisation for each one that changed.
+  publishes (real Kafka) a new categorisation for each one that changed (the categorizer alone, in
+  this process).
+- `reexamine`: the same change end to end, on the whole pipeline's processes: 20,000 past operations
+  of one user in the importer's store and the categorizer's projection (written with `insert_many`
+  in the services' shapes, bench.documents), a payee created through the categorizer's HTTP API;
+  seconds from that request to the last affected operation's new payee and category stored in the
+  importer's `operations` (its `categorized_at`). Fixed target: at most 5 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.registry import Context, Limit, Measurement, benchmark
+import httpx
+
+from bench.documents import drop_stack_databases, history, seed_stores
+from bench.registry import Context, Limit, Measurement, benchmark, load_average
 from services.categorizer.adapters import OperationsRepository, RuleSetRepository, Seen, drop_all
 from services.categorizer.builtin import builtin_dictionary, places
 from services.categorizer.domain import (
@@ -37,6 +49,7 @@ from services.categorizer.domain import (
 )
 from services.categorizer.handlers import CategorizerHandlers
 from shared.batch_publisher import BatchPublisher
+from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from shared.mongo import make_client
 
 USER_KEYWORDS = 10_000
@@ -109,6 +122,21 @@ def naive_categorize(
 ) -> str | None:
     rule = user.best(memo.text) or (transfers if memo.transfer else builtin).best(memo.text)
     return None if rule is None else rule.category
+
+
+# the payee the re-examination benchmarks create, and the past operations it is about (about 46% name it)
+NEW_PAYEE = PayeeDraft("Boulangerie Martin", "alimentation", ("BOULANGERIE MARTIN",))
+
+
+def past_shops(rnd: random.Random) -> list[str]:
+    return [f"EPICERIE {word(rnd)}" for _ in range(40)] + ["BOULANGERIE MARTIN"] * 40 + list(KNOWN)
+
+
+def past_memos(n: int, seed: int = 3) -> list[str]:
+    """n card-payment memos of a user's past: a shop, a day."""
+    rnd = random.Random(seed)
+    shops = past_shops(rnd)
+    return [f"CB {rnd.choice(shops)} {rnd.randint(1, 28):02d}/{rnd.randint(1, 12):02d}" for _ in range(n)]
 
 
 def setup() -> tuple[list[Payee], Matcher, Dictionary]:
@@ -190,22 +218,18 @@ async def categorizer_recategorize(ctx: Context) -> Measurement:
         handlers = CategorizerHandlers(
             rulesets, operations, publisher, dictionary=builtin_dictionary(), places=places()
         )
-        rnd = random.Random(3)
-        shops = [f"EPICERIE {word(rnd)}" for _ in range(40)] + ["BOULANGERIE MARTIN"] * 40 + list(KNOWN)
         now = datetime.now(UTC)
-        seen = []
-        for i in range(n):
-            memo = f"CB {rnd.choice(shops)} {rnd.randint(1, 28):02d}/{rnd.randint(1, 12):02d}"
-            seen.append(Seen(user_id, f"op-{i:06d}", f"acct-{i % 3}", memo, memo, 0, Categorization(), None))
+        seen = [
+            Seen(user_id, f"op-{i:06d}", f"acct-{i % 3}", memo, memo, 0, Categorization(), None)
+            for i, memo in enumerate(past_memos(n))
+        ]
         load_started = time.perf_counter()
         for start in range(0, n, 5_000):
             await operations.write_seen(seen[start : start + 5_000], set(), now)
         load_s = time.perf_counter() - load_started
 
         def create(current: Any) -> Any:
-            return add_payee(
-                current, PayeeDraft("Boulangerie Martin", "alimentation", ("BOULANGERIE MARTIN",)), "p1"
-            )
+            return add_payee(current, NEW_PAYEE, "p1")
 
         _, _ = await handlers.change(user_id, create, "bench", reexamine=False)
         started = time.perf_counter()
@@ -222,3 +246,143 @@ async def categorizer_recategorize(ctx: Context) -> Measurement:
         {"operations": n, "examined": report.examined, "changed_and_published": report.changed,
          "projection_load_s": round(load_s, 3), "operations_per_s": round(n / elapsed, 1)},
     )  # fmt: skip
+
+
+REEXAMINE_ACCOUNTS = ("31", "32", "33", "34")
+REEXAMINE_POLL_S = 2.0  # each poll reads the user's 20,000 operations: not more often
+
+
+def past_shop_picker(seed: int = 3) -> Callable[[random.Random], tuple[str, str, tuple[int, int]]]:
+    """For bench.documents.history: card payments at the shops of `past_memos`."""
+    shops = past_shops(random.Random(seed))
+    return lambda rng: ("CB {m} {d}", rng.choice(shops), (120, 3_000))
+
+
+async def seed_user(mongodb_url: str, database: str, user: str, n: int) -> tuple[set[str], dict[str, Any]]:
+    """n past operations of `user` in both services' stores (bench.documents.seed_stores); returns the
+    ids of those the new payee names, and how the seeding went."""
+    per_account = n // len(REEXAMINE_ACCOUNTS)
+    past = list(history(user, REEXAMINE_ACCOUNTS, per_account, seed=5, merchants=past_shop_picker()))
+    seeded = await seed_stores(
+        mongodb_url, database, [past[i : i + 5_000] for i in range(0, len(past), 5_000)]
+    )
+    return {op.op_id for op in past if NEW_PAYEE.keywords[0] in op.memo}, seeded
+
+
+async def categorisations(stack: Stack, user: str) -> list[dict[str, Any]]:
+    client = make_client(stack.engines.mongodb_url)
+    try:
+        fields = {"payee": 1, "category": 1, "categorized_at": 1}
+        return await client[f"{stack.database}_imp"]["operations"].find({"user_id": user}, fields).to_list()
+    finally:
+        await client.close()
+
+
+@dataclass
+class Rewritten:
+    """What the importer's store shows once every affected operation carries the new payee."""
+
+    operations: list[dict[str, Any]]
+    done: list[dict[str, Any]]
+    reexamined_s: float | None
+    polls: int
+
+
+async def wait_payee_stored(
+    stack: Stack,
+    api: httpx.Client,
+    user: str,
+    payee_id: str,
+    named: set[str],
+    since: datetime,
+    timeout_s: float,
+) -> Rewritten:
+    """Polls (every REEXAMINE_POLL_S, bounded) until every operation in `named` carries `payee_id`."""
+    deadline = time.monotonic() + timeout_s
+    found = Rewritten([], [], None, 0)
+    while True:
+        found.polls += 1
+        if found.reexamined_s is None:
+            status = (await asyncio.to_thread(api.get, f"/v1/users/{user}/rules/status")).json()
+            if not status["reexamination_pending"]:
+                found.reexamined_s = (datetime.now(UTC) - since).total_seconds()
+        found.operations = await categorisations(stack, user)
+        found.done = [
+            op
+            for op in found.operations
+            if op["_id"] in named and (op.get("payee") or {}).get("id") == payee_id
+        ]
+        if len(found.done) >= len(named):
+            return found
+        if time.monotonic() > deadline:
+            examined = "done" if found.reexamined_s is not None else "still pending"
+            raise TimeoutError(
+                f"after {timeout_s:g} s: {len(found.done)} of {len(named)} operations carry the new payee "
+                f"(re-examination {examined})"
+            )
+        await asyncio.sleep(REEXAMINE_POLL_S)
+
+
+@benchmark("reexamine", timeout_s=900, limit=Limit.fixed(5, higher_is_better=False))
+async def reexamine(ctx: Context) -> Measurement:
+    """A new payee over 20,000 past operations: from its creation (HTTP) to every new payee stored."""
+    n = ctx.size(full=20_000, quick=5_000)
+    database = f"bench_reexam_{ctx.run_id[-6:]}"
+    user = new_user("reexam")
+    named, seeded = await seed_user(ctx.engines.mongodb_url, database, user, n)
+    payee = {"name": NEW_PAYEE.name, "category": NEW_PAYEE.category, "keywords": [*NEW_PAYEE.keywords]}
+    try:
+        with (
+            pipeline_stack(
+                ctx.engines,
+                ensure_dir(ROOT / ".run" / "bench-logs"),
+                database,
+                common_env={"LOG_LEVEL": "WARNING"},
+            ) as stack,
+            stack.client("categorizer", user) as api,
+        ):
+            load_before = load_average()
+            since = datetime.now(UTC)
+            answer = await asyncio.to_thread(api.post, f"/v1/users/{user}/payees", json=payee)
+            answer.raise_for_status()
+            created_s = (datetime.now(UTC) - since).total_seconds()
+            found = await wait_payee_stored(
+                stack, api, user, answer.json()["id"], named, since, timeout_s=600
+            )
+    finally:  # not left to weigh on the benchmarks after this one
+        await drop_stack_databases(ctx.engines.mongodb_url, database)
+    stored = sorted(op["categorized_at"].replace(tzinfo=UTC) for op in found.done)
+    others_touched = sum(
+        1
+        for op in found.operations
+        if op["_id"] not in named and op["categorized_at"].replace(tzinfo=UTC) > since
+    )
+    wrong = sum(1 for op in found.done if op.get("category") != NEW_PAYEE.category)
+    if others_touched or wrong:
+        raise RuntimeError(
+            f"{others_touched} operations the payee does not name rewritten, {wrong} wrong category"
+        )
+    value = (stored[-1] - since).total_seconds()
+    return Measurement(
+        "seconds from a new payee's creation (HTTP) to every affected operation's payee stored (importer)",
+        "s",
+        round(value, 3),
+        {
+            "n": n,
+            "operations": len(found.operations),
+            "affected": len(named),
+            **seeded,
+            "payee_request_s": round(created_s, 3),
+            "reexamination_done_s_by_poll": None
+            if found.reexamined_s is None
+            else round(found.reexamined_s, 1),
+            "first_affected_stored_s": round((stored[0] - since).total_seconds(), 3),
+            "last_affected_stored_s": round(value, 3),
+            "write_back_ops_per_s": round(
+                len(stored) / max(1e-3, (stored[-1] - stored[0]).total_seconds()), 1
+            ),
+            "poll_every_s": REEXAMINE_POLL_S,
+            "polls": found.polls,
+            "load_average_1m_before_after": [load_before, load_average()],
+        },
+    )

@@ -46,7 +46,7 @@ def link_and_select(stack: Stack, user: str, account_types: set[str] | None) -> 
     return len(chosen)
 
 
-async def _synced_since(stack: Stack, since: datetime, users: list[str]) -> int:
+async def synced_since(stack: Stack, since: datetime, users: list[str]) -> int:
     """Accounts of `users` whose last run started after `since` and finished."""
     client = make_client(stack.engines.mongodb_url)
     try:
@@ -62,7 +62,7 @@ async def _synced_since(stack: Stack, since: datetime, users: list[str]) -> int:
         await client.close()
 
 
-async def _lines_published(stack: Stack, users: list[str]) -> int:
+async def lines_published(stack: Stack, users: list[str]) -> int:
     client = make_client(stack.engines.mongodb_url)
     try:
         docs = (
@@ -81,10 +81,10 @@ async def wait_synced(
     # polled often, the measurement would load the database it measures
     every = min(2.0, max(0.25, accounts / 1000))
     while time.monotonic() < deadline:
-        if await _synced_since(stack, since, users) >= accounts:
+        if await synced_since(stack, since, users) >= accounts:
             return time.monotonic()
         await asyncio.sleep(every)
-    raise TimeoutError(f"only {await _synced_since(stack, since, users)} of {accounts} accounts synced")
+    raise TimeoutError(f"only {await synced_since(stack, since, users)} of {accounts} accounts synced")
 
 
 def bench_stack(ctx: Context, name: str, **common_env: str) -> Any:
@@ -109,7 +109,7 @@ async def connector_fetch_publish(ctx: Context) -> Measurement:
         started = time.monotonic()
         selected = sum(await in_threads(users, lambda u: _select_all(stack, u)))
         finished = await wait_synced(stack, started_at, users, selected, timeout_s=600)
-        lines = await _lines_published(stack, users)
+        lines = await lines_published(stack, users)
     elapsed = finished - started
     return Measurement(
         "bank lines fetched and published per second (first syncs, one connector process)",

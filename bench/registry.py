@@ -3,10 +3,12 @@
 A benchmark is `async def fn(ctx: Context) -> Measurement`, registered with `@benchmark(...)`. It runs
 once per run, in registration order, against the engines of the run (`ctx.engines`), and is cancelled
 when it outlives its hard timeout. It may read the figures measured earlier in the same run
-(`ctx.value("mongo_bulk_upsert")`, `ctx.result(...)`); a `Limit` makes the runner compare its value with
-one of them and record `limit_name`, `limit_value`, `ratio`, `target` and `passed`.
+(`ctx.value("engine_limit")`, `ctx.result(...)`); a `Limit` makes the runner compare its value with
+one of them and record `limit_name`, `limit_value`, `ratio`, `target` and `passed`. A fixed limit
+(`Limit.fixed(5, higher_is_better=False)`: at most 5 of the benchmark's unit) compares the value itself
+with `target` and records `target` and `passed` (no `limit_name`, no ratio).
 
-    @benchmark("importer", timeout_s=600, limit=Limit("mongo_bulk_upsert", target=0.5))
+    @benchmark("importer", timeout_s=600, limit=Limit("engine_limit", target=0.5))
     async def importer(ctx: Context) -> Measurement:
         n = ctx.size(full=50_000, quick=5_000)
         ...
@@ -15,6 +17,7 @@ one of them and record `limit_name`, `limit_value`, `ratio`, `target` and `passe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,13 +29,24 @@ Status = Literal["ok", "failed", "timeout", "skipped"]
 
 @dataclass(frozen=True)
 class Limit:
-    """Pass when `value >= target × value of benchmark <name>` (`<=` when lower is better)."""
+    """Pass when `value >= target × value of benchmark <name>` (`<=` when lower is better); a fixed
+    limit (`name` empty, see `fixed`) passes when `value >= target` (`<=` when lower is better)."""
 
     name: str
     target: float
     higher_is_better: bool = True
 
+    @classmethod
+    def fixed(cls, target: float, *, higher_is_better: bool = True) -> Limit:
+        """The value itself against `target`, in the benchmark's own unit."""
+        return cls("", target, higher_is_better)
+
+    @property
+    def is_fixed(self) -> bool:
+        return not self.name
+
     def passes(self, ratio: float) -> bool:
+        """`ratio` is the value over the other benchmark's, or the value itself for a fixed limit."""
         return ratio >= self.target if self.higher_is_better else ratio <= self.target
 
 
@@ -62,6 +76,7 @@ class Result:
     limit_value: float | None = None
     ratio: float | None = None
     target: float | None = None
+    higher_is_better: bool | None = None
     passed: bool | None = None
     error: str | None = None
 
@@ -103,6 +118,11 @@ class Context:
         self.cleanups.append(cleanup)
 
 
+def load_average() -> float | None:
+    """The 1-minute load average now (what else shares the machine while a figure is measured)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 BenchFn = Callable[[Context], Awaitable[Measurement]]
 
 
@@ -118,7 +138,7 @@ class Benchmark:
     @property
     def requires(self) -> tuple[str, ...]:
         """Benchmarks that must run before this one: its `needs` and its limit's."""
-        if self.limit is not None and self.limit.name not in self.needs:
+        if self.limit is not None and not self.limit.is_fixed and self.limit.name not in self.needs:
             return (*self.needs, self.limit.name)
         return self.needs
 

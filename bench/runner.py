@@ -56,8 +56,12 @@ def peak_rss_mb(reset_worked: bool) -> float:
 def compare(bench: Benchmark, result: Result, ctx: Context) -> None:
     if bench.limit is None or result.value is None:
         return
-    result.limit_name = bench.limit.name
     result.target = bench.limit.target
+    result.higher_is_better = bench.limit.higher_is_better
+    if bench.limit.is_fixed:
+        result.passed = bench.limit.passes(result.value)
+        return
+    result.limit_name = bench.limit.name
     limit = ctx.results.get(bench.limit.name)
     if limit is None or limit.status != "ok" or not limit.value:
         return
@@ -124,10 +128,17 @@ def summary(result: Result) -> str:
     if result.status != "ok":
         return f"{result.status}: {result.error}"
     text = f"{fmt_value(result.value)} {result.unit} in {result.duration_s:.1f} s"
+    verdict = "passed)" if result.passed else "FAILED)"
     if result.ratio is not None:
-        text += f", {result.ratio:.2f} x {result.limit_name} (target {result.target:g}: "
-        text += "passed)" if result.passed else "FAILED)"
+        text += f", {result.ratio:.2f} x {result.limit_name} (target {compared(result)}: {verdict}"
+    elif result.limit_name is None and result.passed is not None:
+        text += f" (target {compared(result)} {result.unit}: {verdict}"
     return text
+
+
+def compared(result: Result) -> str:
+    """`>= 0.5`, `<= 5`: the target and its direction."""
+    return f"{'<=' if result.higher_is_better is False else '>='} {result.target:g}"
 
 
 # ---- machine, engines, output ---------------------------------------------------------------------------
@@ -188,7 +199,9 @@ async def engines_info(engines: Engines) -> dict[str, Any]:
         build: dict[str, Any] = await client.admin.command("buildInfo")
         if "ferretdbVersion" in build:
             features = build.get("ferretdbFeatures") or {}
-            backend = "SQLite" if engines.owned else features.get("backend", "?")
+            # the engines started here are deploy/local/ferretdb.sh's: FerretDB on PostgreSQL
+            owned = f"PostgreSQL {configured_version('POSTGRES_MAJOR')}"
+            backend = owned if engines.owned else features.get("backend", "?")
             version = f"FerretDB {build['ferretdbVersion']} ({backend})"
             info["mongodb_wire"] = f"{version}, MongoDB {build.get('version')}"
         else:
@@ -210,9 +223,11 @@ def table(results: list[Result]) -> str:
     header = ("benchmark", "value", "unit", "n", "vs limit", "time s", "peak RSS MB", "status")
     rows: list[tuple[str, ...]] = [header]
     for r in results:
+        verdict = "ok" if r.passed else "FAIL"
         if r.ratio is not None:
-            verdict = "ok" if r.passed else "FAIL"
-            vs = f"{r.ratio:.2f} x {r.limit_name} (>= {r.target:g}: {verdict})"
+            vs = f"{r.ratio:.2f} x {r.limit_name} ({compared(r)}: {verdict})"
+        elif r.limit_name is None and r.passed is not None:
+            vs = f"fixed ({compared(r)} {r.unit}: {verdict})"
         elif r.limit_name is not None:
             vs = f"{r.limit_name}: not measured"
         else:
@@ -252,6 +267,9 @@ def run(benches: list[Benchmark], quick: bool, argv: list[str], users: int | Non
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{stamp.lower()}-{os.getpid()}"
     machine = machine_info()  # before the engines start: the load average says what else was running
+    # the services run from the working tree as it is when each benchmark starts them: the commit (and
+    # whether the tree differed from it) at the start and at the end of the run
+    git_at_start = git_info()
     print(f"starting the engines (benchmarks: {', '.join(b.name for b in benches)})", flush=True)
     engines = Engines.start()
     try:
@@ -276,7 +294,7 @@ def run(benches: list[Benchmark], quick: bool, argv: list[str], users: int | Non
         "quick": quick,
         "argv": argv,
         "machine": {**machine, "load_average_1m_end": machine_info()["load_average_1m"]},
-        "git": git_info(),
+        "git": {**git_info(), "at_start": git_at_start},
         "engines": engines_used,
         "peak_rss": "per benchmark: the bench process's VmHWM, reset before each benchmark "
         "(falls back to getrusage's lifetime peak where the reset is not possible)",

@@ -7,6 +7,7 @@ from bench import kafka_rates, mongo_rates  # isort: skip  (limits first)
 from bench import connector  # isort: skip
 from bench import categorizer  # isort: skip
 from bench import importer  # isort: skip
+from bench import first_sync  # isort: skip
 from bench import pipeline  # isort: skip  (the longest, last)
 
-__all__ = ["categorizer", "connector", "importer", "kafka_rates", "mongo_rates", "pipeline"]
+__all__ = ["categorizer", "connector", "first_sync", "importer", "kafka_rates", "mongo_rates", "pipeline"]
