@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from services.connector.domain import (
 )
 from services.connector.gate import EntitlementsUnavailable, GateAnswer, SyncGate, rights_document
 from services.connector.powens import AggregatorError, PowensClient
-from services.connector.repository import ConnectorRepository, connection_key
+from services.connector.repository import ConnectorRepository, Doc, connection_key
 from services.connector.security import InvalidState, StateSigner, TokenCipher
 from shared.batch_publisher import BatchPublisher
 from shared.events import CloudEvent, account_key, deterministic_event_id
@@ -38,7 +38,9 @@ from shared.schemas import EntitlementChanged, SyncRequested
 from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 
 SERVICE = "connector"
-# users whose nightly request is prepared at once (each is a few database reads and one publish)
+# the nightly run prepares its requests this many users at a time (one claim insert, one publish)
+NIGHTLY_CHUNK = 500
+# users the nightly run asks entitlements about at once (those without a projected "yes")
 NIGHTLY_REQUEST_CONCURRENCY = 16
 log = get_logger(__name__)
 
@@ -384,14 +386,13 @@ class ConnectorHandlers:
             aggregator_account_ids=aggregator_account_ids,
             connection_id=connection_id,
         )
-        await self.publisher.publish(
-            SYNC_REQUESTS,
-            user_id,
-            self._event(
-                "sync.requested", request.model_dump(mode="json"), user_id, correlation_id or run_id, run_id
-            ),
-        )
+        await self.publisher.publish(SYNC_REQUESTS, user_id, self._request_event(request, correlation_id))
         return run_id
+
+    def _request_event(self, request: SyncRequested, correlation_id: str) -> CloudEvent:
+        run_id = request.sync_run_id
+        data = request.model_dump(mode="json")
+        return self._event("sync.requested", data, request.user_id, correlation_id or run_id, run_id)
 
     async def handle_sync_request(self, request: SyncRequested, correlation_id: str) -> None:
         user_id = request.user_id
@@ -694,11 +695,36 @@ class ConnectorHandlers:
 
     # --- nightly and webhooks ----------------------------------------------------------------
     async def nightly_run(self, correlation_id: str) -> dict[str, int]:
-        """One `sync.requested` per entitled user with live connections; the others are skipped, with why."""
-        users = await self.repository.users_with_connections()
+        """One `sync.requested` per entitled user with live connections; the others are skipped, with why.
+
+        In sets of NIGHTLY_CHUNK users: every live connection and every projected right is read once
+        for the whole night, the runs of a set are claimed in one insert, its requests published in
+        one batch. Only users without a projected "yes" are asked over HTTP (see SyncGate.check).
+        """
+        connections: dict[str, list[Doc]] = {}
+        for conn in await self.repository.live_connections():
+            connections.setdefault(str(conn["user_id"]), []).append(conn)
+        users = sorted(connections)
+        projected = await self.repository.all_projected_rights()
+        requested = 0
+        for start in range(0, len(users), NIGHTLY_CHUNK):
+            chunk = users[start : start + NIGHTLY_CHUNK]
+            allowed = await self._nightly_allowed(chunk, projected, correlation_id)
+            requested += await self._request_nightly(
+                {user: connections[user] for user in chunk if user in allowed}, correlation_id
+            )
+        skipped = len(users) - requested
+        log.info("nightly_run", users=len(users), requested=requested, skipped=skipped)
+        return {"users": len(users), "requested": requested, "skipped": skipped}
+
+    async def _nightly_allowed(
+        self, users: Sequence[str], projected: dict[str, Doc], correlation_id: str
+    ) -> set[str]:
+        """The users of a set whose projected rights say yes, and those the gate then allows."""
+        allowed = {user for user in users if (projected.get(user) or {}).get("allowed")}
         slots = asyncio.Semaphore(NIGHTLY_REQUEST_CONCURRENCY)
 
-        async def request_one(user_id: str) -> bool:
+        async def ask(user_id: str) -> bool:
             async with slots:
                 try:
                     answer = await self.gate.check(user_id)
@@ -708,15 +734,37 @@ class ConnectorHandlers:
                 if not answer.allowed:
                     log.info("nightly_skip_not_entitled", user_id=user_id, code=answer.code)
                     await self._pause(user_id, True, correlation_id)
-                    return False
-                await self.request_sync(user_id, "nightly", correlation_id, gate=False)
-                return True
+                return answer.allowed
 
-        outcomes = await asyncio.gather(*(request_one(user_id) for user_id in users))
-        requested = sum(outcomes)
-        skipped = len(users) - requested
-        log.info("nightly_run", users=len(users), requested=requested, skipped=skipped)
-        return {"users": len(users), "requested": requested, "skipped": skipped}
+        unsure = [user for user in users if user not in allowed]
+        for user_id, yes in zip(unsure, await asyncio.gather(*(ask(u) for u in unsure)), strict=True):
+            if yes:
+                allowed.add(user_id)
+        return allowed
+
+    async def _request_nightly(self, connections: dict[str, list[Doc]], correlation_id: str) -> int:
+        """Claims a run per user on their unpaused connections, in one insert, and publishes the requests
+        of the users who hold one (a user whose every connection is already syncing joins that run)."""
+        now = self.clock()
+        run_ids = {user: str(uuid.uuid4()) for user in connections}
+        wanted = {
+            conn["_id"]: run_ids[user]
+            for user, conns in connections.items()
+            for conn in conns
+            if not conn.get("paused")
+        }
+        holders = await self.repository.claim_runs(wanted, now, self.config.run_lease)
+        requests: list[tuple[str, CloudEvent]] = []
+        for user, conns in connections.items():
+            held = [holders[c["_id"]] for c in conns if c["_id"] in wanted]
+            run_id = run_ids[user]
+            if held and run_id not in held:
+                log.info("sync_joined", user_id=user, sync_run_id=held[0], reason="nightly")
+                continue
+            request = SyncRequested(user_id=user, sync_run_id=run_id, reason="nightly", requested_at=now)
+            requests.append((user, self._request_event(request, correlation_id)))
+        await self.publisher.publish_many(SYNC_REQUESTS, requests)
+        return len(requests)
 
     async def on_webhook(self, body: dict[str, Any], correlation_id: str) -> dict[str, str]:
         connection = body.get("connection") if isinstance(body.get("connection"), dict) else None

@@ -114,9 +114,9 @@ class ConnectorRepository:
         )
         return [key.rsplit(":", 1)[1] for key in changed]
 
-    async def users_with_connections(self) -> list[str]:
-        users = await self.connections.distinct("user_id", {"removed": False})
-        return sorted(str(u) for u in users)
+    async def live_connections(self) -> list[Doc]:
+        """Every connection not removed, of every user (the nightly run reads them all, once)."""
+        return await self.connections.find({"removed": False}).to_list()
 
     # per-account sync state ---------------------------------------------------------------------
     async def account_states(self, user_id: str) -> list[Doc]:
@@ -176,6 +176,27 @@ class ConnectorRepository:
             await bulk_write_chunked(self.seen, updates)
 
     # one sync at a time per connection -------------------------------------------------------------
+    async def claim_runs(self, wanted: dict[str, str], now: datetime, lease: timedelta) -> dict[str, str]:
+        """`claim_run` for many connections (connection → run id) in one insert; the connections whose
+        run is already there are claimed one by one. Returns each connection's holder."""
+        if not wanted:
+            return {}
+        docs = [
+            {"_id": conn, "run_id": run_id, "claimed_at": now, "expires_at": now + lease}
+            for conn, run_id in wanted.items()
+        ]
+        taken: set[str] = set()
+        try:
+            await self.active_runs.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if not is_duplicate_key_error(exc):
+                raise
+            taken = {docs[e["index"]]["_id"] for e in exc.details.get("writeErrors", [])}
+        holders = {conn: run_id for conn, run_id in wanted.items() if conn not in taken}
+        for conn in taken:
+            holders[conn] = await self.claim_run(conn, wanted[conn], now, lease)
+        return holders
+
     async def claim_run(self, connection_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
         """Makes `run_id` the connection's active run unless another is live; returns the holder."""
         doc = {"run_id": run_id, "claimed_at": now, "expires_at": now + lease}
@@ -207,6 +228,10 @@ class ConnectorRepository:
     # entitlements projection ----------------------------------------------------------------------
     async def projected_rights(self, user_id: str) -> Doc | None:
         return await self.projection.find_one({"_id": user_id})
+
+    async def all_projected_rights(self) -> dict[str, Doc]:
+        """Every user's projected rights (the nightly run reads them all, once)."""
+        return {str(doc["_id"]): doc async for doc in self.projection.find({})}
 
     async def project_rights(self, user_id: str, rights: Doc) -> bool:
         """Stores rights unless a newer version is already there; True when stored."""

@@ -630,13 +630,22 @@ SHAPES: tuple[Shape, ...] = (
         {"user_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.users_with_connections",
+        "connector/repository.py:ConnectorRepository.live_connections",
         CON,
         "connections",
-        "distinct",
+        "find",
         {"removed": False},
-        whole_collection="the nightly run lists every user with a live connection, once a night: it reads "
-        "nearly every row (all but removed ones), which no index would make cheaper, on MongoDB either",
+        whole_collection="the nightly run reads every live connection, once a night: nearly every row (all "
+        "but removed ones), which no index would make cheaper, on MongoDB either",
+    ),
+    Shape(
+        "connector/repository.py:ConnectorRepository.all_projected_rights",
+        CON,
+        "entitlement_projection",
+        "find",
+        {},
+        whole_collection="the nightly run reads every user's projected rights, once a night, in one read "
+        "instead of one per user",
     ),
     Shape(
         "connector/repository.py:ConnectorRepository.account_states",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator
@@ -222,3 +223,48 @@ def asyncio_run(coro):
     # sync tests run inside pytest-asyncio's loop-less context; a worker thread gives a fresh loop
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def test_the_nightly_run_requests_one_sync_per_entitled_user(stack):
+    """In sets: one request per entitled user with a live connection; a user whose connection already
+    has a live run joins it; a user who lost the right is skipped and paused."""
+    synced, busy, lapsed = new_user("night"), new_user("busy"), new_user("lapsed")
+    for user in (synced, busy, lapsed):
+        stack.entitle(user)
+        stack.select_all(user, stack.link_bank(user))
+        stack.wait_run(user, stack.sync(user))
+    with stack.client("entitlements", lapsed) as ent:
+        ent.delete(f"/v1/users/{lapsed}/options/auto_import").raise_for_status()
+    wait_for(lambda: (s := stack.status(lapsed)) and all(x["state"] == "paused" for x in s))
+    with stack.client("connector", busy) as api:
+        busy_connection = api.get(f"/v1/users/{busy}/connections").json()[0]["connection_id"]
+    live_run = str(uuid.uuid4())
+    asyncio_run(claim_for_an_hour(stack, f"{busy}:{busy_connection}", live_run))
+    before = {user: count_requests(stack, user) for user in (synced, busy, lapsed)}
+
+    with stack.client("connector", "ops-bot", scopes="ops") as ops:
+        report = ops.post("/v1/ops/nightly-run").json()
+    assert report["users"] == report["requested"] + report["skipped"]
+    assert report["skipped"] >= 2  # at least `busy` (joined its live run) and `lapsed`
+    assert count_requests(stack, synced) == before[synced] + 1
+    assert count_requests(stack, busy) == before[busy]
+    assert count_requests(stack, lapsed) == before[lapsed]
+    _, night = asyncio_run(
+        events_where(stack.engines.kafka_bootstrap, SYNC_REQUESTS, lambda k, e: e.userid == synced)
+    )[-1]
+    assert (night.data["reason"], night.data["user_id"]) == ("nightly", synced)
+    # the night's run is the one that syncs: its accounts finish with that run id
+    assert {s["state"] for s in stack.wait_run(synced, night.data["sync_run_id"])} == {"ok"}
+
+
+async def claim_for_an_hour(stack: Stack, connection_key: str, run_id: str) -> None:
+    client = make_client(stack.engines.mongodb_url)
+    try:
+        now = dt.datetime.now(dt.UTC)
+        await client[f"{stack.database}_conn"]["active_runs"].replace_one(
+            {"_id": connection_key},
+            {"run_id": run_id, "claimed_at": now, "expires_at": now + dt.timedelta(hours=1)},
+            upsert=True,
+        )
+    finally:
+        await client.close()
