@@ -26,7 +26,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from services.categorizer.adapters import OperationsRepository, Seen, operation_key
 from services.categorizer.builtin import builtin_dictionary
 from services.categorizer.domain import EMPTY_MATCHER, Categorization, analyse, categorize_memo, memo_text
-from services.importer.adapters import AccountStore, OperationStore
+from services.importer.adapters import AccountStore, OperationStore, month_of
 from services.importer.domain import operation_id
 from services.importer.handlers import auto_account_id
 from shared.events import account_key
@@ -119,6 +119,7 @@ def importer_operation(op: PastOperation, at: datetime) -> Doc:
         "reconciled": False,
         "reconciled_by": None,
         "date": op.day.isoformat(),
+        "month": month_of(op.day),
         "amount": str(amount),
         "cents": op.cents,
         "memo": op.memo,
