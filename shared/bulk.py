@@ -16,13 +16,13 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.results import BulkWriteResult
 
 DEFAULT_CHUNK = 50
 CONCURRENT_COMMANDS = 3
-Write = InsertOne[Any] | UpdateOne | ReplaceOne[Any] | DeleteOne
+Write = InsertOne[Any] | UpdateOne | UpdateMany | ReplaceOne[Any] | DeleteOne
 
 _limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 

@@ -43,11 +43,12 @@ import datetime as dt
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
+from typing import Protocol, TypeVar
 
 PENDING_WINDOW_DAYS = 5
 BOOKING_EARLIER_SLACK_DAYS = 1
@@ -611,3 +612,39 @@ def diff(before: AccountLines, after: AccountLines) -> Changes:
         if manual_id not in new_rec:
             changes.unreconciled.append((manual_id, line))
     return changes
+
+
+# ---- categorisations ------------------------------------------------------------------------------------
+
+
+class CategorizationLike(Protocol):
+    @property
+    def operation_id(self) -> str: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def rules_version(self) -> int: ...
+
+
+C = TypeVar("C", bound=CategorizationLike)
+
+
+def categorization_rank(source: str | None, rules_version: int) -> tuple[int, int]:
+    """Which categorisation of an operation wins: the user's own choice over any rule result, then the
+    newer rule set; among equals, the later one. An operation's stored categorisation is replaced by
+    one of at least its rank (the write-back's guard says the same in the write's filter)."""
+    return (1, 0) if source == "manual" else (0, rules_version)
+
+
+def last_word_per_operation(items: Sequence[C]) -> list[C]:
+    """Of several categorisations of one operation in a batch, the one that applying them all in order
+    would leave: the highest rank, the later among equals (see `categorization_rank`). Each operation
+    then needs one guarded write, and the batch's writes no longer depend on their order."""
+    winners: dict[str, C] = {}
+    for item in items:
+        current = winners.get(item.operation_id)
+        if current is None or categorization_rank(item.source, item.rules_version) >= categorization_rank(
+            current.source, current.rules_version
+        ):
+            winners[item.operation_id] = item
+    return list(winners.values())

@@ -109,6 +109,27 @@ async def test_accounts_are_written_side_by_side_each_in_order(store: OperationS
     await store.insert_new(ops)
     items = [categorized(o["_id"], "global", "transport", 1, account=o["account_id"]) for o in ops]
     items += [categorized("p-0", "global", "loisirs", 2, account="p")]  # a later result, same batch
-    assert await apply(store, *items) == len(ops) + 1
+    assert await apply(store, *items) == len(ops)  # one write per operation: the last word
     assert (await doc(store, "p-0"))["category"] == "loisirs"
     assert (await doc(store, "r-119"))["category"] == "transport"
+
+
+async def test_one_result_for_many_operations_is_one_write_that_keeps_the_rules(
+    store: OperationStore,
+) -> None:
+    ops = [operation(f"m-{i}") for i in range(40)] + [operation("other-user", user="someone-else")]
+    await store.insert_new(ops)
+    await apply(store, categorized("m-3", "manual", "loisirs", 1), categorized("m-4", "user", "sante", 5))
+    # a new payee recognises them all (rules version 2): the user's choice and a newer result stay
+    items = [categorized(f"m-{i}", "user", "alimentation", 2) for i in range(40)]
+    items.append(categorized("other-user", "user", "alimentation", 2))
+    assert await apply(store, *items) == 38
+    assert (await doc(store, "m-0"))["category"] == "alimentation"
+    assert (await doc(store, "m-39"))["cat_rv"] == 2
+    assert ((await doc(store, "m-3"))["category"], (await doc(store, "m-3"))["cat_src"]) == (
+        "loisirs",
+        "manual",
+    )
+    assert (await doc(store, "m-4"))["category"] == "sante"
+    assert (await doc(store, "other-user"))["category"] is None
+    assert await apply(store, *items) == 0  # redelivered: nothing to write

@@ -17,6 +17,7 @@ Counting is exact as in test_faults_pipeline (tests/faults.py).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -179,18 +180,25 @@ def test_ferretdb_stopped_10s_mid_import(stack, private_engines):
     accounts = [a["aggregator_account_id"] for a in connection["accounts"] if a["type"] == "checking"]
     truth = bank_lines(stack, accounts)
     total = sum(len(ids) for ids in truth.values())
-    with TopicTail(private_engines.kafka_bootstrap, [OPERATIONS]) as tail, faults_cleared(stack):
+    topics = [TRANSACTIONS_RAW, OPERATIONS]
+    with TopicTail(private_engines.kafka_bootstrap, topics) as tail, faults_cleared(stack):
 
         def imported() -> int:
             return tail.count(OPERATIONS, user, "operation.imported")
 
-        # a page of lines every 3 s: FerretDB stops once the first is being imported, before the last
-        set_faults(stack, latency_ms=3000)
-        select(stack, user, connection, accounts)
-        wait_for(lambda: imported() >= 1, 120, "the first operation imported", every=0.05)
-        private_engines.stop_ferretdb()
-        at_stop = imported()
+        # the importer is held (SIGSTOP) while the connector publishes the whole sync, FerretDB stops,
+        # then the importer goes on with every line still to store and no database for 10 s
+        importer = stack.processes["importer"].process
+        assert importer is not None
+        importer.send_signal(signal.SIGSTOP)
+        try:
+            select(stack, user, connection, accounts)
+            wait_for(lambda: tail.count(TRANSACTIONS_RAW, user) >= total, 120, "every line published")
+            private_engines.stop_ferretdb()
+        finally:
+            importer.send_signal(signal.SIGCONT)
         time.sleep(10)
+        at_stop = imported()
         private_engines.start_ferretdb()
     assert at_stop < total, "the import ended before FerretDB stopped: nothing was tested"
     every_line_once_and_categorised(stack, user, truth)
