@@ -68,12 +68,3 @@ async def find_by_ids(
         docs = await asyncio.gather(*(collection.find_one({"_id": one}) for one in chunk))
         found.update((doc["_id"], doc) for doc in docs if doc is not None)
     return found
-
-
-def ids_in_scope(ids: Iterable[str], scope: Mapping[str, Any]) -> dict[str, Any]:
-    """A filter for these `_id`s within `scope`, an equality filter on indexed fields (an account):
-    the local engine reads the scope from its index and keeps the ids itself, where `_id: {"$in"}`
-    alone would scan the whole collection. The one place such a filter is written."""
-    if not scope:
-        raise ValueError("an _id $in filter needs a scope the engine can read from an index")
-    return {**scope, "_id": {"$in": list(dict.fromkeys(ids))}}

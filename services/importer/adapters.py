@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 from bson import Binary
-from pymongo import ASCENDING, DESCENDING, DeleteOne, InsertOne, UpdateMany, UpdateOne
+from pymongo import ASCENDING, DESCENDING, DeleteOne, InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -248,7 +248,7 @@ class OperationStore:
             return int(exc.details.get("nInserted", 0))
         return result.inserted_count
 
-    async def write(self, requests: Sequence[UpdateOne | UpdateMany | DeleteOne]) -> int:
+    async def write(self, requests: Sequence[UpdateOne | DeleteOne]) -> int:
         """In order, in small commands (shared.bulk); returns how many documents matched."""
         return await bulk_write_chunked(self.coll, requests, ordered=True)
 

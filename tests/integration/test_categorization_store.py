@@ -114,7 +114,7 @@ async def test_accounts_are_written_side_by_side_each_in_order(store: OperationS
     assert (await doc(store, "r-119"))["category"] == "transport"
 
 
-async def test_one_result_for_many_operations_is_one_write_that_keeps_the_rules(
+async def test_one_result_for_many_operations_keeps_the_rules(
     store: OperationStore,
 ) -> None:
     ops = [operation(f"m-{i}") for i in range(40)] + [operation("other-user", user="someone-else")]

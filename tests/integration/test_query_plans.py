@@ -56,7 +56,7 @@ from services.entitlements.adapters import EntitlementsRepository
 from services.importer.adapters import AccountStore, OperationStore
 from services.importer.handlers import categorization_fields, categorization_guard
 from shared.devstack import DEPLOY, ROOT, Engines
-from shared.mongo import POINT_READS_UP_TO, find_by_ids, ids_in_scope, make_client
+from shared.mongo import POINT_READS_UP_TO, find_by_ids, make_client
 from shared.schemas import OperationCategorized, PayeeRef
 
 pytestmark = pytest.mark.engines
@@ -371,14 +371,6 @@ def categorized(source: Literal["user", "global", "manual"]) -> Doc:
     return categorization_guard(item, categorization_fields(item))
 
 
-def categorized_together() -> Doc:
-    """The write-back's one update of many operations given the same result, as handlers.py builds it."""
-    guard = categorized("user")
-    scope = {"account_id": account(U, A), "user_id": guard.pop("user_id")}
-    guard.pop("_id")
-    return {**ids_in_scope([op_id(U, A, n) for n in range(20)], scope), **guard}
-
-
 # `source` names every function that sends the shape, as `file:Class.method, method2 (note); file2:...`
 # (paths under services/, or shared/...): test_every_function_that_queries_has_a_shape reads them.
 # shared/mongo.py:find_by_ids sends `find_one({"_id": id})` per id, or, for more than POINT_READS_UP_TO ids
@@ -433,14 +425,6 @@ SHAPES: tuple[Shape, ...] = (
         "operations",
         "bulk_write",
         categorized("user"),
-    ),
-    Shape(
-        "importer/handlers.py:Categorizations.apply (one result for many operations: UpdateMany of "
-        "shared/mongo.py:ids_in_scope) via importer/adapters.py:OperationStore.write",
-        IMP,
-        "operations",
-        "bulk_write",
-        categorized_together(),
     ),
     Shape(
         "importer/handlers.py:Categorizations.apply, categorization_guard (the user's choice) via "
@@ -1037,16 +1021,7 @@ def test_no_filter_puts_in_on_id() -> None:
     found = []
     for path in sorted([*(ROOT / "services").rglob("*.py"), *(ROOT / "shared").rglob("*.py")]):
         tree = ast.parse(path.read_text(), str(path))
-        # the one sanctioned form: ids within a scope the engine reads from an index (its row below)
-        sanctioned = {
-            id(node)
-            for fn in ast.walk(tree)
-            if isinstance(fn, ast.FunctionDef) and fn.name == "ids_in_scope" and path.name == "mongo.py"
-            for node in ast.walk(fn)
-        }
         for node in ast.walk(tree):
-            if id(node) in sanctioned:
-                continue
             if not isinstance(node, ast.Dict):
                 continue
             for key, value in zip(node.keys, node.values, strict=True):
@@ -1058,11 +1033,7 @@ def test_no_filter_puts_in_on_id() -> None:
                 ):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not found, "_id $in filters (a sequential scan on the local engine):\n" + "\n".join(found)
-    in_on_id = [
-        s.name
-        for s in SHAPES
-        if isinstance(s.filter.get("_id"), dict) and "$in" in s.filter["_id"] and "account_id" not in s.filter
-    ]
+    in_on_id = [s.name for s in SHAPES if isinstance(s.filter.get("_id"), dict) and "$in" in s.filter["_id"]]
     assert not in_on_id, in_on_id
 
 
