@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from services.importer.adapters import OperationStore
 from shared.devstack import ROOT, Engines, ensure_dir
+from shared.mongo import make_client
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +25,17 @@ def engines() -> Iterator[Engines]:
 @pytest.fixture(scope="session")
 def log_dir() -> Path:
     return ensure_dir(ROOT / ".run" / "test-logs")
+
+
+@pytest.fixture
+async def operation_store(engines: Engines) -> AsyncIterator[OperationStore]:
+    """The importer's operations collection, with its indexes, in a database of its own (dropped after)."""
+    client = make_client(engines.mongodb_url)
+    db = client[f"ops_{uuid.uuid4().hex[:8]}"]
+    operations = OperationStore(db)
+    await operations.create_indexes()
+    try:
+        yield operations
+    finally:
+        await client.drop_database(db.name)
+        await client.close()

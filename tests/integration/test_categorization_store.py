@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from services.importer.adapters import CATEGORIZATION_DEFAULTS, OperationStore
 from services.importer.handlers import Categorizations, KeyLocks
-from shared.devstack import Engines
-from shared.mongo import make_client
 from shared.schemas import OperationCategorized
 
 USER = "user-1"
 
 
 @pytest.fixture
-async def store(engines: Engines) -> AsyncIterator[OperationStore]:
-    client = make_client(engines.mongodb_url)
-    db = client[f"catstore_{uuid.uuid4().hex[:8]}"]
-    operations = OperationStore(db)
-    await operations.create_indexes()
-    try:
-        yield operations
-    finally:
-        await client.drop_database(db.name)
-        await client.close()
+def store(operation_store: OperationStore) -> OperationStore:
+    return operation_store
 
 
 def operation(op_id: str, user: str = USER) -> dict[str, Any]:

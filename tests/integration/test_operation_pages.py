@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from services.importer.adapters import OperationStore, month_of, previous_month
-from shared.devstack import Engines
-from shared.mongo import make_client
 
 USER, ACCOUNT = "user-1", "acc-1"
 FIRST = dt.date(2025, 10, 3)
 
 
 @pytest.fixture
-async def store(engines: Engines) -> AsyncIterator[OperationStore]:
-    client = make_client(engines.mongodb_url)
-    db = client[f"pages_{uuid.uuid4().hex[:8]}"]
-    operations = OperationStore(db)
-    await operations.create_indexes()
-    try:
-        yield operations
-    finally:
-        await client.drop_database(db.name)
-        await client.close()
+def store(operation_store: OperationStore) -> OperationStore:
+    return operation_store
 
 
 def operation(n: int, date: dt.date, account: str = ACCOUNT) -> dict[str, Any]:
