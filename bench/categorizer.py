@@ -48,6 +48,7 @@ from services.categorizer.domain import (
     categorize_memo,
 )
 from services.categorizer.handlers import CategorizerHandlers
+from services.importer.adapters import OperationStore
 from shared.batch_publisher import BatchPublisher
 from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from shared.mongo import make_client
@@ -272,8 +273,7 @@ async def seed_user(mongodb_url: str, database: str, user: str, n: int) -> tuple
 async def categorisations(stack: Stack, user: str) -> list[dict[str, Any]]:
     client = make_client(stack.engines.mongodb_url)
     try:
-        fields = {"payee": 1, "category": 1, "categorized_at": 1}
-        return await client[f"{stack.database}_imp"]["operations"].find({"user_id": user}, fields).to_list()
+        return await OperationStore(client[f"{stack.database}_imp"]).find_shown({"user_id": user}, [])
     finally:
         await client.close()
 

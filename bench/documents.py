@@ -143,7 +143,7 @@ def importer_operation(op: PastOperation, at: datetime) -> Doc:
 
 def projection(op: PastOperation, at: datetime) -> Doc:
     """The categorizer's `categorizer_operations` document of the same operation (seen at version 0)."""
-    seen = Seen(op.user_id, op.op_id, op.account_id, op.memo, op.label, 0, op.result)
+    seen = Seen(op.user_id, op.op_id, op.account_id, op.memo, op.label, 0, op.result, month=month_of(op.day))
     return {"_id": operation_key(op.user_id, op.op_id), **seen.fields(at)}
 
 

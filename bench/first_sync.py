@@ -33,6 +33,7 @@ from typing import Any
 from bench.connector import lines_published, synced_since
 from bench.documents import PastOperation, drop_stack_databases, history, seed_stores
 from bench.registry import Context, Limit, Measurement, benchmark, load_average
+from services.importer.adapters import OperationStore
 from shared.devstack import DEPLOY, ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from shared.mongo import make_client
 
@@ -70,8 +71,8 @@ def choose(stack: Stack, user: str, chosen: list[tuple[str, list[str]]]) -> None
 async def user_operations(stack: Stack, user: str) -> list[Doc]:
     client = make_client(stack.engines.mongodb_url)
     try:
-        fields = {"categorized_at": 1, "created_at": 1, "category": 1}
-        return await client[f"{stack.database}_imp"]["operations"].find({"user_id": user}, fields).to_list()
+        store = OperationStore(client[f"{stack.database}_imp"])
+        return await store.find_shown({"user_id": user}, ["created_at"])
     finally:
         await client.close()
 

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.connector import in_threads, link_and_select, wait_synced
 from bench.registry import Context, Measurement, benchmark
 from ops.kafka import inspector
+from services.importer.adapters import OperationStore
 from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from shared.events import CloudEvent
 from shared.kafka import topic_partitions
@@ -106,13 +107,8 @@ async def wait_drained(stack: Stack, timeout_s: float) -> None:
 async def categorised_since(stack: Stack, since: datetime) -> list[dict[str, Any]]:
     client = make_client(stack.engines.mongodb_url)
     try:
-        return (
-            await client[f"{stack.database}_imp"]["operations"]
-            .find(
-                {"created_at": {"$gte": since}},
-                {"user_id": 1, "aggregator_transaction_id": 1, "categorized_at": 1, "category": 1},
-            )
-            .to_list()
+        return await OperationStore(client[f"{stack.database}_imp"]).find_shown(
+            {"created_at": {"$gte": since}}, ["user_id", "aggregator_transaction_id"]
         )
     finally:
         await client.close()

@@ -42,12 +42,12 @@ async def bulk_write_chunked(
     chunk: int = DEFAULT_CHUNK,
     ordered: bool = False,
 ) -> int:
-    """Sends `writes` in commands of at most `chunk` statements, in order; returns how many matched
-    or were upserted. `ordered` also stops at the first failed statement."""
+    """Sends `writes` in commands of at most `chunk` statements, in order; returns how many matched,
+    were upserted or were inserted. `ordered` also stops at the first failed statement."""
     touched = 0
     for start in range(0, len(writes), chunk):
         result: BulkWriteResult
         async with _command_slots():
             result = await collection.bulk_write(list(writes[start : start + chunk]), ordered=ordered)
-        touched += result.matched_count + result.upserted_count
+        touched += result.matched_count + result.upserted_count + result.inserted_count
     return touched

@@ -131,6 +131,8 @@ class OperationCategorized(Payload):
     keyword: str | None
     # the categorizer's rule-set version for this user; a newer one replaces an older one
     rules_version: int = Field(default=0, ge=0)
+    # the operation's month (`YYYY-MM`), where the importer files the result; absent from older events
+    month: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}$")
 
 
 class EntitlementChanged(Payload):

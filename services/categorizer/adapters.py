@@ -115,6 +115,7 @@ class Projected:
     seen_version: int
     result: Categorization | None
     manual: Categorization | None
+    month: str | None = None  # `YYYY-MM`; None for an operation projected before months were kept
 
     @classmethod
     def of(cls, doc: Doc) -> Projected:
@@ -127,6 +128,7 @@ class Projected:
             seen_version=int(doc.get("seen_version", 0)),
             result=result_of(doc.get("result")),
             manual=result_of(doc.get("manual")),
+            month=doc.get("month"),
         )
 
 
@@ -235,6 +237,7 @@ class Seen:
     seen_version: int | None
     result: Categorization | None
     manual: Categorization | None = None  # a manual choice the importer already holds
+    month: str | None = None  # the operation's `YYYY-MM`
 
     def fields(self, at: datetime) -> Doc:
         found: Doc = {
@@ -249,6 +252,8 @@ class Seen:
             found |= {"seen_version": self.seen_version, "result": result_doc(self.result)}
         if self.manual is not None:
             found["manual"] = result_doc(self.manual)
+        if self.month is not None:
+            found["month"] = self.month
         return found
 
 
@@ -320,7 +325,7 @@ class OperationsRepository:
 
     async def of_user(self, user_id: str, batch_size: int = 5000) -> AsyncIterator[Projected]:
         """The user's operations, without their stored result (a re-examination recomputes it)."""
-        fields = ("user_id", "operation_id", "account_id", "memo", "label", "seen_version", "manual")
+        fields = ("user_id", "operation_id", "account_id", "memo", "label", "seen_version", "manual", "month")
         cursor = self.operations.find({"user_id": user_id}, dict.fromkeys(fields, 1)).batch_size(batch_size)
         async for doc in cursor:
             yield Projected.of(doc)

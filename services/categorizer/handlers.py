@@ -118,6 +118,7 @@ def categorized_event(
     result: Categorization,
     rules_version: int,
     correlation_id: str,
+    month: str | None = None,
 ) -> CloudEvent:
     payee = (
         PayeeRef(id=result.payee_id, name=result.payee_name or "") if result.payee_id is not None else None
@@ -131,7 +132,10 @@ def categorized_event(
         source=result.source,
         keyword=result.keyword,
         rules_version=rules_version,
+        month=month,
     ).model_dump(mode="json")
+    # the month only files the result (the importer's categorisation sheets): not part of the fact
+    fact = {k: v for k, v in data.items() if k != "month"}
     return CloudEvent.new(
         service=SERVICE,
         name="operation.categorized",
@@ -141,7 +145,7 @@ def categorized_event(
         subject=operation_id,
         # the same result of the same rules for the same operation is the same fact
         event_id=deterministic_event_id(
-            "operation.categorized", user_id, operation_id, str(rules_version), content_hash(data)
+            "operation.categorized", user_id, operation_id, str(rules_version), content_hash(fact)
         ),
     )
 
@@ -179,6 +183,7 @@ class _Pending:
     result: Categorization
     version: int
     correlation_id: str
+    month: str | None = None  # the operation's `YYYY-MM`, where the importer files the result
 
 
 @dataclass
@@ -288,6 +293,7 @@ class CategorizerHandlers:
         pending: list[_Pending] = []
         for incoming, event in events:
             op = event.operation
+            month = op.date.isoformat()[:7]
             key = operation_key(event.user_id, op.id)
             before = state.get(key)
             manual = manual_of(event) or (before[2] if before else None)
@@ -296,10 +302,14 @@ class CategorizerHandlers:
             version, matcher = rules[event.user_id]
             publish = incoming.event.name == "operation.imported" or (changed and manual is None)
             if not publish:
-                seen.append(Seen(event.user_id, op.id, op.account_id, op.memo, op.label, None, None, manual))
+                seen.append(
+                    Seen(event.user_id, op.id, op.account_id, op.memo, op.label, None, None, manual, month)
+                )
                 continue
             result = self.categorize(op.memo, op.label, matcher)
-            seen.append(Seen(event.user_id, op.id, op.account_id, op.memo, op.label, version, result, manual))
+            seen.append(
+                Seen(event.user_id, op.id, op.account_id, op.memo, op.label, version, result, manual, month)
+            )
             pending.append(
                 _Pending(
                     event.user_id,
@@ -308,6 +318,7 @@ class CategorizerHandlers:
                     manual or result,
                     version,
                     incoming.event.correlationid,
+                    month,
                 )
             )
         async with self._projection_lock:
@@ -338,7 +349,7 @@ class CategorizerHandlers:
                 )
             await self._publish(
                 [
-                    _Pending(s.user_id, s.account_id, s.operation_id, r, v, f"rules:{s.user_id}:{v}")
+                    _Pending(s.user_id, s.account_id, s.operation_id, r, v, f"rules:{s.user_id}:{v}", s.month)
                     for s, v, r in redone
                 ]
             )
@@ -368,7 +379,13 @@ class CategorizerHandlers:
                     (
                         account_key(p.user_id, p.account_id),
                         categorized_event(
-                            p.user_id, p.account_id, p.operation_id, p.result, p.version, p.correlation_id
+                            p.user_id,
+                            p.account_id,
+                            p.operation_id,
+                            p.result,
+                            p.version,
+                            p.correlation_id,
+                            p.month,
                         ),
                     )
                     for p in chunk
@@ -418,11 +435,22 @@ class CategorizerHandlers:
                 if base is None or categorize_memo(text, base, self.dictionary) != now:
                     pending.append(
                         _Pending(
-                            user_id, op.account_id, op.operation_id, now, ruleset.version, correlation_id
+                            user_id,
+                            op.account_id,
+                            op.operation_id,
+                            now,
+                            ruleset.version,
+                            correlation_id,
+                            op.month,
                         )
                     )
+                    if len(pending) >= PUBLISH_CHUNK:
+                        # published as found: the importer stores them while the rest is read
+                        await self._publish(pending)
+                        report.changed += len(pending)
+                        pending = []
             await self._publish(pending)
-            report.changed = len(pending)
+            report.changed += len(pending)
             async with self._rules_lock(user_id):
                 await self.rulesets.reexamination_done(user_id, ruleset.version)
             report.seconds = loop.time() - started
@@ -515,7 +543,9 @@ class CategorizerHandlers:
         await self.publisher.publish(
             CATEGORIZATIONS,
             account_key(user_id, op.account_id),
-            categorized_event(user_id, op.account_id, operation_id, result, ruleset.version, correlation_id),
+            categorized_event(
+                user_id, op.account_id, operation_id, result, ruleset.version, correlation_id, op.month
+            ),
         )
         if created:
             self.request_reexamination(user_id, ruleset.version)

@@ -12,7 +12,13 @@ new documents in bulk and sends updates in small commands:
   the dedup state; each batch replaces it with a compare-and-set on `rev` (single-document atomicity,
   no transaction needed), after the operations and events it implies are written.
 - `operations`: one document per operation the app shows (`_id` = operation id, deterministic for
-  bank lines), with the categorizer's payee and category.
+  bank lines), its bank fields; categorisations stored before the sheets below existed stay on it.
+- `categorizations`: the categorizer's payee and category of operations, one document ("sheet") per
+  account and month (`_id` = `<account>:<YYYY-MM>`, `ops` = operation id → categorisation, `v` a
+  revision). A batch of results is a few sheet writes instead of one update per operation: the local
+  engine writes a few hundred documents a second, and a new payee can change thousands. What the app
+  reads is the operation with the stronger of its own categorisation and its sheet's entry
+  (`with_categorization`, `categorization_rank`).
 - `accounts` (with the manual operations reconcile mode may match), `banks`, `links`.
 
 A page of operations is read by account (an index) and ordered and cut by the engine after it.
@@ -35,7 +41,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from services.importer.domain import AccountLines, ImportMode, Line
+from services.importer.domain import AccountLines, ImportMode, Line, categorization_rank
 from shared.bulk import bulk_write_chunked
 from shared.mongo import DUPLICATE_KEY, find_by_ids
 from shared.schemas import Operation
@@ -218,9 +224,136 @@ class Page:
     next_after: tuple[str, str] | None
 
 
+CATEGORIZATION_FIELDS = ("payee", "category", "categorized_by", "cat_src", "cat_rv", "categorized_at")
+# what names an operation's sheets and whose they are (see `sheets_of`, `with_categorization`)
+SHEET_LOCATION_FIELDS = ("user_id", "account_id", "month", "filed")
+
+
+def sheet_id(account_id: str, month: str) -> str:
+    return f"{account_id}:{month}"
+
+
+def filed_under(doc: Doc) -> str:
+    """The sheet an operation was filed in when first stored (`filed`), whatever its date or account
+    became since; one stored before sheets existed is filed where it is."""
+    return str(doc.get("filed") or sheet_id(str(doc.get("account_id")), str(doc.get("month"))))
+
+
+def sheets_of(doc: Doc) -> set[str]:
+    """The sheets that may hold an operation's categorisation: the one it was filed in, and the one of
+    its account and month today (a result names the month the operation had when it was decided)."""
+    return {filed_under(doc), sheet_id(str(doc.get("account_id")), str(doc.get("month")))}
+
+
+def categorization_of(doc: Doc) -> Doc:
+    """The categorisation fields of an operation document or of a sheet entry."""
+    return {k: doc[k] for k in CATEGORIZATION_FIELDS if k in doc}
+
+
+def stronger(entry: Doc | None, current: Doc) -> bool:
+    """Whether a categorisation `entry` replaces `current` (see `categorization_rank`: at least its rank)."""
+    if entry is None:
+        return False
+    return categorization_rank(entry.get("cat_src"), int(entry.get("cat_rv", -1))) >= categorization_rank(
+        current.get("cat_src"), int(current.get("cat_rv", -1))
+    )
+
+
+def with_categorization(doc: Doc, sheets: dict[str, Doc]) -> Doc:
+    """The operation as the app shows it: the strongest of its own categorisation and its entries in
+    its sheets (of the user's own sheets only); among equals, a sheet's, then the later one."""
+    entries = [
+        entry
+        for sid in sorted(sheets_of(doc))
+        if (sheet := sheets.get(sid)) is not None and sheet.get("user_id") == doc.get("user_id")
+        if (entry := (sheet.get("ops") or {}).get(doc["_id"])) is not None
+    ]
+    entries.sort(key=lambda entry: str(entry.get("categorized_at") or ""))
+    best: Doc = doc
+    for entry in entries:
+        if stronger(entry, best):
+            best = entry
+    return doc if best is doc else {**doc, **categorization_of(best)}
+
+
+class CategorizationSheets:
+    """The `categorizations` collection (see the module's docstring). Each account's sheets have one
+    writer, the consumer of its partition of the categorizations topic; each write is also conditional
+    on the revision it was decided on (`v`), so a writer that lost the partition cannot overwrite its
+    successor's work on MongoDB."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.coll: AsyncCollection[Doc] = db["categorizations"]
+
+    async def create_indexes(self) -> None:
+        await self.coll.create_index([("account_id", ASCENDING)], name="by_account")
+
+    async def get_many(self, ids: Iterable[str]) -> dict[str, Doc]:
+        return await find_by_ids(self.coll, ids)
+
+    async def of(self, docs: Iterable[Doc]) -> dict[str, Doc]:
+        """The sheets of these operations (one point read per account and month)."""
+        return await self.get_many({sid for doc in docs for sid in sheets_of(doc)})
+
+    async def write(self, sheets: Sequence[SheetChange]) -> bool:
+        """Writes each sheet's new entries if it is still at the revision they were decided on; False
+        when one had moved (or was created meanwhile): decide again on a fresh read."""
+        requests: list[InsertOne[Doc] | UpdateOne] = []
+        for change in sheets:
+            if change.revision is None:
+                requests.append(
+                    InsertOne(
+                        {
+                            "_id": change.sheet_id,
+                            "user_id": change.user_id,
+                            "account_id": change.account_id,
+                            "month": change.month,
+                            "v": 1,
+                            "ops": change.entries,
+                        }
+                    )
+                )
+            else:
+                requests.append(
+                    UpdateOne(
+                        {"_id": change.sheet_id, "v": change.revision},
+                        {
+                            "$set": {f"ops.{op_id}": entry for op_id, entry in change.entries.items()},
+                            "$inc": {"v": 1},
+                        },
+                    )
+                )
+        if not requests:
+            return True
+        try:
+            done = await bulk_write_chunked(self.coll, requests)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            return False
+        return done == len(requests)
+
+    async def delete_account(self, account_id: str) -> None:
+        await self.coll.delete_many({"account_id": account_id})
+
+
+@dataclass(frozen=True)
+class SheetChange:
+    """New entries of one sheet, decided on its revision `revision` (None: the sheet did not exist)."""
+
+    sheet_id: str
+    user_id: str
+    account_id: str
+    month: str
+    revision: int | None
+    entries: dict[str, Doc]
+
+
 class OperationStore:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.coll: AsyncCollection[Doc] = db["operations"]
+        self.sheets = CategorizationSheets(db)
 
     async def create_indexes(self) -> None:
         await self.coll.create_index(
@@ -228,12 +361,32 @@ class OperationStore:
         )
         await self.coll.create_index([("account_id", ASCENDING), ("month", DESCENDING)], name="account_month")
         await self.coll.create_index([("user_id", ASCENDING)], name="by_user")
+        await self.sheets.create_indexes()
+
+    async def categorized(self, docs: Sequence[Doc]) -> list[Doc]:
+        """The documents with their categorisation as the app shows it (see `with_categorization`)."""
+        sheets = await self.sheets.of(docs)
+        return [with_categorization(doc, sheets) for doc in docs]
+
+    async def find_shown(self, query: Doc, fields: Iterable[str]) -> list[Doc]:
+        """`fields` of the operations `query` finds, with their categorisation as the app shows it
+        (benchmarks and tools: the filter is theirs to index)."""
+        wanted = dict.fromkeys((*fields, *SHEET_LOCATION_FIELDS, *CATEGORIZATION_FIELDS), 1)
+        return await self.categorized(await self.coll.find(query, wanted).to_list())
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, Doc]:
-        return await find_by_ids(self.coll, ids)
+        """With their categorisation as the app shows it."""
+        docs = await find_by_ids(self.coll, ids)
+        return {doc["_id"]: doc for doc in await self.categorized(list(docs.values()))}
 
     async def get(self, op_id: str) -> Doc | None:
-        return await self.coll.find_one({"_id": op_id})
+        """With its categorisation as the app shows it."""
+        doc = await self.coll.find_one({"_id": op_id})
+        return None if doc is None else (await self.categorized([doc]))[0]
+
+    async def stored_many(self, ids: Iterable[str], scope: Doc) -> dict[str, Doc]:
+        """Stored documents as they are (without their sheet), by id, within `scope`."""
+        return await find_by_ids(self.coll, ids, scope)
 
     async def insert_new(self, docs: Sequence[Doc]) -> int:
         """Inserts in one bulk; documents already there (a batch re-run) are left as they are."""
@@ -258,6 +411,7 @@ class OperationStore:
 
     async def delete_account(self, account_id: str) -> int:
         result = await self.coll.delete_many({"account_id": account_id})
+        await self.sheets.delete_account(account_id)
         return result.deleted_count
 
     async def insert_one(self, doc: Doc) -> bool:
@@ -313,7 +467,7 @@ class OperationStore:
                 ]
         docs.sort(key=lambda doc: (str(doc["date"]), str(doc["_id"])), reverse=True)
         more = len(docs) > limit
-        docs = docs[:limit]
+        docs = await self.categorized(docs[:limit])
         return Page(docs, (docs[-1]["date"], docs[-1]["_id"]) if more and docs else None)
 
     async def balances(self, user_id: str) -> dict[str, int]:

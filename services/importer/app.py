@@ -32,6 +32,8 @@ class ImporterSettings(ServiceSettings):
     importer_categorizations_group_id: str = "importer-categorizations"
     importer_connections_group_id: str = "importer-connections"
     importer_max_records: int = Field(default=500, ge=1, le=10_000)
+    # results are written a sheet (an account's month) at a time: the larger the batch, the fewer writes
+    importer_categorizations_max_records: int = Field(default=2_000, ge=1, le=10_000)
 
 
 def settings_of(runtime: Runtime) -> ImporterSettings:
@@ -61,10 +63,11 @@ async def wire(runtime: Runtime) -> None:
         SERVICE,
         CATEGORIZATIONS,
         {"operation.categorized": OperationCategorized},
-        CategorizedConsumerHandler(Categorizations(operations, importer.op_locks)),
+        CategorizedConsumerHandler(Categorizations(operations)),
     )
     categorized.subscribe(
-        settings.importer_categorizations_group_id, max_records=settings.importer_max_records
+        settings.importer_categorizations_group_id,
+        max_records=settings.importer_categorizations_max_records,
     )
 
     discovered = TopicConsumer(

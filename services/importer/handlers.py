@@ -32,10 +32,14 @@ from services.importer.adapters import (
     Doc,
     Link,
     OperationStore,
+    SheetChange,
     StateStore,
     bank_fields,
     cents,
+    filed_under,
     month_of,
+    sheet_id,
+    stronger,
     to_operation,
 )
 from services.importer.domain import (
@@ -210,8 +214,9 @@ class KeyLocks:
     """One holder at a time per key in this process; several keys are taken in order (no deadlock).
 
     Per aggregator account: one writer of its dedup state (consumer, replay, deletion). Per operation:
-    one writer of its document, because FerretDB v1 rewrites a whole document on update and can lose
-    one of two concurrent updates of it (bank fields and categorization would race).
+    one writer of its document (a manual operation the lines of two aggregator accounts may reconcile),
+    because FerretDB v1 rewrites a whole document on update and can lose one of two concurrent updates
+    of it. (Categorisations are not written on the operations: see `Categorizations`.)
     """
 
     def __init__(self) -> None:
@@ -261,14 +266,18 @@ class BankOperationFactory:
             "reconciled": False,
             "reconciled_by": None,
             **bank_fields(line),
+            "filed": sheet_id(line.account_id, month_of(line.date)),
             **CATEGORIZATION_DEFAULTS,
             "created_at": now,
             "updated_at": now,
         }
 
-    def update(self, line: Line) -> UpdateOne:
-        """The bank's side of an existing operation (its categorization stays); created if missing."""
+    def update(self, line: Line, before: Doc | None) -> UpdateOne:
+        """The bank's side of an existing operation (its categorization and its sheet stay); created if
+        missing. One stored before sheets existed is filed where it was (`before`, as stored)."""
         changed = {**bank_fields(line), "account_id": line.account_id, "updated_at": dt.datetime.now(dt.UTC)}
+        if before is not None and "filed" not in before and "month" in before:
+            changed["filed"] = sheet_id(before["account_id"], before["month"])
         rest = {k: v for k, v in self.new(line).items() if k not in changed and k != "_id"}
         return UpdateOne({"_id": line.op_id}, {"$set": changed, "$setOnInsert": rest}, upsert=True)
 
@@ -530,7 +539,7 @@ class Importer:
         await self.operations.insert_new(new_docs)
         async with self.op_locks.hold(*updated_ids, *deleted_ids, *manual_ids):
             await self.operations.write(
-                [bank_op.update(line) for line in changes.updated]
+                [bank_op.update(line, existing.get(line.op_id or "")) for line in changes.updated]
                 + [DeleteOne({"_id": op_id}) for op_id in deleted_ids]
             )
             manual_after = await self._write_reconciliations(target.akey, changes, existing)
@@ -622,54 +631,74 @@ class Importer:
 
 
 class Categorizations:
-    """Stores the categorizer's payee and category on operations; never over the user's own choice.
+    """Stores the categorizer's payee and category of operations in the account's month sheets
+    (adapters.CategorizationSheets); never over the user's own choice.
 
-    The rule is in each write's filter, so it holds on MongoDB whoever writes: the operation is the
-    user's, a rule result never replaces the user's choice (`cat_src` manual) nor the result of a
-    newer rule set (`cat_rv`), and a categorisation already stored exactly is not written again
-    (redeliveries, replays). Nothing is read first. Of several results for one operation in a batch,
-    only the one that applying them in order would leave is written (`last_word_per_operation`), one
-    guarded update per operation, accounts side by side. (One `update_many` of the ids given one same
-    result within an account was measured slower on the local engine: it evaluates `$in` over the
-    whole account for each, and still writes each document on its own.) The local
-    engine evaluates everything but the indexed equalities in Go on the documents the index gives,
-    and applies an update by reading and writing the document back, so two writers of one document
-    can lose one's change there: the categorisations of one account come in order on one
-    partition, and within a process the importer's intake and this write-back take the same
-    per-operation locks (a FerretDB-only precaution; MongoDB applies each `$set` atomically).
+    Per batch: the last word per operation (`last_word_per_operation`), one point read per sheet the
+    results name (the event's account and month; an older event without a month finds its operation
+    by id), and one conditional write per sheet (`sheet_changes` decides on what was read: never
+    below the entry's rank, never an exact repeat); a sheet that moved meanwhile is read and decided
+    again. That is a handful of documents for thousands of results, where one guarded update per
+    operation wrote a few hundred a second on the local engine; the operations are not read. What the
+    app reads takes the strongest of an operation's own categorisation and its sheets' entries
+    (`with_categorization`), so the user's choice wins however the results arrive. Nothing here
+    writes the operations' documents: the intake and this write-back never race on one document.
     """
 
-    def __init__(self, operations: OperationStore, op_locks: KeyLocks, concurrency: int = 4) -> None:
+    def __init__(self, operations: OperationStore, attempts: int = 5) -> None:
         self.operations = operations
-        self.op_locks = op_locks
-        self._concurrency = asyncio.Semaphore(concurrency)
+        self.attempts = attempts
 
     async def apply(self, items: Sequence[OperationCategorized]) -> int:
-        """Returns how many operations were written."""
-        now = dt.datetime.now(dt.UTC)
-        by_account: dict[tuple[str, str], list[UpdateOne | DeleteOne]] = {}
-        for item in last_word_per_operation(items):
-            fields = categorization_fields(item)
-            by_account.setdefault((item.user_id, item.account_id), []).append(
-                UpdateOne(categorization_guard(item, fields), {"$set": {**fields, "categorized_at": now}})
-            )
+        """Returns how many operations' categorisations were written."""
+        winners = last_word_per_operation(items)
+        filed = await self._sheets_named(winners)
+        for _ in range(self.attempts):
+            sheets = await self.operations.sheets.get_many(set(filed.values()))
+            changes = sheet_changes(winners, filed, sheets, dt.datetime.now(dt.UTC))
+            if await self.operations.sheets.write(changes):
+                return sum(len(change.entries) for change in changes)
+        raise RuntimeError(f"categorization sheets kept moving for {self.attempts} attempts")
 
-        async def write(requests: list[UpdateOne | DeleteOne]) -> int:
-            async with self._concurrency:
-                return await self.operations.write(requests)
+    async def _sheets_named(self, items: Sequence[OperationCategorized]) -> dict[str, str]:
+        """Operation id → the sheet its result goes to; one not stored (without a month) has none."""
+        named = {i.operation_id: sheet_id(i.account_id, i.month) for i in items if i.month is not None}
+        unnamed: dict[tuple[str, str], list[str]] = {}
+        for item in items:
+            if item.month is None:
+                unnamed.setdefault((item.user_id, item.account_id), []).append(item.operation_id)
+        for (user_id, account_id), ids in unnamed.items():
+            stored = await self.operations.stored_many(ids, {"user_id": user_id, "account_id": account_id})
+            named.update((op_id, filed_under(doc)) for op_id, doc in stored.items())
+        return named
 
-        async with self.op_locks.hold(*(item.operation_id for item in items)):
-            written = await asyncio.gather(*(write(requests) for requests in by_account.values()))
-        return sum(written)
 
-
-def categorization_guard(item: OperationCategorized, fields: Doc) -> Doc:
-    """The filter of one categorisation's write: which operation, and when it may be written."""
-    guard: Doc = {"_id": item.operation_id, "user_id": item.user_id, "$nor": [fields]}
-    if item.source != "manual":
-        guard["cat_src"] = {"$ne": "manual"}
-        guard["cat_rv"] = {"$lte": item.rules_version}
-    return guard
+def sheet_changes(
+    items: Sequence[OperationCategorized], filed: dict[str, str], sheets: dict[str, Doc], at: dt.datetime
+) -> list[SheetChange]:
+    """What to write to which sheet: each result at least as strong as its entry there and not exactly
+    it; none to a sheet of another user, nor for an operation without a sheet."""
+    changes: dict[str, SheetChange] = {}
+    for item in items:
+        sid = filed.get(item.operation_id)
+        if sid is None:
+            continue
+        sheet = sheets.get(sid)
+        if sheet is not None and sheet.get("user_id") != item.user_id:
+            continue
+        entry = (sheet or {}).get("ops", {}).get(item.operation_id)
+        fields = categorization_fields(item)
+        if entry is not None and (
+            not stronger(fields, entry) or all(entry.get(k) == v for k, v in fields.items())
+        ):
+            continue
+        change = changes.get(sid)
+        if change is None:
+            revision = int(sheet["v"]) if sheet is not None else None
+            account_id, month = sid.rsplit(":", 1)
+            change = changes[sid] = SheetChange(sid, item.user_id, account_id, month, revision, {})
+        change.entries[item.operation_id] = {**fields, "categorized_at": at}
+    return list(changes.values())
 
 
 def categorization_fields(item: OperationCategorized) -> Doc:
@@ -845,6 +874,7 @@ class AccountService:
             "reconciled": False,
             "reconciled_by": None,
             "aggregator_transaction_id": None,
+            "filed": sheet_id(account_id, month_of(date)),
             **CATEGORIZATION_DEFAULTS,
             "created_at": now,
             "updated_at": now,

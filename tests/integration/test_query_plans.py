@@ -43,7 +43,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import pytest
 from bson import Binary
@@ -54,10 +54,8 @@ from services.categorizer.adapters import OperationsRepository, RuleSetRepositor
 from services.connector.repository import ConnectorRepository
 from services.entitlements.adapters import EntitlementsRepository
 from services.importer.adapters import AccountStore, OperationStore
-from services.importer.handlers import categorization_fields, categorization_guard
 from shared.devstack import DEPLOY, ROOT, Engines
 from shared.mongo import POINT_READS_UP_TO, find_by_ids, make_client
-from shared.schemas import OperationCategorized, PayeeRef
 
 pytestmark = pytest.mark.engines
 
@@ -158,8 +156,27 @@ def importer_docs() -> dict[str, list[Doc]]:
         }
         for u, a, n in lines()
     ]
+    sheets: dict[str, Doc] = {}
+    for op in operations:
+        sid = f"{op['account_id']}:{op['month']}"
+        sheet = sheets.setdefault(
+            sid,
+            {
+                "_id": sid,
+                "user_id": op["user_id"],
+                "account_id": op["account_id"],
+                "month": op["month"],
+                "v": 2,
+            },
+        )
+        sheet.setdefault("ops", {})[op["_id"]] = {
+            "category": "alimentation",
+            "cat_src": "global",
+            "cat_rv": 1,
+        }
     return {
         "operations": operations,
+        "categorizations": list(sheets.values()),
         "import_state": [
             {
                 "_id": akey(u, a),
@@ -356,21 +373,6 @@ IMP, CAT, CON, ENT = "importer", "categorizer", "connector", "entitlements"
 RUN_REF = f"{akey(U, A)}:{tx_id(U, A, 3)}"
 
 
-def categorized(source: Literal["user", "global", "manual"]) -> Doc:
-    """The filter of the importer's category write-back, as services/importer/handlers.py builds it."""
-    item = OperationCategorized(
-        user_id=user(U),
-        account_id=account(U, A),
-        operation_id=op_id(U, A, 7),
-        payee=PayeeRef(id="p1", name="Carrefour"),
-        category="groceries",
-        source=source,
-        keyword="carrefour",
-        rules_version=4,
-    )
-    return categorization_guard(item, categorization_fields(item))
-
-
 # `source` names every function that sends the shape, as `file:Class.method, method2 (note); file2:...`
 # (paths under services/, or shared/...): test_every_function_that_queries_has_a_shape reads them.
 # shared/mongo.py:find_by_ids sends `find_one({"_id": id})` per id, or, for more than POINT_READS_UP_TO ids
@@ -386,7 +388,8 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": akey(U, A), "rev": 3},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.get, get_many (find_by_ids without a scope: a find_one per id)",
+        "importer/adapters.py:OperationStore.get, get_many (find_by_ids without a scope: a find_one per id), "
+        "stored_many (up to 64 ids)",
         IMP,
         "operations",
         "find_one",
@@ -419,20 +422,34 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": op_id(U, A, 7), "reconciled_by": RUN_REF},
     ),
     Shape(
-        "importer/handlers.py:Categorizations.apply, categorization_guard (a rule's result) via "
-        "importer/adapters.py:OperationStore.write",
+        "importer/adapters.py:CategorizationSheets.get_many, of (find_by_ids without a scope: a find_one per "
+        "id)",
         IMP,
-        "operations",
-        "bulk_write",
-        categorized("user"),
+        "categorizations",
+        "find_one",
+        {"_id": f"{account(U, A)}:{day(9)[:7]}"},
     ),
     Shape(
-        "importer/handlers.py:Categorizations.apply, categorization_guard (the user's choice) via "
-        "importer/adapters.py:OperationStore.write",
+        "importer/adapters.py:CategorizationSheets.write (UpdateOne at the revision decided on)",
+        IMP,
+        "categorizations",
+        "bulk_write",
+        {"_id": f"{account(U, A)}:{day(9)[:7]}", "v": 2},
+    ),
+    Shape(
+        "importer/adapters.py:CategorizationSheets.delete_account",
+        IMP,
+        "categorizations",
+        "delete_many",
+        {"account_id": account(U, A)},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.stored_many (find_by_ids, more than 64 ids of an account: "
+        "Categorizations._sheets_named)",
         IMP,
         "operations",
-        "bulk_write",
-        categorized("manual"),
+        "find",
+        {"user_id": user(U), "account_id": account(U, A)},
     ),
     Shape(
         "importer/adapters.py:OperationStore.delete_account",
@@ -454,6 +471,14 @@ SHAPES: tuple[Shape, ...] = (
         "operations",
         "find",
         {"account_id": account(U, A), "user_id": user(U)},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.find_shown (the benchmarks' filter of a user; bench/pipeline.py "
+        "also reads the night's operations by `created_at`, a scan it makes once at the end)",
+        IMP,
+        "operations",
+        "find",
+        {"user_id": user(U)},
     ),
     Shape(
         "importer/adapters.py:OperationStore.balances (index by_user)",
