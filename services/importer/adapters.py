@@ -13,11 +13,12 @@ new documents in bulk and sends updates in small commands:
   no transaction needed), after the operations and events it implies are written.
 - `operations`: one document per operation the app shows (`_id` = operation id, deterministic for
   bank lines), its bank fields; categorisations stored before the sheets below existed stay on it.
-- `categorizations`: the categorizer's payee and category of operations, one document ("sheet") per
-  account and month (`_id` = `<account>:<YYYY-MM>`, `ops` = operation id → categorisation, `v` a
-  revision). A batch of results is a few sheet writes instead of one update per operation: the local
-  engine writes a few hundred documents a second, and a new payee can change thousands. What the app
-  reads is the operation with the stronger of its own categorisation and its sheet's entry
+- `categorizations`: the categorizer's payee and category of operations, in "sheets": one per account
+  and month (`sheet` = `<account>:<YYYY-MM>`), each a few documents of entries (operation id →
+  categorisation) that batches of results added, folded into one now and then. A batch of results is
+  one insert per sheet it touches instead of one update per operation: the local engine writes a few
+  hundred documents a second, and a new payee can change thousands. What the app reads is the
+  operation with the strongest of its own categorisation and its sheets' entries
   (`with_categorization`, `categorization_rank`).
 - `accounts` (with the manual operations reconcile mode may match), `banks`, `links`.
 
@@ -26,9 +27,11 @@ A page of operations is read by account (an index) and ordered and cut by the en
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
+import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +46,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.importer.domain import AccountLines, ImportMode, Line, categorization_rank
 from shared.bulk import bulk_write_chunked
-from shared.mongo import DUPLICATE_KEY, find_by_ids
+from shared.mongo import DUPLICATE_KEY, POINT_READS_UP_TO, find_by_ids
 from shared.schemas import Operation
 
 Doc = dict[str, Any]
@@ -259,95 +262,146 @@ def stronger(entry: Doc | None, current: Doc) -> bool:
     )
 
 
-def with_categorization(doc: Doc, sheets: dict[str, Doc]) -> Doc:
+def strongest(current: Doc | None, entries: Iterable[Doc]) -> Doc | None:
+    """The categorisation that applying `entries` in the order they were written (`categorized_at`)
+    over `current` leaves: each replaces the one before when at least as strong."""
+    best = current
+    for entry in sorted(entries, key=lambda entry: str(entry.get("categorized_at") or "")):
+        if best is None or stronger(entry, best):
+            best = entry
+    return best
+
+
+def with_categorization(doc: Doc, sheets: dict[str, list[Doc]]) -> Doc:
     """The operation as the app shows it: the strongest of its own categorisation and its entries in
-    its sheets (of the user's own sheets only); among equals, a sheet's, then the later one."""
+    its sheets (the user's own entries only); among equals, the later one."""
     entries = [
         entry
-        for sid in sorted(sheets_of(doc))
-        if (sheet := sheets.get(sid)) is not None and sheet.get("user_id") == doc.get("user_id")
-        if (entry := (sheet.get("ops") or {}).get(doc["_id"])) is not None
+        for sid in sheets_of(doc)
+        for part in sheets.get(sid, ())
+        if part.get("user_id") == doc.get("user_id")
+        if (entry := (part.get("ops") or {}).get(doc["_id"])) is not None
     ]
-    entries.sort(key=lambda entry: str(entry.get("categorized_at") or ""))
-    best: Doc = doc
-    for entry in entries:
-        if stronger(entry, best):
-            best = entry
-    return doc if best is doc else {**doc, **categorization_of(best)}
-
-
-class CategorizationSheets:
-    """The `categorizations` collection (see the module's docstring). Each account's sheets have one
-    writer, the consumer of its partition of the categorizations topic; each write is also conditional
-    on the revision it was decided on (`v`), so a writer that lost the partition cannot overwrite its
-    successor's work on MongoDB."""
-
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
-        self.coll: AsyncCollection[Doc] = db["categorizations"]
-
-    async def create_indexes(self) -> None:
-        await self.coll.create_index([("account_id", ASCENDING)], name="by_account")
-
-    async def get_many(self, ids: Iterable[str]) -> dict[str, Doc]:
-        return await find_by_ids(self.coll, ids)
-
-    async def of(self, docs: Iterable[Doc]) -> dict[str, Doc]:
-        """The sheets of these operations (one point read per account and month)."""
-        return await self.get_many({sid for doc in docs for sid in sheets_of(doc)})
-
-    async def write(self, sheets: Sequence[SheetChange]) -> bool:
-        """Writes each sheet's new entries if it is still at the revision they were decided on; False
-        when one had moved (or was created meanwhile): decide again on a fresh read."""
-        requests: list[InsertOne[Doc] | UpdateOne] = []
-        for change in sheets:
-            if change.revision is None:
-                requests.append(
-                    InsertOne(
-                        {
-                            "_id": change.sheet_id,
-                            "user_id": change.user_id,
-                            "account_id": change.account_id,
-                            "month": change.month,
-                            "v": 1,
-                            "ops": change.entries,
-                        }
-                    )
-                )
-            else:
-                requests.append(
-                    UpdateOne(
-                        {"_id": change.sheet_id, "v": change.revision},
-                        {
-                            "$set": {f"ops.{op_id}": entry for op_id, entry in change.entries.items()},
-                            "$inc": {"v": 1},
-                        },
-                    )
-                )
-        if not requests:
-            return True
-        try:
-            done = await bulk_write_chunked(self.coll, requests)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            return False
-        return done == len(requests)
-
-    async def delete_account(self, account_id: str) -> None:
-        await self.coll.delete_many({"account_id": account_id})
+    best = strongest(doc, entries)
+    return doc if best is doc or best is None else {**doc, **categorization_of(best)}
 
 
 @dataclass(frozen=True)
-class SheetChange:
-    """New entries of one sheet, decided on its revision `revision` (None: the sheet did not exist)."""
+class SheetAddition:
+    """Entries (operation id → categorisation) a batch adds to one sheet."""
 
     sheet_id: str
     user_id: str
     account_id: str
     month: str
-    revision: int | None
     entries: dict[str, Doc]
+
+
+class CategorizationSheets:
+    """The `categorizations` collection (see the module's docstring). A sheet is a few documents
+    (`sheet` = its id): each batch of results adds one to each sheet it touches (`append`: an insert,
+    nothing read, nothing rewritten), and a sheet of more than FOLD_AFTER documents is folded into one
+    (`fold`: its strongest entry per operation). Reading a sheet merges its documents the same way, so
+    an entry written twice (a redelivery, a replay) or a weaker one only costs its bytes until the
+    next fold. `categorization_counts` counts each sheet's documents (one small upsert per sheet and
+    batch) to know when to fold.
+
+    Each account's sheets have one writer, the consumer of its partition of the categorizations
+    topic. Nothing is overwritten, and a fold deletes only the documents it read and merged: a writer
+    that lost its partition cannot undo its successor's work.
+    """
+
+    FOLD_AFTER = 8
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.coll: AsyncCollection[Doc] = db["categorizations"]
+        self.counts: AsyncCollection[Doc] = db["categorization_counts"]
+
+    async def create_indexes(self) -> None:
+        await self.coll.create_index([("sheet", ASCENDING)], name="by_sheet")
+        await self.coll.create_index([("account_id", ASCENDING)], name="by_account")
+        await self.counts.create_index([("account_id", ASCENDING)], name="by_account")
+
+    async def read(self, sheet_ids: Iterable[str]) -> dict[str, list[Doc]]:
+        """Each sheet's documents (one indexed read per sheet, a few at a time); absent ones are left out."""
+        wanted = sorted(set(sheet_ids))
+        found: dict[str, list[Doc]] = {}
+        for start in range(0, len(wanted), POINT_READS_UP_TO):
+            chunk = wanted[start : start + POINT_READS_UP_TO]
+            parts = await asyncio.gather(*(self.coll.find({"sheet": sid}).to_list() for sid in chunk))
+            found.update((sid, docs) for sid, docs in zip(chunk, parts, strict=True) if docs)
+        return found
+
+    async def of(self, docs: Iterable[Doc]) -> dict[str, list[Doc]]:
+        """The sheets of these operations."""
+        return await self.read({sid for doc in docs for sid in sheets_of(doc)})
+
+    async def append(self, additions: Sequence[SheetAddition]) -> None:
+        """One document per sheet with the batch's entries; then folds the sheets that grew too long."""
+        if not additions:
+            return
+        await self.coll.insert_many(
+            [
+                {
+                    "_id": f"{a.sheet_id}:{uuid.uuid4().hex}",
+                    "sheet": a.sheet_id,
+                    "user_id": a.user_id,
+                    "account_id": a.account_id,
+                    "month": a.month,
+                    "ops": a.entries,
+                }
+                for a in additions
+            ],
+            ordered=False,
+        )
+        await bulk_write_chunked(
+            self.counts,
+            [
+                UpdateOne(
+                    {"_id": a.sheet_id},
+                    {"$inc": {"n": 1}, "$setOnInsert": {"user_id": a.user_id, "account_id": a.account_id}},
+                    upsert=True,
+                )
+                for a in additions
+            ],
+        )
+        counts = await find_by_ids(self.counts, (a.sheet_id for a in additions))
+        for sid, count in counts.items():
+            if int(count.get("n", 0)) > self.FOLD_AFTER:
+                await self.fold(sid)
+
+    async def fold(self, sheet: str) -> None:
+        """Replaces a sheet's documents by one per user with its strongest entry per operation."""
+        parts = await self.coll.find({"sheet": sheet}).to_list()
+        by_user: dict[str, list[Doc]] = {}
+        for part in parts:
+            by_user.setdefault(str(part.get("user_id")), []).append(part)
+        folded: list[Doc] = []
+        for user_id, own in by_user.items():
+            entries: dict[str, list[Doc]] = {}
+            for part in own:
+                for op_id, entry in (part.get("ops") or {}).items():
+                    entries.setdefault(op_id, []).append(entry)
+            merged = {op_id: strongest(None, found) for op_id, found in entries.items()}
+            folded.append(
+                {
+                    "_id": f"{sheet}:{uuid.uuid4().hex}",
+                    "sheet": sheet,
+                    "user_id": user_id,
+                    "account_id": own[0].get("account_id"),
+                    "month": own[0].get("month"),
+                    "ops": {op_id: entry for op_id, entry in merged.items() if entry is not None},
+                }
+            )
+        if len(parts) > len(folded):
+            # the merged document first: a crash in between leaves entries twice, never none
+            await self.coll.insert_many(folded, ordered=False)
+            await bulk_write_chunked(self.coll, [DeleteOne({"_id": part["_id"]}) for part in parts])
+        await self.counts.update_one({"_id": sheet}, {"$set": {"n": len(folded)}})
+
+    async def delete_account(self, account_id: str) -> None:
+        await self.coll.delete_many({"account_id": account_id})
+        await self.counts.delete_many({"account_id": account_id})
 
 
 class OperationStore:

@@ -32,14 +32,13 @@ from services.importer.adapters import (
     Doc,
     Link,
     OperationStore,
-    SheetChange,
+    SheetAddition,
     StateStore,
     bank_fields,
     cents,
     filed_under,
     month_of,
     sheet_id,
-    stronger,
     to_operation,
 )
 from services.importer.domain import (
@@ -634,31 +633,26 @@ class Categorizations:
     """Stores the categorizer's payee and category of operations in the account's month sheets
     (adapters.CategorizationSheets); never over the user's own choice.
 
-    Per batch: the last word per operation (`last_word_per_operation`), one point read per sheet the
+    Per batch: the last word per operation (`last_word_per_operation`), then one insert per sheet the
     results name (the event's account and month; an older event without a month finds its operation
-    by id), and one conditional write per sheet (`sheet_changes` decides on what was read: never
-    below the entry's rank, never an exact repeat); a sheet that moved meanwhile is read and decided
-    again. That is a handful of documents for thousands of results, where one guarded update per
-    operation wrote a few hundred a second on the local engine; the operations are not read. What the
-    app reads takes the strongest of an operation's own categorisation and its sheets' entries
-    (`with_categorization`), so the user's choice wins however the results arrive. Nothing here
-    writes the operations' documents: the intake and this write-back never race on one document.
+    by id). Nothing is read or rewritten: that is a handful of inserts for thousands of results, where
+    one guarded update per operation wrote a few hundred a second on the local engine. What the app
+    reads takes the strongest of an operation's own categorisation and its sheets' entries
+    (`with_categorization`: the user's choice over any rule result, then the newer rule set, then the
+    later), so the rule holds however the results arrive, twice or out of order. Nothing here writes
+    the operations' documents: the intake and this write-back never race on one document.
     """
 
-    def __init__(self, operations: OperationStore, attempts: int = 5) -> None:
+    def __init__(self, operations: OperationStore) -> None:
         self.operations = operations
-        self.attempts = attempts
 
     async def apply(self, items: Sequence[OperationCategorized]) -> int:
-        """Returns how many operations' categorisations were written."""
+        """Returns how many operations' categorisations were filed."""
         winners = last_word_per_operation(items)
         filed = await self._sheets_named(winners)
-        for _ in range(self.attempts):
-            sheets = await self.operations.sheets.get_many(set(filed.values()))
-            changes = sheet_changes(winners, filed, sheets, dt.datetime.now(dt.UTC))
-            if await self.operations.sheets.write(changes):
-                return sum(len(change.entries) for change in changes)
-        raise RuntimeError(f"categorization sheets kept moving for {self.attempts} attempts")
+        additions = sheet_additions(winners, filed, dt.datetime.now(dt.UTC))
+        await self.operations.sheets.append(additions)
+        return sum(len(addition.entries) for addition in additions)
 
     async def _sheets_named(self, items: Sequence[OperationCategorized]) -> dict[str, str]:
         """Operation id → the sheet its result goes to; one not stored (without a month) has none."""
@@ -673,32 +667,22 @@ class Categorizations:
         return named
 
 
-def sheet_changes(
-    items: Sequence[OperationCategorized], filed: dict[str, str], sheets: dict[str, Doc], at: dt.datetime
-) -> list[SheetChange]:
-    """What to write to which sheet: each result at least as strong as its entry there and not exactly
-    it; none to a sheet of another user, nor for an operation without a sheet."""
-    changes: dict[str, SheetChange] = {}
+def sheet_additions(
+    items: Sequence[OperationCategorized], filed: dict[str, str], at: dt.datetime
+) -> list[SheetAddition]:
+    """The entries each sheet gets (an operation without a sheet gets none)."""
+    additions: dict[tuple[str, str], SheetAddition] = {}
     for item in items:
         sid = filed.get(item.operation_id)
         if sid is None:
             continue
-        sheet = sheets.get(sid)
-        if sheet is not None and sheet.get("user_id") != item.user_id:
-            continue
-        entry = (sheet or {}).get("ops", {}).get(item.operation_id)
-        fields = categorization_fields(item)
-        if entry is not None and (
-            not stronger(fields, entry) or all(entry.get(k) == v for k, v in fields.items())
-        ):
-            continue
-        change = changes.get(sid)
-        if change is None:
-            revision = int(sheet["v"]) if sheet is not None else None
+        addition = additions.get((sid, item.user_id))
+        if addition is None:
             account_id, month = sid.rsplit(":", 1)
-            change = changes[sid] = SheetChange(sid, item.user_id, account_id, month, revision, {})
-        change.entries[item.operation_id] = {**fields, "categorized_at": at}
-    return list(changes.values())
+            addition = SheetAddition(sid, item.user_id, account_id, month, {})
+            additions[(sid, item.user_id)] = addition
+        addition.entries[item.operation_id] = {**categorization_fields(item), "categorized_at": at}
+    return list(additions.values())
 
 
 def categorization_fields(item: OperationCategorized) -> Doc:

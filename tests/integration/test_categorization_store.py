@@ -1,6 +1,6 @@
-"""Storing categorisations in the account's month sheets, on the real engine: what the app reads is the
-operation with the strongest categorisation; a sheet write is conditional on the revision it was decided
-on."""
+"""Storing categorisations in the account's month sheets, on the real engine: a batch adds a document to
+each sheet it touches, a long sheet is folded, and what the app reads is the operation with the
+strongest of its own categorisation and its sheets' entries."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.importer.adapters import CATEGORIZATION_DEFAULTS, OperationStore, SheetChange
+from services.importer.adapters import CATEGORIZATION_DEFAULTS, CategorizationSheets, OperationStore
 from services.importer.handlers import Categorizations
 from shared.schemas import OperationCategorized
 
@@ -64,7 +64,16 @@ async def doc(store: OperationStore, op_id: str) -> dict[str, Any]:
     return found
 
 
-async def test_a_categorisation_is_stored_on_its_operation(store: OperationStore) -> None:
+async def shown(store: OperationStore, op_id: str) -> tuple[Any, ...]:
+    found = await doc(store, op_id)
+    return (found["category"], found["cat_src"], found["cat_rv"])
+
+
+async def parts(store: OperationStore, account: str = "acc") -> list[dict[str, Any]]:
+    return await store.sheets.coll.find({"account_id": account}).to_list()
+
+
+async def test_a_categorisation_is_stored_for_its_operation(store: OperationStore) -> None:
     await store.insert_new([operation("a"), operation("b")])
     assert (
         await apply(store, categorized("a", "global", "alimentation", 0), categorized("b", None, None, 0))
@@ -76,7 +85,7 @@ async def test_a_categorisation_is_stored_on_its_operation(store: OperationStore
     assert a["categorized_at"] is not None
     b = await doc(store, "b")
     assert (b["cat_rv"], b["category"], b["categorized_by"]) == (0, None, None)
-    assert await apply(store, categorized("b", None, None, 0)) == 0  # an exact repeat is not written
+    assert (await store.coll.find_one({"_id": "a"}) or {})["category"] is None  # the operation is not written
 
 
 async def test_the_users_choice_wins_and_an_older_rule_set_comes_too_late(store: OperationStore) -> None:
@@ -89,24 +98,28 @@ async def test_the_users_choice_wins_and_an_older_rule_set_comes_too_late(store:
         categorized("b", "user", "energie", 2),
         categorized("b", "global", "divers", 1),  # an older rule set's result comes late
     )
-    a, b = await doc(store, "a"), await doc(store, "b")
-    assert (a["category"], a["cat_src"]) == ("loisirs", "manual")
-    assert (b["category"], b["cat_rv"]) == ("energie", 2)
+    assert await shown(store, "a") == ("loisirs", "manual", 1)
+    assert await shown(store, "b") == ("energie", "user", 2)
+    # the same, one batch each: what is shown does not depend on how the results were batched
+    await apply(store, categorized("a", "user", "shopping", 3))
+    await apply(store, categorized("b", "global", "divers", 1))
+    assert await shown(store, "a") == ("loisirs", "manual", 1)
+    assert await shown(store, "b") == ("energie", "user", 2)
     await apply(store, categorized("a", "manual", "shopping", 2))  # the user changes their mind
-    assert (await doc(store, "a"))["category"] == "shopping"
+    assert await shown(store, "a") == ("shopping", "manual", 2)
 
 
-async def test_another_users_operation_and_exact_repeats_are_not_written(store: OperationStore) -> None:
+async def test_another_users_operation_repeats_and_unknown_operations(store: OperationStore) -> None:
     await store.insert_new([operation("a"), operation("x", user="someone-else")])
-    # the result for another user's operation lands in this user's sheet: it never shows on it
+    # the result for another user's operation is filed as that user's entry: it never shows on it
     await apply(store, categorized("a", "user", "sante", 3), categorized("x", "user", "sante", 3))
-    assert (await doc(store, "x"))["category"] is None
-    first = (await doc(store, "a"))["categorized_at"]
-    assert await apply(store, categorized("a", "user", "sante", 3)) == 0  # a redelivery or a replay
-    assert (await doc(store, "a"))["categorized_at"] == first
-    assert await apply(store, categorized("a", "user", "sante", 4)) == 1  # newer rules: the version moves
-    assert (await doc(store, "a"))["cat_rv"] == 4
-    assert await apply(store, categorized("gone", "user", "sante", 4)) == 0  # no such operation, no month
+    assert await shown(store, "x") == (None, None, -1)
+    before = await shown(store, "a")
+    await apply(store, categorized("a", "user", "sante", 3))  # a redelivery or a replay
+    assert await shown(store, "a") == before == ("sante", "user", 3)
+    await apply(store, categorized("a", "user", "sante", 4))  # newer rules: the version moves
+    assert await shown(store, "a") == ("sante", "user", 4)
+    assert await apply(store, categorized("gone", "user", "sante", 4)) == 0  # not stored, no month
     assert await store.get("gone") is None
 
 
@@ -119,45 +132,62 @@ async def test_accounts_are_written_side_by_side_each_in_order(store: OperationS
     await store.insert_new(ops)
     items = [categorized(o["_id"], "global", "transport", 1, account=o["account_id"]) for o in ops]
     items += [categorized("p-0", "global", "loisirs", 2, account="p")]  # a later result, same batch
-    assert await apply(store, *items) == len(ops)  # one write per operation: the last word
+    assert await apply(store, *items) == len(ops)  # one entry per operation: the last word
     assert (await doc(store, "p-0"))["category"] == "loisirs"
     assert (await doc(store, "r-119"))["category"] == "transport"
+    assert [len(part["ops"]) for part in await parts(store, "q")] == [120]
 
 
-async def test_one_result_for_many_operations_keeps_the_rules(
-    store: OperationStore,
-) -> None:
-    ops = [operation(f"m-{i}") for i in range(40)] + [operation("other-user", user="someone-else")]
+async def test_one_result_for_many_operations_keeps_the_rules(store: OperationStore) -> None:
+    ops = [operation(f"m-{i}") for i in range(40)]
     await store.insert_new(ops)
     await apply(store, categorized("m-3", "manual", "loisirs", 1), categorized("m-4", "user", "sante", 5))
     # a new payee recognises them all (rules version 2): the user's choice and a newer result stay
-    items = [categorized(f"m-{i}", "user", "alimentation", 2) for i in range(40)]
-    items.append(categorized("other-user", "user", "alimentation", 2))
-    assert await apply(store, *items) == 39  # 38, and the other user's: stored, never shown (below)
-    assert (await doc(store, "m-0"))["category"] == "alimentation"
-    assert (await doc(store, "m-39"))["cat_rv"] == 2
-    assert ((await doc(store, "m-3"))["category"], (await doc(store, "m-3"))["cat_src"]) == (
-        "loisirs",
-        "manual",
-    )
-    assert (await doc(store, "m-4"))["category"] == "sante"
-    assert (await doc(store, "other-user"))["category"] is None
-    assert await apply(store, *items) == 0  # redelivered: nothing to write
+    await apply(store, *(categorized(f"m-{i}", "user", "alimentation", 2) for i in range(40)))
+    assert await shown(store, "m-0") == ("alimentation", "user", 2)
+    assert await shown(store, "m-39") == ("alimentation", "user", 2)
+    assert await shown(store, "m-3") == ("loisirs", "manual", 1)
+    assert await shown(store, "m-4") == ("sante", "user", 5)
 
 
-async def test_a_batch_is_one_sheet_per_account_and_month(store: OperationStore) -> None:
+async def test_a_batch_is_one_document_per_sheet_and_a_long_sheet_is_folded(store: OperationStore) -> None:
     months = ("2026-09", "2026-10", "2026-11")
     ops = [operation(f"s-{i}", month=months[i % 3]) for i in range(90)]
     await store.insert_new(ops)
-    items = [categorized(o["_id"], "global", "transport", 1, month=o["month"]) for o in ops]
-    assert await apply(store, *items) == 90
-    sheets = await store.sheets.coll.find({"account_id": "acc"}).to_list()
-    assert sorted(s["_id"] for s in sheets) == [f"acc:{m}" for m in months]
-    assert all(len(s["ops"]) == 30 and s["v"] == 1 for s in sheets)
+    assert (
+        await apply(store, *(categorized(o["_id"], "global", "transport", 1, month=o["month"]) for o in ops))
+        == 90
+    )
+    assert sorted((part["sheet"], len(part["ops"])) for part in await parts(store)) == [
+        (f"acc:{m}", 30) for m in months
+    ]
     page = await store.page(USER, "acc", months=months, date_from=None, date_to=None, after=None, limit=100)
     assert {d["category"] for d in page.items} == {"transport"}
-    await apply(store, *(categorized(o["_id"], "user", "loisirs", 2, month=o["month"]) for o in ops[:3]))
-    assert sorted(s["v"] for s in await store.sheets.coll.find({"account_id": "acc"}).to_list()) == [2, 2, 2]
+    # one result a batch for s-0 (2026-09): the sheet grows a document a batch, then is folded
+    await apply(store, categorized("s-0", "manual", "loisirs", 1, month="2026-09"))
+    for version in range(2, 2 + CategorizationSheets.FOLD_AFTER):
+        await apply(store, categorized("s-0", "user", f"rule-{version}", version, month="2026-09"))
+        await apply(store, categorized("s-3", "user", f"rule-{version}", version, month="2026-09"))
+    september = [part for part in await parts(store) if part["sheet"] == "acc:2026-09"]
+    assert len(september) <= CategorizationSheets.FOLD_AFTER
+    assert await shown(store, "s-0") == ("loisirs", "manual", 1)
+    last = 1 + CategorizationSheets.FOLD_AFTER
+    assert await shown(store, "s-3") == (f"rule-{last}", "user", last)
+    assert await shown(store, "s-6") == ("transport", "global", 1)
+    counts = await store.sheets.counts.find_one({"_id": "acc:2026-09"})
+    assert counts is not None
+    assert counts["n"] == len(september)
+    await store.sheets.fold("acc:2026-09")
+    september = [part for part in await parts(store) if part["sheet"] == "acc:2026-09"]
+    assert len(september) == 1
+    assert len(september[0]["ops"]) == 30
+    assert (await shown(store, "s-0"), await shown(store, "s-3")) == (
+        ("loisirs", "manual", 1),
+        (f"rule-{last}", "user", last),
+    )
+    await store.delete_account("acc")
+    assert await parts(store) == []
+    assert await store.sheets.counts.find_one({"_id": "acc:2026-09"}) is None
 
 
 async def test_an_operation_that_moved_month_is_still_found(store: OperationStore) -> None:
@@ -168,12 +198,12 @@ async def test_an_operation_that_moved_month_is_still_found(store: OperationStor
     await store.coll.update_one({"_id": "m"}, {"$set": {"month": "2026-11", "date": "2026-11-02"}})
     assert (await doc(store, "m"))["category"] == "sante"
     await apply(store, categorized("m", "user", "loisirs", 2, month="2026-11"))
-    assert ((await doc(store, "m"))["category"], (await doc(store, "m"))["cat_rv"]) == ("loisirs", 2)
+    assert await shown(store, "m") == ("loisirs", "user", 2)
     await apply(store, categorized("m", "user", "energie", 3))  # no month: found by id, its filed sheet
-    assert (await doc(store, "m"))["category"] == "energie"
+    assert await shown(store, "m") == ("energie", "user", 3)
     await apply(store, categorized("m", "manual", "voyages", 3, month="2026-11"))
     await apply(store, categorized("m", "user", "sante", 4))  # the user's choice stays
-    assert (await doc(store, "m"))["category"] == "voyages"
+    assert await shown(store, "m") == ("voyages", "manual", 3)
     page = await store.page(
         USER, "acc", months=["2026-11"], date_from=None, date_to=None, after=None, limit=9
     )
@@ -189,20 +219,7 @@ async def test_a_categorisation_stored_on_the_operation_itself_still_ranks(store
     )
     # weaker results are filed in the sheets (the operations are not read), and never shown
     await apply(store, categorized("old", "user", "shopping", 5), categorized("old2", "user", "x", 3))
-    assert (await doc(store, "old"))["category"] == "loisirs"
-    assert (await doc(store, "old2"))["category"] == "sante"
-    assert await apply(store, categorized("old2", "user", "energie", 5)) == 1
-    assert (await doc(store, "old2"))["category"] == "energie"
-
-
-async def test_a_sheet_write_decided_on_an_old_revision_is_refused(store: OperationStore) -> None:
-    await store.insert_new([operation("r")])
-    await apply(store, categorized("r", "global", "sante", 1))
-    entry = {"category": "loisirs", "cat_src": "user", "cat_rv": 9}
-    stale = SheetChange("acc:2026-11", USER, "acc", "2026-11", 0, {"r": entry})
-    assert await store.sheets.write([stale]) is False  # another writer moved it to revision 1
-    again = SheetChange("acc:2026-11", USER, "acc", "2026-11", None, {"r": entry})
-    assert await store.sheets.write([again]) is False  # it exists: not created twice
-    assert (await doc(store, "r"))["category"] == "sante"
-    assert await store.sheets.write([SheetChange("acc:2026-11", USER, "acc", "2026-11", 1, {"r": entry})])
-    assert (await doc(store, "r"))["category"] == "loisirs"
+    assert await shown(store, "old") == ("loisirs", "manual", 1)
+    assert await shown(store, "old2") == ("sante", "user", 4)
+    await apply(store, categorized("old2", "user", "energie", 5))
+    assert await shown(store, "old2") == ("energie", "user", 5)

@@ -157,26 +157,30 @@ def importer_docs() -> dict[str, list[Doc]]:
         for u, a, n in lines()
     ]
     sheets: dict[str, Doc] = {}
-    for op in operations:
+    for op in operations:  # two documents per sheet (account and month), as two batches leave them
         sid = f"{op['account_id']}:{op['month']}"
-        sheet = sheets.setdefault(
-            sid,
-            {
-                "_id": sid,
-                "user_id": op["user_id"],
-                "account_id": op["account_id"],
-                "month": op["month"],
-                "v": 2,
-            },
-        )
-        sheet.setdefault("ops", {})[op["_id"]] = {
-            "category": "alimentation",
-            "cat_src": "global",
-            "cat_rv": 1,
-        }
+        for part in (0, 1):
+            sheet = sheets.setdefault(
+                f"{sid}:{part}",
+                {
+                    "_id": f"{sid}:{part}",
+                    "sheet": sid,
+                    "user_id": op["user_id"],
+                    "account_id": op["account_id"],
+                    "month": op["month"],
+                },
+            )
+            entry = {"category": "alimentation", "cat_src": "global", "cat_rv": part}
+            sheet.setdefault("ops", {})[op["_id"]] = entry
+    counts = [
+        {"_id": part["sheet"], "user_id": part["user_id"], "account_id": part["account_id"], "n": 2}
+        for part in sheets.values()
+        if part["_id"].endswith(":0")
+    ]
     return {
         "operations": operations,
         "categorizations": list(sheets.values()),
+        "categorization_counts": counts,
         "import_state": [
             {
                 "_id": akey(u, a),
@@ -422,24 +426,38 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": op_id(U, A, 7), "reconciled_by": RUN_REF},
     ),
     Shape(
-        "importer/adapters.py:CategorizationSheets.get_many, of (find_by_ids without a scope: a find_one per "
-        "id)",
+        "importer/adapters.py:CategorizationSheets.read, of, fold",
         IMP,
         "categorizations",
-        "find_one",
-        {"_id": f"{account(U, A)}:{day(9)[:7]}"},
+        "find",
+        {"sheet": f"{account(U, A)}:{day(9)[:7]}"},
     ),
     Shape(
-        "importer/adapters.py:CategorizationSheets.write (UpdateOne at the revision decided on)",
+        "importer/adapters.py:CategorizationSheets.fold (DeleteOne of each document it merged)",
         IMP,
         "categorizations",
         "bulk_write",
-        {"_id": f"{account(U, A)}:{day(9)[:7]}", "v": 2},
+        {"_id": f"{account(U, A)}:{day(9)[:7]}:0"},
     ),
     Shape(
         "importer/adapters.py:CategorizationSheets.delete_account",
         IMP,
         "categorizations",
+        "delete_many",
+        {"account_id": account(U, A)},
+    ),
+    Shape(
+        "importer/adapters.py:CategorizationSheets.append (UpdateOne upsert; find_by_ids without a scope: "
+        "a find_one per id), fold",
+        IMP,
+        "categorization_counts",
+        "bulk_write/find_one/update_one",
+        {"_id": f"{account(U, A)}:{day(9)[:7]}"},
+    ),
+    Shape(
+        "importer/adapters.py:CategorizationSheets.delete_account",
+        IMP,
+        "categorization_counts",
         "delete_many",
         {"account_id": account(U, A)},
     ),
