@@ -21,6 +21,7 @@ CategorizerHandlers).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -327,8 +328,34 @@ class OperationsRepository:
         """The user's operations, without their stored result (a re-examination recomputes it)."""
         fields = ("user_id", "operation_id", "account_id", "memo", "label", "seen_version", "manual", "month")
         cursor = self.operations.find({"user_id": user_id}, dict.fromkeys(fields, 1)).batch_size(batch_size)
-        async for doc in cursor:
-            yield Projected.of(doc)
+        # the next batch is asked for as soon as one arrives: the engine reads it while this one is used
+        batches: asyncio.Queue[list[Doc] | BaseException] = asyncio.Queue(maxsize=1)
+
+        async def fetch() -> None:
+            try:
+                while True:
+                    docs = await cursor.to_list(batch_size)
+                    await batches.put(docs)
+                    if not docs:
+                        return
+            except Exception as exc:
+                await batches.put(exc)
+
+        reader = asyncio.create_task(fetch())
+        try:
+            while True:
+                batch = await batches.get()
+                if isinstance(batch, BaseException):
+                    raise batch
+                if not batch:
+                    return
+                for doc in batch:
+                    yield Projected.of(doc)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await cursor.close()
 
     async def delete(self, user_id: str, operation_ids: Sequence[str]) -> None:
         await bulk_write_chunked(

@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -300,11 +301,12 @@ class SheetAddition:
 class CategorizationSheets:
     """The `categorizations` collection (see the module's docstring). A sheet is a few documents
     (`sheet` = its id): each batch of results adds one to each sheet it touches (`append`: an insert,
-    nothing read, nothing rewritten), and a sheet of more than FOLD_AFTER documents is folded into one
-    (`fold`: its strongest entry per operation). Reading a sheet merges its documents the same way, so
-    an entry written twice (a redelivery, a replay) or a weaker one only costs its bytes until the
-    next fold. `categorization_counts` counts each sheet's documents (one small upsert per sheet and
-    batch) to know when to fold.
+    nothing read, nothing rewritten), and a sheet this writer added FOLD_AFTER documents to is folded
+    into one (`fold`: its strongest entry per operation). Reading a sheet merges its documents the same
+    way, so an entry written twice (a redelivery, a replay) or a weaker one only costs its bytes until
+    the next fold. The count of documents added is this process's (a counter written per sheet and
+    batch cost as much as the entries): a new owner of the partition folds after its own FOLD_AFTER,
+    which merges what its predecessors left too.
 
     Each account's sheets have one writer, the consumer of its partition of the categorizations
     topic. Nothing is overwritten, and a fold deletes only the documents it read and merged: a writer
@@ -312,15 +314,16 @@ class CategorizationSheets:
     """
 
     FOLD_AFTER = 8
+    REMEMBERED_SHEETS = 50_000
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.coll: AsyncCollection[Doc] = db["categorizations"]
-        self.counts: AsyncCollection[Doc] = db["categorization_counts"]
+        # sheet → documents this process added since its last fold (the least recent forgotten)
+        self._added: OrderedDict[str, int] = OrderedDict()
 
     async def create_indexes(self) -> None:
         await self.coll.create_index([("sheet", ASCENDING)], name="by_sheet")
         await self.coll.create_index([("account_id", ASCENDING)], name="by_account")
-        await self.counts.create_index([("account_id", ASCENDING)], name="by_account")
 
     async def read(self, sheet_ids: Iterable[str]) -> dict[str, list[Doc]]:
         """Each sheet's documents (one indexed read per sheet, a few at a time); absent ones are left out."""
@@ -354,21 +357,13 @@ class CategorizationSheets:
             ],
             ordered=False,
         )
-        await bulk_write_chunked(
-            self.counts,
-            [
-                UpdateOne(
-                    {"_id": a.sheet_id},
-                    {"$inc": {"n": 1}, "$setOnInsert": {"user_id": a.user_id, "account_id": a.account_id}},
-                    upsert=True,
-                )
-                for a in additions
-            ],
-        )
-        counts = await find_by_ids(self.counts, (a.sheet_id for a in additions))
-        for sid, count in counts.items():
-            if int(count.get("n", 0)) > self.FOLD_AFTER:
-                await self.fold(sid)
+        for addition in additions:
+            added = self._added.pop(addition.sheet_id, 0) + 1
+            self._added[addition.sheet_id] = added
+            if added >= self.FOLD_AFTER:
+                await self.fold(addition.sheet_id)
+        while len(self._added) > self.REMEMBERED_SHEETS:
+            self._added.popitem(last=False)
 
     async def fold(self, sheet: str) -> None:
         """Replaces a sheet's documents by one per user with its strongest entry per operation."""
@@ -397,11 +392,10 @@ class CategorizationSheets:
             # the merged document first: a crash in between leaves entries twice, never none
             await self.coll.insert_many(folded, ordered=False)
             await bulk_write_chunked(self.coll, [DeleteOne({"_id": part["_id"]}) for part in parts])
-        await self.counts.update_one({"_id": sheet}, {"$set": {"n": len(folded)}})
+        self._added.pop(sheet, None)
 
     async def delete_account(self, account_id: str) -> None:
         await self.coll.delete_many({"account_id": account_id})
-        await self.counts.delete_many({"account_id": account_id})
 
 
 class OperationStore:

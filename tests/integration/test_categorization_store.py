@@ -174,9 +174,6 @@ async def test_a_batch_is_one_document_per_sheet_and_a_long_sheet_is_folded(stor
     last = 1 + CategorizationSheets.FOLD_AFTER
     assert await shown(store, "s-3") == (f"rule-{last}", "user", last)
     assert await shown(store, "s-6") == ("transport", "global", 1)
-    counts = await store.sheets.counts.find_one({"_id": "acc:2026-09"})
-    assert counts is not None
-    assert counts["n"] == len(september)
     await store.sheets.fold("acc:2026-09")
     september = [part for part in await parts(store) if part["sheet"] == "acc:2026-09"]
     assert len(september) == 1
@@ -187,7 +184,6 @@ async def test_a_batch_is_one_document_per_sheet_and_a_long_sheet_is_folded(stor
     )
     await store.delete_account("acc")
     assert await parts(store) == []
-    assert await store.sheets.counts.find_one({"_id": "acc:2026-09"}) is None
 
 
 async def test_an_operation_that_moved_month_is_still_found(store: OperationStore) -> None:

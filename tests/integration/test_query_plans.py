@@ -172,15 +172,9 @@ def importer_docs() -> dict[str, list[Doc]]:
             )
             entry = {"category": "alimentation", "cat_src": "global", "cat_rv": part}
             sheet.setdefault("ops", {})[op["_id"]] = entry
-    counts = [
-        {"_id": part["sheet"], "user_id": part["user_id"], "account_id": part["account_id"], "n": 2}
-        for part in sheets.values()
-        if part["_id"].endswith(":0")
-    ]
     return {
         "operations": operations,
         "categorizations": list(sheets.values()),
-        "categorization_counts": counts,
         "import_state": [
             {
                 "_id": akey(u, a),
@@ -443,21 +437,6 @@ SHAPES: tuple[Shape, ...] = (
         "importer/adapters.py:CategorizationSheets.delete_account",
         IMP,
         "categorizations",
-        "delete_many",
-        {"account_id": account(U, A)},
-    ),
-    Shape(
-        "importer/adapters.py:CategorizationSheets.append (UpdateOne upsert; find_by_ids without a scope: "
-        "a find_one per id), fold",
-        IMP,
-        "categorization_counts",
-        "bulk_write/find_one/update_one",
-        {"_id": f"{account(U, A)}:{day(9)[:7]}"},
-    ),
-    Shape(
-        "importer/adapters.py:CategorizationSheets.delete_account",
-        IMP,
-        "categorization_counts",
         "delete_many",
         {"account_id": account(U, A)},
     ),
