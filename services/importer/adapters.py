@@ -228,7 +228,7 @@ class Page:
     next_after: tuple[str, str] | None
 
 
-CATEGORIZATION_FIELDS = ("payee", "category", "categorized_by", "cat_src", "cat_rv", "categorized_at")
+CATEGORIZATION_FIELDS = (*CATEGORIZATION_DEFAULTS, "categorized_at")
 # what names an operation's sheets and whose they are (see `sheets_of`, `with_categorization`)
 SHEET_LOCATION_FIELDS = ("user_id", "account_id", "month", "filed")
 
@@ -254,10 +254,8 @@ def categorization_of(doc: Doc) -> Doc:
     return {k: doc[k] for k in CATEGORIZATION_FIELDS if k in doc}
 
 
-def stronger(entry: Doc | None, current: Doc) -> bool:
+def stronger(entry: Doc, current: Doc) -> bool:
     """Whether a categorisation `entry` replaces `current` (see `categorization_rank`: at least its rank)."""
-    if entry is None:
-        return False
     return categorization_rank(entry.get("cat_src"), int(entry.get("cat_rv", -1))) >= categorization_rank(
         current.get("cat_src"), int(current.get("cat_rv", -1))
     )
@@ -294,7 +292,6 @@ class SheetAddition:
     sheet_id: str
     user_id: str
     account_id: str
-    month: str
     entries: dict[str, Doc]
 
 
@@ -350,7 +347,6 @@ class CategorizationSheets:
                     "sheet": a.sheet_id,
                     "user_id": a.user_id,
                     "account_id": a.account_id,
-                    "month": a.month,
                     "ops": a.entries,
                 }
                 for a in additions
@@ -384,7 +380,6 @@ class CategorizationSheets:
                     "sheet": sheet,
                     "user_id": user_id,
                     "account_id": own[0].get("account_id"),
-                    "month": own[0].get("month"),
                     "ops": {op_id: entry for op_id, entry in merged.items() if entry is not None},
                 }
             )
@@ -432,8 +427,8 @@ class OperationStore:
         doc = await self.coll.find_one({"_id": op_id})
         return None if doc is None else (await self.categorized([doc]))[0]
 
-    async def stored_many(self, ids: Iterable[str], scope: Doc) -> dict[str, Doc]:
-        """Stored documents as they are (without their sheet), by id, within `scope`."""
+    async def stored_many(self, ids: Iterable[str], scope: Doc | None = None) -> dict[str, Doc]:
+        """Stored documents as they are (without their sheet), by id, within `scope` if given."""
         return await find_by_ids(self.coll, ids, scope)
 
     async def insert_new(self, docs: Sequence[Doc]) -> int:

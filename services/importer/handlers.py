@@ -35,6 +35,7 @@ from services.importer.adapters import (
     SheetAddition,
     StateStore,
     bank_fields,
+    categorization_of,
     cents,
     filed_under,
     month_of,
@@ -502,7 +503,7 @@ class Importer:
         amounts = {obs.amount for obs in observations if not obs.removed}
         entries: dict[str, Doc] = account.get("manual") or {}
         wanted = [op_id for op_id, entry in entries.items() if Decimal(entry["amount"]) in amounts]
-        docs = await self.operations.get_many(wanted)
+        docs = await self.operations.stored_many(wanted)  # the bank side only: no sheet to read
         return {
             op_id: ManualCandidate(
                 op_id=op_id,
@@ -557,9 +558,7 @@ class Importer:
             announcer.add("operation.imported", doc, doc["aggregator_transaction_id"])
         for line in changes.updated:
             assert line.op_id is not None
-            categorization = {
-                k: v for k, v in existing.get(line.op_id, {}).items() if k in CATEGORIZATION_DEFAULTS
-            }
+            categorization = categorization_of(existing.get(line.op_id, {}))
             announcer.add(
                 "operation.updated", {**bank_op.new(line), **categorization}, line.txid, line.version
             )
@@ -678,8 +677,8 @@ def sheet_additions(
             continue
         addition = additions.get((sid, item.user_id))
         if addition is None:
-            account_id, month = sid.rsplit(":", 1)
-            addition = SheetAddition(sid, item.user_id, account_id, month, {})
+            account_id = sid.rsplit(":", 1)[0]
+            addition = SheetAddition(sid, item.user_id, account_id, {})
             additions[(sid, item.user_id)] = addition
         addition.entries[item.operation_id] = {**categorization_fields(item), "categorized_at": at}
     return list(additions.values())

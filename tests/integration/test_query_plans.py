@@ -167,7 +167,6 @@ def importer_docs() -> dict[str, list[Doc]]:
                     "sheet": sid,
                     "user_id": op["user_id"],
                     "account_id": op["account_id"],
-                    "month": op["month"],
                 },
             )
             entry = {"category": "alimentation", "cat_src": "global", "cat_rv": part}
@@ -387,7 +386,7 @@ SHAPES: tuple[Shape, ...] = (
     ),
     Shape(
         "importer/adapters.py:OperationStore.get, get_many (find_by_ids without a scope: a find_one per id), "
-        "stored_many (up to 64 ids)",
+        "stored_many (without a scope, or up to 64 ids)",
         IMP,
         "operations",
         "find_one",
