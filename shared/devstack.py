@@ -405,21 +405,32 @@ def private_consumer_groups(engines: Engines, prefix: str) -> dict[str, str]:
     Each group starts at its topic's current end, so records that earlier runs left on the same Kafka
     (poison records included) are not read again.
     """
-    groups = {
-        "IMPORTER_GROUP_ID": (f"{prefix}-imp", TRANSACTIONS_RAW),
-        "IMPORTER_CATEGORIZATIONS_GROUP_ID": (f"{prefix}-imp-cat", CATEGORIZATIONS),
-        "IMPORTER_CONNECTIONS_GROUP_ID": (f"{prefix}-imp-conn", CONNECTIONS),
-        "CATEGORIZER_GROUP_ID": (f"{prefix}-cat", OPERATIONS),
+    groups = private_consumer_groups_of(prefix)
+    topics = {
+        "IMPORTER_GROUP_ID": TRANSACTIONS_RAW,
+        "IMPORTER_CATEGORIZATIONS_GROUP_ID": CATEGORIZATIONS,
+        "IMPORTER_CONNECTIONS_GROUP_ID": CONNECTIONS,
+        "CATEGORIZER_GROUP_ID": OPERATIONS,
     }
 
     async def start_groups() -> None:
-        for group, topic in groups.values():
-            await start_group_at_end(engines.kafka_bootstrap, group, [topic])
+        for name, group in groups.items():
+            await start_group_at_end(engines.kafka_bootstrap, group, [topics[name]])
 
     # from a thread: the caller may be inside an event loop (benchmarks and async tests are)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, start_groups()).result()
-    return {name: group for name, (group, _) in groups.items()}
+    return groups
+
+
+def private_consumer_groups_of(prefix: str) -> dict[str, str]:
+    """The setting → consumer-group names that `private_consumer_groups` starts (nothing started)."""
+    return {
+        "IMPORTER_GROUP_ID": f"{prefix}-imp",
+        "IMPORTER_CATEGORIZATIONS_GROUP_ID": f"{prefix}-imp-cat",
+        "IMPORTER_CONNECTIONS_GROUP_ID": f"{prefix}-imp-conn",
+        "CATEGORIZER_GROUP_ID": f"{prefix}-cat",
+    }
 
 
 @contextlib.contextmanager

@@ -9,35 +9,39 @@ re-examination compares what those rules and today's rules say of each operation
 writes per operation (the local engine does a few hundred single-document updates a second; an
 `insert_many` of thousands of documents takes a fraction of a second).
 
-The projection (`categorizer_operations`) is what this service knows of each operation: memo,
-label, account, the rules version it was categorised with (`seen_version`) and that result, and the
-user's manual choice when there is one. Every read is an equality on `_id` or on indexed fields
-(FerretDB serves those from an index and scans the collection for `$in`: see shared.mongo.find_by_ids);
-writes are unordered `insert_many` and bulk updates in small commands (see shared.bulk). FerretDB
-v1 also loses one of two concurrent updates of the same document (it applies each to the document
-as its query read it): the handlers never run two at once on one document in a process (see
-CategorizerHandlers).
+The projection is what this service knows of each operation: memo, label, account, the rules version
+it was categorised with (`seen_version`) and that result, and the user's manual choice when there is
+one. It is kept in month sheets (`categorizer_sheets`, shared.sheets: one per user, account and month,
+a few documents of entries) because the local engine pays per document: a batch of operation events
+is one insert per month it touches, and a re-examination reads a user's 20,000 operations as a few
+dozen documents (one document each read about 6,000 a second). Entries are never rewritten: each says
+what one write set, and they apply in the order written (`projection_state`). Every read is an
+equality on `_id` or on an indexed field (FerretDB serves those from an index and scans the collection
+for `$in`: see shared.mongo.find_by_ids). Rule sets are written with compare-and-set on their version;
+FerretDB v1 applies an update to the document as its query read it, so the handlers never run two
+updates of one rule set at once in a process (see CategorizerHandlers).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DeleteOne, UpdateOne
+from pymongo import ASCENDING, DeleteOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from services.categorizer.domain import Categorization, Payee, RuleSet, UserCategory
 from shared.bulk import bulk_write_chunked
-from shared.mongo import DUPLICATE_KEY, find_by_ids
+from shared.mongo import find_by_ids
+from shared.sheets import SheetAddition, Sheets, entries_by_item
 
 Doc = dict[str, Any]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def payees_doc(payees: Iterable[Payee]) -> list[Doc]:
@@ -240,135 +244,207 @@ class Seen:
     manual: Categorization | None = None  # a manual choice the importer already holds
     month: str | None = None  # the operation's `YYYY-MM`
 
-    def fields(self, at: datetime) -> Doc:
-        found: Doc = {
-            "user_id": self.user_id,
-            "operation_id": self.operation_id,
-            "account_id": self.account_id,
-            "memo": self.memo,
-            "label": self.label,
-            "seen_at": at,
-        }
+    def entry(self, at: datetime) -> Doc:
+        """Its entry in its projection sheet (what it sets; the rest stays as it was)."""
+        found: Doc = {"memo": self.memo, "label": self.label, "at": at}
         if self.seen_version is not None and self.result is not None:
             found |= {"seen_version": self.seen_version, "result": result_doc(self.result)}
         if self.manual is not None:
             found["manual"] = result_doc(self.manual)
-        if self.month is not None:
-            found["month"] = self.month
         return found
+
+
+NO_MONTH = "-"  # the sheet of operations projected before months were kept
+
+
+def projection_sheet(user_id: str, account_id: str, month: str | None) -> str:
+    return f"{user_id}:{account_id}:{month or NO_MONTH}"
+
+
+def month_of_sheet(sheet: str) -> str | None:
+    month = sheet.rsplit(":", 1)[1]
+    return None if month == NO_MONTH else month
+
+
+def projection_state(entries: Iterable[Doc]) -> Doc | None:
+    """What an operation's entries leave, applied in the order they were written (`at`): each sets
+    the fields it has; a deletion (`gone`) forgets what came before. The state names an operation
+    only with a memo (see `projected_of`)."""
+    state: Doc = {}
+    for entry in sorted(entries, key=lambda entry: entry["at"]):
+        if entry.get("gone"):
+            state = {"gone": True, "at": entry["at"]}
+        else:
+            state = {**({} if state.get("gone") else state), **entry}
+    return state or None
+
+
+def projected_of(user_id: str, operation_id: str, part: Doc, state: Doc | None) -> Projected | None:
+    """The operation a state of the sheet document `part` describes (None: deleted or never seen)."""
+    if state is None or state.get("gone") or "memo" not in state:
+        return None
+    return Projected(
+        user_id=user_id,
+        operation_id=operation_id,
+        account_id=str(part["account_id"]),
+        memo=state.get("memo") or "",
+        label=state.get("label") or "",
+        seen_version=int(state.get("seen_version", 0)),
+        result=result_of(state.get("result")),
+        manual=result_of(state.get("manual")),
+        month=month_of_sheet(str(part["sheet"])),
+    )
+
+
+class ProjectionSheets(Sheets):
+    """`categorizer_sheets` (see shared.sheets): one sheet per user, account and month; an entry is what
+    one write said of an operation, and what a sheet holds is `projection_state` of its entries."""
+
+    INDEXES = (("by_user", "user_id"),)
+
+    def merge(self, entries: list[Doc]) -> Doc | None:
+        return projection_state(entries)
 
 
 class OperationsRepository:
+    """The projection: what this service knows of each operation (memo, label, account and month, the
+    rules version it was categorised with and that result, the user's manual choice), kept in month
+    sheets (`ProjectionSheets`): a batch of operation events is one insert per sheet it touches, and a
+    re-examination reads a user's thousands of operations as a few dozen documents. The operations
+    of an account are written by the consumer of its partition (corrections add entries; nothing is
+    rewritten, so concurrent writers lose nothing)."""
+
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
-        self.operations: AsyncCollection[Doc] = db["categorizer_operations"]
+        self.sheets = ProjectionSheets(db["categorizer_sheets"])
+        # where operations were kept, one document each, before the sheets (`adopt_legacy` moves them)
+        self.legacy: AsyncCollection[Doc] = db["categorizer_operations"]
+        self._last_stamp = EPOCH
+
+    def _stamp(self, at: datetime) -> datetime:
+        """`at` as stored (milliseconds), after every earlier write of this process: the entries of one
+        operation apply in the order they were written."""
+        at = at.replace(microsecond=at.microsecond // 1000 * 1000)
+        self._last_stamp = max(at, self._last_stamp + timedelta(milliseconds=1))
+        return self._last_stamp
 
     async def create_indexes(self) -> None:
-        await self.operations.create_index([("user_id", ASCENDING), ("account_id", ASCENDING)])
+        await self.sheets.create_indexes()
+
+    async def adopt_legacy(self, batch: int = 5_000) -> int:
+        """Moves the operations kept one document each (before the sheets) into the sheets, a batch at
+        a time (appended first, deleted after: a crash in between leaves entries twice, which merge).
+        Returns how many moved. Run at start-up; a store that never had them reads one empty batch."""
+        moved = 0
+        while docs := await self.legacy.find({}).limit(batch).to_list():
+            additions: dict[str, SheetAddition] = {}
+            for doc in docs:
+                user_id, account_id = str(doc["user_id"]), str(doc["account_id"])
+                sid = projection_sheet(user_id, account_id, doc.get("month"))
+                addition = additions.setdefault(sid, SheetAddition(sid, user_id, account_id, {}))
+                seen = Seen(
+                    user_id,
+                    str(doc["operation_id"]),
+                    account_id,
+                    doc.get("memo") or "",
+                    doc.get("label") or "",
+                    int(doc.get("seen_version", 0)),
+                    result_of(doc.get("result")) or Categorization(),
+                    result_of(doc.get("manual")),
+                )
+                addition.entries[seen.operation_id] = seen.entry(doc.get("seen_at") or EPOCH)
+            await self.sheets.append(list(additions.values()))
+            await bulk_write_chunked(self.legacy, [DeleteOne({"_id": doc["_id"]}) for doc in docs])
+            moved += len(docs)
+        return moved
 
     async def get(self, user_id: str, operation_id: str) -> Projected | None:
-        doc = await self.operations.find_one({"_id": operation_key(user_id, operation_id)})
-        return None if doc is None else Projected.of(doc)
+        """One operation of the user, by id (the HTTP routes: it reads the user's sheets)."""
+        return (await self._of_user(user_id)).get(operation_id)
 
-    async def get_many(self, operations: Iterable[tuple[str, str, str]]) -> dict[str, Projected]:
-        """(user, account, operation) → the projected operation, by key; one read per account."""
-        by_account: dict[tuple[str, str], list[str]] = {}
-        for user_id, account_id, operation_id in operations:
-            by_account.setdefault((user_id, account_id), []).append(operation_key(user_id, operation_id))
+    async def get_many(self, operations: Iterable[tuple[str, str, str, str | None]]) -> dict[str, Projected]:
+        """(user, account, operation, month) → the projected operation, by key; one read per sheet."""
+        wanted = {
+            operation_key(user_id, op_id): (user_id, op_id, projection_sheet(user_id, account_id, month))
+            for user_id, account_id, op_id, month in operations
+        }
+        sheets = await self.sheets.read({sid for _, _, sid in wanted.values()})
         found: dict[str, Projected] = {}
-        for (user_id, account_id), keys in by_account.items():
-            docs = await find_by_ids(self.operations, keys, {"user_id": user_id, "account_id": account_id})
-            found.update((key, Projected.of(doc)) for key, doc in docs.items())
+        for key, (user_id, op_id, sid) in wanted.items():
+            parts = [part for part in sheets.get(sid, ()) if op_id in part["ops"]]
+            if not parts:
+                continue
+            state = projection_state(part["ops"][op_id] for part in parts)
+            if (projected := projected_of(user_id, op_id, parts[0], state)) is not None:
+                found[key] = projected
         return found
 
-    async def write_seen(self, seen: Sequence[Seen], known: set[str], at: datetime) -> None:
-        """New operations in one `insert_many`; known ones (or ones another writer inserted meanwhile)
-        as upserts. The last word on one operation wins (events of one account come in order)."""
-        latest: dict[str, Seen] = {}
+    async def write_seen(self, seen: Sequence[Seen], at: datetime) -> None:
+        """One entry per operation (what the batch says of it, in order) in its month's sheet."""
+        at = self._stamp(at)
+        additions: dict[str, SheetAddition] = {}
         for item in seen:
-            key = operation_key(item.user_id, item.operation_id)
-            earlier = latest.get(key)
-            if item.seen_version is None and earlier is not None and earlier.seen_version is not None:
-                item = replace(item, seen_version=earlier.seen_version, result=earlier.result)
-            latest[key] = item
-        fresh = [{"_id": key, **item.fields(at)} for key, item in latest.items() if key not in known]
-        again = [key for key in latest if key in known]
-        if fresh:
-            try:
-                await self.operations.insert_many(fresh, ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    raise
-                again += [fresh[e["index"]]["_id"] for e in errors]
-        if again:
-            await bulk_write_chunked(
-                self.operations,
-                [UpdateOne({"_id": key}, {"$set": latest[key].fields(at)}, upsert=True) for key in again],
-            )
+            sid = projection_sheet(item.user_id, item.account_id, item.month)
+            entries = additions.setdefault(sid, SheetAddition(sid, item.user_id, item.account_id, {})).entries
+            entries[item.operation_id] = {**entries.get(item.operation_id, {}), **item.entry(at)}
+        await self.sheets.append(list(additions.values()))
 
-    async def set_seen_version(self, items: Sequence[tuple[str, str, int, Categorization]]) -> None:
-        """(user, operation, version, result): after a rule change raced with a categorisation."""
-        await bulk_write_chunked(
-            self.operations,
-            [
-                UpdateOne(
-                    {"_id": operation_key(user_id, op_id)},
-                    {"$set": {"seen_version": version, "result": result_doc(result)}},
-                )
-                for user_id, op_id, version, result in items
-            ],
-        )
+    async def set_seen_version(self, items: Sequence[tuple[Seen, int, Categorization]], at: datetime) -> None:
+        """(operation, version, result): after a rule change raced with a categorisation."""
+        at = self._stamp(at)
+        additions: dict[str, SheetAddition] = {}
+        for item, version, result in items:
+            sid = projection_sheet(item.user_id, item.account_id, item.month)
+            addition = additions.setdefault(sid, SheetAddition(sid, item.user_id, item.account_id, {}))
+            addition.entries[item.operation_id] = {
+                "seen_version": version,
+                "result": result_doc(result),
+                "at": at,
+            }
+        await self.sheets.append(list(additions.values()))
 
-    async def set_manual(self, user_id: str, operation_id: str, result: Categorization) -> None:
-        await self.operations.update_one(
-            {"_id": operation_key(user_id, operation_id)}, {"$set": {"manual": result_doc(result)}}
-        )
+    async def set_manual(self, op: Projected, result: Categorization, at: datetime) -> None:
+        sid = projection_sheet(op.user_id, op.account_id, op.month)
+        entry = {"manual": result_doc(result), "at": self._stamp(at)}
+        await self.sheets.append([SheetAddition(sid, op.user_id, op.account_id, {op.operation_id: entry})])
 
-    async def of_user(self, user_id: str, batch_size: int = 5000) -> AsyncIterator[Projected]:
-        """The user's operations, without their stored result (a re-examination recomputes it)."""
-        fields = ("user_id", "operation_id", "account_id", "memo", "label", "seen_version", "manual", "month")
-        cursor = self.operations.find({"user_id": user_id}, dict.fromkeys(fields, 1)).batch_size(batch_size)
-        # the next batch is asked for as soon as one arrives: the engine reads it while this one is used
-        batches: asyncio.Queue[list[Doc] | BaseException] = asyncio.Queue(maxsize=1)
+    async def of_user(self, user_id: str) -> AsyncIterator[Projected]:
+        """The user's operations (their stored result too; a re-examination recomputes it)."""
+        for projected in (await self._of_user(user_id)).values():
+            yield projected
 
-        async def fetch() -> None:
-            try:
-                while True:
-                    docs = await cursor.to_list(batch_size)
-                    await batches.put(docs)
-                    if not docs:
-                        return
-            except Exception as exc:
-                await batches.put(exc)
+    async def _of_user(self, user_id: str) -> dict[str, Projected]:
+        """Operation id → the user's operation, from all the user's sheets; one that moved to another
+        month (its date changed) is where it was written last."""
+        parts = await self.sheets.find({"user_id": user_id})
+        by_sheet: dict[str, list[Doc]] = {}
+        for part in parts:
+            by_sheet.setdefault(str(part["sheet"]), []).append(part)
+        latest: dict[str, tuple[datetime, Projected | None]] = {}
+        for own in by_sheet.values():
+            for op_id, entries in entries_by_item(own).items():
+                state = projection_state(entries)
+                if state is None:
+                    continue
+                earlier = latest.get(op_id)
+                if earlier is None or state["at"] > earlier[0]:
+                    latest[op_id] = (state["at"], projected_of(user_id, op_id, own[0], state))
+        return {op_id: projected for op_id, (_, projected) in latest.items() if projected is not None}
 
-        reader = asyncio.create_task(fetch())
-        try:
-            while True:
-                batch = await batches.get()
-                if isinstance(batch, BaseException):
-                    raise batch
-                if not batch:
-                    return
-                for doc in batch:
-                    yield Projected.of(doc)
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            await cursor.close()
-
-    async def delete(self, user_id: str, operation_ids: Sequence[str]) -> None:
-        await bulk_write_chunked(
-            self.operations, [DeleteOne({"_id": operation_key(user_id, op)}) for op in operation_ids]
-        )
+    async def delete(
+        self, user_id: str, account_id: str, month: str | None, operation_ids: Sequence[str], at: datetime
+    ) -> None:
+        sid = projection_sheet(user_id, account_id, month)
+        gone = {op_id: {"gone": True, "at": at} for op_id in operation_ids}
+        await self.sheets.append([SheetAddition(sid, user_id, account_id, gone)])
 
     async def delete_account(self, user_id: str, account_id: str) -> int:
-        result = await self.operations.delete_many({"user_id": user_id, "account_id": account_id})
+        """Returns how many sheet documents went."""
+        result = await self.sheets.coll.delete_many({"user_id": user_id, "account_id": account_id})
         return result.deleted_count
 
 
 async def drop_all(db: AsyncDatabase[Doc]) -> None:
     """Tests and benchmarks only."""
-    for name in ("categorizer_rulesets", "categorizer_operations"):
+    for name in ("categorizer_rulesets", "categorizer_sheets", "categorizer_operations"):
         with contextlib.suppress(Exception):
             await db.drop_collection(name)

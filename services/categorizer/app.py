@@ -11,10 +11,13 @@ from services.categorizer.builtin import builtin_dictionary, places
 from services.categorizer.handlers import CategorizerHandlers
 from shared.batch_publisher import BatchPublisher
 from shared.consumer import TopicConsumer
+from shared.logging import get_logger
 from shared.schemas import OperationEvent, Payload
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
 from shared.topics import OPERATIONS
+
+log = get_logger(__name__)
 
 SERVICE = "categorizer"
 
@@ -48,6 +51,8 @@ async def wire(runtime: Runtime) -> None:
     operations = OperationsRepository(runtime.db)
     await rulesets.create_indexes()
     await operations.create_indexes()
+    if moved := await operations.adopt_legacy():
+        log.info("projection_moved_to_sheets", operations=moved)
     # thousands of categorisations at once after a rule change: a producer that sends them in batches
     publisher = BatchPublisher(runtime.settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-batch", SERVICE)
     await publisher.start()

@@ -265,7 +265,10 @@ class CategorizerHandlers:
             group = []
             if name == "operation.deleted":
                 event = _operation_event(incoming)
-                await self.operations.delete(event.user_id, [event.operation.id])
+                op = event.operation
+                await self.operations.delete(
+                    event.user_id, op.account_id, op.date.isoformat()[:7], [op.id], self.clock()
+                )
                 log.info("operation_forgotten", user_id=event.user_id, operation_id=event.operation.id)
             elif name == "account.deleted":
                 user_id, account_id = account_of(incoming)
@@ -278,7 +281,8 @@ class CategorizerHandlers:
             return
         events = [(incoming, _operation_event(incoming)) for incoming in group]
         existing = await self.operations.get_many(
-            (e.user_id, e.operation.account_id, e.operation.id) for _, e in events
+            (e.user_id, e.operation.account_id, e.operation.id, e.operation.date.isoformat()[:7])
+            for _, e in events
         )
         users = {e.user_id for _, e in events}
         rules = {
@@ -322,7 +326,7 @@ class CategorizerHandlers:
                 )
             )
         async with self._projection_lock:
-            await self.operations.write_seen(seen, set(existing), self.clock())
+            await self.operations.write_seen(seen, self.clock())
         await self._publish(pending)
         await self._catch_up(seen, rules)
 
@@ -344,9 +348,7 @@ class CategorizerHandlers:
                 version, matcher = used[item.user_id]
                 redone.append((item, version, self.categorize(item.memo, item.label, matcher)))
             async with self._projection_lock:
-                await self.operations.set_seen_version(
-                    [(s.user_id, s.operation_id, v, r) for s, v, r in redone]
-                )
+                await self.operations.set_seen_version(redone, self.clock())
             await self._publish(
                 [
                     _Pending(s.user_id, s.account_id, s.operation_id, r, v, f"rules:{s.user_id}:{v}", s.month)
@@ -539,7 +541,7 @@ class CategorizerHandlers:
             created = True
         result = Categorization(payee.id, payee.name, payee.category, "manual", None)
         async with self._projection_lock:
-            await self.operations.set_manual(user_id, operation_id, result)
+            await self.operations.set_manual(op, result, self.clock())
         await self.publisher.publish(
             CATEGORIZATIONS,
             account_key(user_id, op.account_id),

@@ -27,13 +27,10 @@ A page of operations is read by account (an index) and ordered and cut by the en
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
-import uuid
 import zlib
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -47,8 +44,9 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.importer.domain import AccountLines, ImportMode, Line, categorization_rank
 from shared.bulk import bulk_write_chunked
-from shared.mongo import DUPLICATE_KEY, POINT_READS_UP_TO, find_by_ids
+from shared.mongo import DUPLICATE_KEY, find_by_ids
 from shared.schemas import Operation
+from shared.sheets import Sheets
 
 Doc = dict[str, Any]
 
@@ -279,115 +277,30 @@ def with_categorization(doc: Doc, sheets: dict[str, list[Doc]]) -> Doc:
         for sid in sheets_of(doc)
         for part in sheets.get(sid, ())
         if part.get("user_id") == doc.get("user_id")
-        if (entry := (part.get("ops") or {}).get(doc["_id"])) is not None
+        if (entry := part["ops"].get(doc["_id"])) is not None
     ]
     best = strongest(doc, entries)
     return doc if best is doc or best is None else {**doc, **categorization_of(best)}
 
 
-@dataclass(frozen=True)
-class SheetAddition:
-    """Entries (operation id → categorisation) a batch adds to one sheet."""
+class CategorizationSheets(Sheets):
+    """The `categorizations` collection (see the module's docstring and shared.sheets): an entry is a
+    categorisation, and what a sheet holds for an operation is the strongest of its entries.
 
-    sheet_id: str
-    user_id: str
-    account_id: str
-    entries: dict[str, Doc]
-
-
-class CategorizationSheets:
-    """The `categorizations` collection (see the module's docstring). A sheet is a few documents
-    (`sheet` = its id): each batch of results adds one to each sheet it touches (`append`: an insert,
-    nothing read, nothing rewritten), and a sheet this writer added FOLD_AFTER documents to is folded
-    into one (`fold`: its strongest entry per operation). Reading a sheet merges its documents the same
-    way, so an entry written twice (a redelivery, a replay) or a weaker one only costs its bytes until
-    the next fold. The count of documents added is this process's (a counter written per sheet and
-    batch cost as much as the entries): a new owner of the partition folds after its own FOLD_AFTER,
-    which merges what its predecessors left too.
-
-    Each account's sheets have one writer, the consumer of its partition of the categorizations
-    topic. Nothing is overwritten, and a fold deletes only the documents it read and merged: a writer
-    that lost its partition cannot undo its successor's work.
+    Each account's sheets have one writer, the consumer of its partition of the categorizations topic.
     """
 
-    FOLD_AFTER = 8
-    REMEMBERED_SHEETS = 50_000
+    INDEXES = (("by_account", "account_id"),)
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
-        self.coll: AsyncCollection[Doc] = db["categorizations"]
-        # sheet → documents this process added since its last fold (the least recent forgotten)
-        self._added: OrderedDict[str, int] = OrderedDict()
+        super().__init__(db["categorizations"])
 
-    async def create_indexes(self) -> None:
-        await self.coll.create_index([("sheet", ASCENDING)], name="by_sheet")
-        await self.coll.create_index([("account_id", ASCENDING)], name="by_account")
-
-    async def read(self, sheet_ids: Iterable[str]) -> dict[str, list[Doc]]:
-        """Each sheet's documents (one indexed read per sheet, a few at a time); absent ones are left out."""
-        wanted = sorted(set(sheet_ids))
-        found: dict[str, list[Doc]] = {}
-        for start in range(0, len(wanted), POINT_READS_UP_TO):
-            chunk = wanted[start : start + POINT_READS_UP_TO]
-            parts = await asyncio.gather(*(self.coll.find({"sheet": sid}).to_list() for sid in chunk))
-            found.update((sid, docs) for sid, docs in zip(chunk, parts, strict=True) if docs)
-        return found
+    def merge(self, entries: list[Doc]) -> Doc | None:
+        return strongest(None, entries)
 
     async def of(self, docs: Iterable[Doc]) -> dict[str, list[Doc]]:
         """The sheets of these operations."""
         return await self.read({sid for doc in docs for sid in sheets_of(doc)})
-
-    async def append(self, additions: Sequence[SheetAddition]) -> None:
-        """One document per sheet with the batch's entries; then folds the sheets that grew too long."""
-        if not additions:
-            return
-        await self.coll.insert_many(
-            [
-                {
-                    "_id": f"{a.sheet_id}:{uuid.uuid4().hex}",
-                    "sheet": a.sheet_id,
-                    "user_id": a.user_id,
-                    "account_id": a.account_id,
-                    "ops": a.entries,
-                }
-                for a in additions
-            ],
-            ordered=False,
-        )
-        for addition in additions:
-            added = self._added.pop(addition.sheet_id, 0) + 1
-            self._added[addition.sheet_id] = added
-            if added >= self.FOLD_AFTER:
-                await self.fold(addition.sheet_id)
-        while len(self._added) > self.REMEMBERED_SHEETS:
-            self._added.popitem(last=False)
-
-    async def fold(self, sheet: str) -> None:
-        """Replaces a sheet's documents by one per user with its strongest entry per operation."""
-        parts = await self.coll.find({"sheet": sheet}).to_list()
-        by_user: dict[str, list[Doc]] = {}
-        for part in parts:
-            by_user.setdefault(str(part.get("user_id")), []).append(part)
-        folded: list[Doc] = []
-        for user_id, own in by_user.items():
-            entries: dict[str, list[Doc]] = {}
-            for part in own:
-                for op_id, entry in (part.get("ops") or {}).items():
-                    entries.setdefault(op_id, []).append(entry)
-            merged = {op_id: strongest(None, found) for op_id, found in entries.items()}
-            folded.append(
-                {
-                    "_id": f"{sheet}:{uuid.uuid4().hex}",
-                    "sheet": sheet,
-                    "user_id": user_id,
-                    "account_id": own[0].get("account_id"),
-                    "ops": {op_id: entry for op_id, entry in merged.items() if entry is not None},
-                }
-            )
-        if len(parts) > len(folded):
-            # the merged document first: a crash in between leaves entries twice, never none
-            await self.coll.insert_many(folded, ordered=False)
-            await bulk_write_chunked(self.coll, [DeleteOne({"_id": part["_id"]}) for part in parts])
-        self._added.pop(sheet, None)
 
     async def delete_account(self, account_id: str) -> None:
         await self.coll.delete_many({"account_id": account_id})

@@ -32,7 +32,6 @@ from services.importer.adapters import (
     Doc,
     Link,
     OperationStore,
-    SheetAddition,
     StateStore,
     bank_fields,
     categorization_of,
@@ -61,6 +60,7 @@ from shared.kafka import EventPublisher
 from shared.logging import get_logger
 from shared.money import InvalidAmount, format_amount, to_amount
 from shared.schemas import Bank, OperationCategorized, OperationEvent, Payload, TransactionObserved
+from shared.sheets import SheetAddition
 from shared.topics import OPERATIONS
 
 SERVICE = "importer"

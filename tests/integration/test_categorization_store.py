@@ -4,6 +4,7 @@ strongest of its own categorisation and its sheets' entries."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -70,7 +71,7 @@ async def shown(store: OperationStore, op_id: str) -> tuple[Any, ...]:
 
 
 async def parts(store: OperationStore, account: str = "acc") -> list[dict[str, Any]]:
-    return await store.sheets.coll.find({"account_id": account}).to_list()
+    return await store.sheets.find({"account_id": account})
 
 
 async def test_a_categorisation_is_stored_for_its_operation(store: OperationStore) -> None:
@@ -219,3 +220,21 @@ async def test_a_categorisation_stored_on_the_operation_itself_still_ranks(store
     assert await shown(store, "old2") == ("sante", "user", 4)
     await apply(store, categorized("old2", "user", "energie", 5))
     assert await shown(store, "old2") == ("energie", "user", 5)
+
+
+async def test_sheet_documents_written_before_their_entries_were_packed_read_the_same(
+    store: OperationStore,
+) -> None:
+    await store.insert_new([operation("a"), operation("b")])
+    at = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+    plain = {"category": "transport", "cat_src": "global", "cat_rv": 1, "categorized_at": at}
+    await store.sheets.coll.insert_one(
+        {"_id": "acc:2026-11:plain", "sheet": "acc:2026-11", "user_id": USER, "account_id": "acc",
+         "ops": {"a": plain}}
+    )  # fmt: skip
+    await apply(store, categorized("b", "global", "energie", 1, month="2026-11"))
+    assert [(await doc(store, op))["category"] for op in ("a", "b")] == ["transport", "energie"]
+    assert (await doc(store, "a"))["categorized_at"] == at
+    await store.sheets.fold("acc:2026-11")
+    assert [len(part["ops"]) for part in await parts(store)] == [2]
+    assert [(await doc(store, op))["category"] for op in ("a", "b")] == ["transport", "energie"]

@@ -50,7 +50,7 @@ from bson import Binary
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.categorizer.adapters import OperationsRepository, RuleSetRepository
+from services.categorizer.adapters import OperationsRepository, RuleSetRepository, projection_sheet
 from services.connector.repository import ConnectorRepository
 from services.entitlements.adapters import EntitlementsRepository
 from services.importer.adapters import AccountStore, OperationStore
@@ -243,27 +243,44 @@ def categorizer_docs() -> dict[str, list[Doc]]:
             }
             for u in range(USERS)
         ],
+        "categorizer_sheets": list(projection_sheets().values()),
+        # what is left of the projection kept one document each, before the sheets (adopt_legacy)
         "categorizer_operations": [
             {
-                "_id": f"{user(u)}:{op_id(u, a, n)}",
+                "_id": f"{user(u)}:{op_id(u, 0, 0)}",
                 "user_id": user(u),
-                "operation_id": op_id(u, a, n),
-                "account_id": account(u, a),
-                "memo": MEMOS[n % len(MEMOS)],
-                "label": MEMOS[n % len(MEMOS)].title(),
+                "operation_id": op_id(u, 0, 0),
+                "account_id": account(u, 0),
+                "memo": MEMOS[0],
+                "label": "",
                 "seen_at": NOW,
                 "seen_version": 4,
-                "result": {
-                    "payee_id": None,
-                    "payee_name": None,
-                    "category": None,
-                    "source": None,
-                    "keyword": None,
-                },
             }
-            for u, a, n in lines()
+            for u in range(USERS)
         ],
     }
+
+
+def projection_sheets() -> dict[str, Doc]:
+    """The categorizer's projection: two documents per sheet (user, account, month), as two batches
+    leave them."""
+    sheets: dict[str, Doc] = {}
+    for u, a, n in lines():
+        sid = projection_sheet(user(u), account(u, a), day(n)[:7])
+        for part in (0, 1):
+            sheet = sheets.setdefault(
+                f"{sid}:{part}",
+                {"_id": f"{sid}:{part}", "sheet": sid, "user_id": user(u), "account_id": account(u, a)},
+            )
+            sheet.setdefault("ops", {})[op_id(u, a, n)] = {
+                "memo": MEMOS[n % len(MEMOS)],
+                "label": MEMOS[n % len(MEMOS)].title(),
+                "at": NOW,
+                "seen_version": part,
+                "result": {"payee_id": None, "payee_name": None, "category": None, "source": None,
+                           "keyword": None},
+            }  # fmt: skip
+    return sheets
 
 
 @functools.cache
@@ -419,14 +436,15 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": op_id(U, A, 7), "reconciled_by": RUN_REF},
     ),
     Shape(
-        "importer/adapters.py:CategorizationSheets.read, of, fold",
+        "importer/adapters.py:CategorizationSheets.of; shared/sheets.py:Sheets.read, fold",
         IMP,
         "categorizations",
         "find",
         {"sheet": f"{account(U, A)}:{day(9)[:7]}"},
     ),
     Shape(
-        "importer/adapters.py:CategorizationSheets.fold (DeleteOne of each document it merged)",
+        "shared/sheets.py:Sheets.fold (DeleteOne of each document it merged, importer/adapters.py:"
+        "CategorizationSheets)",
         IMP,
         "categorizations",
         "bulk_write",
@@ -584,27 +602,43 @@ SHAPES: tuple[Shape, ...] = (
         {"retro_pending": True, "retro_requested_at": {"$lt": NOW}},
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository.get, get_many (up to 64 of an account: a find_one "
-        "each), write_seen (UpdateOne upsert), set_seen_version, set_manual, delete (DeleteOne)",
+        "categorizer/adapters.py:OperationsRepository.get_many; shared/sheets.py:Sheets.read, fold",
         CAT,
-        "categorizer_operations",
-        "find_one/bulk_write/update_one",
-        {"_id": f"{user(U)}:{op_id(U, A, 7)}"},
+        "categorizer_sheets",
+        "find",
+        {"sheet": projection_sheet(user(U), account(U, A), day(9)[:7])},
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository.get_many (more than 64 of an account: "
-        "find_by_ids' scope), delete_account",
+        "shared/sheets.py:Sheets.fold (DeleteOne of each document it merged, categorizer/adapters.py:"
+        "ProjectionSheets)",
         CAT,
-        "categorizer_operations",
-        "find/delete_many",
-        {"user_id": user(U), "account_id": account(U, A)},
+        "categorizer_sheets",
+        "bulk_write",
+        {"_id": f"{projection_sheet(user(U), account(U, A), day(9)[:7])}:0"},
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository.of_user",
+        "categorizer/adapters.py:OperationsRepository._of_user (of_user, get)",
+        CAT,
+        "categorizer_sheets",
+        "find",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters.py:OperationsRepository.adopt_legacy (a batch of what is left of the "
+        "projection kept one document each before the sheets; DeleteOne by _id after)",
         CAT,
         "categorizer_operations",
         "find",
-        {"user_id": user(U)},
+        {},
+        whole_collection="a one-time move at start-up: it reads whatever is left, then deletes it "
+        "(empty once moved)",
+    ),
+    Shape(
+        "categorizer/adapters.py:OperationsRepository.delete_account",
+        CAT,
+        "categorizer_sheets",
+        "delete_many",
+        {"user_id": user(U), "account_id": account(U, A)},
     ),
     # -- connector: services/connector/repository.py
     Shape(
@@ -1169,7 +1203,6 @@ async def test_every_index_column_has_its_gin_twin(engines: Engines, store: Stor
         ("operations", "account_id"),
         ("operations", "date"),
         ("operations", "month"),
-        ("categorizer_operations", "account_id"),
         ("entitlement_history", "version"),
     ]:
         assert (coll, f"((_jsonb -> '{field}'::text))") in seen, (coll, field)
