@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import zlib
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def entries_by_item(parts: Iterable[Doc]) -> dict[str, list[Doc]]:
     return found
 
 
-class Sheets:
+class Sheets(ABC):
     """One collection of sheets; `merge` is the store's rule (see the module's docstring)."""
 
     FOLD_AFTER = 8
@@ -93,9 +94,9 @@ class Sheets:
         # sheet → documents this process added since its last fold (the least recent forgotten)
         self._added: OrderedDict[str, int] = OrderedDict()
 
+    @abstractmethod
     def merge(self, entries: list[Doc]) -> Doc | None:
         """What an item's entries (in the order their documents came) leave; None: nothing."""
-        raise NotImplementedError
 
     async def create_indexes(self) -> None:
         await self.coll.create_index([("sheet", ASCENDING)], name="by_sheet")

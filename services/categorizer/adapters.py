@@ -338,20 +338,20 @@ class OperationsRepository:
         while docs := await self.legacy.find({}).limit(batch).to_list():
             additions: dict[str, SheetAddition] = {}
             for doc in docs:
-                user_id, account_id = str(doc["user_id"]), str(doc["account_id"])
-                sid = projection_sheet(user_id, account_id, doc.get("month"))
-                addition = additions.setdefault(sid, SheetAddition(sid, user_id, account_id, {}))
+                op = Projected.of(doc)
+                sid = projection_sheet(op.user_id, op.account_id, op.month)
+                addition = additions.setdefault(sid, SheetAddition(sid, op.user_id, op.account_id, {}))
                 seen = Seen(
-                    user_id,
-                    str(doc["operation_id"]),
-                    account_id,
-                    doc.get("memo") or "",
-                    doc.get("label") or "",
-                    int(doc.get("seen_version", 0)),
-                    result_of(doc.get("result")) or Categorization(),
-                    result_of(doc.get("manual")),
+                    op.user_id,
+                    op.operation_id,
+                    op.account_id,
+                    op.memo,
+                    op.label,
+                    op.seen_version,
+                    op.result or Categorization(),
+                    op.manual,
                 )
-                addition.entries[seen.operation_id] = seen.entry(doc.get("seen_at") or EPOCH)
+                addition.entries[op.operation_id] = seen.entry(doc.get("seen_at") or EPOCH)
             await self.sheets.append(list(additions.values()))
             await bulk_write_chunked(self.legacy, [DeleteOne({"_id": doc["_id"]}) for doc in docs])
             moved += len(docs)
@@ -434,6 +434,7 @@ class OperationsRepository:
         self, user_id: str, account_id: str, month: str | None, operation_ids: Sequence[str], at: datetime
     ) -> None:
         sid = projection_sheet(user_id, account_id, month)
+        at = self._stamp(at)
         gone = {op_id: {"gone": True, "at": at} for op_id in operation_ids}
         await self.sheets.append([SheetAddition(sid, user_id, account_id, gone)])
 
