@@ -1,8 +1,10 @@
 """The nightly run through the whole pipeline: sandbox → connector → importer → categorizer → importer.
 
 `pipeline_nightly`: N users (10,000 full) with two accounts each, linked and first-synced before the
-night (the sandbox keeps one month of history, so that setting up thousands of users stays bounded);
-before the night the bank books a few new lines on every account. Measured from `POST
+night (the sandbox keeps one month of history, so that setting up thousands of users stays bounded;
+the links are written without a webview each, see `bench.linking`, and the first syncs are a first
+nightly run through the whole pipeline); before the night the bank books a few new lines on every
+account. Measured from `POST
 /v1/ops/nightly-run` to the last new line categorised and readable in the importer:
 - wall time and lines per second;
 - end-to-end latency of each new line, from the connector fetching it (the `time` of its
@@ -23,7 +25,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.connector import in_threads, link_and_select, wait_synced
+from bench.connector import in_threads
+from bench.linking import LinkedUser, SyncWatcher, link_users
 from bench.registry import Context, Measurement, benchmark
 from ops.kafka import inspector
 from services.importer.adapters import OperationStore
@@ -60,32 +63,37 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def append_day(stack: Stack, user: str) -> int:
+def append_day(stack: Stack, user: LinkedUser) -> int:
     """The bank books NEW_LINES_PER_ACCOUNT lines today on each of the user's selected accounts."""
     today = date.today()
-    rng = random.Random(user)
+    rng = random.Random(user.user_id)
     added = 0
-    with stack.client("connector", user) as api, stack.sandbox() as bank:
-        for connection in api.get(f"/v1/users/{user}/connections").json():
-            for account in connection["accounts"]:
-                if not account["selected"]:
-                    continue
-                lines = []
-                for _ in range(NEW_LINES_PER_ACCOUNT):
-                    memo, amount = rng.choice(DAY_MEMOS)
-                    lines.append(
-                        {
-                            "date": today.isoformat(),
-                            "value": amount,
-                            "original_wording": memo.format(d=today.strftime("%d/%m")),
-                        }
-                    )
-                answer = bank.post(
-                    f"/sandbox/accounts/{account['aggregator_account_id']}/transactions", json=lines
+    with stack.sandbox() as bank:
+        for account_id in user.aggregator_account_ids:
+            lines = []
+            for _ in range(NEW_LINES_PER_ACCOUNT):
+                memo, amount = rng.choice(DAY_MEMOS)
+                lines.append(
+                    {
+                        "date": today.isoformat(),
+                        "value": amount,
+                        "original_wording": memo.format(d=today.strftime("%d/%m")),
+                    }
                 )
-                answer.raise_for_status()
-                added += len(lines)
+            bank.post(f"/sandbox/accounts/{account_id}/transactions", json=lines).raise_for_status()
+            added += len(lines)
     return added
+
+
+async def nightly_run_now(stack: Stack) -> dict[str, int]:
+    def post() -> dict[str, int]:
+        with stack.client("connector", "bench-ops", scopes="ops") as ops:
+            answer = ops.post("/v1/ops/nightly-run", timeout=1800)
+            answer.raise_for_status()
+            report: dict[str, int] = answer.json()
+            return report
+
+    return await asyncio.to_thread(post)
 
 
 async def wait_drained(stack: Stack, timeout_s: float) -> None:
@@ -199,21 +207,31 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
         users = [new_user("load") for _ in range(users_n)]
         setup_started = time.monotonic()
         setup_at = datetime.now(UTC)
-        accounts = sum(
-            await in_threads(users, lambda u: link_and_select(stack, u, account_types={"savings", "card"}))
-        )
-        await wait_synced(stack, setup_at, users, accounts, timeout_s=4 * users_n + 600)
+        steps: dict[str, float] = {}
+        # entitlements over HTTP (the connector projects them from their events), then the bank links
+        await in_threads(users, stack.entitle)
+        steps["entitled_s"] = time.monotonic() - setup_started
+        linked = await link_users(stack, users, enable={"savings", "card"})
+        accounts = sum(len(user.aggregator_account_ids) for user in linked)
+        steps["linked_s"] = time.monotonic() - setup_started
+        # the first syncs (one month of history each) are a first night through the whole pipeline
+        async with SyncWatcher(ctx.engines.kafka_bootstrap, setup_at, set(users)) as first:
+            first_report = await nightly_run_now(stack)
+            await first.wait(accounts, timeout_s=4 * users_n + 600)
+        steps["first_synced_s"] = time.monotonic() - setup_started
         await wait_drained(stack, timeout_s=2 * users_n + 600)
         setup_s = time.monotonic() - setup_started
-        new_lines = sum(await in_threads(users, lambda u: append_day(stack, u)))
+        by_user = {user.user_id: user for user in linked}
+        new_lines = sum(await in_threads(users, lambda u: append_day(stack, by_user[u])))
 
         night_at = datetime.now(UTC)
         started = time.monotonic()
-        with stack.client("connector", "bench-ops", scopes="ops") as ops:
-            ops.post("/v1/ops/nightly-run", timeout=1800).raise_for_status()
-        synced = await wait_synced(stack, night_at, users, accounts, timeout_s=4 * users_n + 600)
-        # Kafka's lag first (cheap), then the operations, read until all are there: each read scans the
-        # collection on FerretDB, and reading it every second would load the database being measured
+        async with SyncWatcher(ctx.engines.kafka_bootstrap, night_at, set(users)) as night:
+            report = await nightly_run_now(stack)
+            requested_s = time.monotonic() - started
+            last_synced = await night.wait(accounts, timeout_s=4 * users_n + 600)
+        # Kafka's lag first (cheap), then the operations, read once all is consumed: a read of the
+        # operations by creation time reads the whole collection on FerretDB
         await wait_drained(stack, timeout_s=2 * users_n + 600)
         operations = await wait_categorised(stack, night_at, new_lines, timeout_s=2 * users_n + 600)
         # the night ends when its last line's category is stored, not when this poll noticed it
@@ -254,13 +272,22 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
             "accounts": accounts,
             "new_lines": new_lines,
             "lines_per_s": round(new_lines / wall, 1),
-            "accounts_synced_s": round(synced - started, 1),
+            "accounts_synced_s": round((last_synced - night_at).total_seconds(), 1),
+            "accounts_failed": night.failed,
+            "requests_published_s": round(requested_s, 2),
+            "report": report,
             "latency_s": {stage: spread(values) for stage, values in stages.items()},
             "recognised_share": round(
                 sum(1 for op in operations if op.get("category")) / max(1, len(operations)), 3
             ),
             "peak_rss_mb": peaks,
             "setup_s": round(setup_s, 1),
+            "setup_steps_s": {step: round(value, 1) for step, value in steps.items()},
+            "setup_first_night": first_report,
+            "setup": "entitlements over HTTP; banks linked by the sandbox's POST /sandbox/users and the "
+            "connector's aggregator users and connections written as its callback and selection leave "
+            "them (bench.linking); first syncs (one month of history) as a nightly run through the "
+            "whole pipeline",
             "kafka_produce_limit_records_per_s": round(ctx.value("kafka_produce")),
         },
     )

@@ -132,6 +132,11 @@ class OpenAccountRequest(BaseModel):
     type: Literal["checking", "savings", "card"] = "checking"
 
 
+class LinkUsersRequest(BaseModel):
+    connector_ids: list[int] = Field(min_length=1, max_length=1000)
+    enable: list[Literal["checking", "savings", "card"]] = Field(default_factory=list)
+
+
 class StateRequest(BaseModel):
     state: str | None = None
 
@@ -437,6 +442,22 @@ def control_router(store: Store, faults: Faults, webhooks: WebhookSender) -> API
             return {
                 "ids": [tx.id for tx in created],
                 "transactions": [transaction_json(tx) for tx in created],
+            }
+
+    @router.post("/users", status_code=201)
+    async def link_users(body: LinkUsersRequest) -> dict[str, Any]:
+        """Load tests: users already linked to a bank, made in one request instead of a webview each."""
+        with store.lock:
+            linked = store.link_users(body.connector_ids, set(body.enable))
+            return {
+                "users": [
+                    {
+                        "id_user": user.id,
+                        "token": user.token,
+                        "connection": store.connection_view(connection, {"all_accounts"}),
+                    }
+                    for user, connection in linked
+                ]
             }
 
     @router.get("/accounts/{account_id}/transactions/all")

@@ -129,6 +129,9 @@ class Store:
         self.accounts: dict[int, Account] = {}
         self.transactions: dict[int, Transaction] = {}
         self.account_lines: dict[int, list[int]] = {}
+        # by owner, so that a sync costs the same with 10 or 10,000 users linked
+        self.user_connection_ids: dict[int, list[int]] = {}
+        self.connection_account_ids: dict[int, list[int]] = {}
         self._next = {"user": 1, "connection": 101, "account": 1001, "transaction": 100001}
         self._last_stamp: datetime | None = None
 
@@ -199,6 +202,7 @@ class Store:
                 expire=stamp + PSD2_CONSENT,
             )
             self.connections[connection.id] = connection
+            self.user_connection_ids.setdefault(user_id, []).append(connection.id)
             self._login(connection, login, stamp)
             return connection
 
@@ -235,7 +239,7 @@ class Store:
 
     def _discover(self, connection: Connection, stamp: datetime) -> None:
         """Creates the connection's accounts and their history the first time the bank login works."""
-        if any(account.id_connection == connection.id for account in self.accounts.values()):
+        if self.connection_account_ids.get(connection.id):
             return
         bank = self._history_bank(connection.id_connector)
         histories = generate_connection(self.seed, bank, str(connection.id), self.history_today())
@@ -257,6 +261,7 @@ class Store:
             disabled=stamp,  # Powens: new accounts are disabled until the app activates them
         )
         self.accounts[account.id] = account
+        self.connection_account_ids.setdefault(connection.id, []).append(account.id)
         self.account_lines[account.id] = []
         for line in history.lines:
             self._add_line(account, line, stamp)
@@ -299,7 +304,7 @@ class Store:
 
     def user_connections(self, user_id: int) -> list[Connection]:
         with self.lock:
-            return [c for c in self.connections.values() if c.id_user == user_id]
+            return [self.connections[c] for c in self.user_connection_ids.get(user_id, [])]
 
     def sync(self, user_id: int, connection_id: int) -> Connection:
         """`POST /users/me/connections/{id}`: a sync. Raises the connection's state when it has one."""
@@ -327,11 +332,13 @@ class Store:
                     self.transactions.pop(tx_id, None)
                 del self.accounts[account.id]
             del self.connections[connection.id]
+            self.connection_account_ids.pop(connection.id, None)
+            self.user_connection_ids[user_id].remove(connection.id)
             return connection
 
     # --- accounts ------------------------------------------------------------------------------
     def _accounts_of(self, connection_id: int) -> list[Account]:
-        return [a for a in self.accounts.values() if a.id_connection == connection_id]
+        return [self.accounts[a] for a in self.connection_account_ids.get(connection_id, [])]
 
     def connection_accounts(self, connection_id: int, *, include_disabled: bool) -> list[Account]:
         with self.lock:
@@ -346,8 +353,9 @@ class Store:
         with self.lock:
             return [
                 a
-                for a in self.accounts.values()
-                if a.id_user == user_id and (include_disabled or (a.disabled is None and a.deleted is None))
+                for connection_id in self.user_connection_ids.get(user_id, [])
+                for a in self._accounts_of(connection_id)
+                if include_disabled or (a.disabled is None and a.deleted is None)
             ]
 
     def account(self, user_id: int, account_id: int) -> Account:
@@ -437,7 +445,7 @@ class Store:
             if account_id is not None:
                 accounts = [self.account(user_id, account_id)]
             else:
-                accounts = [a for a in self.accounts.values() if a.id_user == user_id]
+                accounts = self.user_accounts(user_id, include_disabled=True)
             visible = [a for a in accounts if query.all or (a.disabled is None and a.deleted is None)]
             rows = select(
                 (self.transactions[tx_id] for a in visible for tx_id in self.account_lines.get(a.id, [])),
@@ -466,6 +474,23 @@ class Store:
             if account is None:
                 raise SandboxError(404, "accountNotFound", f"no account {account_id}")
             return account
+
+    def link_users(self, connector_ids: list[int], enable: set[str]) -> list[tuple[User, Connection]]:
+        """Load tests: one user per connector id, each with a connection whose bank login worked and the
+        accounts of the kinds in `enable` enabled, as the webview and the app's selection would leave them."""
+        with self.lock:
+            unknown = sorted({c for c in connector_ids if bank_by_id(c) is None})
+            if unknown:
+                raise SandboxError(404, "connectorNotFound", f"no connector {unknown[0]}")
+            linked = []
+            for connector_id in connector_ids:
+                user = self.create_user()
+                connection = self.create_connection(user.id, connector_id, "demo")
+                for account in self._accounts_of(connection.id):
+                    if account.kind in enable:
+                        self.update_account(user.id, account.id, disabled=False)
+                linked.append((user, connection))
+            return linked
 
     def control_connection(self, connection_id: int) -> Connection:
         with self.lock:

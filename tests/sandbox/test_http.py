@@ -453,3 +453,26 @@ def test_history_is_deterministic_across_connections_of_the_same_order(http: htt
     assert [(tx["date"], round(tx["value"] * 100), tx["original_wording"]) for tx in truth] == [
         (line.date.isoformat(), line.value_cents, line.original_wording) for line in expected.lines
     ]
+
+
+def test_link_users_in_bulk_as_the_webview_and_selection_would(http: httpx.Client):
+    """Load tests' set-up: users already linked, the chosen kinds of accounts enabled, each user seeing
+    only its own connection, and the same per-user listings as a webview link gives."""
+    made = http.post("/sandbox/users", json={"connector_ids": [102, 103, 102], "enable": ["savings", "card"]})
+    assert made.status_code == 201, made.text
+    users = made.json()["users"]
+    assert [u["connection"]["id_connector"] for u in users] == [102, 103, 102]
+    assert len({u["token"] for u in users}) == 3
+    for user in users:
+        auth = {"Authorization": f"Bearer {user['token']}"}
+        accounts = user["connection"]["all_accounts"]
+        enabled = {a["id"] for a in accounts if a["disabled"] is None}
+        assert {a["type"] for a in accounts if a["id"] in enabled} == {"savings", "card"}
+        connections = http.get("/2.0/users/me/connections", headers=auth).json()["connections"]
+        assert [c["id"] for c in connections] == [user["connection"]["id"]]
+        listed = http.get("/2.0/users/me/accounts", headers=auth).json()["accounts"]
+        assert {a["id"] for a in listed} == enabled
+        synced = http.post(f"/2.0/users/me/connections/{user['connection']['id']}", headers=auth)
+        assert synced.status_code == 200, synced.text
+    assert http.post("/sandbox/users", json={"connector_ids": []}).status_code == 422
+    assert http.post("/sandbox/users", json={"connector_ids": [999]}).json()["code"] == "connectorNotFound"
