@@ -28,12 +28,12 @@ from pymongo.asynchronous.collection import AsyncCollection
 from services.categorizer.adapters import OperationsRepository, Seen, projection_sheet
 from services.categorizer.builtin import builtin_dictionary
 from services.categorizer.domain import EMPTY_MATCHER, Categorization, analyse, categorize_memo, memo_text
-from services.importer.adapters import AccountStore, OperationStore, month_of
+from services.importer.adapters import AccountStore, OperationStore
 from services.importer.domain import operation_id
 from services.importer.handlers import auto_account_id
 from shared.events import account_key
 from shared.mongo import make_client
-from shared.sheets import packed
+from shared.sheets import month_of, packed
 
 Doc = dict[str, Any]
 # (memo shape, merchant, amount range in cents): {m} the merchant, {d} dd/mm, {D} ddmmyy

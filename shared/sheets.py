@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, date
 from typing import Any
 
 import bson
@@ -45,6 +45,11 @@ from shared.mongo import POINT_READS_UP_TO
 Doc = dict[str, Any]
 # as shared.mongo.make_client decodes what the engine sends
 CODEC: CodecOptions[Doc] = CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC)
+
+
+def month_of(day: date) -> str:
+    """The month sheet a day belongs to (`YYYY-MM`)."""
+    return day.isoformat()[:7]
 
 
 def packed(entries: dict[str, Doc]) -> bytes:
@@ -70,6 +75,23 @@ class SheetAddition:
     user_id: str
     account_id: str
     entries: dict[str, Doc]
+
+
+class Additions:
+    """A batch's entries gathered by the sheet (and owner) they go to: one SheetAddition each."""
+
+    def __init__(self) -> None:
+        self._by_sheet: dict[tuple[str, str], SheetAddition] = {}
+
+    def entries(self, sheet_id: str, user_id: str, account_id: str) -> dict[str, Doc]:
+        """The entries (item id → entry) this batch adds to a sheet, to fill in."""
+        addition = self._by_sheet.get((sheet_id, user_id))
+        if addition is None:
+            addition = self._by_sheet[(sheet_id, user_id)] = SheetAddition(sheet_id, user_id, account_id, {})
+        return addition.entries
+
+    def all(self) -> list[SheetAddition]:
+        return list(self._by_sheet.values())
 
 
 def entries_by_item(parts: Iterable[Doc]) -> dict[str, list[Doc]]:

@@ -38,7 +38,7 @@ from pymongo.errors import DuplicateKeyError
 from services.categorizer.domain import Categorization, Payee, RuleSet, UserCategory
 from shared.bulk import bulk_write_chunked
 from shared.mongo import find_by_ids
-from shared.sheets import SheetAddition, Sheets, entries_by_item
+from shared.sheets import Additions, SheetAddition, Sheets, entries_by_item
 
 Doc = dict[str, Any]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -336,11 +336,10 @@ class OperationsRepository:
         Returns how many moved. Run at start-up; a store that never had them reads one empty batch."""
         moved = 0
         while docs := await self.legacy.find({}).limit(batch).to_list():
-            additions: dict[str, SheetAddition] = {}
+            additions = Additions()
             for doc in docs:
                 op = Projected.of(doc)
                 sid = projection_sheet(op.user_id, op.account_id, op.month)
-                addition = additions.setdefault(sid, SheetAddition(sid, op.user_id, op.account_id, {}))
                 seen = Seen(
                     op.user_id,
                     op.operation_id,
@@ -351,8 +350,10 @@ class OperationsRepository:
                     op.result or Categorization(),
                     op.manual,
                 )
-                addition.entries[op.operation_id] = seen.entry(doc.get("seen_at") or EPOCH)
-            await self.sheets.append(list(additions.values()))
+                additions.entries(sid, op.user_id, op.account_id)[op.operation_id] = seen.entry(
+                    doc.get("seen_at") or EPOCH
+                )
+            await self.sheets.append(additions.all())
             await bulk_write_chunked(self.legacy, [DeleteOne({"_id": doc["_id"]}) for doc in docs])
             moved += len(docs)
         return moved
@@ -381,26 +382,25 @@ class OperationsRepository:
     async def write_seen(self, seen: Sequence[Seen], at: datetime) -> None:
         """One entry per operation (what the batch says of it, in order) in its month's sheet."""
         at = self._stamp(at)
-        additions: dict[str, SheetAddition] = {}
+        additions = Additions()
         for item in seen:
             sid = projection_sheet(item.user_id, item.account_id, item.month)
-            entries = additions.setdefault(sid, SheetAddition(sid, item.user_id, item.account_id, {})).entries
+            entries = additions.entries(sid, item.user_id, item.account_id)
             entries[item.operation_id] = {**entries.get(item.operation_id, {}), **item.entry(at)}
-        await self.sheets.append(list(additions.values()))
+        await self.sheets.append(additions.all())
 
     async def set_seen_version(self, items: Sequence[tuple[Seen, int, Categorization]], at: datetime) -> None:
         """(operation, version, result): after a rule change raced with a categorisation."""
         at = self._stamp(at)
-        additions: dict[str, SheetAddition] = {}
+        additions = Additions()
         for item, version, result in items:
             sid = projection_sheet(item.user_id, item.account_id, item.month)
-            addition = additions.setdefault(sid, SheetAddition(sid, item.user_id, item.account_id, {}))
-            addition.entries[item.operation_id] = {
+            additions.entries(sid, item.user_id, item.account_id)[item.operation_id] = {
                 "seen_version": version,
                 "result": result_doc(result),
                 "at": at,
             }
-        await self.sheets.append(list(additions.values()))
+        await self.sheets.append(additions.all())
 
     async def set_manual(self, op: Projected, result: Categorization, at: datetime) -> None:
         sid = projection_sheet(op.user_id, op.account_id, op.month)

@@ -54,6 +54,7 @@ from shared.consumer import Incoming, PoisonRecord
 from shared.events import CloudEvent, account_key, content_hash, deterministic_event_id
 from shared.logging import get_logger
 from shared.schemas import OperationCategorized, OperationEvent, PayeeRef
+from shared.sheets import month_of
 from shared.topics import CATEGORIZATIONS
 
 SERVICE = "categorizer"
@@ -267,7 +268,7 @@ class CategorizerHandlers:
                 event = _operation_event(incoming)
                 op = event.operation
                 await self.operations.delete(
-                    event.user_id, op.account_id, op.date.isoformat()[:7], [op.id], self.clock()
+                    event.user_id, op.account_id, month_of(op.date), [op.id], self.clock()
                 )
                 log.info("operation_forgotten", user_id=event.user_id, operation_id=event.operation.id)
             elif name == "account.deleted":
@@ -281,8 +282,7 @@ class CategorizerHandlers:
             return
         events = [(incoming, _operation_event(incoming)) for incoming in group]
         existing = await self.operations.get_many(
-            (e.user_id, e.operation.account_id, e.operation.id, e.operation.date.isoformat()[:7])
-            for _, e in events
+            (e.user_id, e.operation.account_id, e.operation.id, month_of(e.operation.date)) for _, e in events
         )
         users = {e.user_id for _, e in events}
         rules = {
@@ -297,7 +297,7 @@ class CategorizerHandlers:
         pending: list[_Pending] = []
         for incoming, event in events:
             op = event.operation
-            month = op.date.isoformat()[:7]
+            month = month_of(op.date)
             key = operation_key(event.user_id, op.id)
             before = state.get(key)
             manual = manual_of(event) or (before[2] if before else None)

@@ -46,7 +46,7 @@ from services.importer.domain import AccountLines, ImportMode, Line, categorizat
 from shared.bulk import bulk_write_chunked
 from shared.mongo import DUPLICATE_KEY, find_by_ids
 from shared.schemas import Operation
-from shared.sheets import Sheets
+from shared.sheets import Sheets, month_of
 
 Doc = dict[str, Any]
 
@@ -185,11 +185,6 @@ def to_operation(doc: Doc) -> Operation:
         categorized_by=categorized_by,
         aggregator_transaction_id=doc.get("aggregator_transaction_id"),
     )
-
-
-def month_of(date: dt.date) -> str:
-    """The month an operation is filed under (`YYYY-MM`): pages are read a month at a time."""
-    return date.isoformat()[:7]
 
 
 def previous_month(month: str) -> str:

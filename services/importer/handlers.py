@@ -37,7 +37,6 @@ from services.importer.adapters import (
     categorization_of,
     cents,
     filed_under,
-    month_of,
     sheet_id,
     to_operation,
 )
@@ -60,7 +59,7 @@ from shared.kafka import EventPublisher
 from shared.logging import get_logger
 from shared.money import InvalidAmount, format_amount, to_amount
 from shared.schemas import Bank, OperationCategorized, OperationEvent, Payload, TransactionObserved
-from shared.sheets import SheetAddition
+from shared.sheets import Additions, SheetAddition, month_of
 from shared.topics import OPERATIONS
 
 SERVICE = "importer"
@@ -670,18 +669,14 @@ def sheet_additions(
     items: Sequence[OperationCategorized], filed: dict[str, str], at: dt.datetime
 ) -> list[SheetAddition]:
     """The entries each sheet gets (an operation without a sheet gets none)."""
-    additions: dict[tuple[str, str], SheetAddition] = {}
+    additions = Additions()
     for item in items:
         sid = filed.get(item.operation_id)
         if sid is None:
             continue
-        addition = additions.get((sid, item.user_id))
-        if addition is None:
-            account_id = sid.rsplit(":", 1)[0]
-            addition = SheetAddition(sid, item.user_id, account_id, {})
-            additions[(sid, item.user_id)] = addition
-        addition.entries[item.operation_id] = {**categorization_fields(item), "categorized_at": at}
-    return list(additions.values())
+        entries = additions.entries(sid, item.user_id, sid.rsplit(":", 1)[0])
+        entries[item.operation_id] = {**categorization_fields(item), "categorized_at": at}
+    return additions.all()
 
 
 def categorization_fields(item: OperationCategorized) -> Doc:
