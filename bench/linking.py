@@ -19,20 +19,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.connector.handlers import account_view
 from services.connector.repository import ConnectorRepository, connection_key
 from services.connector.security import TokenCipher
+from shared.auth import issue_token
 from shared.devstack import Stack
 from shared.events import CloudEvent
 from shared.kafka import topic_partitions
 from shared.mongo import make_client
-from shared.settings import DEV_TOKEN_KEY
+from shared.settings import DEV_JWT_SECRET, DEV_TOKEN_KEY
 from shared.topics import SYNC_STATUS
 
 # the sandbox makes at most this many users a request
 SANDBOX_CHUNK = 500
+# requests in flight to entitlements during the set-up
+ENTITLE_CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,26 @@ def connector_documents(
         "linked_at": at,
     }
     return aggregator_user, linked
+
+
+async def entitle_all(stack: Stack, users: list[str]) -> None:
+    """Every user subscribes to Auto-Import, over entitlements' HTTP API (one kept-alive client, as the
+    billing backend would call it), so the connector projects their rights from the real events."""
+    token = issue_token(DEV_JWT_SECRET, "bench-billing", scopes="ops")
+    slots = asyncio.Semaphore(ENTITLE_CONCURRENCY)
+    limits = httpx.Limits(max_connections=ENTITLE_CONCURRENCY)
+    async with httpx.AsyncClient(
+        base_url=stack.url("entitlements"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+        limits=limits,
+    ) as api:
+
+        async def one(user: str) -> None:
+            async with slots:
+                (await api.post(f"/v1/users/{user}/options/auto_import")).raise_for_status()
+
+        await asyncio.gather(*(one(user) for user in users))
 
 
 async def link_users(stack: Stack, users: list[str], enable: Iterable[str]) -> list[LinkedUser]:

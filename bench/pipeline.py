@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.connector import in_threads
-from bench.linking import LinkedUser, SyncWatcher, link_users
+from bench.linking import LinkedUser, SyncWatcher, entitle_all, link_users
 from bench.registry import Context, Measurement, benchmark
 from ops.kafka import inspector
 from services.importer.adapters import OperationStore
@@ -209,7 +209,7 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
         setup_at = datetime.now(UTC)
         steps: dict[str, float] = {}
         # entitlements over HTTP (the connector projects them from their events), then the bank links
-        await in_threads(users, stack.entitle)
+        await entitle_all(stack, users)
         steps["entitled_s"] = time.monotonic() - setup_started
         linked = await link_users(stack, users, enable={"savings", "card"})
         accounts = sum(len(user.aggregator_account_ids) for user in linked)
