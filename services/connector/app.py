@@ -40,8 +40,9 @@ class ConnectorSettings(ServiceSettings):
     nightly_enabled: bool = True
     sync_cursor_overlap_s: int = 1800
     sync_workers_group: str = "connector-sync"
-    # sync requests of one batch handled at once (different users wait on the aggregator in parallel)
-    sync_concurrency: int = Field(default=8, ge=1)
+    # sync requests of one batch handled at once (different users wait on the aggregator in parallel);
+    # a run sends few database writes now, so 16 keep the engine busy where 8 left it waiting
+    sync_concurrency: int = Field(default=16, ge=1)
     entitlements_group: str = "connector-entitlements"
 
 
@@ -59,6 +60,9 @@ async def wire(runtime: Runtime) -> None:
         ),
     )
     jwt_secret = settings.banksync_jwt_secret.get_secret_value()
+    # started here, not on first use: concurrent first publishes (a run's accounts) would start it twice
+    lines_publisher = BatchPublisher(settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-lines", SERVICE)
+    await lines_publisher.start()
     handlers = ConnectorHandlers(
         repository,
         powens,
@@ -75,9 +79,7 @@ async def wire(runtime: Runtime) -> None:
             cursor_overlap=timedelta(seconds=settings.sync_cursor_overlap_s),
             nightly=NightlyWindow.parse(settings.nightly_window, settings.nightly_timezone),
         ),
-        lines_publisher=BatchPublisher(
-            settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-lines", SERVICE
-        ),
+        lines_publisher=lines_publisher,
     )
     runtime.extras["handlers"] = handlers
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from services.connector.domain import (
     Failure,
+    FetchWindow,
     NightlyWindow,
     SyncState,
     changed_lines,
@@ -53,6 +54,25 @@ class ConnectorConfig:
     cursor_overlap: timedelta = timedelta(minutes=30)
     run_lease: timedelta = timedelta(minutes=10)
     nightly: NightlyWindow = field(default_factory=lambda: NightlyWindow.parse("02:00-04:00", "Europe/Paris"))
+
+
+@dataclass(frozen=True)
+class AccountOutcome:
+    """How one account's sync ended: the fields of its sync state and the status event that says so."""
+
+    account_id: str
+    fields: dict[str, Any]
+    event: CloudEvent
+    transactions: int = 0
+    failure: Failure | None = None
+
+
+async def _all(steps: Sequence[Awaitable[Any]]) -> None:
+    """Runs `steps` concurrently and waits for all of them (none is left running on a failure), then
+    raises the first failure."""
+    for result in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 class NotEntitled(Problem):
@@ -412,12 +432,20 @@ class ConnectorHandlers:
 
     async def _run(self, request: SyncRequested, correlation_id: str) -> None:
         user_id = request.user_id
-        for conn in await self.repository.user_connections(user_id):
+        # what every connection of the run needs, read once, together
+        connections, states, aggregator_user = await asyncio.gather(
+            self.repository.user_connections(user_id),
+            self.repository.account_states(user_id),
+            self.repository.aggregator_user(user_id),
+        )
+        cursors = {str(s["aggregator_account_id"]): s.get("cursor") for s in states}
+        for conn in connections:
             try:
                 accounts = self._accounts_to_sync(conn, request)
                 if not accounts:
                     continue
-                holder = await self.repository.claim_run(
+                # claimed when requested: one write renews the lease (or takes an expired one)
+                holder = await self.repository.renew_run(
                     conn["_id"], request.sync_run_id, self.clock(), self.config.run_lease
                 )
                 if holder != request.sync_run_id:
@@ -425,7 +453,8 @@ class ConnectorHandlers:
                         "connection_sync_joined", connection_id=conn["connection_id"], sync_run_id=holder
                     )
                     continue
-                await self._sync_connection(request, conn, accounts, correlation_id)
+                token = self.cipher.decrypt((aggregator_user or {})["token_enc"], user_id)
+                await self._sync_connection(request, conn, accounts, token, cursors, correlation_id)
             finally:
                 # the request may have claimed this connection when it was made: always let it go
                 await self.repository.release_run(conn["_id"], request.sync_run_id)
@@ -446,23 +475,28 @@ class ConnectorHandlers:
         request: SyncRequested,
         conn: dict[str, Any],
         accounts: list[dict[str, Any]],
+        token: str,
+        cursors: dict[str, datetime | None],
         correlation_id: str,
     ) -> None:
+        """Refreshes the connection, then syncs its accounts concurrently (each account's own steps in
+        order: they are keyed per account); their final states go in one write, their events in one batch."""
         user_id = request.user_id
-        token = self.cipher.decrypt(
-            (await self.repository.aggregator_user(user_id) or {})["token_enc"], user_id
-        )
         started = self.clock()
-        await self.repository.update_account_states(
-            user_id,
-            [account["aggregator_account_id"] for account in accounts],
-            {
-                "connection_id": conn["connection_id"],
-                "state": SyncState.SYNCING.value,
-                "current_run": request.sync_run_id,
-                "run_started_at": started,
-            },
+        marking = asyncio.create_task(
+            self.repository.update_account_states(
+                user_id,
+                [account["aggregator_account_id"] for account in accounts],
+                {
+                    "connection_id": conn["connection_id"],
+                    "state": SyncState.SYNCING.value,
+                    "current_run": request.sync_run_id,
+                    "run_started_at": started,
+                },
+            )
         )
+        refreshed: dict[str, Any] = {}
+        failure: Failure | None = None
         try:
             if request.reason == "webhook":
                 # the aggregator just synced this connection and told us: read, do not refresh again
@@ -472,25 +506,122 @@ class ConnectorHandlers:
                 refreshed = await self.powens.sync_connection(token, conn["connection_id"])
             error = refreshed.get("error") or refreshed.get("state")
             if error:
-                raise AggregatorError(classify_connection_error(str(error)))
+                failure = classify_connection_error(str(error))
         except AggregatorError as exc:
-            await self.repository.set_connection_fields(
-                conn["_id"],
-                {
-                    "state": exc.failure.state.value,
-                    "error": {"code": exc.failure.code, "message": exc.failure.message},
-                },
+            failure = exc.failure
+        finally:
+            # "syncing" is written while the aggregator refreshes, and always before the run's outcome
+            await marking
+        if failure is not None:
+            await _all(
+                [
+                    self._set_connection_changes(
+                        conn,
+                        {
+                            "state": failure.state.value,
+                            "error": {"code": failure.code, "message": failure.message},
+                        },
+                    ),
+                    self._finish(
+                        user_id,
+                        [
+                            self._failed(
+                                user_id,
+                                conn,
+                                a["aggregator_account_id"],
+                                request,
+                                failure,
+                                started,
+                                correlation_id,
+                            )
+                            for a in accounts
+                        ],
+                    ),
+                ]
             )
-            for account in accounts:
-                await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
             return
-        fields: dict[str, Any] = {"state": None, "error": None}
+        cleared: dict[str, Any] = {"state": None, "error": None}
         if request.reason != "webhook" and refreshed.get("last_update"):
             # the aggregator will announce this very refresh with a webhook: this run reads it already
-            fields["refreshed_update"] = refreshed["last_update"]
-        await self.repository.set_connection_fields(conn["_id"], fields)
-        for account in accounts:
-            await self._sync_account(user_id, conn, account, request, token, correlation_id)
+            cleared["refreshed_update"] = refreshed["last_update"]
+        begun = self.clock()
+        windows = {
+            a["aggregator_account_id"]: fetch_window(
+                cursors.get(a["aggregator_account_id"]), self.config.cursor_overlap
+            )
+            for a in accounts
+        }
+        announced = _all(
+            [
+                self._set_connection_changes(conn, cleared),
+                self.publisher.publish_many(
+                    SYNC_STATUS,
+                    [
+                        (
+                            account_key(user_id, account_id),
+                            self._event(
+                                "sync.started",
+                                {
+                                    **self._status_base(user_id, conn, account_id, request),
+                                    "started_at": begun.isoformat(),
+                                    "initial": window.initial,
+                                },
+                                user_id,
+                                correlation_id,
+                            ),
+                        )
+                        for account_id, window in windows.items()
+                    ],
+                ),
+            ]
+        )
+        keep_lease = self._lease_keeper(conn["_id"], request.sync_run_id, begun)
+        prelude, *results = await asyncio.gather(
+            announced,
+            *(
+                self._sync_account(
+                    user_id,
+                    conn,
+                    account,
+                    request,
+                    token,
+                    windows[account["aggregator_account_id"]],
+                    begun,
+                    keep_lease,
+                    correlation_id,
+                )
+                for account in accounts
+            ),
+            return_exceptions=True,
+        )
+        if isinstance(prelude, BaseException):
+            # nothing moved a cursor: the whole request is tried again
+            raise prelude
+        # one account's unexpected failure loses neither the others' outcomes nor itself: the request is
+        # tried again (fingerprints and deterministic event ids make that idempotent)
+        await self._finish(user_id, [r for r in results if isinstance(r, AccountOutcome)])
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _set_connection_changes(self, conn: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Writes those of `fields` that differ from the connection as read: most runs change nothing."""
+        changed = {k: v for k, v in fields.items() if conn.get(k) != v}
+        if changed:
+            await self.repository.set_connection_fields(conn["_id"], changed)
+
+    def _lease_keeper(self, connection: str, run_id: str, since: datetime) -> Callable[[], Awaitable[None]]:
+        """What the accounts of a connection call after each page: one extension per quarter lease."""
+        extended_at = since
+
+        async def keep() -> None:
+            nonlocal extended_at
+            if self.clock() - extended_at > self.config.run_lease / 4:
+                # a long first sync keeps its connection; a short one does not write for it
+                extended_at = self.clock()
+                await self.repository.extend_run(connection, run_id, extended_at + self.config.run_lease)
+
+        return keep
 
     async def _sync_account(
         self,
@@ -499,28 +630,14 @@ class ConnectorHandlers:
         account: dict[str, Any],
         request: SyncRequested,
         token: str,
+        window: FetchWindow,
+        started: datetime,
+        keep_lease: Callable[[], Awaitable[None]],
         correlation_id: str,
-    ) -> None:
+    ) -> AccountOutcome:
+        """Publishes the account's new and changed lines; returns its outcome, written by `_finish`."""
         account_id = account["aggregator_account_id"]
         key = account_key(user_id, account_id)
-        state = await self.repository.account_state(user_id, account_id) or {}
-        window = fetch_window(state.get("cursor"), self.config.cursor_overlap)
-        started = self.clock()
-        lease_extended_at = started
-        await self.publisher.publish(
-            SYNC_STATUS,
-            key,
-            self._event(
-                "sync.started",
-                {
-                    **self._status_base(user_id, conn, account_id, request),
-                    "started_at": started.isoformat(),
-                    "initial": window.initial,
-                },
-                user_id,
-                correlation_id,
-            ),
-        )
         published = 0
         try:
             async for page in self.powens.transactions(token, account_id, window.params()):
@@ -555,18 +672,11 @@ class ConnectorHandlers:
                     key, {str(t["id"]): fp for t, fp in changes}, known=set(known)
                 )
                 published += len(events)
-                if self.clock() - lease_extended_at > self.config.run_lease / 4:
-                    # a long first sync keeps its connection; a short one does not write for it
-                    lease_extended_at = self.clock()
-                    await self.repository.extend_run(
-                        conn["_id"], request.sync_run_id, lease_extended_at + self.config.run_lease
-                    )
+                await keep_lease()
         except AggregatorError as exc:
-            await self._fail(user_id, conn, account, request, exc.failure, started, correlation_id)
-            return
+            return self._failed(user_id, conn, account_id, request, exc.failure, started, correlation_id)
         finished = self.clock()
-        await self.repository.update_account_state(
-            user_id,
+        return AccountOutcome(
             account_id,
             {
                 "connection_id": conn["connection_id"],
@@ -581,10 +691,6 @@ class ConnectorHandlers:
                 },
                 "error": None,
             },
-        )
-        await self.publisher.publish(
-            SYNC_STATUS,
-            key,
             self._event(
                 "sync.succeeded",
                 {
@@ -597,8 +703,8 @@ class ConnectorHandlers:
                 user_id,
                 correlation_id,
             ),
+            transactions=published,
         )
-        log.info("account_synced", user_id=user_id, aggregator_account_id=account_id, transactions=published)
 
     def _status_base(
         self, user_id: str, conn: dict[str, Any], account_id: str, request: SyncRequested
@@ -611,22 +717,20 @@ class ConnectorHandlers:
             "reason": request.reason,
         }
 
-    async def _fail(
+    def _failed(
         self,
         user_id: str,
         conn: dict[str, Any],
-        account: dict[str, Any],
+        account_id: str,
         request: SyncRequested,
         failure: Failure,
         started: datetime,
         correlation_id: str,
-    ) -> None:
+    ) -> AccountOutcome:
         """A failed sync never moves the cursor: the next one asks again from the last good one."""
         ERRORS.labels(SERVICE, "sync", failure.code).inc()
-        account_id = account["aggregator_account_id"]
         finished = self.clock()
-        await self.repository.update_account_state(
-            user_id,
+        return AccountOutcome(
             account_id,
             {
                 "connection_id": conn["connection_id"],
@@ -639,10 +743,6 @@ class ConnectorHandlers:
                     "transactions": 0,
                 },
             },
-        )
-        await self.publisher.publish(
-            SYNC_STATUS,
-            account_key(user_id, account_id),
             self._event(
                 "sync.failed",
                 {
@@ -655,10 +755,33 @@ class ConnectorHandlers:
                 user_id,
                 correlation_id,
             ),
+            failure=failure,
         )
-        log.warning(
-            "account_sync_failed", user_id=user_id, aggregator_account_id=account_id, code=failure.code
+
+    async def _finish(self, user_id: str, outcomes: list[AccountOutcome]) -> None:
+        """The accounts' final states in one write, then their `sync.succeeded`/`sync.failed` in one batch
+        (on each account's key, after its `sync.started` when the run got that far)."""
+        if not outcomes:
+            return
+        await self.repository.set_account_states(user_id, {o.account_id: o.fields for o in outcomes})
+        await self.publisher.publish_many(
+            SYNC_STATUS, [(account_key(user_id, o.account_id), o.event) for o in outcomes]
         )
+        for outcome in outcomes:
+            if outcome.failure is None:
+                log.info(
+                    "account_synced",
+                    user_id=user_id,
+                    aggregator_account_id=outcome.account_id,
+                    transactions=outcome.transactions,
+                )
+            else:
+                log.warning(
+                    "account_sync_failed",
+                    user_id=user_id,
+                    aggregator_account_id=outcome.account_id,
+                    code=outcome.failure.code,
+                )
 
     # --- entitlements ------------------------------------------------------------------------
     async def on_entitlement_changed(self, change: EntitlementChanged, correlation_id: str) -> None:

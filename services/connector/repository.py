@@ -122,25 +122,24 @@ class ConnectorRepository:
     async def account_states(self, user_id: str) -> list[Doc]:
         return await self.account_sync.find({"user_id": user_id}).sort("_id", ASCENDING).to_list()
 
-    async def account_state(self, user_id: str, aggregator_account_id: str) -> Doc | None:
-        return await self.account_sync.find_one({"_id": account_sync_id(user_id, aggregator_account_id)})
-
-    async def update_account_state(self, user_id: str, aggregator_account_id: str, fields: Doc) -> None:
-        await self.update_account_states(user_id, [aggregator_account_id], fields)
-
     async def update_account_states(
         self, user_id: str, aggregator_account_ids: list[str], fields: Doc
     ) -> None:
         """The same fields on several accounts of one user, in one command."""
+        await self.set_account_states(user_id, dict.fromkeys(aggregator_account_ids, fields))
+
+    async def set_account_states(self, user_id: str, fields: dict[str, Doc]) -> None:
+        """Each account's own fields (aggregator account id → fields) on several accounts of one user,
+        in one command."""
         await bulk_write_chunked(
             self.account_sync,
             [
                 UpdateOne(
                     {"_id": account_sync_id(user_id, account_id)},
-                    {"$set": {"user_id": user_id, "aggregator_account_id": account_id, **fields}},
+                    {"$set": {"user_id": user_id, "aggregator_account_id": account_id, **own}},
                     upsert=True,
                 )
-                for account_id in aggregator_account_ids
+                for account_id, own in fields.items()
             ],
         )
 
@@ -178,7 +177,7 @@ class ConnectorRepository:
     # one sync at a time per connection -------------------------------------------------------------
     async def claim_runs(self, wanted: dict[str, str], now: datetime, lease: timedelta) -> dict[str, str]:
         """`claim_run` for many connections (connection → run id) in one insert; the connections whose
-        run is already there are claimed one by one. Returns each connection's holder."""
+        run is already there are taken over one by one when expired. Returns each connection's holder."""
         if not wanted:
             return {}
         docs = [
@@ -194,22 +193,42 @@ class ConnectorRepository:
             taken = {docs[e["index"]]["_id"] for e in exc.details.get("writeErrors", [])}
         holders = {conn: run_id for conn, run_id in wanted.items() if conn not in taken}
         for conn in taken:
-            holders[conn] = await self.claim_run(conn, wanted[conn], now, lease)
+            doc = {"run_id": wanted[conn], "claimed_at": now, "expires_at": now + lease}
+            taken_over = await self._take_run(conn, doc, now)
+            holders[conn] = wanted[conn] if taken_over else await self._run_holder(conn, wanted[conn])
         return holders
 
     async def claim_run(self, connection_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
-        """Makes `run_id` the connection's active run unless another is live; returns the holder."""
+        """Makes `run_id`, a new run, the connection's active run unless another is live; returns the
+        holder."""
         doc = {"run_id": run_id, "claimed_at": now, "expires_at": now + lease}
-        try:
+        with contextlib.suppress(DuplicateKeyError):
             await self.active_runs.insert_one({"_id": connection_id, **doc})
             return run_id
-        except DuplicateKeyError:
-            pass
-        taken = await self.active_runs.update_one(
-            {"_id": connection_id, "expires_at": {"$lt": now}}, {"$set": doc}
-        )
-        if taken.modified_count == 1:
+        if await self._take_run(connection_id, doc, now):
             return run_id
+        return await self._run_holder(connection_id, run_id)
+
+    async def renew_run(self, connection_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
+        """`claim_run` for a run claimed when it was requested: one write when it still holds the
+        connection (its lease starts again) or the lease has expired; returns the holder."""
+        doc = {"run_id": run_id, "claimed_at": now, "expires_at": now + lease}
+        if await self._take_run(connection_id, doc, now):
+            return run_id
+        with contextlib.suppress(DuplicateKeyError):
+            await self.active_runs.insert_one({"_id": connection_id, **doc})
+            return run_id
+        return await self._run_holder(connection_id, run_id)
+
+    async def _take_run(self, connection_id: str, doc: Doc, now: datetime) -> bool:
+        """Gives the connection to `doc`'s run if that run holds it already or the lease has expired."""
+        taken = await self.active_runs.update_one(
+            {"_id": connection_id, "$or": [{"run_id": doc["run_id"]}, {"expires_at": {"$lt": now}}]},
+            {"$set": doc},
+        )
+        return taken.matched_count == 1
+
+    async def _run_holder(self, connection_id: str, run_id: str) -> str:
         current = await self.active_runs.find_one({"_id": connection_id})
         return str(current["run_id"]) if current else run_id
 

@@ -710,7 +710,8 @@ SHAPES: tuple[Shape, ...] = (
         {"user_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.account_state, update_account_states (UpdateOne upsert)",
+        "connector/repository.py:ConnectorRepository.update_account_states, set_account_states (UpdateOne "
+        "upsert per account)",
         CON,
         "account_sync",
         "find_one/bulk_write",
@@ -733,14 +734,16 @@ SHAPES: tuple[Shape, ...] = (
         {"account": akey(U, A)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.claim_run (take an expired lease)",
+        "connector/repository.py:ConnectorRepository._take_run (claim_run, claim_runs, renew_run: renew the "
+        "run's own lease or take an expired one; the $or is evaluated on the `_id` row)",
         CON,
         "active_runs",
         "update_one",
-        {"_id": connection(U), "expires_at": {"$lt": NOW}},
+        {"_id": connection(U), "$or": [{"run_id": f"run-{U}"}, {"expires_at": {"$lt": NOW}}]},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.claim_run (holder)",
+        "connector/repository.py:ConnectorRepository._run_holder (claim_run, claim_runs, renew_run: the "
+        "holder)",
         CON,
         "active_runs",
         "find_one",
