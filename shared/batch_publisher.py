@@ -31,11 +31,14 @@ class BatchPublisher:
             max_batch_size=256 * 1024,
         )
         self._started = False
+        # concurrent first publishes must not start the producer twice
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
-        if not self._started:
-            await self._producer.start()
-            self._started = True
+        async with self._starting:
+            if not self._started:
+                await self._producer.start()
+                self._started = True
 
     async def stop(self) -> None:
         if self._started:
