@@ -23,9 +23,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.connector import in_threads
 from bench.linking import LinkedUser, SyncWatcher, entitle_all, link_users
 from bench.registry import Context, Measurement, benchmark
 from ops.kafka import inspector
@@ -63,26 +63,39 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def append_day(stack: Stack, user: LinkedUser) -> int:
-    """The bank books NEW_LINES_PER_ACCOUNT lines today on each of the user's selected accounts."""
+def day_lines(user: LinkedUser) -> dict[str, list[dict[str, str]]]:
+    """What the bank books today on each of the user's selected accounts: NEW_LINES_PER_ACCOUNT lines."""
     today = date.today()
     rng = random.Random(user.user_id)
-    added = 0
-    with stack.sandbox() as bank:
-        for account_id in user.aggregator_account_ids:
-            lines = []
-            for _ in range(NEW_LINES_PER_ACCOUNT):
-                memo, amount = rng.choice(DAY_MEMOS)
-                lines.append(
-                    {
-                        "date": today.isoformat(),
-                        "value": amount,
-                        "original_wording": memo.format(d=today.strftime("%d/%m")),
-                    }
-                )
-            bank.post(f"/sandbox/accounts/{account_id}/transactions", json=lines).raise_for_status()
-            added += len(lines)
-    return added
+    lines: dict[str, list[dict[str, str]]] = {}
+    for account_id in user.aggregator_account_ids:
+        for _ in range(NEW_LINES_PER_ACCOUNT):
+            memo, amount = rng.choice(DAY_MEMOS)
+            lines.setdefault(account_id, []).append(
+                {
+                    "date": today.isoformat(),
+                    "value": amount,
+                    "original_wording": memo.format(d=today.strftime("%d/%m")),
+                }
+            )
+    return lines
+
+
+async def book_day(stack: Stack, users: list[LinkedUser]) -> int:
+    """The bank books today's lines on every selected account (the sandbox's control API)."""
+    slots = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(base_url=stack.url("sandbox"), timeout=60) as bank:
+
+        async def one(account_id: str, lines: list[dict[str, str]]) -> int:
+            async with slots:
+                answer = await bank.post(f"/sandbox/accounts/{account_id}/transactions", json=lines)
+                answer.raise_for_status()
+                return len(lines)
+
+        booked = await asyncio.gather(
+            *(one(account, lines) for user in users for account, lines in day_lines(user).items())
+        )
+    return sum(booked)
 
 
 async def nightly_run_now(stack: Stack) -> dict[str, int]:
@@ -221,8 +234,7 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
         steps["first_synced_s"] = time.monotonic() - setup_started
         await wait_drained(stack, timeout_s=2 * users_n + 600)
         setup_s = time.monotonic() - setup_started
-        by_user = {user.user_id: user for user in linked}
-        new_lines = sum(await in_threads(users, lambda u: append_day(stack, by_user[u])))
+        new_lines = await book_day(stack, linked)
 
         night_at = datetime.now(UTC)
         started = time.monotonic()

@@ -477,7 +477,10 @@ class Store:
 
     def link_users(self, connector_ids: list[int], enable: set[str]) -> list[tuple[User, Connection]]:
         """Load tests: one user per connector id, each with a connection whose bank login worked and the
-        accounts of the kinds in `enable` enabled, as the webview and the app's selection would leave them."""
+        accounts of the kinds in `enable` enabled, as the webview and the app's selection would leave them.
+        Their history is stamped a day back, as lines the aggregator had scraped before the link: a
+        client's first sync reads it whole, and a later sync `last_update` since then does not read it
+        again (enabled just now, a night minutes after the set-up would re-read every line)."""
         with self.lock:
             unknown = sorted({c for c in connector_ids if bank_by_id(c) is None})
             if unknown:
@@ -486,9 +489,13 @@ class Store:
             for connector_id in connector_ids:
                 user = self.create_user()
                 connection = self.create_connection(user.id, connector_id, "demo")
+                scraped = self.now() - timedelta(days=1)
                 for account in self._accounts_of(connection.id):
                     if account.kind in enable:
                         self.update_account(user.id, account.id, disabled=False)
+                    for tx_id in self.account_lines[account.id]:
+                        self.transactions[tx_id].last_update = scraped
+                        self.transactions[tx_id].date_scraped = scraped
                 linked.append((user, connection))
             return linked
 

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -474,5 +474,10 @@ def test_link_users_in_bulk_as_the_webview_and_selection_would(http: httpx.Clien
         assert {a["id"] for a in listed} == enabled
         synced = http.post(f"/2.0/users/me/connections/{user['connection']['id']}", headers=auth)
         assert synced.status_code == 200, synced.text
+        for account_id in enabled:
+            # the whole history for a first sync; nothing new for a sync following changes since an hour
+            assert fetch_all(http, auth, account_id)
+            hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+            assert fetch_all(http, auth, account_id, last_update=hour_ago) == []
     assert http.post("/sandbox/users", json={"connector_ids": []}).status_code == 422
     assert http.post("/sandbox/users", json={"connector_ids": [999]}).json()["code"] == "connectorNotFound"
