@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from bench.linking import SyncWatcher, nightly_run_now, set_up_night
 from bench.registry import Context, Limit, Measurement, benchmark
 from shared.devstack import ROOT, Stack, connector_stack, ensure_dir, new_user
 from shared.mongo import make_client
@@ -129,7 +130,6 @@ def _select_all(stack: Stack, user: str) -> int:
     return len(ids)
 
 
-# bounded, but wide enough for the set-up of 1,000 users (links and first syncs) on a loaded 2-core machine
 @benchmark("nightly_run", timeout_s=3600, needs=("kafka_produce",))
 async def nightly_run(ctx: Context) -> Measurement:
     """The nightly run of N users x 2 accounts, from the request to the last account synced."""
@@ -138,19 +138,15 @@ async def nightly_run(ctx: Context) -> Measurement:
     # length, and a year each would make the first syncs of the set-up most of the run
     with bench_stack(ctx, "nightly", AGGREGATOR_SANDBOX_HISTORY_MONTHS="1") as stack:
         users = [new_user("night") for _ in range(users_n)]
-        # two accounts each (savings and card), first sync done before the measured night
-        setup_at = datetime.now(UTC)
-        accounts = sum(
-            await in_threads(users, lambda u: link_and_select(stack, u, account_types={"savings", "card"}))
-        )
-        await wait_synced(stack, setup_at, users, accounts, timeout_s=900 + 2 * users_n)
-        setup_s = (datetime.now(UTC) - setup_at).total_seconds()
+        # two accounts each (savings and card), linked and first-synced before the measured night
+        setup = await set_up_night(stack, users)
         night_at = datetime.now(UTC)
         started = time.monotonic()
-        with stack.client("connector", "bench-ops", scopes="ops") as ops:
-            report = ops.post("/v1/ops/nightly-run", timeout=600).json()
-        published = time.monotonic()
-        finished = await wait_synced(stack, night_at, users, accounts, timeout_s=900 + 2 * users_n)
+        async with SyncWatcher(ctx.engines.kafka_bootstrap, night_at, set(users)) as night:
+            report = await nightly_run_now(stack)
+            published = time.monotonic()
+            await night.wait(setup.accounts, timeout_s=900 + 2 * users_n)
+            finished = time.monotonic()
     wall = finished - started
     return Measurement(
         "nightly run wall time (one connector process)",
@@ -158,11 +154,13 @@ async def nightly_run(ctx: Context) -> Measurement:
         wall,
         {
             "users": users_n,
-            "accounts": accounts,
-            "setup_s": round(setup_s, 1),
+            "accounts": setup.accounts,
+            "accounts_failed": night.failed,
+            "setup_s": setup.steps["first_synced_s"],
+            "setup_steps_s": setup.steps,
             "requests_published_s": round(published - started, 2),
             "users_per_s": round(users_n / wall, 1),
-            "accounts_per_s": round(accounts / wall, 1),
+            "accounts_per_s": round(setup.accounts / wall, 1),
             "kafka_produce_limit_records_per_s": round(ctx.value("kafka_produce")),
             "report": report,
         },

@@ -195,3 +195,44 @@ class SyncWatcher:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(self.finished)} of {accounts} accounts synced")
         return max(self.finished.values())
+
+
+async def nightly_run_now(stack: Stack) -> dict[str, int]:
+    """`POST /v1/ops/nightly-run` (what the scheduler does every night); returns the connector's report."""
+
+    def post() -> dict[str, int]:
+        with stack.client("connector", "bench-ops", scopes="ops") as ops:
+            answer = ops.post("/v1/ops/nightly-run", timeout=1800)
+            answer.raise_for_status()
+            report: dict[str, int] = answer.json()
+            return report
+
+    return await asyncio.to_thread(post)
+
+
+@dataclass(frozen=True)
+class NightSetUp:
+    linked: list[LinkedUser]
+    accounts: int
+    first_night: dict[str, int]
+    steps: dict[str, float]  # seconds since the set-up started, at the end of each step
+
+
+async def set_up_night(
+    stack: Stack, users: list[str], enable: Iterable[str] = ("savings", "card")
+) -> NightSetUp:
+    """Users entitled (over HTTP: the connector projects their rights from the events), linked
+    (`link_users`), and first-synced by a first nightly run through the stack's real services."""
+    started = time.monotonic()
+    at = datetime.now(UTC)
+    steps: dict[str, float] = {}
+    await entitle_all(stack, users)
+    steps["entitled_s"] = round(time.monotonic() - started, 1)
+    linked = await link_users(stack, users, enable)
+    accounts = sum(len(user.aggregator_account_ids) for user in linked)
+    steps["linked_s"] = round(time.monotonic() - started, 1)
+    async with SyncWatcher(stack.engines.kafka_bootstrap, at, set(users)) as first:
+        report = await nightly_run_now(stack)
+        await first.wait(accounts, timeout_s=4 * len(users) + 600)
+    steps["first_synced_s"] = round(time.monotonic() - started, 1)
+    return NightSetUp(linked, accounts, report, steps)
