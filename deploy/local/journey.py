@@ -1032,13 +1032,10 @@ class Journey:
         assert chosen.app_account_id is not None
         return chosen
 
-    def booking(self) -> None:
-        outcome = self.result.booking
-        chosen = self._second_card()
-        assert chosen.app_account_id is not None
-        outcome.account_id = chosen.app_account_id
+    def _pending_lines(self, chosen: ChosenAccount, ops: dict[str, Json]) -> list[Json]:
+        """The account's pending bank lines imported as pending operations, with no other line of the same
+        amount within a week (so that the booking can only match one), newest first."""
         lines = [line for line in self.bank_lines(chosen.aggregator_account_id) if is_live(line)]
-        ops = self.operations(chosen.app_account_id)
         by_txid = {op["aggregator_transaction_id"]: op for op in ops.values()}
 
         def alone(line: Json) -> bool:
@@ -1050,7 +1047,7 @@ class Journey:
                 for other in lines
             )
 
-        pending = sorted(
+        return sorted(
             (
                 line
                 for line in lines
@@ -1061,8 +1058,66 @@ class Journey:
             key=lambda line: (line["date"], line["id"]),
             reverse=True,
         )
+
+    def _sync_and_wait(self, what: str) -> tuple[str, list[Json]]:
+        """An on-demand sync of every account, until each has finished it: (run id, sync status)."""
+        run = self._json(self.connector, "POST", f"/v1/users/{self.user_id}/sync", expect=(202,))
+        run_id = str(run["sync_run_id"])
+
+        def finished(status: list[Json]) -> int:
+            return sum(
+                1
+                for s in status
+                if s["last_run"] and s["last_run"]["sync_run_id"] == run_id and s["state"] != "syncing"
+            )
+
+        status = self._wait(
+            what,
+            self.sync_status,
+            lambda s: bool(s) and finished(s) == len(s),
+            progress=lambda s: (finished(s), len(s)),
+        )  # progress: any change of the accounts' status (the run's state per account)
+        return run_id, status
+
+    def _card_purchase_today(self, chosen: ChosenAccount) -> None:
+        """Early in a month a deferred-debit card has no pending line yet: the user pays by card today
+        (pending until the month's end, when the card's total is debited) and syncs."""
+        today = dt.date.today()
+        debited = (today.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+        line = {
+            "date": debited.isoformat(),
+            "rdate": today.isoformat(),
+            "value": "-18.70",
+            "original_wording": f"CB BOULANGERIE DU MARCHE {today:%d/%m}",
+            "coming": True,
+        }
+        account = chosen.aggregator_account_id
+        path = f"/sandbox/accounts/{account}/transactions"
+        self._json(self.bank, "POST", path, json=[line], expect=(201,))
+        self.reporter.detail(f"no pending line this month: a card purchase today, {line['original_wording']}")
+        self._sync_and_wait("the card purchase synced")
+        assert chosen.app_account_id is not None
+        self._wait(
+            "the card purchase imported as pending",
+            lambda: self.operations(chosen.app_account_id or ""),
+            lambda ops: bool(self._pending_lines(chosen, ops)),
+            progress=lambda ops: (len(ops), None),
+        )  # progress: the account's operations
+
+    def booking(self) -> None:
+        outcome = self.result.booking
+        chosen = self._second_card()
+        assert chosen.app_account_id is not None
+        outcome.account_id = chosen.app_account_id
+        ops = self.operations(chosen.app_account_id)
+        pending = self._pending_lines(chosen, ops)
+        if not pending:
+            self._card_purchase_today(chosen)
+            ops = self.operations(chosen.app_account_id)
+            pending = self._pending_lines(chosen, ops)
         if not pending:
             raise JourneyError(f"no pending line to book in {chosen.name}")
+        by_txid = {op["aggregator_transaction_id"]: op for op in ops.values()}
         line = pending[0]
         outcome.pending_txid = str(line["id"])
         outcome.before = by_txid[outcome.pending_txid]
@@ -1078,24 +1133,7 @@ class Journey:
         self.reporter.detail(
             f"the bank books it under a new id ({outcome.pending_txid} deleted, {outcome.booked_txid} booked)"
         )
-        run = self._json(self.connector, "POST", f"/v1/users/{self.user_id}/sync", expect=(202,))
-        outcome.sync_run_id = run["sync_run_id"]
-
-        def finished(status: list[Json]) -> int:
-            return sum(
-                1
-                for s in status
-                if s["last_run"]
-                and s["last_run"]["sync_run_id"] == outcome.sync_run_id
-                and s["state"] != "syncing"
-            )
-
-        status = self._wait(
-            "accounts synced again",
-            self.sync_status,
-            lambda s: bool(s) and finished(s) == len(s),
-            progress=lambda s: (finished(s), len(s)),
-        )  # progress: any change of the accounts' status (the run's state per account)
+        outcome.sync_run_id, status = self._sync_and_wait("accounts synced again")
         changed = sum(s["last_run"]["transactions"] for s in status)
         self.reporter.detail(f"sync {outcome.sync_run_id[:8]}…: {changed} new or changed bank lines")
 
