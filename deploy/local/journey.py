@@ -186,6 +186,8 @@ class BookingOutcome:
     with_pending_txid: int = 0
     with_booked_txid: int = 0
     sync_run_id: str = ""
+    # the card purchase of today the user made when the card had no pending line yet (else "")
+    purchase_txid: str = ""
 
 
 @dataclass
@@ -1093,7 +1095,8 @@ class Journey:
         }
         account = chosen.aggregator_account_id
         path = f"/sandbox/accounts/{account}/transactions"
-        self._json(self.bank, "POST", path, json=[line], expect=(201,))
+        made = self._json(self.bank, "POST", path, json=[line], expect=(201,))
+        self.result.booking.purchase_txid = str(made["ids"][0])
         self.reporter.detail(f"no pending line this month: a card purchase today, {line['original_wording']}")
         self._sync_and_wait("the card purchase synced")
         assert chosen.app_account_id is not None
