@@ -115,8 +115,10 @@ class ConnectorRepository:
         return [key.rsplit(":", 1)[1] for key in changed]
 
     async def live_connections(self) -> list[Doc]:
-        """Every connection not removed, of every user (the nightly run reads them all, once)."""
-        return await self.connections.find({"removed": False}).to_list()
+        """Every connection not removed, of every user, as `_id`, `user_id` and `paused` (the nightly run
+        reads them all, once)."""
+        # only what the night needs of each: 10,000 whole documents (accounts and all) are tens of MB
+        return await self.connections.find({"removed": False}, {"user_id": 1, "paused": 1}).to_list()
 
     # per-account sync state ---------------------------------------------------------------------
     async def account_states(self, user_id: str) -> list[Doc]:
@@ -249,8 +251,8 @@ class ConnectorRepository:
         return await self.projection.find_one({"_id": user_id})
 
     async def all_projected_rights(self) -> dict[str, Doc]:
-        """Every user's projected rights (the nightly run reads them all, once)."""
-        return {str(doc["_id"]): doc async for doc in self.projection.find({})}
+        """Every user's projected `allowed` (the nightly run reads them all, once)."""
+        return {str(doc["_id"]): doc async for doc in self.projection.find({}, {"allowed": 1})}
 
     async def project_rights(self, user_id: str, rights: Doc) -> bool:
         """Stores rights unless a newer version is already there; True when stored."""
