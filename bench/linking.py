@@ -139,6 +139,27 @@ async def link_users(stack: Stack, users: list[str], enable: Iterable[str]) -> l
     return linked
 
 
+async def consumer_since(
+    bootstrap: str, topic: str, since: datetime
+) -> tuple[AIOKafkaConsumer, dict[TopicPartition, int]]:
+    """A started consumer of every partition of `topic`, at its first record written at or after `since`
+    (at the end where there is none), and each partition's end offset when it was placed."""
+    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            start = starts.get(tp)
+            consumer.seek(tp, start.offset if start else ends[tp])
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer, ends
+
+
 @dataclass
 class SyncWatcher:
     """Follows `banksync.sync-status.v1` from a moment on: which accounts of `users` finished a sync
@@ -153,20 +174,7 @@ class SyncWatcher:
     _consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> SyncWatcher:
-        partitions = [
-            TopicPartition(SYNC_STATUS, p) for p in await topic_partitions(self.bootstrap, SYNC_STATUS)
-        ]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        consumer.assign(partitions)
-        starts = await consumer.offsets_for_times(
-            {tp: int(self.since.timestamp() * 1000) for tp in partitions}
-        )
-        ends = await consumer.end_offsets(partitions)
-        for tp in partitions:
-            start = starts.get(tp)
-            consumer.seek(tp, start.offset if start else ends[tp])
-        self._consumer = consumer
+        self._consumer, _ = await consumer_since(self.bootstrap, SYNC_STATUS, self.since)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

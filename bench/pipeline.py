@@ -24,15 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.linking import LinkedUser, SyncWatcher, nightly_run_now, set_up_night
+from bench.linking import LinkedUser, SyncWatcher, consumer_since, nightly_run_now, set_up_night
 from bench.registry import Context, Limit, Measurement, benchmark
 from ops.kafka import inspector
 from services.importer.adapters import OperationStore
 from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from shared.events import CloudEvent
-from shared.kafka import topic_partitions
 from shared.mongo import make_client
 from shared.topics import CATEGORIZATIONS, OPERATIONS, TRANSACTIONS_RAW
 
@@ -143,18 +141,10 @@ async def event_times(
     bootstrap: str, topic: str, since: datetime, users: set[str], key: Callable[[CloudEvent], str | None]
 ) -> dict[str, datetime]:
     """`key(event)` → the event's time, for the events of `users` written to `topic` since `since`."""
-    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer, ends = await consumer_since(bootstrap, topic, since)
     found: dict[str, datetime] = {}
     try:
-        consumer.assign(partitions)
-        starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
-        ends = await consumer.end_offsets(partitions)
-        for tp in partitions:
-            start = starts.get(tp)
-            consumer.seek(tp, start.offset if start else ends[tp])
-        pending = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
+        pending = {tp for tp in ends if await consumer.position(tp) < ends[tp]}
         while pending:
             batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
             for records in batches.values():
