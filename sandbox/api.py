@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from sandbox.banks import BANKS, bank_by_id
-from sandbox.clock import parse_ts
+from sandbox.clock import format_ts, parse_ts
 from sandbox.faults import FaultConfig, Faults
 from sandbox.generator import AccountKind
 from sandbox.listing import TransactionQuery, clamp_limit
@@ -135,6 +135,10 @@ class OpenAccountRequest(BaseModel):
 class LinkUsersRequest(BaseModel):
     connector_ids: list[int] = Field(min_length=1, max_length=1000)
     enable: list[Literal["checking", "savings", "card"]] = Field(default_factory=list)
+
+
+class ClockRequest(BaseModel):
+    advance_days: int = Field(ge=0, le=3650)
 
 
 class StateRequest(BaseModel):
@@ -511,6 +515,16 @@ def control_router(store: Store, faults: Faults, webhooks: WebhookSender) -> API
         background_tasks.add_task(webhooks.connection_synced, synced.id)
         with store.lock:
             return store.connection_view(synced, {"accounts"})
+
+    @router.get("/clock")
+    async def get_clock() -> dict[str, Any]:
+        return {"now": format_ts(store.now()), "offset_days": store.clock_offset.days}
+
+    @router.post("/clock")
+    async def advance_clock(body: ClockRequest) -> dict[str, Any]:
+        """Moves the sandbox's time forward: consents given more than 180 days before lapse."""
+        now = store.advance_clock(dt.timedelta(days=body.advance_days))
+        return {"now": format_ts(now), "offset_days": store.clock_offset.days}
 
     @router.get("/faults")
     async def get_faults() -> dict[str, Any]:

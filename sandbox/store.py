@@ -134,6 +134,8 @@ class Store:
         self.connection_account_ids: dict[int, list[int]] = {}
         self._next = {"user": 1, "connection": 101, "account": 1001, "transaction": 100001}
         self._last_stamp: datetime | None = None
+        # `POST /sandbox/clock` moves the sandbox's time forward (PSD2 consents expire on it)
+        self.clock_offset = timedelta(0)
 
     def reset(self) -> None:
         with self.lock:
@@ -141,7 +143,12 @@ class Store:
 
     # --- time ----------------------------------------------------------------------------------
     def now(self) -> datetime:
-        return self.clock().replace(microsecond=0)
+        return (self.clock() + self.clock_offset).replace(microsecond=0)
+
+    def advance_clock(self, delta: timedelta) -> datetime:
+        with self.lock:
+            self.clock_offset += delta
+            return self.now()
 
     def stamp(self) -> datetime:
         with self.lock:
@@ -155,7 +162,7 @@ class Store:
         """Last day of generated history: the injected date, else today in Paris (bank dates are local)."""
         if self.today_override is not None:
             return self.today_override
-        return self.clock().astimezone(PARIS).date()
+        return (self.clock() + self.clock_offset).astimezone(PARIS).date()
 
     def _id(self, kind: str) -> int:
         value = self._next[kind]
@@ -310,6 +317,9 @@ class Store:
         """`POST /users/me/connections/{id}`: a sync. Raises the connection's state when it has one."""
         with self.lock:
             connection = self.connection(user_id, connection_id)
+            if connection.state is None and connection.expire is not None and self.now() >= connection.expire:
+                # the PSD2 consent lapsed: the bank wants strong authentication again (reconnect webview)
+                self._set_state(connection, "SCARequired", self.now())
             if connection.state is not None:
                 self._set_state(connection, connection.state, self.now())  # moves next_try
                 raise state_error(connection)
@@ -340,12 +350,14 @@ class Store:
     def _accounts_of(self, connection_id: int) -> list[Account]:
         return [self.accounts[a] for a in self.connection_account_ids.get(connection_id, [])]
 
-    def connection_accounts(self, connection_id: int, *, include_disabled: bool) -> list[Account]:
+    def connection_accounts(
+        self, connection_id: int, *, include_disabled: bool, include_deleted: bool = False
+    ) -> list[Account]:
         with self.lock:
             return [
                 a
                 for a in self._accounts_of(connection_id)
-                if a.deleted is None and (include_disabled or a.disabled is None)
+                if (include_deleted or a.deleted is None) and (include_disabled or a.disabled is None)
             ]
 
     def user_accounts(self, user_id: int, *, include_disabled: bool) -> list[Account]:
@@ -431,7 +443,9 @@ class Store:
             if "all_accounts" in wanted:
                 body["all_accounts"] = [
                     self.account_view(a)
-                    for a in self.connection_accounts(connection.id, include_disabled=True)
+                    for a in self.connection_accounts(
+                        connection.id, include_disabled=True, include_deleted=True
+                    )
                 ]
             if "connector" in wanted and bank is not None:
                 body["connector"] = bank.to_powens()

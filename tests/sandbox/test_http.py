@@ -481,3 +481,41 @@ def test_link_users_in_bulk_as_the_webview_and_selection_would(http: httpx.Clien
             assert fetch_all(http, auth, account_id, last_update=hour_ago) == []
     assert http.post("/sandbox/users", json={"connector_ids": []}).status_code == 422
     assert http.post("/sandbox/users", json={"connector_ids": [999]}).json()["code"] == "connectorNotFound"
+
+
+def test_closed_accounts_stay_listed_and_a_lapsed_consent_needs_the_reconnect_webview(http: httpx.Client):
+    """Runs last: it moves the sandbox's clock 181 days forward (every consent of the module lapses)."""
+    auth, connection_id, checking_id = activated_checking(http)
+    savings = next(
+        a for a in connection_of(http, auth, connection_id)["all_accounts"] if a["type"] == "savings"
+    )
+    http.post(f"/sandbox/accounts/{savings['id']}/delete").raise_for_status()
+    listed = {a["id"]: a for a in connection_of(http, auth, connection_id)["all_accounts"]}
+    assert listed[savings["id"]]["deleted"] is not None
+    assert listed[checking_id]["deleted"] is None
+    enabled = connection_of(http, auth, connection_id, expand="accounts")["accounts"]
+    assert [a["id"] for a in enabled] == [checking_id]
+
+    expire = datetime.fromisoformat(connection_of(http, auth, connection_id)["expire"])
+    assert http.post(f"/2.0/users/me/connections/{connection_id}", headers=auth).status_code == 200
+    moved = http.post("/sandbox/clock", json={"advance_days": 181}).json()
+    assert moved["offset_days"] == 181
+    assert datetime.fromisoformat(moved["now"]) > expire
+    lapsed = http.post(f"/2.0/users/me/connections/{connection_id}", headers=auth)
+    assert lapsed.status_code == 400
+    assert lapsed.json()["code"] == "SCARequired"
+    assert http.post("/sandbox/clock", json={"advance_days": -1}).status_code == 422
+
+    code = http.get("/2.0/auth/token/code", headers=auth).json()["code"]
+    query = {"redirect_uri": REDIRECT, "state": "st-re", "code": code, "connection_id": str(connection_id)}
+    assert http.get("/2.0/auth/webview/reconnect", params=query).status_code == 200
+    form = {**query, "connector_id": "102", "login": "demo", "password": "s3cret-pass"}
+    answer = http.post("/2.0/auth/webview/reconnect", data=form)
+    assert answer.status_code == 303
+    back = parse_qs(urlsplit(answer.headers["location"]).query)
+    assert back["connection_id"] == [str(connection_id)]
+    assert back["state"] == ["st-re"]
+    renewed = connection_of(http, auth, connection_id)
+    assert renewed["state"] is None
+    assert datetime.fromisoformat(renewed["expire"]) > datetime.fromisoformat(moved["now"])
+    assert http.post(f"/2.0/users/me/connections/{connection_id}", headers=auth).status_code == 200
