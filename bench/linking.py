@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.connector.handlers import account_view
+from services.connector.domain import bank_account_view
 from services.connector.repository import ConnectorRepository, connection_key
 from services.connector.security import TokenCipher
 from shared.auth import issue_token
@@ -67,7 +67,7 @@ def connector_documents(
         "bank": {"id": bank_id, "name": bank_names.get(bank_id, f"Banque {bank_id}")},
         "state": None,
         "error": None,
-        "accounts": [account_view(a) for a in connection["all_accounts"] if not a.get("deleted")],
+        "accounts": [bank_account_view(a) for a in connection["all_accounts"] if not a.get("deleted")],
         "removed": False,
         "paused": False,
         "linked_at": at,

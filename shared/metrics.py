@@ -27,3 +27,8 @@ CONSUMER_LAG = Gauge(
     "Records not yet committed by the service's consumer group (log end offset - committed offset)",
     ["service", "group", "topic", "partition"],
 )
+NIGHT_UNFINISHED = Gauge(
+    "banksync_nightly_unfinished_connections",
+    "Connections whose nightly sync was still queued or running when the night's window closed",
+)
+NIGHT_OVERRUNS = Counter("banksync_nightly_overruns_total", "Nights not finished inside their window")

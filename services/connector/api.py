@@ -65,6 +65,19 @@ async def list_connections(user_id: str, _: UserPrincipal, handlers: Handlers) -
     return await handlers.list_connections(user_id)
 
 
+@users.post(
+    "/connections/{connection_id}/reconnect",
+    response_model=Activation,
+    responses=problem_responses(403, 404, 409, 502, 503),
+)
+async def reconnect(
+    user_id: str, connection_id: str, request: Request, _: UserPrincipal, handlers: Handlers
+) -> dict[str, str]:
+    """The aggregator's reconnect webview for a connection that needs the user (new password, strong
+    authentication, PSD2 consent renewed every 180 days); it comes back through the callback."""
+    return await handlers.reconnect(user_id, connection_id, correlation_id_of(request))
+
+
 @users.put("/connections/{connection_id}/accounts", responses=problem_responses(404, 502))
 async def select_accounts(
     user_id: str,

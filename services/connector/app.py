@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from pydantic import Field, SecretStr
 
 from services.connector.api import ops, public, users
-from services.connector.domain import NightlyWindow
+from services.connector.domain import NightlyWindow, spreading_span
+from services.connector.events import IMPORTER_EVENTS, AccountDeleted, BalanceChecked
 from services.connector.gate import SyncGate
 from services.connector.handlers import ConnectorConfig, ConnectorHandlers
 from services.connector.powens import PowensClient, RetryPolicy
@@ -22,7 +23,7 @@ from shared.logging import get_logger
 from shared.schemas import EntitlementChanged, SyncRequested
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
-from shared.topics import ENTITLEMENTS, SYNC_REQUESTS
+from shared.topics import ENTITLEMENTS, OPERATIONS, SYNC_REQUESTS
 
 SERVICE = "connector"
 log = get_logger(__name__)
@@ -44,6 +45,7 @@ class ConnectorSettings(ServiceSettings):
     # a run sends few database writes now, so 16 keep the engine busy where 8 left it waiting
     sync_concurrency: int = Field(default=16, ge=1)
     entitlements_group: str = "connector-entitlements"
+    importer_events_group: str = "connector-importer-events"
 
 
 async def wire(runtime: Runtime) -> None:
@@ -113,6 +115,15 @@ async def wire(runtime: Runtime) -> None:
         runtime.broker, SERVICE, ENTITLEMENTS, {"entitlement.changed": EntitlementChanged}, on_entitlements
     ).subscribe(settings.entitlements_group)
 
+    async def on_importer_events(batch: list[Incoming]) -> None:
+        await handlers.on_importer_events(
+            [(i.event.id, i.data) for i in batch if isinstance(i.data, AccountDeleted | BalanceChecked)]
+        )
+
+    TopicConsumer(runtime.broker, SERVICE, OPERATIONS, dict(IMPORTER_EVENTS), on_importer_events).subscribe(
+        settings.importer_events_group
+    )
+
 
 async def close(runtime: Runtime) -> None:
     handlers: ConnectorHandlers = runtime.extras["handlers"]
@@ -134,9 +145,14 @@ async def nightly_scheduler(runtime: Runtime) -> None:
         wake = window.next_start(datetime.now(UTC))
         await asyncio.sleep(max(1.0, (wake - datetime.now(UTC)).total_seconds()))
         now = datetime.now(UTC)
-        if await handlers.repository.claim_nightly(window.run_key(now), now):
+        night = window.run_key(now)
+        if await handlers.repository.claim_nightly(night, now):
+            correlation_id = f"nightly-{night}-{uuid.uuid4().hex[:8]}"
             try:
-                await handlers.nightly_run(f"nightly-{window.run_key(now)}-{uuid.uuid4().hex[:8]}")
+                await handlers.nightly_run(correlation_id, night=night, spread_over=spreading_span(window))
+                window_end = wake + window.span()
+                await asyncio.sleep(max(0.0, (window_end - datetime.now(UTC)).total_seconds()))
+                await handlers.check_night(night, window_end, correlation_id)
             except Exception as exc:
                 log.error("nightly_run_failed", error=repr(exc))
 

@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from services.connector.domain import (
+    STATE_GUIDANCE,
+    AccountsFollowed,
     Failure,
     FetchWindow,
     NightlyWindow,
@@ -23,7 +25,10 @@ from services.connector.domain import (
     changed_lines,
     classify_connection_error,
     fetch_window,
+    follow_bank_accounts,
+    nightly_order,
 )
+from services.connector.events import AccountDeleted, BalanceChecked
 from services.connector.gate import EntitlementsUnavailable, GateAnswer, SyncGate, rights_document
 from services.connector.powens import AggregatorError, PowensClient
 from services.connector.repository import ConnectorRepository, Doc, connection_key
@@ -32,8 +37,7 @@ from shared.batch_publisher import BatchPublisher
 from shared.events import CloudEvent, account_key, deterministic_event_id
 from shared.kafka import EventPublisher
 from shared.logging import get_logger
-from shared.metrics import ERRORS
-from shared.money import format_amount, to_amount
+from shared.metrics import ERRORS, NIGHT_OVERRUNS, NIGHT_UNFINISHED
 from shared.problems import Problem
 from shared.schemas import EntitlementChanged, SyncRequested
 from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
@@ -65,6 +69,8 @@ class AccountOutcome:
     event: CloudEvent
     transactions: int = 0
     failure: Failure | None = None
+    # the `reimport` mark this sync honoured, cleared with its state (unless a newer deletion replaced it)
+    reimported: str | None = None
 
 
 async def _all(steps: Sequence[Awaitable[Any]]) -> None:
@@ -94,22 +100,7 @@ def entitlements_unavailable() -> Problem:
     )
 
 
-def account_view(account: dict[str, Any]) -> dict[str, Any]:
-    """A Powens account as the contract's connections API shows it."""
-    currency = account.get("currency")
-    code = currency.get("id") if isinstance(currency, dict) else currency
-    balance = account.get("balance")
-    return {
-        "aggregator_account_id": str(account["id"]),
-        "name": account.get("name") or account.get("original_name") or "",
-        "iban": account.get("iban"),
-        "number": account.get("number"),
-        "type": account.get("type") or "unknown",
-        "balance": format_amount(to_amount(balance)) if balance is not None else None,
-        "currency": code or "EUR",
-        "selected": account.get("disabled") in (None, False) and not account.get("deleted"),
-        "deleted": bool(account.get("deleted")),
-    }
+SHOWN_ACCOUNT_FIELDS = ("aggregator_account_id", "name", "iban", "type", "balance", "currency", "selected")
 
 
 def connection_view(doc: dict[str, Any]) -> dict[str, Any]:
@@ -120,8 +111,9 @@ def connection_view(doc: dict[str, Any]) -> dict[str, Any]:
         "error": doc.get("error"),
         "accounts": [
             {
-                k: a[k]
-                for k in ("aggregator_account_id", "name", "iban", "type", "balance", "currency", "selected")
+                **{k: a.get(k) for k in SHOWN_ACCOUNT_FIELDS},
+                "coming": a.get("coming"),
+                "closed": bool(a.get("closed")),
             }
             for a in doc.get("accounts", [])
         ],
@@ -246,8 +238,132 @@ class ConnectorHandlers:
             raise Problem(
                 404, "unknown_connection", f"The aggregator has no connection {connection_id} for this user."
             )
+        if known is not None and not known.get("removed"):
+            return connection_view(await self._reconnected(known, found, correlation_id))
         doc = await self._store_connection(user_id, found, correlation_id, announce=known is None)
         return connection_view(doc)
+
+    # --- reconnect ---------------------------------------------------------------------------
+    async def reconnect(self, user_id: str, connection_id: str, correlation_id: str) -> dict[str, str]:
+        """The aggregator's reconnect webview for one connection (new password, strong authentication,
+        renewed PSD2 consent); it comes back through the callback like an activation."""
+        await self.require_entitled(user_id)
+        await self._owned_connection(user_id, connection_id)
+        token = await self._token(user_id)
+        code = await self._call(self.powens.temporary_code(token))
+        state, issued = self.signer.issue(user_id)
+        await self.repository.record_activation(issued.nonce, user_id, self.clock())
+        query = urlencode(
+            {
+                "redirect_uri": f"{self.config.callback_base_url}/v1/callback",
+                "state": state,
+                "code": code,
+                "connection_id": connection_id,
+            }
+        )
+        log.info("reconnect_started", user_id=user_id, connection_id=connection_id)
+        return {
+            "connect_url": f"{self.config.aggregator_public_url}/2.0/auth/webview/reconnect?{query}",
+            "state": state,
+        }
+
+    async def _reconnected(
+        self, known: dict[str, Any], found: dict[str, Any], correlation_id: str
+    ) -> dict[str, Any]:
+        """Back from the reconnect webview: the connection takes the aggregator's state; when the bank
+        let the user in, a sync runs at once from the kept cursors (nothing twice, nothing missed)."""
+        user_id = known["user_id"]
+        error = found.get("error") or found.get("state")
+        failure = classify_connection_error(str(error)) if error else None
+        followed = follow_bank_accounts(known["accounts"], found.get("accounts"))
+        fields: dict[str, Any] = {
+            "state": failure.state.value if failure else None,
+            "error": failure.as_error() if failure else None,
+            "accounts": followed.accounts,
+        }
+        await self._set_connection_changes(known, fields)
+        doc = {**known, **fields}
+        await self._announce_followed(user_id, doc, followed, correlation_id)
+        await self.publisher.publish(
+            CONNECTIONS,
+            user_id,
+            self._event(
+                "connection.state_changed",
+                {
+                    "user_id": user_id,
+                    "connection_id": known["connection_id"],
+                    "state": doc["state"] or "active",
+                    "paused": bool(known.get("paused")),
+                    "reconnected": failure is None,
+                },
+                user_id,
+                correlation_id,
+            ),
+        )
+        log.info("connection_reconnected", user_id=user_id, connection_id=known["connection_id"], error=error)
+        if failure is None and not known.get("paused"):
+            await self.request_sync(
+                user_id, "on_demand", correlation_id, connection_id=known["connection_id"], gate=False
+            )
+        return doc
+
+    async def _announce_followed(
+        self, user_id: str, conn: dict[str, Any], followed: AccountsFollowed, correlation_id: str
+    ) -> None:
+        """`account.discovered` for the bank's new accounts and `account.closed` for those it closed, in
+        one publish; a closed account's sync state says `closed` from now on."""
+        events = [
+            (
+                user_id,
+                self._event(
+                    "account.discovered",
+                    {
+                        "user_id": user_id,
+                        "connection_id": conn["connection_id"],
+                        "bank": conn["bank"],
+                        "account": account,
+                    },
+                    user_id,
+                    correlation_id,
+                    deterministic_event_id("account.discovered", user_id, account["aggregator_account_id"]),
+                ),
+            )
+            for account in followed.discovered
+        ] + [
+            (
+                user_id,
+                self._event(
+                    "account.closed",
+                    {
+                        "user_id": user_id,
+                        "connection_id": conn["connection_id"],
+                        "aggregator_account_id": account["aggregator_account_id"],
+                    },
+                    user_id,
+                    correlation_id,
+                    deterministic_event_id("account.closed", user_id, account["aggregator_account_id"]),
+                ),
+            )
+            for account in followed.closed
+        ]
+        if not events:
+            return
+        if followed.closed:
+            await self.repository.set_account_states(
+                user_id,
+                {
+                    a["aggregator_account_id"]: {"connection_id": conn["connection_id"], "state": "closed"}
+                    for a in followed.closed
+                },
+            )
+        await self.publisher.publish_many(CONNECTIONS, events)
+        log.info(
+            "bank_accounts_changed",
+            user_id=user_id,
+            connection_id=conn["connection_id"],
+            discovered=[a["aggregator_account_id"] for a in followed.discovered],
+            closed=[a["aggregator_account_id"] for a in followed.closed],
+        )
 
     async def _store_connection(
         self, user_id: str, found: dict[str, Any], correlation_id: str, *, announce: bool
@@ -256,14 +372,14 @@ class ConnectorHandlers:
         bank = await self._bank(str(found.get("id_connector", "")))
         error = found.get("error") or found.get("state")
         failure = classify_connection_error(error) if error else None
-        accounts = [account_view(a) for a in found.get("accounts", []) if not a.get("deleted")]
+        accounts = follow_bank_accounts([], found.get("accounts", [])).accounts
         doc = {
             "_id": connection_key(user_id, connection_id),
             "connection_id": connection_id,
             "user_id": user_id,
             "bank": bank,
             "state": failure.state.value if failure else None,
-            "error": {"code": failure.code, "message": failure.message} if failure else None,
+            "error": failure.as_error() if failure else None,
             "accounts": accounts,
             "removed": False,
             "paused": False,
@@ -282,25 +398,9 @@ class ConnectorHandlers:
                     deterministic_event_id("connection.linked", user_id, connection_id),
                 ),
             )
-            for account in accounts:
-                await self.publisher.publish(
-                    CONNECTIONS,
-                    user_id,
-                    self._event(
-                        "account.discovered",
-                        {
-                            "user_id": user_id,
-                            "connection_id": connection_id,
-                            "bank": bank,
-                            "account": account,
-                        },
-                        user_id,
-                        correlation_id,
-                        deterministic_event_id(
-                            "account.discovered", user_id, account["aggregator_account_id"]
-                        ),
-                    ),
-                )
+            await self._announce_followed(
+                user_id, doc, AccountsFollowed(accounts, accounts, []), correlation_id
+            )
         log.info("connection_linked", user_id=user_id, connection_id=connection_id, accounts=len(accounts))
         return doc
 
@@ -438,11 +538,10 @@ class ConnectorHandlers:
             self.repository.account_states(user_id),
             self.repository.aggregator_user(user_id),
         )
-        cursors = {str(s["aggregator_account_id"]): s.get("cursor") for s in states}
+        known = {str(s["aggregator_account_id"]): s for s in states}
         for conn in connections:
             try:
-                accounts = self._accounts_to_sync(conn, request)
-                if not accounts:
+                if not self._connection_wanted(conn, request):
                     continue
                 # claimed when requested: one write renews the lease (or takes an expired one)
                 holder = await self.repository.renew_run(
@@ -454,35 +553,48 @@ class ConnectorHandlers:
                     )
                     continue
                 token = self.cipher.decrypt((aggregator_user or {})["token_enc"], user_id)
-                await self._sync_connection(request, conn, accounts, token, cursors, correlation_id)
+                await self._sync_connection(request, conn, token, known, correlation_id)
             finally:
                 # the request may have claimed this connection when it was made: always let it go
                 await self.repository.release_run(conn["_id"], request.sync_run_id)
 
     @staticmethod
-    def _accounts_to_sync(conn: dict[str, Any], request: SyncRequested) -> list[dict[str, Any]]:
+    def _connection_wanted(conn: dict[str, Any], request: SyncRequested) -> bool:
+        """Every live connection of the user is read (its accounts may have changed at the bank, even
+        with none selected), except: paused ones, others than the one asked for, those waiting on the
+        user at night (only the reconnect webview helps them), and those without an account asked for."""
         if conn.get("paused") or (request.connection_id and conn["connection_id"] != request.connection_id):
-            return []
+            return False
+        if request.reason == "nightly" and conn.get("state") == SyncState.ACTION_NEEDED.value:
+            return False
+        wanted = request.aggregator_account_ids
+        return wanted is None or any(a["aggregator_account_id"] in wanted for a in conn["accounts"])
+
+    @staticmethod
+    def _accounts_to_sync(accounts: list[dict[str, Any]], request: SyncRequested) -> list[dict[str, Any]]:
         wanted = request.aggregator_account_ids
         return [
             a
-            for a in conn["accounts"]
-            if a["selected"] and (wanted is None or a["aggregator_account_id"] in wanted)
+            for a in accounts
+            if a["selected"]
+            and not a.get("closed")
+            and (wanted is None or a["aggregator_account_id"] in wanted)
         ]
 
     async def _sync_connection(
         self,
         request: SyncRequested,
         conn: dict[str, Any],
-        accounts: list[dict[str, Any]],
         token: str,
-        cursors: dict[str, datetime | None],
+        known: dict[str, Doc],
         correlation_id: str,
     ) -> None:
-        """Refreshes the connection, then syncs its accounts concurrently (each account's own steps in
-        order: they are keyed per account); their final states go in one write, their events in one batch."""
+        """Refreshes the connection and follows its accounts (new, closed, balances), then syncs the
+        selected ones concurrently (each account's own steps in order: they are keyed per account); their
+        final states go in one write, their events in one batch."""
         user_id = request.user_id
         started = self.clock()
+        accounts = self._accounts_to_sync(conn["accounts"], request)
         marking = asyncio.create_task(
             self.repository.update_account_states(
                 user_id,
@@ -516,11 +628,7 @@ class ConnectorHandlers:
             await _all(
                 [
                     self._set_connection_changes(
-                        conn,
-                        {
-                            "state": failure.state.value,
-                            "error": {"code": failure.code, "message": failure.message},
-                        },
+                        conn, {"state": failure.state.value, "error": failure.as_error()}
                     ),
                     self._finish(
                         user_id,
@@ -540,20 +648,20 @@ class ConnectorHandlers:
                 ]
             )
             return
-        cleared: dict[str, Any] = {"state": None, "error": None}
+        followed = follow_bank_accounts(conn["accounts"], refreshed.get("accounts"))
+        cleared: dict[str, Any] = {"state": None, "error": None, "accounts": followed.accounts}
         if request.reason != "webhook" and refreshed.get("last_update"):
             # the aggregator will announce this very refresh with a webhook: this run reads it already
             cleared["refreshed_update"] = refreshed["last_update"]
+        accounts = self._accounts_to_sync(followed.accounts, request)
         begun = self.clock()
         windows = {
-            a["aggregator_account_id"]: fetch_window(
-                cursors.get(a["aggregator_account_id"]), self.config.cursor_overlap
-            )
-            for a in accounts
+            a["aggregator_account_id"]: self._window(known.get(a["aggregator_account_id"])) for a in accounts
         }
         announced = _all(
             [
                 self._set_connection_changes(conn, cleared),
+                self._announce_followed(user_id, conn, followed, correlation_id),
                 self.publisher.publish_many(
                     SYNC_STATUS,
                     [
@@ -604,6 +712,13 @@ class ConnectorHandlers:
             if isinstance(result, BaseException):
                 raise result
 
+    def _window(self, state: Doc | None) -> FetchWindow:
+        """From the cursor; from the start when the app account was deleted since (`reimport`), as a
+        first sync: the bank's whole history is published again, whatever was published before."""
+        if state is not None and state.get("reimport"):
+            return FetchWindow(initial=True, last_update=None, reimport=str(state["reimport"]))
+        return fetch_window((state or {}).get("cursor"), self.config.cursor_overlap)
+
     async def _set_connection_changes(self, conn: dict[str, Any], fields: dict[str, Any]) -> None:
         """Writes those of `fields` that differ from the connection as read: most runs change nothing."""
         changed = {k: v for k, v in fields.items() if conn.get(k) != v}
@@ -642,7 +757,7 @@ class ConnectorHandlers:
         try:
             async for page in self.powens.transactions(token, account_id, window.params()):
                 known = await self.repository.known_fingerprints(key, [str(t["id"]) for t in page])
-                changes = changed_lines(page, known)
+                changes = changed_lines(page, {} if window.reimport else known)
                 events = [
                     (
                         key,
@@ -673,6 +788,18 @@ class ConnectorHandlers:
                 )
                 published += len(events)
                 await keep_lease()
+            # after the lines, on their key: the importer checks the balance once it has them all
+            await self.lines_publisher.publish_many(
+                TRANSACTIONS_RAW,
+                [
+                    (
+                        key,
+                        self._account_synced(
+                            user_id, conn, account, request, window, published, correlation_id
+                        ),
+                    )
+                ],
+            )
         except AggregatorError as exc:
             return self._failed(user_id, conn, account_id, request, exc.failure, started, correlation_id)
         finished = self.clock()
@@ -704,6 +831,39 @@ class ConnectorHandlers:
                 correlation_id,
             ),
             transactions=published,
+            reimported=window.reimport,
+        )
+
+    def _account_synced(
+        self,
+        user_id: str,
+        conn: dict[str, Any],
+        account: dict[str, Any],
+        request: SyncRequested,
+        window: FetchWindow,
+        published: int,
+        correlation_id: str,
+    ) -> CloudEvent:
+        """`account.synced` on the raw topic: the account's sync is complete, with the bank's balance
+        (booked lines) and pending total as the refresh gave them."""
+        account_id = account["aggregator_account_id"]
+        return self._event(
+            "account.synced",
+            {
+                "user_id": user_id,
+                "connection_id": conn["connection_id"],
+                "aggregator_account_id": account_id,
+                "bank": conn["bank"],
+                "sync_run_id": request.sync_run_id,
+                "initial": window.initial,
+                "currency": account.get("currency") or "EUR",
+                "balance": account.get("balance"),
+                "coming": account.get("coming"),
+                "transactions": published,
+            },
+            user_id,
+            correlation_id,
+            deterministic_event_id("account.synced", user_id, account_id, request.sync_run_id),
         )
 
     def _status_base(
@@ -735,7 +895,7 @@ class ConnectorHandlers:
             {
                 "connection_id": conn["connection_id"],
                 "state": failure.state.value,
-                "error": {"code": failure.code, "message": failure.message},
+                "error": failure.as_error(),
                 "last_run": {
                     "sync_run_id": request.sync_run_id,
                     "started_at": started,
@@ -763,7 +923,11 @@ class ConnectorHandlers:
         (on each account's key, after its `sync.started` when the run got that far)."""
         if not outcomes:
             return
-        await self.repository.set_account_states(user_id, {o.account_id: o.fields for o in outcomes})
+        await self.repository.set_account_states(
+            user_id,
+            {o.account_id: o.fields for o in outcomes},
+            clear_reimport={o.account_id: o.reimported for o in outcomes if o.reimported},
+        )
         await self.publisher.publish_many(
             SYNC_STATUS, [(account_key(user_id, o.account_id), o.event) for o in outcomes]
         )
@@ -782,6 +946,38 @@ class ConnectorHandlers:
                     aggregator_account_id=outcome.account_id,
                     code=outcome.failure.code,
                 )
+
+    # --- what the importer says of the app accounts ------------------------------------------
+    async def on_importer_events(self, items: Sequence[tuple[str, AccountDeleted | BalanceChecked]]) -> None:
+        """In one write for the batch: an app account deleted marks its bank account for a whole
+        re-import at its next sync (whatever triggers it); a balance check is kept for the sync status.
+        Items are (event id, data), in topic order."""
+        fields: dict[tuple[str, str], Doc] = {}
+        for event_id, item in items:
+            if not item.aggregator_account_id:
+                continue  # a manual account: nothing at the bank to import again
+            own = fields.setdefault((item.user_id, item.aggregator_account_id), {})
+            if isinstance(item, AccountDeleted):
+                own.update(reimport=event_id, account_id=None, balance=None)
+                log.info(
+                    "reimport_marked",
+                    user_id=item.user_id,
+                    aggregator_account_id=item.aggregator_account_id,
+                    account_id=item.account_id,
+                )
+            else:
+                own.update(
+                    account_id=item.account_id,
+                    balance={
+                        "bank_balance": item.bank_balance,
+                        "computed_balance": item.computed_balance,
+                        "balance_gap": item.balance_gap,
+                        "sync_run_id": item.sync_run_id,
+                        "checked_at": self.clock(),
+                    },
+                )
+        if fields:
+            await self.repository.set_states_of_many(fields)
 
     # --- entitlements ------------------------------------------------------------------------
     async def on_entitlement_changed(self, change: EntitlementChanged, correlation_id: str) -> None:
@@ -817,28 +1013,91 @@ class ConnectorHandlers:
             )
 
     # --- nightly and webhooks ----------------------------------------------------------------
-    async def nightly_run(self, correlation_id: str) -> dict[str, int]:
+    async def nightly_run(
+        self,
+        correlation_id: str,
+        *,
+        night: str | None = None,
+        spread_over: timedelta | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> dict[str, int]:
         """One `sync.requested` per entitled user with live connections; the others are skipped, with why.
 
-        In sets of NIGHTLY_CHUNK users: every live connection and every projected right is read once
-        for the whole night, the runs of a set are claimed in one insert, its requests published in
-        one batch. Only users without a projected "yes" are asked over HTTP (see SyncGate.check).
+        Connections waiting on the user (`action_needed`) are not retried: only the reconnect webview
+        helps them. With `spread_over`, each user is requested at their own stable moment in it
+        (`nightly_order`), so the aggregator sees a steady flow; without, everyone now (ops' run).
+        In sets of at most NIGHTLY_CHUNK users: every live connection and every projected right is read
+        once for the whole night, the runs of a set are claimed in one insert (tagged with `night`, for
+        the window's end), its requests published in one batch. Only users without a projected "yes"
+        are asked over HTTP (see SyncGate.check).
         """
         connections: dict[str, list[Doc]] = {}
         for conn in await self.repository.live_connections():
             connections.setdefault(str(conn["user_id"]), []).append(conn)
-        users = sorted(connections)
+        waiting = {
+            user
+            for user, conns in connections.items()
+            if all(c.get("paused") or c.get("state") == SyncState.ACTION_NEEDED.value for c in conns)
+            and any(c.get("state") == SyncState.ACTION_NEEDED.value for c in conns)
+        }
+        users = sorted(set(connections) - waiting)
+        order = nightly_order(users, spread_over) if spread_over else [(timedelta(0), u) for u in users]
         projected = await self.repository.all_projected_rights()
+        began = self.clock()
         requested = 0
-        for start in range(0, len(users), NIGHTLY_CHUNK):
-            chunk = users[start : start + NIGHTLY_CHUNK]
+        position = 0
+        while position < len(order):
+            if spread_over:
+                await sleep(max(0.0, (began + order[position][0] - self.clock()).total_seconds()))
+            elapsed = self.clock() - began
+            chunk = [user for offset, user in order[position : position + NIGHTLY_CHUNK] if offset <= elapsed]
+            chunk = chunk or [order[position][1]]
+            position += len(chunk)
             allowed = await self._nightly_allowed(chunk, projected, correlation_id)
             requested += await self._request_nightly(
-                {user: connections[user] for user in chunk if user in allowed}, correlation_id
+                {user: connections[user] for user in chunk if user in allowed}, correlation_id, night
             )
         skipped = len(users) - requested
-        log.info("nightly_run", users=len(users), requested=requested, skipped=skipped)
-        return {"users": len(users), "requested": requested, "skipped": skipped}
+        log.info(
+            "nightly_run", users=len(connections), requested=requested, skipped=skipped, waiting=len(waiting)
+        )
+        return {
+            "users": len(connections),
+            "requested": requested,
+            "skipped": skipped + len(waiting),
+            "waiting_on_user": len(waiting),
+        }
+
+    async def check_night(self, night: str, window_end: datetime, correlation_id: str) -> dict[str, Any]:
+        """At the window's end: a night whose syncs are still queued or running is reported (metric,
+        warning, `nightly.overran` on banksync.sync-status.v1) instead of silently running on."""
+        unfinished = await self.repository.unfinished_night(night)
+        NIGHT_UNFINISHED.set(unfinished)
+        report: dict[str, Any] = {
+            "night": night,
+            "window_end": window_end.isoformat(),
+            "unfinished_connections": unfinished,
+            "overran": unfinished > 0,
+        }
+        if unfinished:
+            NIGHT_OVERRUNS.inc()
+            log.warning("nightly_overran", **report)
+            await self.publisher.publish(
+                SYNC_STATUS,
+                "nightly",
+                CloudEvent.new(
+                    service=SERVICE,
+                    name="nightly.overran",
+                    data=report,
+                    user_id="",  # about the night, no user's
+                    correlation_id=correlation_id,
+                    subject=night,
+                    event_id=deterministic_event_id("nightly.overran", night),
+                ),
+            )
+        else:
+            log.info("nightly_finished_in_window", night=night)
+        return report
 
     async def _nightly_allowed(
         self, users: Sequence[str], projected: dict[str, Doc], correlation_id: str
@@ -865,7 +1124,9 @@ class ConnectorHandlers:
                 allowed.add(user_id)
         return allowed
 
-    async def _request_nightly(self, connections: dict[str, list[Doc]], correlation_id: str) -> int:
+    async def _request_nightly(
+        self, connections: dict[str, list[Doc]], correlation_id: str, night: str | None = None
+    ) -> int:
         """Claims a run per user on their unpaused connections, in one insert, and publishes the requests
         of the users who hold one (a user whose every connection is already syncing joins that run)."""
         now = self.clock()
@@ -874,9 +1135,9 @@ class ConnectorHandlers:
             conn["_id"]: run_ids[user]
             for user, conns in connections.items()
             for conn in conns
-            if not conn.get("paused")
+            if not conn.get("paused") and conn.get("state") != SyncState.ACTION_NEEDED.value
         }
-        holders = await self.repository.claim_runs(wanted, now, self.config.run_lease)
+        holders = await self.repository.claim_runs(wanted, now, self.config.run_lease, night=night)
         requests: list[tuple[str, CloudEvent]] = []
         for user, conns in connections.items():
             held = [holders[c["_id"]] for c in conns if c["_id"] in wanted]
@@ -919,23 +1180,38 @@ class ConnectorHandlers:
 
     # --- status ------------------------------------------------------------------------------
     async def sync_status(self, user_id: str) -> list[dict[str, Any]]:
-        states = {s["aggregator_account_id"]: s for s in await self.repository.account_states(user_id)}
+        """Each selected account's state, as it truly is: `syncing` while a run is queued or running,
+        `never_synced` before its first success, `closed` once the bank closed it; each with the action
+        the user can take and the last balance check (`balance_gap` not zero: something is missing)."""
+        connections, states = await asyncio.gather(
+            self.repository.user_connections(user_id), self.repository.account_states(user_id)
+        )
+        by_account = {s["aggregator_account_id"]: s for s in states}
+        actives = await asyncio.gather(
+            *(self.repository.active_run(conn["_id"], self.clock()) for conn in connections)
+        )
         out = []
-        for conn in await self.repository.user_connections(user_id):
-            active = await self.repository.active_run(conn["_id"], self.clock())
+        for conn, active in zip(connections, actives, strict=True):
             for account in conn["accounts"]:
                 if not account["selected"]:
                     continue
-                state = states.get(account["aggregator_account_id"], {})
-                current = state.get("state") or (SyncState.SYNCING.value if active else SyncState.OK.value)
-                if conn.get("paused"):
-                    current = SyncState.PAUSED.value
+                state = by_account.get(account["aggregator_account_id"], {})
+                current = _current_state(conn, account, state, active is not None)
+                stored_error = state.get("error") or conn.get("error")
+                error = stored_error if current in (SyncState.ERROR, SyncState.ACTION_NEEDED) else None
+                action, message = STATE_GUIDANCE[current]
+                if error is not None:
+                    message = error.get("message") or message
                 last_run = state.get("last_run")
+                balance = state.get("balance") or {}
                 out.append(
                     {
                         "aggregator_account_id": account["aggregator_account_id"],
                         "account_id": state.get("account_id"),
-                        "state": current,
+                        "connection_id": conn["connection_id"],
+                        "state": current.value,
+                        "action": (error or {}).get("action") or action.value,
+                        "message": message,
                         "last_success_at": _iso(state.get("last_success_at")),
                         "last_run": {
                             "sync_run_id": last_run["sync_run_id"],
@@ -945,10 +1221,34 @@ class ConnectorHandlers:
                         }
                         if last_run
                         else None,
-                        "error": state.get("error") if current in ("error", "action_needed") else None,
+                        "error": {"code": error["code"], "message": error["message"]} if error else None,
+                        "reimport_pending": bool(state.get("reimport")),
+                        "bank_balance": balance.get("bank_balance"),
+                        "computed_balance": balance.get("computed_balance"),
+                        "balance_gap": balance.get("balance_gap"),
                     }
                 )
         return out
+
+
+def _current_state(conn: Doc, account: Doc, state: Doc, active: bool) -> SyncState:
+    if conn.get("paused"):
+        return SyncState.PAUSED
+    if account.get("closed") or state.get("state") == SyncState.CLOSED.value:
+        return SyncState.CLOSED
+    if active:
+        return SyncState.SYNCING  # queued or running
+    stored = state.get("state")
+    if stored == SyncState.SYNCING.value:
+        # the run that said so is gone without an outcome (its process died); it is asked again
+        stored = SyncState.ERROR.value if state.get("error") else None
+    if stored in (SyncState.ERROR.value, SyncState.ACTION_NEEDED.value):
+        return SyncState(stored)
+    if conn.get("state") == SyncState.ACTION_NEEDED.value:
+        return SyncState.ACTION_NEEDED
+    if state.get("last_success_at") is None:
+        return SyncState.NEVER_SYNCED
+    return SyncState.OK
 
 
 def _iso(value: Any) -> str | None:

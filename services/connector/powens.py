@@ -93,17 +93,28 @@ class PowensClient:
         body = await self._request(
             "GET", "/2.0/users/me/connections", token=token, params={"expand": "all_accounts"}
         )
-        connections = list(body.get("connections", []))
-        for connection in connections:
-            connection["accounts"] = connection.get("all_accounts", connection.get("accounts", []))
-        return connections
+        return [_with_all_accounts(connection) for connection in body.get("connections", [])]
 
     async def connection(self, token: str, connection_id: str) -> dict[str, Any]:
-        return await self._request("GET", f"/2.0/users/me/connections/{connection_id}", token=token)
+        """One connection with all its accounts (new ones disabled, closed ones with `deleted` set)."""
+        body = await self._request(
+            "GET",
+            f"/2.0/users/me/connections/{connection_id}",
+            token=token,
+            params={"expand": "all_accounts"},
+        )
+        return _with_all_accounts(body)
 
     async def sync_connection(self, token: str, connection_id: str) -> dict[str, Any]:
-        """Asks the aggregator to refresh a connection; its state says whether the bank let it."""
-        return await self._request("POST", f"/2.0/users/me/connections/{connection_id}", token=token)
+        """Asks the aggregator to refresh a connection; its state says whether the bank let it, and its
+        accounts (all of them) what the bank shows now: new ones, closed ones, balances."""
+        body = await self._request(
+            "POST",
+            f"/2.0/users/me/connections/{connection_id}",
+            token=token,
+            params={"expand": "all_accounts"},
+        )
+        return _with_all_accounts(body)
 
     async def delete_connection(self, token: str, connection_id: str) -> None:
         await self._request("DELETE", f"/2.0/users/me/connections/{connection_id}", token=token)
@@ -153,3 +164,10 @@ def _retry_after(response: httpx.Response) -> float | None:
         return min(float(value), 30.0)
     except ValueError:
         return None
+
+
+def _with_all_accounts(connection: dict[str, Any]) -> dict[str, Any]:
+    """`accounts` is the whole list (`all_accounts`) when the answer has it; absent when it has none."""
+    if "all_accounts" in connection:
+        connection["accounts"] = connection["all_accounts"]
+    return connection

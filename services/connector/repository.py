@@ -52,6 +52,7 @@ class ConnectorRepository:
         await self.users.create_index([("id_user", ASCENDING)])
         await self.account_sync.create_index([("user_id", ASCENDING)])
         await self.seen.create_index([("account", ASCENDING)])
+        await self.active_runs.create_index([("night", ASCENDING)])
 
     # aggregator users -------------------------------------------------------------------------
     async def aggregator_user(self, user_id: str) -> Doc | None:
@@ -118,7 +119,9 @@ class ConnectorRepository:
         """Every connection not removed, of every user, as `_id`, `user_id` and `paused` (the nightly run
         reads them all, once)."""
         # only what the night needs of each: 10,000 whole documents (accounts and all) are tens of MB
-        return await self.connections.find({"removed": False}, {"user_id": 1, "paused": 1}).to_list()
+        return await self.connections.find(
+            {"removed": False}, {"user_id": 1, "paused": 1, "state": 1}
+        ).to_list()
 
     # per-account sync state ---------------------------------------------------------------------
     async def account_states(self, user_id: str) -> list[Doc]:
@@ -130,9 +133,31 @@ class ConnectorRepository:
         """The same fields on several accounts of one user, in one command."""
         await self.set_account_states(user_id, dict.fromkeys(aggregator_account_ids, fields))
 
-    async def set_account_states(self, user_id: str, fields: dict[str, Doc]) -> None:
+    async def set_account_states(
+        self, user_id: str, fields: dict[str, Doc], *, clear_reimport: dict[str, str] | None = None
+    ) -> None:
         """Each account's own fields (aggregator account id → fields) on several accounts of one user,
-        in one command."""
+        in one command; `clear_reimport` (account → mark) lifts the re-import marks a sync honoured,
+        each only if no newer deletion has replaced it meanwhile."""
+        requests: list[UpdateOne] = [
+            UpdateOne(
+                {"_id": account_sync_id(user_id, account_id)},
+                {"$set": {"user_id": user_id, "aggregator_account_id": account_id, **own}},
+                upsert=True,
+            )
+            for account_id, own in fields.items()
+        ]
+        requests += [
+            UpdateOne(
+                {"_id": account_sync_id(user_id, account_id), "reimport": mark}, {"$unset": {"reimport": ""}}
+            )
+            for account_id, mark in (clear_reimport or {}).items()
+        ]
+        await bulk_write_chunked(self.account_sync, requests)
+
+    async def set_states_of_many(self, fields: dict[tuple[str, str], Doc]) -> None:
+        """Fields of accounts of any users ((user, aggregator account) → fields), in one command: what
+        the importer's events say of them (deleted in the app, balance checked)."""
         await bulk_write_chunked(
             self.account_sync,
             [
@@ -141,7 +166,7 @@ class ConnectorRepository:
                     {"$set": {"user_id": user_id, "aggregator_account_id": account_id, **own}},
                     upsert=True,
                 )
-                for account_id, own in fields.items()
+                for (user_id, account_id), own in fields.items()
             ],
         )
 
@@ -177,13 +202,17 @@ class ConnectorRepository:
             await bulk_write_chunked(self.seen, updates)
 
     # one sync at a time per connection -------------------------------------------------------------
-    async def claim_runs(self, wanted: dict[str, str], now: datetime, lease: timedelta) -> dict[str, str]:
+    async def claim_runs(
+        self, wanted: dict[str, str], now: datetime, lease: timedelta, *, night: str | None = None
+    ) -> dict[str, str]:
         """`claim_run` for many connections (connection → run id) in one insert; the connections whose
-        run is already there are taken over one by one when expired. Returns each connection's holder."""
+        run is already there are taken over one by one when expired. Returns each connection's holder.
+        `night` tags the claims of a nightly run: those still there when its window closes are late."""
         if not wanted:
             return {}
+        tag = {"night": night} if night else {}
         docs = [
-            {"_id": conn, "run_id": run_id, "claimed_at": now, "expires_at": now + lease}
+            {"_id": conn, "run_id": run_id, "claimed_at": now, "expires_at": now + lease, **tag}
             for conn, run_id in wanted.items()
         ]
         taken: set[str] = set()
@@ -195,7 +224,7 @@ class ConnectorRepository:
             taken = {docs[e["index"]]["_id"] for e in exc.details.get("writeErrors", [])}
         holders = {conn: run_id for conn, run_id in wanted.items() if conn not in taken}
         for conn in taken:
-            doc = {"run_id": wanted[conn], "claimed_at": now, "expires_at": now + lease}
+            doc = {"run_id": wanted[conn], "claimed_at": now, "expires_at": now + lease, **tag}
             taken_over = await self._take_run(conn, doc, now)
             holders[conn] = wanted[conn] if taken_over else await self._run_holder(conn, wanted[conn])
         return holders
@@ -245,6 +274,10 @@ class ConnectorRepository:
 
     async def release_run(self, connection_id: str, run_id: str) -> None:
         await self.active_runs.delete_one({"_id": connection_id, "run_id": run_id})
+
+    async def unfinished_night(self, night: str) -> int:
+        """Connections of that night's run still claimed: their sync is queued or running."""
+        return await self.active_runs.count_documents({"night": night})
 
     # entitlements projection ----------------------------------------------------------------------
     async def projected_rights(self, user_id: str) -> Doc | None:

@@ -28,7 +28,9 @@ def stack(engines, log_dir) -> Iterator[Stack]:
 async def raw_lines(stack: Stack, user: str) -> dict[str, list[dict]]:
     """Aggregator lines published for `user`, per `<user>:<account>` key, in order."""
     found = await events_where(
-        stack.engines.kafka_bootstrap, TRANSACTIONS_RAW, lambda key, event: event.userid == user
+        stack.engines.kafka_bootstrap,
+        TRANSACTIONS_RAW,
+        lambda key, event: event.userid == user and event.name == "transaction.observed",
     )
     by_key: dict[str, list[dict]] = {}
     for key, event in found:
@@ -263,7 +265,11 @@ async def test_tokens_never_leave_the_connector(stack, linked_user):
     logs = stack.processes["connector"].log_path.read_text()
     events = ""
     for topic in (TRANSACTIONS_RAW, SYNC_STATUS, CONNECTIONS, SYNC_REQUESTS):
-        found = await events_where(stack.engines.kafka_bootstrap, topic, lambda k, e: e.userid == user)
+        found = await events_where(
+            stack.engines.kafka_bootstrap,
+            topic,
+            lambda k, e: e.userid == user and e.name == "transaction.observed",
+        )
         events += "".join(event.model_dump_json() for _, event in found)
     for place in (answers, logs, events):
         assert token not in place

@@ -149,7 +149,7 @@ def test_group_reset_to_earliest_with_kafkas_tool_doubles_nothing(stack, private
         again = settle(stack, user, truth)  # waits until every group has read everything again
         # nothing new was announced: no new bank line, no new operation; categorisations restated
         # (the categorizer read every operation.imported again) keep their event ids
-        assert tail.count(TRANSACTIONS_RAW, user) == 0
+        assert tail.count(TRANSACTIONS_RAW, user, "transaction.observed") == 0
         assert tail.count(OPERATIONS, user) == 0
         restated = {e.id for e in tail.events(CATEGORIZATIONS, user)}
     assert (again.operations, again.categorised) == (first.operations, first.categorised)
@@ -165,9 +165,14 @@ def test_kafka_stopped_and_started_again_mid_sync(stack, private_engines):
     with TopicTail(private_engines.kafka_bootstrap, [TRANSACTIONS_RAW]) as tail, faults_cleared(stack):
         set_faults(stack, latency_ms=400)
         select(stack, user, connection, accounts)
-        wait_for(lambda: tail.count(TRANSACTIONS_RAW, user) >= 200, 120, "200 raw lines", every=0.05)
+        wait_for(
+            lambda: tail.count(TRANSACTIONS_RAW, user, "transaction.observed") >= 200,
+            120,
+            "200 raw lines",
+            every=0.05,
+        )
         private_engines.stop_kafka()
-        at_stop = tail.count(TRANSACTIONS_RAW, user)
+        at_stop = tail.count(TRANSACTIONS_RAW, user, "transaction.observed")
         time.sleep(5)
         private_engines.start_kafka()
     assert at_stop < total, "the sync ended before Kafka stopped: nothing was tested"
@@ -193,7 +198,11 @@ def test_ferretdb_stopped_10s_mid_import(stack, private_engines):
         importer.send_signal(signal.SIGSTOP)
         try:
             select(stack, user, connection, accounts)
-            wait_for(lambda: tail.count(TRANSACTIONS_RAW, user) >= total, 120, "every line published")
+            wait_for(
+                lambda: tail.count(TRANSACTIONS_RAW, user, "transaction.observed") >= total,
+                120,
+                "every line published",
+            )
             private_engines.stop_ferretdb()
         finally:
             importer.send_signal(signal.SIGCONT)

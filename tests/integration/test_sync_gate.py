@@ -79,7 +79,11 @@ def test_standard_user_refused_then_subscribes_cancels_and_comes_back(stack):
     assert {s["state"] for s in stack.wait_run(user, run)} == {"ok"}
     raw_lines = len(
         asyncio_run(
-            events_where(stack.engines.kafka_bootstrap, TRANSACTIONS_RAW, lambda k, e: e.userid == user)
+            events_where(
+                stack.engines.kafka_bootstrap,
+                TRANSACTIONS_RAW,
+                lambda k, e: e.userid == user and e.name == "transaction.observed",
+            )
         )
     )
     assert raw_lines > 1000
@@ -100,7 +104,11 @@ def test_standard_user_refused_then_subscribes_cancels_and_comes_back(stack):
     assert count_requests(stack, user) == requests_before  # the nightly run skipped them
     # nothing already imported is lost, and the bank link is kept
     after = asyncio_run(
-        events_where(stack.engines.kafka_bootstrap, TRANSACTIONS_RAW, lambda k, e: e.userid == user)
+        events_where(
+            stack.engines.kafka_bootstrap,
+            TRANSACTIONS_RAW,
+            lambda k, e: e.userid == user and e.name == "transaction.observed",
+        )
     )
     assert len(after) == raw_lines
     assert operations_of(stack, user) == imported
@@ -212,7 +220,11 @@ async def test_replaying_the_entitlements_topic_rebuilds_the_same_projection(sta
 
 def count_requests(stack: Stack, user: str) -> int:
     found = asyncio_run(
-        events_where(stack.engines.kafka_bootstrap, SYNC_REQUESTS, lambda k, e: e.userid == user)
+        events_where(
+            stack.engines.kafka_bootstrap,
+            SYNC_REQUESTS,
+            lambda k, e: e.userid == user,
+        )
     )
     return len(found)
 

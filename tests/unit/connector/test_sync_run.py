@@ -10,7 +10,7 @@ from typing import Any, Literal, cast
 
 import pytest
 
-from services.connector.domain import classify_connection_error
+from services.connector.domain import classify_connection_error, fingerprint
 from services.connector.gate import GateAnswer, SyncGate
 from services.connector.handlers import ConnectorConfig, ConnectorHandlers
 from services.connector.powens import AggregatorError, PowensClient
@@ -20,7 +20,7 @@ from shared.events import CloudEvent
 from shared.kafka import EventPublisher
 from shared.schemas import SyncRequested
 from shared.settings import DEV_TOKEN_KEY
-from shared.topics import SYNC_STATUS, TRANSACTIONS_RAW
+from shared.topics import CONNECTIONS, SYNC_STATUS, TRANSACTIONS_RAW
 
 USER = "user-1"
 CONN = f"{USER}:77"
@@ -83,13 +83,18 @@ class FakeRepository:
     async def update_account_states(self, user_id: str, account_ids: list[str], fields: Doc) -> None:
         await self.set_account_states(user_id, dict.fromkeys(account_ids, fields))
 
-    async def set_account_states(self, user_id: str, fields: dict[str, Doc]) -> None:
+    async def set_account_states(
+        self, user_id: str, fields: dict[str, Doc], *, clear_reimport: dict[str, str] | None = None
+    ) -> None:
         await asyncio.sleep(0)
         self.calls.append(
             "set_account_states " + ",".join(sorted({str(f["state"]) for f in fields.values()}))
         )
         for account_id, own in fields.items():
             self.states.setdefault(account_id, {}).update(own)
+        for account_id, mark in (clear_reimport or {}).items():
+            if self.states[account_id].get("reimport") == mark:
+                del self.states[account_id]["reimport"]
 
     async def set_connection_fields(self, connection_id: str, fields: Doc) -> None:
         self.calls.append("set_connection_fields")
@@ -111,10 +116,20 @@ class FakePowens:
         self.lines = lines
         self.broken = broken or {}
         self.connection_state: str | None = None
+        # the bank's account list (Powens `all_accounts`) when a test gives one
+        self.accounts: list[Doc] | None = None
+        self.asked: dict[str, dict[str, str]] = {}
 
     async def sync_connection(self, token: str, connection_id: str) -> Doc:
         assert token == "tok"
-        return {"id": connection_id, "state": self.connection_state, "last_update": "2026-12-01T03:00:00"}
+        refreshed: Doc = {
+            "id": connection_id,
+            "state": self.connection_state,
+            "last_update": "2026-12-01T03:00:00",
+        }
+        if self.accounts is not None:
+            refreshed["accounts"] = self.accounts
+        return refreshed
 
     async def connection(self, token: str, connection_id: str) -> Doc:
         return {"id": connection_id, "state": self.connection_state, "last_update": "2026-12-01T02:00:00"}
@@ -123,6 +138,7 @@ class FakePowens:
         self, token: str, account_id: str, params: dict[str, str]
     ) -> AsyncIterator[list[Doc]]:
         await asyncio.sleep(0)
+        self.asked[account_id] = params
         if account_id in self.broken:
             raise self.broken[account_id]
         yield self.lines[account_id]
@@ -191,7 +207,13 @@ async def test_a_run_reads_once_writes_each_state_once_and_batches_its_events() 
     assert sorted(status[:2]) == [("sync.started", "a1"), ("sync.started", "a2")]
     assert sorted(status[2:]) == [("sync.succeeded", "a1"), ("sync.succeeded", "a2")]
     assert publisher.batches.count(SYNC_STATUS) == 2
-    assert len([s for s in publisher.sent if s[0] == TRANSACTIONS_RAW]) == 3
+    raw = [(key, event.name) for topic, key, event in publisher.sent if topic == TRANSACTIONS_RAW]
+    assert len([name for _, name in raw if name == "transaction.observed"]) == 3
+    # each account's completion comes after its lines, on their key (the importer checks its balance)
+    for account in ("a1", "a2"):
+        mine = [name for key, name in raw if key == f"{USER}:{account}"]
+        assert mine[-1] == "account.synced"
+        assert mine.count("account.synced") == 1
     for account, published in (("a1", 2), ("a2", 1)):
         state = repository.states[account]
         assert state["state"] == "ok"
@@ -251,7 +273,11 @@ async def test_a_failed_refresh_fails_every_account_after_marking_them_syncing()
     assert repository.connection_writes == [
         {
             "state": "action_needed",
-            "error": {"code": "wrongpass", "message": repository.states["a1"]["error"]["message"]},
+            "error": {
+                "code": "wrongpass",
+                "message": repository.states["a1"]["error"]["message"],
+                "action": "reconnect",
+            },
         }
     ]
 
@@ -266,3 +292,92 @@ async def test_a_connection_held_by_another_run_is_joined_not_synced() -> None:
     assert publisher.sent == []
     assert repository.runs[CONN] == "other-run"
     assert not [c for c in repository.calls if c.startswith("set_account_states")]
+
+
+def bank_account(
+    account_id: str, *, disabled: bool = False, deleted: bool = False, balance: str = "10.00"
+) -> Doc:
+    return {
+        "id": account_id,
+        "name": f"Compte {account_id}",
+        "type": "checking",
+        "balance": balance,
+        "coming": "-1.50",
+        "currency": {"id": "EUR"},
+        "disabled": "2026-11-01T00:00:00Z" if disabled else None,
+        "deleted": "2026-12-01T00:00:00Z" if deleted else None,
+    }
+
+
+async def test_a_sync_follows_the_banks_accounts_new_closed_and_balances() -> None:
+    repository = FakeRepository(["a1", "a2"])
+    publisher = FakePublisher()
+    powens = FakePowens({"a1": [line(1)], "a2": [line(2)]})
+    powens.accounts = [
+        bank_account("a1", balance="120.40"),
+        bank_account("a2", deleted=True),
+        bank_account("a3", disabled=True),
+    ]
+    await handlers(repository, powens, publisher).handle_sync_request(request(), "corr")
+
+    accounts = {a["aggregator_account_id"]: a for a in repository.connection_writes[0]["accounts"]}
+    assert accounts["a1"]["balance"] == "120.40"
+    assert accounts["a1"]["closed"] is False and accounts["a1"]["selected"] is True
+    assert accounts["a2"]["closed"] is True
+    assert accounts["a3"]["selected"] is False and accounts["a3"]["closed"] is False
+    announced = [
+        (
+            event.name,
+            event.data.get("account", {}).get("aggregator_account_id")
+            or event.data.get("aggregator_account_id"),
+        )
+        for topic, _, event in publisher.sent
+        if topic == CONNECTIONS
+    ]
+    assert sorted(announced) == [("account.closed", "a2"), ("account.discovered", "a3")]
+    # the closed account is not fetched any more and says so; the new one waits to be selected
+    assert set(powens.asked) == {"a1"}
+    assert repository.states["a2"]["state"] == "closed"
+    assert "a3" not in repository.states
+    synced = [event for topic, _, event in publisher.sent if event.name == "account.synced"]
+    assert [(e.data["aggregator_account_id"], e.data["balance"], e.data["coming"]) for e in synced] == [
+        ("a1", "120.40", "-1.50")
+    ]
+
+    # the next read of the same list changes nothing and announces nothing again
+    publisher.sent.clear()
+    repository.connection = {**repository.connection, **repository.connection_writes[-1]}
+    repository.connection_writes.clear()
+    await handlers(repository, powens, publisher).handle_sync_request(request(), "corr")
+    assert repository.connection_writes == []
+    assert [e for t, _, e in publisher.sent if t == CONNECTIONS] == []
+
+
+async def test_a_deleted_app_account_is_fetched_again_from_the_start_and_the_mark_lifted() -> None:
+    repository = FakeRepository(["a1", "a2"])
+    repository.seen = {f"{USER}:a1:1": fingerprint(line(1)), f"{USER}:a2:2": fingerprint(line(2))}
+    repository.states["a1"]["reimport"] = "deleted-event-1"
+    publisher = FakePublisher()
+    powens = FakePowens({"a1": [line(1)], "a2": [line(2)]})
+    await handlers(repository, powens, publisher).handle_sync_request(request(), "corr")
+
+    assert powens.asked["a1"] == {}, "a whole re-import asks for everything, not since the cursor"
+    assert "last_update" in powens.asked["a2"]
+    observed = [key for topic, key, e in publisher.sent if e.name == "transaction.observed"]
+    assert observed == [f"{USER}:a1"], "the known line of the deleted account goes out again, not a2's"
+    assert "reimport" not in repository.states["a1"]
+    started = {
+        e.data["aggregator_account_id"]: e.data["initial"]
+        for _, _, e in publisher.sent
+        if e.name == "sync.started"
+    }
+    assert started == {"a1": True, "a2": False}
+
+
+async def test_a_nightly_run_leaves_connections_waiting_on_the_user_alone() -> None:
+    repository = FakeRepository(["a1"])
+    repository.connection["state"] = "action_needed"
+    powens = FakePowens({"a1": [line(1)]})
+    await handlers(repository, powens, FakePublisher()).handle_sync_request(request(), "corr")
+    assert powens.asked == {}
+    assert "renew_run" not in repository.calls
