@@ -391,6 +391,7 @@ def connector_stack(
             AGGREGATOR_RETRY_BASE_S="0.05",
             SYNC_WORKERS_GROUP=f"connector-sync-{database}",
             ENTITLEMENTS_GROUP=f"connector-entitlements-{database}",
+            IMPORTER_EVENTS_GROUP=f"connector-importer-events-{database}",
             NIGHTLY_ENABLED="false",
             **connector_env,
         )

@@ -121,7 +121,10 @@ async def wire(runtime: Runtime) -> None:
         )
 
     TopicConsumer(runtime.broker, SERVICE, OPERATIONS, dict(IMPORTER_EVENTS), on_importer_events).subscribe(
-        settings.importer_events_group
+        # a new group starts at the end: what matters is the deletions made from now on, not the topic's
+        # whole history of operations
+        settings.importer_events_group,
+        auto_offset_reset="latest",
     )
 
 

@@ -28,4 +28,7 @@ class BalanceChecked(Payload):
     balance_gap: str | None = None
 
 
-IMPORTER_EVENTS: dict[str, type[BaseModel]] = {"account.deleted": AccountDeleted, "account.balance_checked": BalanceChecked}
+IMPORTER_EVENTS: dict[str, type[BaseModel]] = {
+    "account.deleted": AccountDeleted,
+    "account.balance_checked": BalanceChecked,
+}

@@ -857,6 +857,7 @@ class ConnectorHandlers:
                 "sync_run_id": request.sync_run_id,
                 "initial": window.initial,
                 "currency": account.get("currency") or "EUR",
+                "type": account.get("type") or "unknown",
                 "balance": account.get("balance"),
                 "coming": account.get("coming"),
                 "transactions": published,

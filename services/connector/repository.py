@@ -157,15 +157,12 @@ class ConnectorRepository:
 
     async def set_states_of_many(self, fields: dict[tuple[str, str], Doc]) -> None:
         """Fields of accounts of any users ((user, aggregator account) → fields), in one command: what
-        the importer's events say of them (deleted in the app, balance checked)."""
+        the importer's events say of them (deleted in the app, balance checked). Only accounts this
+        connector has synced: events about other deployments' users create nothing."""
         await bulk_write_chunked(
             self.account_sync,
             [
-                UpdateOne(
-                    {"_id": account_sync_id(user_id, account_id)},
-                    {"$set": {"user_id": user_id, "aggregator_account_id": account_id, **own}},
-                    upsert=True,
-                )
+                UpdateOne({"_id": account_sync_id(user_id, account_id)}, {"$set": own})
                 for (user_id, account_id), own in fields.items()
             ],
         )
