@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -148,7 +149,24 @@ def format_status(status: UserStatus) -> str:
                 [_account_row({"aggregator_account_id": s["aggregator_account_id"]}, s) for s in orphans]
             )
         )
+    out += _gap_alarms(status.accounts)
     return "\n".join(out)
+
+
+def _gap_alarms(accounts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """After a complete sync the bank's balance must equal the app's: a gap means operations are
+    missing or doubled (a data-correctness alarm, see README "Balance check")."""
+    alarms = []
+    for sync in accounts:
+        gap = sync.get("balance_gap")
+        if gap is not None and Decimal(str(gap)) != 0:
+            alarms.append(
+                f"BALANCE GAP on account {sync['aggregator_account_id']}"
+                f" (app account {sync.get('account_id')}):"
+                f" bank {sync.get('bank_balance')}, operations {sync.get('computed_balance')}, gap {gap}"
+                " -- operations are missing or doubled; replay the account after checking the bank's lines"
+            )
+    return ["", *alarms] if alarms else []
 
 
 def _account_row(account: Mapping[str, Any], sync: Mapping[str, Any] | None) -> tuple[object, ...]:
@@ -167,6 +185,7 @@ def _account_row(account: Mapping[str, Any], sync: Mapping[str, Any] | None) -> 
         run.get("sync_run_id"),
         _when(run.get("finished_at")),
         run.get("transactions"),
+        sync.get("balance_gap"),
         f"{error.get('code')}: {error.get('message')}" if error else None,
     )
 
@@ -187,6 +206,7 @@ def _accounts_table(rows: Sequence[Sequence[object]]) -> str:
         "LAST-RUN",
         "FINISHED",
         "LINES",
+        "GAP",
         "ERROR",
     )
     return "\n".join("  " + line for line in table(headers, rows).splitlines())

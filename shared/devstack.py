@@ -369,6 +369,8 @@ def connector_stack(
     **connector_env: str,
 ) -> Iterator[Stack]:
     stack = Stack(engines, log_dir, database, env=dict(common_env or {}))
+    importer_events_group = f"connector-importer-events-{database}"
+    start_groups_at_end(engines, {importer_events_group: OPERATIONS})
     try:
         connector_port = free_port()
         sandbox = stack.start(
@@ -391,7 +393,7 @@ def connector_stack(
             AGGREGATOR_RETRY_BASE_S="0.05",
             SYNC_WORKERS_GROUP=f"connector-sync-{database}",
             ENTITLEMENTS_GROUP=f"connector-entitlements-{database}",
-            IMPORTER_EVENTS_GROUP=f"connector-importer-events-{database}",
+            IMPORTER_EVENTS_GROUP=importer_events_group,
             NIGHTLY_ENABLED="false",
             **connector_env,
         )
@@ -413,15 +415,20 @@ def private_consumer_groups(engines: Engines, prefix: str) -> dict[str, str]:
         "IMPORTER_CONNECTIONS_GROUP_ID": CONNECTIONS,
         "CATEGORIZER_GROUP_ID": OPERATIONS,
     }
+    start_groups_at_end(engines, {group: topics[name] for name, group in groups.items()})
+    return groups
+
+
+def start_groups_at_end(engines: Engines, groups: dict[str, str]) -> None:
+    """Commits each consumer group (group → topic) at its topic's current end."""
 
     async def start_groups() -> None:
-        for name, group in groups.items():
-            await start_group_at_end(engines.kafka_bootstrap, group, [topics[name]])
+        for group, topic in groups.items():
+            await start_group_at_end(engines.kafka_bootstrap, group, [topic])
 
     # from a thread: the caller may be inside an event loop (benchmarks and async tests are)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, start_groups()).result()
-    return groups
 
 
 def private_consumer_groups_of(prefix: str) -> dict[str, str]:

@@ -163,6 +163,7 @@ def pipeline_groups(database: str) -> list[tuple[str, str]]:
         (f"{database}-imp", TRANSACTIONS_RAW),
         (f"{database}-cat", OPERATIONS),
         (f"{database}-imp-cat", CATEGORIZATIONS),
+        (f"connector-importer-events-{database}", OPERATIONS),
     ]
 
 

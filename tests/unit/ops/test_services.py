@@ -198,3 +198,15 @@ def test_progress_reading_is_tolerant():
     assert status_path({"accepted": True}) is None
     progress = progress_of({"status": "failed", "done": 3})
     assert (progress.failed, progress.processed, progress.total) == (True, 3, None)
+
+
+def test_status_raises_the_balance_gap_alarm():
+    gapped = [
+        {**STATUS[0], "balance_gap": "-12.50", "bank_balance": "100.00", "computed_balance": "112.50"},
+        *STATUS[1:],
+    ]
+    text = format_status(UserStatus("u1", CONNECTIONS, gapped))
+    alarm = next(line for line in text.splitlines() if line.startswith("BALANCE GAP"))
+    assert "account 71" in alarm
+    assert "bank 100.00, operations 112.50, gap -12.50" in alarm
+    assert "BALANCE GAP" not in format_status(UserStatus("u1", CONNECTIONS, STATUS))
