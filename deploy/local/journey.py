@@ -206,6 +206,31 @@ class ReplayOutcome:
 
 
 @dataclass
+class ResyncOutcome:
+    """The help page's advice: payees created, the account deleted in Settings, a sync again."""
+
+    account_id: str = ""
+    aggregator_account_id: str = ""
+    before: dict[str, Json] = field(default_factory=dict)
+    after: dict[str, Json] = field(default_factory=dict)
+    marked: Json = field(default_factory=dict)
+    sync_run_id: str = ""
+    gaps: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class ReconnectOutcome:
+    connection_id: str = ""
+    failed: list[Json] = field(default_factory=list)
+    offer: Json = field(default_factory=dict)
+    callback: Json = field(default_factory=dict)
+    repaired: list[Json] = field(default_factory=list)
+    operations_before: int = 0
+    operations_after: int = 0
+    gaps: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
 class PauseOutcome:
     entitlements: Json = field(default_factory=dict)
     status: list[Json] = field(default_factory=list)
@@ -240,6 +265,8 @@ class JourneyResult:
     corrected_operation: Json = field(default_factory=dict)
     booking: BookingOutcome = field(default_factory=BookingOutcome)
     replay: ReplayOutcome = field(default_factory=ReplayOutcome)
+    resync: ResyncOutcome = field(default_factory=ResyncOutcome)
+    reconnect: ReconnectOutcome = field(default_factory=ReconnectOutcome)
     pause: PauseOutcome = field(default_factory=PauseOutcome)
     final_accounts: int = 0
     final_operations: int = 0
@@ -292,6 +319,8 @@ class Journey:
         ("They create payees: the past is recognised", "create_payees"),
         ("The bank books a pending card line; they sync again", "booking"),
         ("They delete an account; ops get it back by replay", "delete_and_replay"),
+        ("They delete an account in Settings and sync again: all comes back", "delete_and_resync"),
+        ("Their bank refuses the password: they reconnect", "reconnect"),
         ("They cancel the option: sync is paused", "cancel"),
     )
 
@@ -632,20 +661,27 @@ class Journey:
     def _link_bank(self, bank_index: int) -> Json:
         """Activation, then the webview as a browser fills it (bank, login), then back to the callback."""
         activation = self._json(self.connector, "POST", f"/v1/users/{self.user_id}/sync/activate")
-        connect_url = activation["connect_url"]
+        return self._through_webview(activation["connect_url"], bank_index)
+
+    def _through_webview(self, connect_url: str, bank_index: int | None) -> Json:
+        """The aggregator's webview as a browser fills it (the bank to pick, unless it is a reconnect,
+        and the login), then back to the connector's callback; returns the callback's answer."""
         with httpx.Client(timeout=60, follow_redirects=False) as browser:
             page = browser.get(connect_url)
             if page.status_code != 200:
                 raise JourneyError(f"the webview answered {page.status_code}: {page.text[:300]}")
             form = WebviewForm()
             form.feed(page.text)
-            if len(form.banks) <= bank_index:
-                raise JourneyError(f"the webview offers {len(form.banks)} banks")
+            chosen: dict[str, str] = {}
+            if bank_index is not None:
+                if len(form.banks) <= bank_index:
+                    raise JourneyError(f"the webview offers {len(form.banks)} banks")
+                chosen["connector_id"] = form.banks[bank_index]
             posted = browser.post(
                 httpx.URL(connect_url).join(form.action or connect_url),
                 data={
                     **form.fields,
-                    "connector_id": form.banks[bank_index],
+                    **chosen,
                     "login": "demo",
                     "password": "typed-in-the-webview-only",
                 },
@@ -1255,6 +1291,133 @@ class Journey:
             f"the account is back with exactly its {len(outcome.before)} operations",
         )
         self._check(outcome.others_after == outcome.others_before, "the other accounts are untouched")
+
+    def _gaps(self) -> dict[str, str | None]:
+        """Each bank-fed app account's balance gap (bank − computed from its operations)."""
+        return {a["account_id"]: a.get("balance_gap") for a in self.app_accounts() if a.get("bank_balance")}
+
+    def delete_and_resync(self) -> None:
+        outcome = self.result.resync
+        second_card = self._second_card().aggregator_account_id
+        chosen = next(
+            c
+            for c in self.result.chosen
+            if c.import_mode == "create" and c.app_account_id and c.aggregator_account_id != second_card
+        )
+        assert chosen.app_account_id is not None
+        outcome.account_id, outcome.aggregator_account_id = (
+            chosen.app_account_id,
+            chosen.aggregator_account_id,
+        )
+        outcome.before = self.operations(outcome.account_id)
+        self._call(
+            self.importer, "DELETE", f"/v1/users/{self.user_id}/accounts/{outcome.account_id}", expect=(204,)
+        )
+        self.reporter.detail(
+            f"deleted {chosen.bank} · {chosen.name} in Settings, with its {len(outcome.before)} operations"
+        )
+
+        def of_account(status: list[Json]) -> Json:
+            return next(s for s in status if s["aggregator_account_id"] == outcome.aggregator_account_id)
+
+        outcome.marked = of_account(
+            self._wait(
+                "the connector marks it for a whole re-import at its next sync",
+                self.sync_status,
+                lambda status: bool(of_account(status)["reimport_pending"]),
+            )
+        )
+        outcome.sync_run_id, _ = self._sync_and_wait("syncing again")
+
+        def restored() -> dict[str, Json]:
+            try:
+                return self.operations(outcome.account_id)
+            except CallFailed as exc:
+                if exc.status == 404:  # the account is not back yet
+                    return {}
+                raise
+
+        outcome.after = self._wait(
+            "every operation back, recognised with today's rules",
+            restored,
+            lambda ops: ops == outcome.before,
+            measure=len,
+            progress=lambda ops: (len(ops), len(outcome.before)),
+            judge_stall=True,
+        )
+        outcome.gaps = self._wait(
+            "balance checks: the bank's balances equal the operations'",
+            self._gaps,
+            lambda gaps: all(g is not None and Decimal(g) == 0 for g in gaps.values()),
+            judge_stall=True,
+        )
+        self.reporter.detail(
+            f"{len(outcome.after)} operations back after the sync; "
+            f"balance gaps {sorted({str(g) for g in outcome.gaps.values()})}"
+        )
+        self._check(
+            outcome.after == outcome.before,
+            f"the sync brought back exactly its {len(outcome.before)} operations, payees and categories",
+        )
+        self._check(
+            all(g is not None and Decimal(g) == 0 for g in outcome.gaps.values()),
+            "every bank account's balance equals its operations' (gap 0)",
+        )
+
+    def reconnect(self) -> None:
+        outcome = self.result.reconnect
+        connection = self.result.connections[0]
+        outcome.connection_id = str(connection["connection_id"])
+        mine = {
+            c.aggregator_account_id for c in self.result.chosen if c.connection_id == outcome.connection_id
+        }
+        outcome.operations_before = sum(len(ops) for ops in self.all_operations().values())
+        # the bank changed the rules: the stored login is refused from now on
+        self._call(
+            self.bank,
+            "POST",
+            f"/sandbox/connections/{outcome.connection_id}/state",
+            json={"state": "wrongpass"},
+        )
+        _, status = self._sync_and_wait("syncing with the refused password")
+        outcome.failed = [s for s in status if s["aggregator_account_id"] in mine]
+        first = outcome.failed[0] if outcome.failed else {}
+        self.reporter.detail(f"status {first.get('state')}: {first.get('message')}")
+        self._check(
+            bool(outcome.failed)
+            and all(s["state"] == "action_needed" and s["action"] == "reconnect" for s in outcome.failed),
+            "the accounts say the bank needs them, and the action: reconnect",
+        )
+        outcome.offer = self._json(
+            self.connector, "POST", f"/v1/users/{self.user_id}/connections/{outcome.connection_id}/reconnect"
+        )
+        outcome.callback = self._through_webview(outcome.offer["connect_url"], None)
+        outcome.repaired = [
+            s
+            for s in self._wait(
+                "the sync after the reconnect",
+                self.sync_status,
+                lambda status: all(s["state"] == "ok" for s in status if s["aggregator_account_id"] in mine),
+                progress=lambda status: (
+                    sum(1 for s in status if s["aggregator_account_id"] in mine and s["state"] == "ok"),
+                    len(mine),
+                ),
+            )
+            if s["aggregator_account_id"] in mine
+        ]
+        outcome.operations_after = sum(len(ops) for ops in self.all_operations().values())
+        outcome.gaps = self._gaps()
+        self.reporter.detail(
+            f"connection state {outcome.callback.get('state') or 'ok'}; "
+            f"{outcome.operations_after} operations (was {outcome.operations_before})"
+        )
+        self._check(
+            outcome.callback.get("state") is None
+            and all(s["state"] == "ok" for s in outcome.repaired)
+            and outcome.operations_after == outcome.operations_before
+            and all(g is not None and Decimal(g) == 0 for g in outcome.gaps.values()),
+            "reconnected: synced again from the kept cursor, nothing twice, nothing missed (gap 0)",
+        )
 
     def cancel(self) -> None:
         outcome = self.result.pause

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import pytest
 
@@ -201,6 +202,28 @@ def test_a_deleted_account_comes_back_by_replay_and_nothing_else_moves(ran):
     assert p.account_after == p.account_before
     assert p.others_after == p.others_before
     assert sum(len(ops) for ops in p.others_before.values()) > 0
+
+
+def test_deleted_in_settings_then_synced_again_everything_comes_back_recognised(ran):
+    r = ran.result.resync
+    assert r.before
+    assert r.marked["reimport_pending"] is True
+    assert r.after == r.before  # same ids, bank fields, payees and categories, brought by the sync alone
+    assert r.gaps
+    assert all(gap is not None and Decimal(gap) == 0 for gap in r.gaps.values()), r.gaps
+
+
+def test_a_refused_password_is_repaired_by_reconnecting(ran):
+    c = ran.result.reconnect
+    assert c.failed
+    assert {s["state"] for s in c.failed} == {"action_needed"}
+    assert {s["error"]["code"] for s in c.failed} == {"wrongpass"}
+    assert all(s["action"] == "reconnect" and "Reconnecter" in s["message"] for s in c.failed)
+    assert "/2.0/auth/webview/reconnect?" in c.offer["connect_url"]
+    assert c.callback["state"] is None
+    assert {s["state"] for s in c.repaired} == {"ok"}
+    assert c.operations_after == c.operations_before
+    assert all(gap is not None and Decimal(gap) == 0 for gap in c.gaps.values()), c.gaps
 
 
 def test_cancelling_pauses_and_keeps_everything(ran):
