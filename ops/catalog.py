@@ -16,9 +16,14 @@ from pydantic import BaseModel
 
 from services.categorizer.app import OPERATION_MODELS as CATEGORIZER_MODELS
 from services.categorizer.app import CategorizerSettings
+from services.connector.app import IMPORTER_EVENTS as CONNECTOR_IMPORTER_EVENTS
 from services.connector.app import ConnectorSettings
 from services.importer.app import ImporterSettings
+from services.importer.handlers import RAW_MODELS as IMPORTER_RAW_MODELS
 from shared.schemas import (
+    AccountBalanceChecked,
+    AccountDeleted,
+    AccountSynced,
     Bank,
     EntitlementChanged,
     OperationCategorized,
@@ -54,8 +59,10 @@ class AccountView(Payload):
     iban: str | None = None
     type: str | None = None
     balance: str | None = None
+    coming: str | None = None
     currency: str = "EUR"
     selected: bool
+    closed: bool = False
 
 
 class AccountDiscovered(Payload):
@@ -76,12 +83,32 @@ class AccountSelectionChanged(Payload):
 
 
 class ConnectionStateChanged(Payload):
-    """`connection.state_changed`: paused or resumed (entitlement changes) or another state."""
+    """`connection.state_changed`: paused or resumed (entitlement changes), or back from the reconnect
+    webview (`reconnected`: the bank let the user in; `state` is then `active`)."""
 
     user_id: str
     connection_id: str
     state: str
     paused: bool | None = None
+    reconnected: bool | None = None
+
+
+class AccountClosed(Payload):
+    """`account.closed`: the bank reports the account deleted (or no longer lists it): it is no longer
+    synced, and its operations stay."""
+
+    user_id: str
+    connection_id: str
+    aggregator_account_id: str
+
+
+class NightlyOverran(Payload):
+    """`nightly.overran` (key `nightly`): the night's window closed with syncs still queued or running."""
+
+    night: str
+    window_end: dt.datetime
+    unfinished_connections: int
+    overran: bool
 
 
 class ConnectionRemoved(Payload):
@@ -132,6 +159,10 @@ class AppAccount(Payload):
     balance: str | None = None
     currency: str = "EUR"
     aggregator_account_id: str | None = None
+    # the latest balance check (see `account.balance_checked`): null before the first one
+    bank_balance: str | None = None
+    computed_balance: str | None = None
+    balance_gap: str | None = None
 
 
 class AccountCreated(Payload):
@@ -141,17 +172,6 @@ class AccountCreated(Payload):
     account: AppAccount
     aggregator_account_id: str | None = None
     generation: int = 1
-
-
-class AccountDeleted(Payload):
-    """`account.deleted`: the user deleted an app account and its operations (a replay or a re-sync
-    brings a synced one back, as a new generation)."""
-
-    user_id: str
-    account_id: str
-    aggregator_account_id: str | None = None
-    generation: int = 1
-    operations_deleted: int | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +254,7 @@ CATALOG: tuple[TopicDoc, ...] = (
             EventDoc("connection.state_changed", ConnectionStateChanged),
             EventDoc("connection.removed", ConnectionRemoved),
             EventDoc("account.discovered", AccountDiscovered),
+            EventDoc("account.closed", AccountClosed),
             EventDoc("account.selection_changed", AccountSelectionChanged),
         ),
     ),
@@ -241,26 +262,26 @@ CATALOG: tuple[TopicDoc, ...] = (
         TRANSACTIONS_RAW,
         "<user id>:<aggregator account id>",
         "connector",
-        "What the bank said, line by line, as the aggregator sent it: the source of truth for replay "
-        "(kept at least 400 days).",
-        (EventDoc("transaction.observed", TransactionObserved),),
+        "What the bank said, line by line, as the aggregator sent it, and after the lines of each account's "
+        "successful sync its balance (`account.synced`): the source of truth for replay (kept at least "
+        "400 days).",
         (
-            reads(
-                "importer",
-                _default(ImporterSettings, "importer_group_id"),
-                {"transaction.observed": TransactionObserved},
-            ),
+            EventDoc("transaction.observed", TransactionObserved),
+            EventDoc("account.synced", AccountSynced),
         ),
+        (reads("importer", _default(ImporterSettings, "importer_group_id"), IMPORTER_RAW_MODELS),),
     ),
     TopicDoc(
         SYNC_STATUS,
         "<user id>:<aggregator account id>",
         "connector",
-        "Each account's sync: started, then succeeded or failed (with the aggregator's code).",
+        "Each account's sync: started, then succeeded or failed (with the aggregator's code); and, keyed "
+        "`nightly`, a night that did not finish inside its window.",
         (
             EventDoc("sync.started", SyncStarted),
             EventDoc("sync.succeeded", SyncSucceeded),
             EventDoc("sync.failed", SyncFailed),
+            EventDoc("nightly.overran", NightlyOverran),
         ),
     ),
     TopicDoc(
@@ -268,7 +289,8 @@ CATALOG: tuple[TopicDoc, ...] = (
         "<user id>:<account id>",
         "importer",
         "Operations of the app accounts after dedup, reconciliation and account mapping "
-        "(`operation.created`: a manual operation the user added).",
+        "(`operation.created`: a manual operation the user added; `account.balance_checked`: an account's "
+        "operations checked against the bank's balance after a sync).",
         (
             EventDoc("operation.imported", OperationEvent),
             EventDoc("operation.updated", OperationEvent),
@@ -277,8 +299,17 @@ CATALOG: tuple[TopicDoc, ...] = (
             EventDoc("operation.created", OperationEvent),
             EventDoc("account.created", AccountCreated),
             EventDoc("account.deleted", AccountDeleted),
+            EventDoc("account.balance_checked", AccountBalanceChecked),
         ),
-        (reads("categorizer", _default(CategorizerSettings, "categorizer_group_id"), CATEGORIZER_MODELS),),
+        (
+            reads("categorizer", _default(CategorizerSettings, "categorizer_group_id"), CATEGORIZER_MODELS),
+            # deletions (a whole re-import at the next sync), balance checks (the sync status shows the gap)
+            reads(
+                "connector",
+                _default(ConnectorSettings, "importer_events_group"),
+                CONNECTOR_IMPORTER_EVENTS,
+            ),
+        ),
     ),
     TopicDoc(
         CATEGORIZATIONS,

@@ -69,6 +69,59 @@ class TransactionObserved(Payload):
     currency: str = "EUR"
 
 
+class AccountSynced(Payload):
+    """`account.synced` on banksync.transactions.raw.v1: one account's sync succeeded. It comes after all
+    the lines that sync published (same key), with what the bank then says of the account: `balance` is
+    the aggregator account's balance (booked lines only), `coming` the sum of its pending lines."""
+
+    user_id: str
+    connection_id: str
+    aggregator_account_id: str
+    bank: Bank
+    sync_run_id: str
+    initial: bool
+    currency: str = "EUR"
+    balance: Decimal | None = None
+    coming: Decimal | None = None
+    transactions: int = Field(ge=0)
+    # the aggregator's account type (`checking`, `savings`, `card`...): a deferred debit card's balance is
+    # what its next debit takes, not the sum of its booked lines
+    type: str | None = None
+
+    @field_validator("balance", "coming", mode="before")
+    @classmethod
+    def exact_cents(cls, value: object) -> Decimal | None:
+        return None if value is None else to_amount(value)
+
+
+class AccountDeleted(Payload):
+    """`account.deleted` on banksync.operations.v1: the user deleted an app account and its operations (a
+    replay or a re-sync brings a synced one back, as a new generation; the connector re-imports the bank
+    account that fed it at its next sync)."""
+
+    user_id: str
+    account_id: str
+    aggregator_account_id: str | None = None
+    generation: int = 1
+    operations_deleted: int | None = None
+
+
+class AccountBalanceChecked(Payload):
+    """`account.balance_checked` on banksync.operations.v1: the importer checked an app account's
+    operations against the bank's balance after a sync (`balance_gap` = bank - computed; not zero is an
+    alarm). Amounts are decimal strings."""
+
+    user_id: str
+    account_id: str
+    aggregator_account_id: str
+    sync_run_id: str
+    bank_balance: str
+    computed_balance: str
+    balance_gap: str
+    currency: str = "EUR"
+    generation: int = 1
+
+
 class SyncRequested(Payload):
     """`sync.requested` on banksync.sync-requests.v1."""
 

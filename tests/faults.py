@@ -230,7 +230,8 @@ def sync_settled(stack: Stack, user: str) -> bool:
         status = stack.status(user)
     except httpx.HTTPError:  # the connector restarting, or its database away
         return False
-    return bool(status) and all(s["state"] == "ok" and s["last_run"] for s in status)
+    # an account the bank closed stays `closed`: its last sync is what it is
+    return bool(status) and all(s["state"] in ("ok", "closed") and s["last_run"] for s in status)
 
 
 def sync_completes(stack: Stack, user: str, timeout: float = 150, re_request_after: float = 60) -> bool:

@@ -11,7 +11,6 @@ from pydantic import Field, SecretStr
 
 from services.connector.api import ops, public, users
 from services.connector.domain import NightlyWindow, spreading_span
-from services.connector.events import IMPORTER_EVENTS, AccountDeleted, BalanceChecked
 from services.connector.gate import SyncGate
 from services.connector.handlers import ConnectorConfig, ConnectorHandlers
 from services.connector.powens import PowensClient, RetryPolicy
@@ -20,13 +19,18 @@ from services.connector.security import StateSigner, TokenCipher
 from shared.batch_publisher import BatchPublisher
 from shared.consumer import Incoming, TopicConsumer, data_of
 from shared.logging import get_logger
-from shared.schemas import EntitlementChanged, SyncRequested
+from shared.schemas import AccountBalanceChecked, AccountDeleted, EntitlementChanged, Payload, SyncRequested
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
 from shared.topics import ENTITLEMENTS, OPERATIONS, SYNC_REQUESTS
 
 SERVICE = "connector"
 log = get_logger(__name__)
+# what the connector reads of the importer's events on banksync.operations.v1
+IMPORTER_EVENTS: dict[str, type[Payload]] = {
+    "account.deleted": AccountDeleted,
+    "account.balance_checked": AccountBalanceChecked,
+}
 
 
 class ConnectorSettings(ServiceSettings):
@@ -117,7 +121,11 @@ async def wire(runtime: Runtime) -> None:
 
     async def on_importer_events(batch: list[Incoming]) -> None:
         await handlers.on_importer_events(
-            [(i.event.id, i.data) for i in batch if isinstance(i.data, AccountDeleted | BalanceChecked)]
+            [
+                (i.event.id, i.data)
+                for i in batch
+                if isinstance(i.data, AccountDeleted | AccountBalanceChecked)
+            ]
         )
 
     TopicConsumer(runtime.broker, SERVICE, OPERATIONS, dict(IMPORTER_EVENTS), on_importer_events).subscribe(

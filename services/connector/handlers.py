@@ -28,7 +28,6 @@ from services.connector.domain import (
     follow_bank_accounts,
     nightly_order,
 )
-from services.connector.events import AccountDeleted, BalanceChecked
 from services.connector.gate import EntitlementsUnavailable, GateAnswer, SyncGate, rights_document
 from services.connector.powens import AggregatorError, PowensClient
 from services.connector.repository import ConnectorRepository, Doc, connection_key
@@ -39,7 +38,7 @@ from shared.kafka import EventPublisher
 from shared.logging import get_logger
 from shared.metrics import ERRORS, NIGHT_OVERRUNS, NIGHT_UNFINISHED
 from shared.problems import Problem
-from shared.schemas import EntitlementChanged, SyncRequested
+from shared.schemas import AccountBalanceChecked, AccountDeleted, EntitlementChanged, SyncRequested
 from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 
 SERVICE = "connector"
@@ -949,7 +948,9 @@ class ConnectorHandlers:
                 )
 
     # --- what the importer says of the app accounts ------------------------------------------
-    async def on_importer_events(self, items: Sequence[tuple[str, AccountDeleted | BalanceChecked]]) -> None:
+    async def on_importer_events(
+        self, items: Sequence[tuple[str, AccountDeleted | AccountBalanceChecked]]
+    ) -> None:
         """In one write for the batch: an app account deleted marks its bank account for a whole
         re-import at its next sync (whatever triggers it); a balance check is kept for the sync status.
         Items are (event id, data), in topic order."""

@@ -20,7 +20,9 @@ new documents in bulk and sends updates in small commands:
   hundred documents a second, and a new payee can change thousands. What the app reads is the
   operation with the strongest of its own categorisation and its sheets' entries
   (`with_categorization`, `categorization_rank`).
-- `accounts` (with the manual operations reconcile mode may match), `banks`, `links`.
+- `accounts` (with the manual operations reconcile mode may match, and the latest balance check:
+  the bank's balance, the opening balance fixed at the first check, the computed balance and the gap),
+  `banks`, `links`.
 
 A page of operations is read by account (an index) and ordered and cut by the engine after it.
 """
@@ -42,8 +44,18 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from services.importer.domain import AccountLines, ImportMode, Line, categorization_rank
+from services.importer.domain import (
+    AccountLines,
+    BalanceCheck,
+    BalanceState,
+    BankBalance,
+    ImportMode,
+    Line,
+    amount_of,
+    categorization_rank,
+)
 from shared.bulk import bulk_write_chunked
+from shared.money import format_amount
 from shared.mongo import DUPLICATE_KEY, find_by_ids
 from shared.schemas import Operation
 from shared.sheets import Sheets, month_of
@@ -430,11 +442,82 @@ class OperationStore:
         rows = await (await self.coll.aggregate(pipeline)).to_list()
         return {row["_id"]: int(row["total"]) for row in rows}
 
+    async def booked_cents(self, account_id: str) -> int:
+        """Sum in cents of the account's booked operations the bank backs: its bank lines, and manual
+        operations reconciled with a bank line that is booked (one reconciled before `bank_status` was
+        kept counts). One aggregation, read by account (an index)."""
+        pipeline: list[Doc] = [
+            {
+                "$match": {
+                    "account_id": account_id,
+                    "status": "booked",
+                    "$or": [{"source": "bank"}, {"reconciled": True, "bank_status": {"$ne": "pending"}}],
+                }
+            },
+            {"$group": {"_id": None, "total": {"$sum": "$cents"}}},
+        ]
+        rows = await (await self.coll.aggregate(pipeline)).to_list()
+        return int(rows[0]["total"]) if rows else 0
+
     async def count(self, account_id: str) -> int:
         return await self.coll.count_documents({"account_id": account_id})
 
 
 # ---- accounts, banks, links ----------------------------------------------------------------------------
+
+# what an account keeps of its balance checks (`bank_balance`, also set from what the connector says of
+# the account before any check, stays when a deletion clears these)
+BALANCE_CHECK_FIELDS = (
+    "bank_coming",
+    "bank_balance_at",
+    "opening_cents",
+    "computed_balance",
+    "balance_gap",
+    "balance_alarm",
+    "balance_checked_at",
+    "balance_sync_run_id",
+    "balance_rev",
+    "balance_lines_rev",
+)
+
+
+def balance_state_of(doc: Doc) -> BalanceState:
+    at = doc.get("bank_balance_at")
+    opening = doc.get("opening_cents")
+    return BalanceState(
+        rev=int(doc.get("balance_rev") or 0),
+        opening_cents=int(opening) if opening is not None else None,
+        at=at.astimezone(dt.UTC) if isinstance(at, dt.datetime) else None,
+        alarm=bool(doc.get("balance_alarm")),
+    )
+
+
+def balance_fields(
+    state: BalanceState, latest: BankBalance, check: BalanceCheck | None, at: dt.datetime
+) -> Doc:
+    """What an account stores after balance reports: the bank's figures of the latest one, and the check
+    of it (`check`; None when the account is not checked: `computed_balance` and `balance_gap` are then
+    null). `state` is the account's after them."""
+    assert latest.balance_cents is not None
+    coming = latest.coming_cents
+    fields: Doc = {
+        "bank_balance": format_amount(amount_of(latest.balance_cents)),
+        "bank_coming": format_amount(amount_of(coming)) if coming is not None else None,
+        "bank_balance_at": latest.at,
+        "balance_sync_run_id": latest.sync,
+        "balance_rev": state.rev,
+        "balance_alarm": state.alarm,
+        "computed_balance": None,
+        "balance_gap": None,
+        "balance_checked_at": None,
+    }
+    if state.opening_cents is not None:
+        fields["opening_cents"] = state.opening_cents
+    if check is not None:
+        fields["computed_balance"] = format_amount(amount_of(check.computed_cents))
+        fields["balance_gap"] = format_amount(amount_of(check.gap_cents))
+        fields["balance_checked_at"] = at
+    return fields
 
 
 @dataclass(frozen=True)
@@ -459,6 +542,8 @@ class AccountStore:
         await self.accounts.create_index([("user_id", ASCENDING)], name="by_user")
         await self.banks.create_index([("user_id", ASCENDING)], name="by_user")
         await self.links.create_index([("user_id", ASCENDING)], name="by_user")
+        # the accounts whose latest balance check found a gap (the gauge counts them)
+        await self.accounts.create_index([("balance_alarm", ASCENDING)], name="by_balance_alarm")
 
     # accounts
 
@@ -480,23 +565,46 @@ class AccountStore:
         return doc
 
     async def revive(self, doc: Doc) -> Doc:
-        """A deleted account that a sync or a replay fills again comes back as its next generation."""
+        """A deleted account that a sync or a replay fills again comes back as its next generation,
+        without an opening balance: its re-import is a first sync again."""
         generation = int(doc["generation"])
         await self.accounts.update_one(
             {"_id": doc["_id"], "deleted": True, "generation": generation},
-            {"$set": {"deleted": False, "generation": generation + 1, "revived_at": dt.datetime.now(dt.UTC)}},
+            {
+                "$set": {
+                    "deleted": False,
+                    "generation": generation + 1,
+                    "revived_at": dt.datetime.now(dt.UTC),
+                },
+                "$unset": dict.fromkeys(BALANCE_CHECK_FIELDS, ""),
+            },
         )
         fresh = await self.get(doc["_id"])
         assert fresh is not None
         return fresh
 
     async def mark_deleted(self, account_id: str) -> bool:
-        """Its operations go too: the account starts again with no months."""
+        """Its operations go too: the account starts again with no months and no balance checks."""
         result = await self.accounts.update_one(
             {"_id": account_id, "deleted": False},
-            {"$set": {"deleted": True, "deleted_at": dt.datetime.now(dt.UTC), "manual": {}, "months": []}},
+            {
+                "$set": {"deleted": True, "deleted_at": dt.datetime.now(dt.UTC), "manual": {}, "months": []},
+                "$unset": dict.fromkeys(BALANCE_CHECK_FIELDS, ""),
+            },
         )
         return result.modified_count == 1
+
+    async def store_balance(self, doc: Doc, rev: int, fields: Doc) -> bool:
+        """Stores a balance check: compare-and-set on the account's generation and check revision
+        (`rev`, 0 when it has none); False when another writer stored one first."""
+        guard: Doc = {"_id": doc["_id"], "generation": int(doc["generation"])}
+        guard["balance_rev"] = rev if rev else {"$exists": False}
+        result = await self.accounts.update_one(guard, {"$set": fields})
+        return result.matched_count == 1
+
+    async def count_balance_gaps(self) -> int:
+        """Accounts whose latest balance check found a gap (an index: there are few)."""
+        return await self.accounts.count_documents({"balance_alarm": True})
 
     async def add_months(self, account_id: str, months: Iterable[str]) -> None:
         """Lists months the account now has operations in, before those operations are written (a

@@ -59,6 +59,18 @@ class AccountView(BaseModel):
     balance: str
     currency: str
     aggregator_account_id: str | None
+    bank_balance: str | None = Field(
+        default=None,
+        description="The bank's balance at the latest sync (booked lines only); null before the first one "
+        "and for an account no bank feeds",
+    )
+    computed_balance: str | None = Field(
+        default=None,
+        description="The opening balance fixed at the first sync plus the booked operations the bank backs",
+    )
+    balance_gap: str | None = Field(
+        default=None, description="bank_balance - computed_balance: not zero after a sync is an alarm"
+    )
 
 
 class AccountIn(BaseModel):

@@ -1,4 +1,5 @@
-"""Wiring of the importer service: stores, the import path, its three consumers, the API and replays."""
+"""Wiring of the importer service: stores, the import path (lines and balances), its three consumers, the API
+and replays."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pydantic import Field
 from services.importer.adapters import AccountStore, OperationStore, StateStore
 from services.importer.api import Replays, ops, users
 from services.importer.handlers import (
+    RAW_MODELS,
     SERVICE,
     AccountDetails,
     AccountDiscovered,
@@ -19,7 +21,7 @@ from services.importer.handlers import (
     RawConsumerHandler,
 )
 from shared.consumer import TopicConsumer
-from shared.schemas import OperationCategorized, TransactionObserved
+from shared.schemas import OperationCategorized
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, TRANSACTIONS_RAW
@@ -51,10 +53,11 @@ async def wire(runtime: Runtime) -> None:
     runtime.extras["accounts"] = AccountService(importer)
     runtime.extras["replays"] = Replays(importer, settings.kafka_bootstrap_servers)
 
+    # the gauge of accounts in balance alarm holds from the start, not from the first account that changes
+    await importer.recount_gaps()
+
     raw_handler = RawConsumerHandler(importer)
-    raw = TopicConsumer(
-        runtime.broker, SERVICE, TRANSACTIONS_RAW, {"transaction.observed": TransactionObserved}, raw_handler
-    )
+    raw = TopicConsumer(runtime.broker, SERVICE, TRANSACTIONS_RAW, dict(RAW_MODELS), raw_handler)
     raw_handler.dead_letter = raw.dead_letter
     raw.subscribe(settings.importer_group_id, max_records=settings.importer_max_records)
 

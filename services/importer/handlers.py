@@ -8,6 +8,14 @@ The import path, for one aggregator account at a time (its lines are ordered on 
 A crash anywhere before step 3 ends leaves the state as it was: the batch is read again, decided the
 same way, and its writes and events are repeated with the same ids. A concurrent writer (a replay
 in another process) makes the compare-and-set fail: the batch is decided again on the newer state.
+
+After the lines of a successful sync, the raw topic carries the bank's balance (`account.synced`). A
+batch is taken per aggregator account in its order, cut into runs of lines and the balances after them
+(`domain.segments`): each run of lines is imported, then its balances are checked against the app
+account the lines go to (`domain.check_balances`: one aggregation of its booked operations, one
+compare-and-set of the account, one publish of `account.balance_checked`), so a balance always meets
+exactly the lines that came before it. A gap that is not zero is an alarm: a warning, the gauge
+`banksync_balance_gap_accounts` (recounted when an account goes in or out of alarm) and the event.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from decimal import Decimal
 from typing import Any
 
 from aiokafka import ConsumerRecord
+from prometheus_client import Gauge
+from pydantic import BaseModel
 from pymongo import DeleteOne, UpdateOne
 
 from services.importer.adapters import (
@@ -33,6 +43,8 @@ from services.importer.adapters import (
     Link,
     OperationStore,
     StateStore,
+    balance_fields,
+    balance_state_of,
     bank_fields,
     categorization_of,
     cents,
@@ -42,15 +54,23 @@ from services.importer.adapters import (
 )
 from services.importer.domain import (
     AccountLines,
+    BalanceCheck,
+    BankBalance,
     Changes,
     ImportMode,
     Line,
     ManualCandidate,
     Observation,
     Target,
+    after_reports,
+    amount_of,
     apply,
+    balance_is_checked,
+    due,
+    in_key_order,
     last_word_per_operation,
     line_ref,
+    segments,
     version_of,
 )
 from shared.consumer import Incoming, PoisonRecord
@@ -58,7 +78,15 @@ from shared.events import CloudEvent, account_key, content_hash, deterministic_e
 from shared.kafka import EventPublisher
 from shared.logging import get_logger
 from shared.money import InvalidAmount, format_amount, to_amount
-from shared.schemas import Bank, OperationCategorized, OperationEvent, Payload, TransactionObserved
+from shared.schemas import (
+    AccountBalanceChecked,
+    AccountSynced,
+    Bank,
+    OperationCategorized,
+    OperationEvent,
+    Payload,
+    TransactionObserved,
+)
 from shared.sheets import Additions, SheetAddition, month_of
 from shared.topics import OPERATIONS
 
@@ -71,6 +99,11 @@ FORGET_AFTER = dt.timedelta(days=450)
 MAX_DAYS_AHEAD = 400
 CONFLICT_RETRIES = 8
 ACCOUNT_NAMESPACE = uuid.UUID("5b0b7f7e-8a4f-4d55-9f3e-2f1d0c9b8a71")
+
+BALANCE_GAP_ACCOUNTS = Gauge(
+    "banksync_balance_gap_accounts",
+    "App accounts whose latest balance check found a gap between the bank's balance and the computed one",
+)
 
 
 class UnknownTarget(Exception):
@@ -125,19 +158,76 @@ class RawLine:
         return cls(incoming.event, incoming.data, incoming.key, incoming.record)
 
 
-def problem_with(raw: RawLine) -> str | None:
+@dataclass(frozen=True)
+class RawBalance:
+    """One `account.synced`, validated: the bank's balance after all the lines of one sync."""
+
+    event: CloudEvent
+    data: AccountSynced
+    key: str
+    record: ConsumerRecord[bytes, bytes] | None = None
+
+    @property
+    def akey(self) -> str:
+        return account_key(self.data.user_id, self.data.aggregator_account_id)
+
+    def report(self) -> BankBalance:
+        data = self.data
+        return BankBalance(
+            sync=data.sync_run_id,
+            at=self.event.time,
+            balance_cents=cents(data.balance) if data.balance is not None else None,
+            coming_cents=cents(data.coming) if data.coming is not None else None,
+            checked=balance_is_checked(data.type),
+        )
+
+
+RawRecord = RawLine | RawBalance
+# the raw topic's event types the importer reads, and what their `data` validates with
+RAW_MODELS: dict[str, type[Payload]] = {
+    "transaction.observed": TransactionObserved,
+    "account.synced": AccountSynced,
+}
+
+
+def raw_record(
+    event: CloudEvent, data: BaseModel, key: str, record: ConsumerRecord[bytes, bytes] | None = None
+) -> RawRecord:
+    """The line or the balance a validated raw event is (its `data` validated with RAW_MODELS)."""
+    if isinstance(data, AccountSynced):
+        return RawBalance(event, data, key, record)
+    assert isinstance(data, TransactionObserved)
+    return RawLine(event, data, key, record)
+
+
+def is_balance(raw: RawRecord) -> bool:
+    return isinstance(raw, RawBalance)
+
+
+def problem_with(raw: RawRecord) -> str | None:
     """Why a schema-valid record still cannot be imported (it goes to the DLQ), or None."""
-    data, tx = raw.data, raw.data.transaction
+    data = raw.data
     if raw.key != raw.akey:
         return f"key {raw.key!r} is not <user>:<aggregator account> {raw.akey!r}"
     if raw.event.userid != data.user_id:
         return f"event user {raw.event.userid!r} differs from data user {data.user_id!r}"
+    if isinstance(raw, RawLine):
+        problem = _line_problem(raw)
+        if problem is not None:
+            return problem
+    elif not data.user_id or not data.aggregator_account_id:
+        return "empty user or account id"
+    if len(data.currency) != 3 or not data.currency.isalpha() or not data.currency.isupper():
+        return f"currency {data.currency!r} is not an ISO 4217 code"
+    return None
+
+
+def _line_problem(raw: RawLine) -> str | None:
+    data, tx = raw.data, raw.data.transaction
     if str(tx.id_account) != data.aggregator_account_id:
         return f"transaction of account {tx.id_account!r} reported for {data.aggregator_account_id!r}"
     if not str(tx.id).strip() or not data.user_id or not data.aggregator_account_id:
         return "empty transaction, user or account id"
-    if len(data.currency) != 3 or not data.currency.isalpha() or not data.currency.isupper():
-        return f"currency {data.currency!r} is not an ISO 4217 code"
     if (tx.date - raw.event.time.date()).days > MAX_DAYS_AHEAD:
         return f"bank date {tx.date.isoformat()} is more than {MAX_DAYS_AHEAD} days after the sync"
     return None
@@ -171,9 +261,14 @@ def observation_of(raw: RawLine) -> Observation:
 
 
 def account_view(doc: Doc, balance_cents: int | None = None) -> dict[str, Any]:
-    balance = doc.get("bank_balance")
+    """An app account as the API shows it. `balance`: what the bank says of an account the importer
+    created for a bank account, else the sum of its booked operations (a manual account, a reconciliation
+    account among them). `bank_balance`, `computed_balance` and `balance_gap` are those of its latest
+    balance check (null before the first one, and for an account no bank feeds)."""
+    balance = doc.get("bank_balance") if doc.get("aggregator_account_id") is not None else None
     if balance is None:
         balance = format_amount(Decimal(balance_cents or 0) / 100)
+    checked = doc.get("balance_checked_at") is not None
     return {
         "account_id": doc["_id"],
         "bank_id": doc.get("bank_id"),
@@ -182,7 +277,50 @@ def account_view(doc: Doc, balance_cents: int | None = None) -> dict[str, Any]:
         "balance": balance,
         "currency": doc.get("currency", "EUR"),
         "aggregator_account_id": doc.get("aggregator_account_id"),
+        "bank_balance": doc.get("bank_balance") if checked else None,
+        "computed_balance": doc.get("computed_balance") if checked else None,
+        "balance_gap": doc.get("balance_gap") if checked else None,
     }
+
+
+def unchanged_since_check(account: Doc, reports: Sequence[BankBalance], lines_rev: int | None) -> bool:
+    """Whether the account's last check still holds for these reports: it was a check (an opening is
+    fixed), the dedup state of its lines is the revision it checked, and every report gives the same
+    balance. Only the import path changes the bank-backed operations of an account, and it moves that
+    revision; a deletion of the account starts a new generation, without an opening."""
+    stored = account.get("bank_balance")
+    if lines_rev is None or account.get("balance_checked_at") is None or stored is None:
+        return False
+    if account.get("opening_cents") is None or account.get("balance_lines_rev") != lines_rev:
+        return False
+    return all(report.checked and report.balance_cents == cents(Decimal(stored)) for report in reports)
+
+
+def balance_checked_event(raw: RawBalance, account: Doc, check: BalanceCheck) -> CloudEvent:
+    """`account.balance_checked`: one id per account, sync run and life of the account."""
+    data, generation = raw.data, int(account["generation"])
+    payload = AccountBalanceChecked(
+        user_id=data.user_id,
+        account_id=account["_id"],
+        aggregator_account_id=data.aggregator_account_id,
+        sync_run_id=check.report.sync,
+        bank_balance=format_amount(amount_of(check.bank_cents)),
+        computed_balance=format_amount(amount_of(check.computed_cents)),
+        balance_gap=format_amount(amount_of(check.gap_cents)),
+        currency=str(account.get("currency") or data.currency),
+        generation=generation,
+    )
+    return CloudEvent.new(
+        service=SERVICE,
+        name="account.balance_checked",
+        data=payload.model_dump(mode="json"),
+        user_id=data.user_id,
+        correlation_id=raw.event.correlationid,
+        subject=account["_id"],
+        event_id=deterministic_event_id(
+            "account.balance_checked", account["_id"], check.report.sync, str(generation)
+        ),
+    )
 
 
 @dataclass
@@ -193,6 +331,8 @@ class ImportStats:
     deleted: int = 0
     reconciled: int = 0
     unchanged: int = 0
+    balances: int = 0  # `account.synced` records
+    checks: int = 0  # balance checks stored (a stale or empty report is none)
 
     def add(self, other: ImportStats) -> None:
         self.lines += other.lines
@@ -201,12 +341,14 @@ class ImportStats:
         self.deleted += other.deleted
         self.reconciled += other.reconciled
         self.unchanged += other.unchanged
+        self.balances += other.balances
+        self.checks += other.checks
 
 
 @dataclass
 class ImportResult:
     stats: ImportStats = field(default_factory=ImportStats)
-    rejected: list[tuple[RawLine, str]] = field(default_factory=list)
+    rejected: list[tuple[RawRecord, str]] = field(default_factory=list)
 
 
 class KeyLocks:
@@ -362,20 +504,22 @@ class Importer:
 
     # -- batches
 
-    async def import_lines(self, lines: Sequence[RawLine]) -> ImportResult:
-        """Imports lines of any accounts; the lines of one account in their order, accounts concurrently."""
+    async def import_records(self, records: Sequence[RawRecord]) -> ImportResult:
+        """Imports lines and checks balances of any accounts: the records of one account in their order
+        (see `import_key`), accounts concurrently."""
         result = ImportResult()
-        groups: dict[str, list[RawLine]] = {}
-        for raw in lines:
+        valid: list[RawRecord] = []
+        for raw in records:
             problem = problem_with(raw)
             if problem is not None:
                 result.rejected.append((raw, problem))
             else:
-                groups.setdefault(raw.akey, []).append(raw)
+                valid.append(raw)
+        groups = in_key_order(valid, lambda raw: raw.akey)
 
-        async def one(akey: str, group: list[RawLine]) -> ImportStats:
+        async def one(akey: str, group: list[RawRecord]) -> ImportStats:
             async with self._semaphore:
-                return await self.import_account(akey, group)
+                return await self.import_key(akey, group)
 
         outcomes = await asyncio.gather(*(one(k, g) for k, g in groups.items()), return_exceptions=True)
         failure: BaseException | None = None
@@ -389,6 +533,19 @@ class Importer:
         if failure is not None:
             raise failure
         return result
+
+    async def import_key(self, akey: str, records: Sequence[RawRecord]) -> ImportStats:
+        """One aggregator account's records in their order: each run of lines, then the balances that
+        follow it, so that each balance meets exactly the lines that came before it."""
+        stats = ImportStats()
+        for segment in segments(records, is_balance):
+            lines = [raw for raw in segment.lines if isinstance(raw, RawLine)]
+            balances = [raw for raw in segment.balances if isinstance(raw, RawBalance)]
+            if lines:
+                stats.add(await self.import_account(akey, lines))
+            if balances:
+                stats.add(await self.check_balances(akey, balances))
+        return stats
 
     async def import_account(self, akey: str, lines: Sequence[RawLine]) -> ImportStats:
         for _ in range(CONFLICT_RETRIES):
@@ -434,9 +591,80 @@ class Importer:
             log_imported(akey, first.data.user_id, lines, changes, correlation)
         return stats
 
+    # -- balances
+
+    async def check_balances(self, akey: str, balances: Sequence[RawBalance]) -> ImportStats:
+        """Checks consecutive `account.synced` of one aggregator account (no line between them)."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                async with self.locks.hold(akey):
+                    return await self._check_once(balances)
+            except Conflict:
+                log.info("balance_conflict_retrying", akey=akey)
+                await asyncio.sleep(0.05)
+        raise Conflict(f"{akey}: too many concurrent writers")
+
+    async def _check_once(self, balances: Sequence[RawBalance]) -> ImportStats:
+        stats = ImportStats(balances=len(balances))
+        reports = [raw.report() for raw in balances]
+        if not any(report.balance_cents is not None for report in reports):
+            return stats  # the aggregator gave no balance: nothing to check
+        target, account = await self._target(balances[0])
+        before = balance_state_of(account)
+        fresh = due(before, reports)
+        if not fresh:
+            return stats  # older than what the account has: a redelivery or a replay of what is known
+        checked = any(report.checked for report in fresh)  # else no aggregation: nothing to check
+        lines_rev = (await self.state.load(target.akey)).rev if checked else None
+        if checked and unchanged_since_check(account, fresh, lines_rev):
+            # the same bank balance and the same lines as at the last check: its outcome stands, and
+            # the night does not re-add every account's operations when nothing moved
+            return stats
+        booked = await self.operations.booked_cents(target.account_id) if checked else 0
+        after, latest, checks = after_reports(before, booked, fresh)
+        assert latest is not None
+        check = checks[-1] if checks and checks[-1].report is latest else None
+        fields = balance_fields(after, latest, check, dt.datetime.now(dt.UTC))
+        fields["balance_lines_rev"] = lines_rev
+        if not await self.accounts.store_balance(account, before.rev, fields):
+            raise Conflict(f"balance of {target.account_id}")
+        by_sync = {raw.data.sync_run_id: raw for raw in balances}
+        for done in checks:
+            self._log_check(by_sync[done.report.sync], account, done)
+        if after.alarm != before.alarm:
+            await self.recount_gaps()  # in or out of alarm: the gauge says so before the event does
+        if checks:
+            key = account_key(account["user_id"], account["_id"])
+            events = [balance_checked_event(by_sync[c.report.sync], account, c) for c in checks]
+            await self.publisher.publish_many(OPERATIONS, [(key, event) for event in events])
+        stats.checks = len(checks)
+        return stats
+
+    def _log_check(self, raw: RawBalance, account: Doc, check: BalanceCheck) -> None:
+        figures = {
+            "user_id": raw.data.user_id,
+            "account_id": account["_id"],
+            "aggregator_account_id": raw.data.aggregator_account_id,
+            "bank": raw.data.bank.id,
+            "correlation_id": raw.event.correlationid,
+            "bank_balance": format_amount(amount_of(check.bank_cents)),
+            "computed": format_amount(amount_of(check.computed_cents)),
+            "gap": format_amount(amount_of(check.gap_cents)),
+        }
+        if check.alarm:
+            log.warning("balance_gap", **figures)
+        else:
+            log.info("balance_checked", first=check.first, **figures)
+
+    async def recount_gaps(self) -> int:
+        """Sets the gauge from the store (when an account goes in or out of alarm, and at start)."""
+        count = await self.accounts.count_balance_gaps()
+        BALANCE_GAP_ACCOUNTS.set(count)
+        return count
+
     # -- where lines go
 
-    async def _target(self, raw: RawLine) -> tuple[Target, Doc]:
+    async def _target(self, raw: RawRecord) -> tuple[Target, Doc]:
         data = raw.data
         link = await self.accounts.get_link(raw.akey)
         chosen = link.target_account_id if link is not None else None
@@ -456,7 +684,7 @@ class Importer:
             await self.announce_account(account, raw.event.correlationid)
         return Target(raw.akey, account_id, mode), account
 
-    async def _bank_account_doc(self, raw: RawLine, account_id: str) -> Doc:
+    async def _bank_account_doc(self, raw: RawRecord, account_id: str) -> Doc:
         data = raw.data
         details = await self.accounts.get_details(raw.akey) or {}
         return {
@@ -590,6 +818,8 @@ class Importer:
                 "reconciled_by": ref,
                 "aggregator_transaction_id": line.txid,
                 "memo": line.memo,
+                # it backs the bank's balance once its line is booked (OperationStore.booked_cents)
+                "bank_status": line.status,
             }
 
         for manual_id, line in changes.reconciled:
@@ -610,6 +840,7 @@ class Importer:
                 "reconciled_by": None,
                 "aggregator_transaction_id": None,
                 "memo": "",
+                "bank_status": None,
             }
             released: Doc = {"reconciled_by": line_ref(akey, line.txid)}
             await self.operations.guarded_update(manual_id, released, {"$set": {**fields, "updated_at": now}})
@@ -755,6 +986,8 @@ class AccountService:
             for akey in sources:
                 await self._forget_lines(akey, account_id)
             removed = await self.operations.delete_account(account_id)
+        if doc.get("balance_alarm"):
+            await self.importer.recount_gaps()  # a deleted account is in alarm no more
         generation = int(doc["generation"])
         event = CloudEvent.new(
             service=SERVICE,
@@ -931,7 +1164,8 @@ class AccountDetails:
             created = await self.accounts.get(auto_account_id(akey))
             if created is not None and created.get("aggregator_account_id") == aggregator_account_id:
                 fields = {k: details[k] for k in ("name", "iban") if details[k]}
-                if details["balance"] is not None:
+                # the balance of a sync's check, newer and checked, is not replaced by this one
+                if details["balance"] is not None and created.get("bank_balance_at") is None:
                     fields["bank_balance"] = details["balance"]
                 if fields:
                     await self.accounts.set_fields(created["_id"], fields)
@@ -944,14 +1178,15 @@ DeadLetter = Callable[[ConsumerRecord[bytes, bytes], str, str], Any]
 
 
 class RawConsumerHandler:
-    """Adapts TopicConsumer batches of `transaction.observed` to the import path."""
+    """Adapts TopicConsumer batches of `transaction.observed` and `account.synced` to the import path."""
 
     def __init__(self, importer: Importer) -> None:
         self.importer = importer
         self.dead_letter: DeadLetter | None = None
 
     async def __call__(self, batch: list[Incoming]) -> None:
-        result = await self.importer.import_lines([RawLine.of(i) for i in batch])
+        records = [raw_record(i.event, i.data, i.key, i.record) for i in batch]
+        result = await self.importer.import_records(records)
         if not result.rejected:
             return
         if len(batch) == 1:

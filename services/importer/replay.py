@@ -5,8 +5,9 @@ is keyed `<user>:<aggregator account>`, so it sits on one partition: the one the
 partitioner chose (murmur2 of the key, as Kafka's and aiokafka's `DefaultPartitioner`). A replay reads
 only that partition, from its start or from the first record at or after a date (`offsets_for_times`),
 up to the end it had when the replay began, keeps the records of that key, and imports them in
-batches like the consumer does. The import is idempotent: what is already known changes nothing, what
-was deleted (an app account deleted by its user) comes back.
+batches like the consumer does (lines, and the balances of `account.synced` in their order). The import
+is idempotent: what is already known changes nothing, what was deleted (an app account deleted by its
+user) comes back, balance checks included (a revived account fixes its opening balance again).
 
 `replay_account(settings, ...)` is the same thing as a function for an ops command: it opens its own
 Kafka and MongoDB clients and runs in the caller's process.
@@ -23,12 +24,11 @@ from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
 from services.importer.adapters import AccountStore, OperationStore, StateStore
-from services.importer.handlers import Importer, ImportStats, RawLine
+from services.importer.handlers import RAW_MODELS, Importer, ImportStats, RawRecord, raw_record
 from shared.events import CloudEvent, account_key
 from shared.kafka import EventPublisher, make_broker, topic_partitions
 from shared.logging import get_logger
 from shared.mongo import make_client
-from shared.schemas import TransactionObserved
 from shared.settings import ServiceSettings
 from shared.topics import TRANSACTIONS_RAW
 
@@ -79,14 +79,16 @@ def partition_for(key: str, partitions: list[int]) -> int:
     return chosen
 
 
-def _parse(value: bytes | None, key: str) -> RawLine | None:
+def _parse(value: bytes | None, key: str) -> RawRecord | None:
+    """A line or a balance (`account.synced`), as the consumer reads them; None for anything else."""
     if value is None:
         return None
     try:
         event = CloudEvent.from_json_bytes(value)
-        if event.name != "transaction.observed":
+        model = RAW_MODELS.get(event.name)
+        if model is None:
             return None
-        return RawLine(event, TransactionObserved.model_validate(event.data), key)
+        return raw_record(event, model.model_validate(event.data), key)
     except (ValidationError, ValueError):
         return None
 
@@ -129,7 +131,7 @@ async def replay_into(
         result.position = start
         consumer.seek(tp, start)
         position = start
-        pending: list[RawLine] = []
+        pending: list[RawRecord] = []
         idle_polls = 0
         while position < end and idle_polls < MAX_IDLE_POLLS:
             fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=batch)
@@ -164,8 +166,8 @@ async def replay_into(
     return result
 
 
-async def _import(importer: Importer, lines: list[RawLine], result: ReplayResult) -> None:
-    outcome = await importer.import_lines(lines)
+async def _import(importer: Importer, records: list[RawRecord], result: ReplayResult) -> None:
+    outcome = await importer.import_records(records)
     result.stats.add(outcome.stats)
     result.records_rejected += len(outcome.rejected)
 

@@ -198,6 +198,12 @@ def importer_docs() -> dict[str, list[Doc]]:
                 "announced": 1,
                 "sources": [akey(u, a)],
                 "manual": {},
+                # the latest balance check: a few accounts in alarm, most not, some never checked
+                **(
+                    {"balance_rev": 3, "opening_cents": 10_000, "balance_alarm": u % 100 == 7}
+                    if u % 10
+                    else {}
+                ),
             }
             for u, a in accounts()
         ],
@@ -506,6 +512,24 @@ SHAPES: tuple[Shape, ...] = (
         ],
     ),
     Shape(
+        "importer/adapters.py:OperationStore.booked_cents (index account_date; status and the $or are "
+        "evaluated on the account's rows)",
+        IMP,
+        "operations",
+        "aggregate",
+        {"account_id": account(U, A), "status": "booked"},
+        pipeline=[
+            {
+                "$match": {
+                    "account_id": account(U, A),
+                    "status": "booked",
+                    "$or": [{"source": "bank"}, {"reconciled": True, "bank_status": {"$ne": "pending"}}],
+                }
+            },
+            {"$group": {"_id": None, "total": {"$sum": "$cents"}}},
+        ],
+    ),
+    Shape(
         "importer/adapters.py:OperationStore.count (count_documents; no service calls it)",
         IMP,
         "operations",
@@ -533,6 +557,28 @@ SHAPES: tuple[Shape, ...] = (
         "accounts",
         "update_one",
         {"_id": account(U, A), "deleted": True, "generation": 1},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.store_balance (a check after others)",
+        IMP,
+        "accounts",
+        "update_one",
+        {"_id": account(U, A), "generation": 1, "balance_rev": 3},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.store_balance (the first check)",
+        IMP,
+        "accounts",
+        "update_one",
+        {"_id": account(U, A), "generation": 1, "balance_rev": {"$exists": False}},
+    ),
+    Shape(
+        "importer/adapters.py:AccountStore.count_balance_gaps (count_documents, index by_balance_alarm)",
+        IMP,
+        "accounts",
+        "count_documents",
+        {"balance_alarm": True},
+        pipeline=[{"$match": {"balance_alarm": True}}, {"$group": {"_id": 1, "n": {"$sum": 1}}}],
     ),
     Shape(
         "importer/adapters.py:AccountStore.add_months",
@@ -711,11 +757,19 @@ SHAPES: tuple[Shape, ...] = (
     ),
     Shape(
         "connector/repository.py:ConnectorRepository.update_account_states, set_account_states (UpdateOne "
-        "upsert per account)",
+        "upsert per account), set_states_of_many (UpdateOne per account)",
         CON,
         "account_sync",
         "find_one/bulk_write",
         {"_id": akey(U, A)},
+    ),
+    Shape(
+        "connector/repository.py:ConnectorRepository.set_account_states (clear_reimport: lift the mark "
+        "the sync honoured, on the `_id` row)",
+        CON,
+        "account_sync",
+        "update_one",
+        {"_id": akey(U, A), "reimport": f"deleted-{U}"},
     ),
     Shape(
         "connector/repository.py:ConnectorRepository.known_fingerprints (up to 64 lines: a find_one each), "
@@ -762,6 +816,13 @@ SHAPES: tuple[Shape, ...] = (
         "active_runs",
         "update_one/delete_one",
         {"_id": connection(U), "run_id": f"run-{U}"},
+    ),
+    Shape(
+        "connector/repository.py:ConnectorRepository.unfinished_night",
+        CON,
+        "active_runs",
+        "count_documents",
+        {"night": "2026-12-07"},
     ),
     Shape(
         "connector/repository.py:ConnectorRepository.projected_rights",

@@ -322,9 +322,11 @@ async def test_a_sync_follows_the_banks_accounts_new_closed_and_balances() -> No
 
     accounts = {a["aggregator_account_id"]: a for a in repository.connection_writes[0]["accounts"]}
     assert accounts["a1"]["balance"] == "120.40"
-    assert accounts["a1"]["closed"] is False and accounts["a1"]["selected"] is True
+    assert accounts["a1"]["closed"] is False
+    assert accounts["a1"]["selected"] is True
     assert accounts["a2"]["closed"] is True
-    assert accounts["a3"]["selected"] is False and accounts["a3"]["closed"] is False
+    assert accounts["a3"]["selected"] is False
+    assert accounts["a3"]["closed"] is False
     announced = [
         (
             event.name,

@@ -15,7 +15,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.auth import issue_token
-from shared.events import CloudEvent, account_key
+from shared.events import CloudEvent, account_key, deterministic_event_id
 from shared.kafka import cloudevent_headers
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import TRANSACTIONS_RAW
@@ -120,6 +120,42 @@ def raw_event(
     )
 
 
+def synced_event(
+    user: str,
+    bank_id: str,
+    account: str,
+    *,
+    sync_run: str,
+    balance: object,
+    coming: object = None,
+    transactions: int = 0,
+    initial: bool = False,
+    account_type: str = "checking",
+) -> CloudEvent:
+    """`account.synced`, as the connector publishes it after an account's lines (its id restates the sync)."""
+    return CloudEvent.new(
+        service="connector",
+        name="account.synced",
+        data={
+            "user_id": user,
+            "connection_id": f"conn-{user}",
+            "aggregator_account_id": account,
+            "bank": {"id": bank_id, "name": f"Banque {bank_id}"},
+            "sync_run_id": sync_run,
+            "initial": initial,
+            "currency": "EUR",
+            "balance": None if balance is None else str(balance),
+            "coming": None if coming is None else str(coming),
+            "transactions": transactions,
+            "type": account_type,
+        },
+        user_id=user,
+        correlation_id=sync_run,
+        subject=account,
+        event_id=deterministic_event_id("account.synced", user, account, sync_run),
+    )
+
+
 class RawProducer:
     """Publishes raw events as the connector does (same key, headers and partitioner)."""
 
@@ -148,6 +184,17 @@ class RawProducer:
                 )
             )
         await asyncio.gather(*futures)
+
+    async def send_event(self, key: str, event: CloudEvent, topic: str = TRANSACTIONS_RAW) -> tuple[int, int]:
+        """One event, with the CloudEvents headers, as the connector sends it."""
+        sent = await self.producer.send(
+            topic,
+            value=event.to_json_bytes(),
+            key=key.encode(),
+            headers=[(k, v.encode()) for k, v in cloudevent_headers(event).items()],
+        )
+        metadata = await sent
+        return metadata.partition, metadata.offset
 
     async def send_raw(self, key: str, value: bytes, topic: str = TRANSACTIONS_RAW) -> tuple[int, int]:
         metadata = await (await self.producer.send(topic, value=value, key=key.encode()))
