@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -91,6 +92,8 @@ class Outcome:
     categorised: int
     expected_categorised: int
     wrong_categories: int
+    # app accounts whose last balance check found the bank's balance and the operations apart
+    balance_gaps: dict[str, str] = field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -100,6 +103,7 @@ class Outcome:
             and not self.missing
             and not self.extra
             and self.wrong_categories == 0
+            and not self.balance_gaps
         )
 
 
@@ -129,6 +133,18 @@ def memo_of(operation: dict[str, Any]) -> str:
     return memo if memo.strip() else operation["label"]
 
 
+def balance_gaps(stack: Stack, user: str) -> dict[str, str]:
+    """The app accounts whose balance gap is not zero (bank − operations; null: not checked)."""
+    with stack.client("importer", user) as api:
+        answer = api.get(f"/v1/users/{user}/accounts")
+        answer.raise_for_status()
+        return {
+            a["account_id"]: a["balance_gap"]
+            for a in answer.json()
+            if a.get("balance_gap") is not None and Decimal(a["balance_gap"]) != 0
+        }
+
+
 def outcome(stack: Stack, user: str, truth: dict[str, set[str]], categories: Categories) -> Outcome:
     seen = operations_of(stack, user)
     all_ops = [op for ops in seen.values() for op in ops]
@@ -150,6 +166,7 @@ def outcome(stack: Stack, user: str, truth: dict[str, set[str]], categories: Cat
         categorised=sum(1 for op in all_ops if op["category"]),
         expected_categorised=sum(1 for op in all_ops if wanted[memo_of(op)]),
         wrong_categories=sum(1 for op in all_ops if op["category"] != wanted[memo_of(op)]),
+        balance_gaps=balance_gaps(stack, user),
     )
 
 
