@@ -294,29 +294,17 @@ class Stack:
         with self.client("connector", user) as api:
             activation = api.post(f"/v1/users/{user}/sync/activate")
             activation.raise_for_status()
-        connect_url = activation.json()["connect_url"]
-        with httpx.Client(timeout=30, follow_redirects=False) as browser:
-            page = browser.get(connect_url)
-            page.raise_for_status()
-            form = WebviewForm()
-            form.feed(page.text)
-            action = httpx.URL(connect_url).join(form.action or connect_url)
-            posted = browser.post(
-                action,
-                data={
-                    **form.fields,
-                    "connector_id": form.banks[bank_index],
-                    "login": login,
-                    "password": password,
-                },
-            )
-            assert posted.status_code == 303, posted.text
-            back = posted.headers["location"]
-            assert re.search(r"[?&]connection_id=", back)
-            linked = browser.get(back)
-            linked.raise_for_status()
-            result: dict[str, Any] = linked.json()
-            return result
+        linked = browse_webview(activation.json()["connect_url"], login, password, bank_index)
+        linked.raise_for_status()
+        result: dict[str, Any] = linked.json()
+        return result
+
+    def reconnect_bank(self, user: str, connection_id: str, login: str = "demo") -> httpx.Response:
+        """The reconnect webview of one connection, as a browser fills it; the callback's answer."""
+        with self.client("connector", user) as api:
+            offered = api.post(f"/v1/users/{user}/connections/{connection_id}/reconnect")
+            offered.raise_for_status()
+        return browse_webview(offered.json()["connect_url"], login, "new-secret-pw", None)
 
     def select_all(self, user: str, connection: dict[str, Any]) -> list[str]:
         ids = [a["aggregator_account_id"] for a in connection["accounts"]]
@@ -353,6 +341,23 @@ class Stack:
                 return status
             time.sleep(0.3)
         raise TimeoutError(f"run {run_id} did not finish: {status}")
+
+
+def browse_webview(connect_url: str, login: str, password: str, bank_index: int | None) -> httpx.Response:
+    """The aggregator's webview as a browser fills it (the bank at `bank_index`, none on a reconnect
+    page, which names its bank), then back to the connector's callback: its answer."""
+    with httpx.Client(timeout=30, follow_redirects=False) as browser:
+        page = browser.get(connect_url)
+        page.raise_for_status()
+        form = WebviewForm()
+        form.feed(page.text)
+        action = httpx.URL(connect_url).join(form.action or connect_url)
+        chosen = {"connector_id": form.banks[bank_index]} if bank_index is not None else {}
+        posted = browser.post(action, data={**form.fields, **chosen, "login": login, "password": password})
+        assert posted.status_code == 303, posted.text
+        back = posted.headers["location"]
+        assert re.search(r"[?&]connection_id=", back)
+        return browser.get(back)
 
 
 def new_user(prefix: str = "user") -> str:

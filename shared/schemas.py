@@ -56,8 +56,8 @@ class AggregatorTransaction(Payload):
         return value
 
 
-class TransactionObserved(Payload):
-    """`transaction.observed` on banksync.transactions.raw.v1."""
+class FromAccountSync(Payload):
+    """What every record of banksync.transactions.raw.v1 says of the sync of one aggregator account."""
 
     user_id: str
     connection_id: str
@@ -65,22 +65,20 @@ class TransactionObserved(Payload):
     bank: Bank
     sync_run_id: str
     initial: bool
-    transaction: AggregatorTransaction
     currency: str = "EUR"
 
 
-class AccountSynced(Payload):
+class TransactionObserved(FromAccountSync):
+    """`transaction.observed` on banksync.transactions.raw.v1."""
+
+    transaction: AggregatorTransaction
+
+
+class AccountSynced(FromAccountSync):
     """`account.synced` on banksync.transactions.raw.v1: one account's sync succeeded. It comes after all
     the lines that sync published (same key), with what the bank then says of the account: `balance` is
     the aggregator account's balance (booked lines only), `coming` the sum of its pending lines."""
 
-    user_id: str
-    connection_id: str
-    aggregator_account_id: str
-    bank: Bank
-    sync_run_id: str
-    initial: bool
-    currency: str = "EUR"
     balance: Decimal | None = None
     coming: Decimal | None = None
     transactions: int = Field(ge=0)

@@ -525,6 +525,15 @@ class Journey:
             if not cursor:
                 return ops
 
+    def operations_if_back(self, account_id: str) -> dict[str, Json]:
+        """The operations of an account being rebuilt; none while it is not back yet (404)."""
+        try:
+            return self.operations(account_id)
+        except CallFailed as exc:
+            if exc.status == 404:
+                return {}
+            raise
+
     def all_operations(self) -> dict[str, dict[str, Json]]:
         return {a["account_id"]: self.operations(a["account_id"]) for a in self.app_accounts()}
 
@@ -1259,20 +1268,12 @@ class Journey:
         )
         self._check(outcome.replay["status"] == "succeeded", "the replay succeeded")
 
-        def restored() -> dict[str, Json]:
-            try:
-                return self.operations(outcome.account_id)
-            except CallFailed as exc:
-                if exc.status == 404:  # the account is not back yet
-                    return {}
-                raise
-
         def same_as_before(ops: dict[str, Json]) -> int:
             return sum(1 for k, op in ops.items() if outcome.before.get(k) == op)
 
         outcome.after = self._wait(
             "operations back, categorised with today's rules",
-            restored,
+            lambda: self.operations_if_back(outcome.account_id),
             lambda ops: ops == outcome.before,
             # progress: operations back, and how many are exactly as before (payee and category too)
             measure=lambda ops: (len(ops), same_as_before(ops)),
@@ -1329,17 +1330,9 @@ class Journey:
         )
         outcome.sync_run_id, _ = self._sync_and_wait("syncing again")
 
-        def restored() -> dict[str, Json]:
-            try:
-                return self.operations(outcome.account_id)
-            except CallFailed as exc:
-                if exc.status == 404:  # the account is not back yet
-                    return {}
-                raise
-
         outcome.after = self._wait(
             "every operation back, recognised with today's rules",
-            restored,
+            lambda: self.operations_if_back(outcome.account_id),
             lambda ops: ops == outcome.before,
             measure=len,
             progress=lambda ops: (len(ops), len(outcome.before)),

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services.connector.domain import fingerprint
-from shared.devstack import Stack, WebviewForm, ensure_dir, new_user, pipeline_stack
+from shared.devstack import Stack, ensure_dir, new_user, pipeline_stack
 from shared.mongo import make_client
 from shared.topics import CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
 from tests.faults import TopicTail, bank_lines, operations_of, run_async, settle, sync_completes
@@ -81,22 +81,6 @@ def zero_gaps(stack: Stack, user: str, accounts: list[str]) -> None:
         assert Decimal(shown[account]["balance_gap"]) == 0, shown[account]
         assert shown[account]["computed_balance"] == shown[account]["bank_balance"]
         assert Decimal(status[account]["balance_gap"]) == 0, status[account]
-
-
-def browse_webview(connect_url: str, login: str) -> httpx.Response:
-    """The aggregator's webview as a browser fills it; returns the connector's callback answer."""
-    with httpx.Client(timeout=30, follow_redirects=False) as browser:
-        page = browser.get(connect_url)
-        page.raise_for_status()
-        form = WebviewForm()
-        form.feed(page.text)
-        action = httpx.URL(connect_url).join(form.action or connect_url)
-        fields = {**form.fields, "login": login, "password": "new-secret"}
-        if "connector_id" not in fields:
-            fields["connector_id"] = form.banks[0]
-        posted = browser.post(action, data=fields)
-        assert posted.status_code == 303, posted.text
-        return browser.get(posted.headers["location"])
 
 
 def test_deleted_in_the_app_then_synced_again_every_operation_comes_back_recognised_once(stack):
@@ -273,7 +257,7 @@ def test_reconnect_after_wrongpass_keeps_the_cursor_nothing_twice_nothing_missed
             offered = api.post(f"/v1/users/{user}/connections/{connection_id}/reconnect")
             assert offered.status_code == 200, offered.text
         assert "/2.0/auth/webview/reconnect?" in offered.json()["connect_url"]
-        back = browse_webview(offered.json()["connect_url"], "demo")
+        back = stack.reconnect_bank(user, connection_id)
         assert back.status_code == 200, back.text
         assert back.json()["state"] is None
         # the reconnect starts a sync from the kept cursor
@@ -349,8 +333,6 @@ def test_a_lapsed_psd2_consent_needs_the_reconnect_webview(stack):
         lambda: (s := status_of(stack, user)[checking])["state"] == "action_needed" and s, 60, "action_needed"
     )
     assert lapsed["error"]["code"] == "SCARequired"
-    with stack.client("connector", user) as api:
-        offered = api.post(f"/v1/users/{user}/connections/{connection['connection_id']}/reconnect").json()
-    assert browse_webview(offered["connect_url"], "demo").json()["state"] is None
+    assert stack.reconnect_bank(user, connection["connection_id"]).json()["state"] is None
     wait_for(lambda: status_of(stack, user)[checking]["state"] == "ok", 90, "synced after the reconnect")
     settle(stack, user, bank_lines(stack, [checking]))
