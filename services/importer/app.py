@@ -78,7 +78,7 @@ async def wire(runtime: Runtime) -> None:
         SERVICE,
         CONNECTIONS,
         {"account.discovered": AccountDiscovered},
-        DiscoveredConsumerHandler(AccountDetails(accounts)),
+        DiscoveredConsumerHandler(AccountDetails(accounts, importer.locks)),
     )
     discovered.subscribe(settings.importer_connections_group_id)
 

@@ -1133,8 +1133,11 @@ class AccountDiscovered(Payload):
 class AccountDetails:
     """Keeps the name, IBAN and balance the bank gives each aggregator account, for the app account."""
 
-    def __init__(self, accounts: AccountStore) -> None:
+    def __init__(self, accounts: AccountStore, locks: KeyLocks | None = None) -> None:
         self.accounts = accounts
+        # the import path's locks: FerretDB applies an update by reading the whole document and writing it
+        # back, so a name written here while an import adds months to the same account would lose them
+        self.locks = locks or KeyLocks()
 
     async def apply(self, items: Sequence[AccountDiscovered]) -> None:
         for item in items:
@@ -1160,15 +1163,21 @@ class AccountDetails:
                 "updated_at": dt.datetime.now(dt.UTC),
             }
             await self.accounts.put_details(akey, details)
-            # the account the importer created for it takes the bank's name (never a user's own account)
-            created = await self.accounts.get(auto_account_id(akey))
-            if created is not None and created.get("aggregator_account_id") == aggregator_account_id:
-                fields = {k: details[k] for k in ("name", "iban") if details[k]}
-                # the balance of a sync's check, newer and checked, is not replaced by this one
-                if details["balance"] is not None and created.get("bank_balance_at") is None:
-                    fields["bank_balance"] = details["balance"]
-                if fields:
-                    await self.accounts.set_fields(created["_id"], fields)
+            async with self.locks.hold(akey):
+                await self._name_created_account(akey, aggregator_account_id, details)
+
+    async def _name_created_account(self, akey: str, aggregator_account_id: str, details: Doc) -> None:
+        """The account the importer created for it takes the bank's name (never a user's own account)."""
+        created = await self.accounts.get(auto_account_id(akey))
+        if created is None or created.get("aggregator_account_id") != aggregator_account_id:
+            return
+        fields = {k: details[k] for k in ("name", "iban") if details[k]}
+        # the balance of a sync's check, newer and checked, is not replaced by this one
+        if details["balance"] is not None and created.get("bank_balance_at") is None:
+            fields["bank_balance"] = details["balance"]
+        changed = {k: v for k, v in fields.items() if created.get(k) != v}
+        if changed:
+            await self.accounts.set_fields(created["_id"], changed)
 
 
 # ---- consumer entry points -------------------------------------------------------------------------------
