@@ -479,8 +479,16 @@ def test_poison_records_in_every_consumed_topic_go_to_the_dlq_and_the_stream_goe
         api.delete(f"/v1/users/{user}/options/auto_import").raise_for_status()
     wait_for(lambda: {s["state"] for s in stack.status(user)} == {"paused"}, 30, "paused")
 
-    def dead_letters() -> dict[tuple[str, int, int], dict[str, str]]:
-        found = {}
+    # every consumer group of a topic dead-letters what it cannot read: on banksync.operations.v1 the
+    # connector (it follows account deletions and balance checks) too, for the records that are no
+    # CloudEvent at all (one of another type with a wrong schema is not its to judge)
+    unreadable = {why for why, _ in poisons(user, "0", "0")[OPERATIONS][2][:3]}
+
+    def expected(topic: str, service: str, why: str) -> set[str]:
+        return {service, "connector"} if topic == OPERATIONS and why in unreadable else {service}
+
+    def dead_letters() -> dict[tuple[str, int, int], dict[str, dict[str, str]]]:
+        found: dict[tuple[str, int, int], dict[str, dict[str, str]]] = {}
         for _, _, headers, _, _ in run_async(read_raw(bootstrap, DLQ)):
             where = (
                 headers.get("dlq.original_topic", ""),
@@ -488,13 +496,16 @@ def test_poison_records_in_every_consumed_topic_go_to_the_dlq_and_the_stream_goe
                 int(headers.get("dlq.original_offset", -1)),
             )
             if where in sent:
-                found[where] = headers
+                found.setdefault(where, {})[headers.get("dlq.service", "")] = headers
         return found
 
-    dead = wait_for(
-        lambda: (d := dead_letters()) and len(d) == len(sent) and d, 60, "every poison in the DLQ"
-    )
+    def complete(found: dict[tuple[str, int, int], dict[str, dict[str, str]]]) -> bool:
+        return all(
+            set(found.get(w, {})) >= expected(w[0], service, why) for w, (service, why) in sent.items()
+        )
+
+    dead = wait_for(lambda: (d := dead_letters()) and complete(d) and d, 60, "every poison in the DLQ")
     for where, (service, why) in sent.items():
-        headers = dead[where]
-        assert headers["dlq.service"] == service, (why, headers)
-        assert headers["dlq.error"], why
+        by_service = dead[where]
+        assert set(by_service) == expected(where[0], service, why), (why, sorted(by_service))
+        assert all(headers["dlq.error"] for headers in by_service.values()), why
