@@ -38,6 +38,7 @@ from shared.topics import (
     SYNC_REQUESTS,
     TRANSACTIONS_RAW,
 )
+from tests.kafka_helpers import events_where
 from tests.polling import wait_for
 
 # ---- the bank's truth and the app's operations --------------------------------------------------------
@@ -264,6 +265,14 @@ def sync_completes(stack: Stack, user: str, timeout: float = 150, re_request_aft
             asked = True
         time.sleep(1)
     raise TimeoutError(f"the sync of {user} did not end well: {stack.status(user)}")
+
+
+def count_requests(stack: Stack, user: str) -> int:
+    """The `sync.requested` of `user` on banksync.sync-requests.v1 so far."""
+    found = run_async(
+        events_where(stack.engines.kafka_bootstrap, SYNC_REQUESTS, lambda k, e: e.userid == user)
+    )
+    return len(found)
 
 
 def set_faults(stack: Stack, **faults: Any) -> None:

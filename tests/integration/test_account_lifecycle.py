@@ -16,9 +16,16 @@ import pytest
 from services.connector.domain import fingerprint
 from shared.devstack import Stack, ensure_dir, new_user, pipeline_stack
 from shared.mongo import make_client
-from shared.topics import CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
-from tests.faults import TopicTail, bank_lines, operations_of, run_async, settle, sync_completes
-from tests.kafka_helpers import events_where
+from shared.topics import CONNECTIONS, TRANSACTIONS_RAW
+from tests.faults import (
+    TopicTail,
+    bank_lines,
+    count_requests,
+    operations_of,
+    run_async,
+    settle,
+    sync_completes,
+)
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
@@ -206,12 +213,6 @@ def test_a_bank_linked_while_its_site_was_down_gets_its_accounts_at_the_first_go
     assert shown["state"] is None
     assert len(shown["accounts"]) == 3
     assert not any(a["selected"] for a in shown["accounts"])
-
-
-def count_requests(stack: Stack, user: str) -> int:
-    return len(
-        run_async(events_where(stack.engines.kafka_bootstrap, SYNC_REQUESTS, lambda k, e: e.userid == user))
-    )
 
 
 def test_reconnect_after_wrongpass_keeps_the_cursor_nothing_twice_nothing_missed(stack):

@@ -14,6 +14,7 @@ from shared.devstack import ServiceProcess, free_port
 from shared.kafka import start_group_at_end
 from shared.mongo import make_client
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
+from tests.faults import count_requests
 from tests.kafka_helpers import events_where
 from tests.polling import wait_for
 from tests.stack import Stack, connector_stack, new_user
@@ -216,17 +217,6 @@ async def test_replaying_the_entitlements_topic_rebuilds_the_same_projection(sta
             fresh.stop()
     finally:
         await client.close()
-
-
-def count_requests(stack: Stack, user: str) -> int:
-    found = asyncio_run(
-        events_where(
-            stack.engines.kafka_bootstrap,
-            SYNC_REQUESTS,
-            lambda k, e: e.userid == user,
-        )
-    )
-    return len(found)
 
 
 def asyncio_run(coro):
