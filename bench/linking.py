@@ -78,7 +78,7 @@ def connector_documents(
 async def entitle_all(stack: Stack, users: list[str]) -> None:
     """Every user subscribes to Auto-Import, over entitlements' HTTP API (one kept-alive client, as the
     billing backend would call it), so the connector projects their rights from the real events."""
-    token = issue_token(DEV_JWT_SECRET, "bench-billing", scopes="ops")
+    token = issue_token(DEV_JWT_SECRET, "bench-billing", scopes="billing")
     slots = asyncio.Semaphore(ENTITLE_CONCURRENCY)
     limits = httpx.Limits(max_connections=ENTITLE_CONCURRENCY)
     async with httpx.AsyncClient(

@@ -1,8 +1,9 @@
 """JWT bearer auth as the contract says: HS256, `exp` required, `sub` is the user, scope `ops` for ops.
 
-Routes declare what they need with the dependencies `user_principal` (path has `{user_id}`) and
-`ops_principal` (`/v1/ops/...`). No token, a bad signature or an expired one: 401. Wrong user or
-missing scope: 403.
+Routes declare what they need with the dependencies `user_principal` (path has `{user_id}`),
+`ops_principal` (`/v1/ops/...`) and `billing_principal` (a user's plan and options: Budgetfacile's
+billing backend changes them after payment, never the user; scope `billing` or `ops`, any user).
+No token, a bad signature or an expired one: 401. Wrong user or missing scope: 403.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shared.problems import Problem, problem_response
 
 ALGORITHM = "HS256"
 OPS_SCOPE = "ops"
+BILLING_SCOPE = "billing"
 
 _bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with `sub` = user id, `scope` may hold `ops`")
 
@@ -38,6 +40,14 @@ class Principal:
     @property
     def is_ops(self) -> bool:
         return OPS_SCOPE in self.scopes
+
+    @property
+    def may_bill(self) -> bool:
+        return BILLING_SCOPE in self.scopes or self.is_ops
+
+    def actor(self) -> dict[str, str]:
+        """Who acted, as the audit trail records it: the token's subject and its scope."""
+        return {"sub": self.subject, "scope": " ".join(sorted(self.scopes))}
 
 
 def issue_token(secret: str, subject: str, *, scopes: str = "", ttl_s: int = 3600) -> str:
@@ -92,8 +102,22 @@ async def ops_principal(found: Annotated[Principal, Depends(principal)]) -> Prin
     return found
 
 
+async def billing_principal(user_id: str, found: Annotated[Principal, Depends(principal)]) -> Principal:
+    """For a user's plan and options: the billing backend (scope `billing`) or ops, never the user."""
+    if not found.may_bill:
+        raise Problem(
+            403,
+            "forbidden",
+            "Plans and options are changed by Budgetfacile's billing after payment: "
+            "the `billing` scope is required.",
+        )
+    bind_context(user_id=user_id)
+    return found
+
+
 UserPrincipal = Annotated[Principal, Depends(user_principal)]
 OpsPrincipal = Annotated[Principal, Depends(ops_principal)]
+BillingPrincipal = Annotated[Principal, Depends(billing_principal)]
 
 
 # ---- refusal before validation -------------------------------------------------------------------------
@@ -102,7 +126,9 @@ OpsPrincipal = Annotated[Principal, Depends(ops_principal)]
 # the 401/403 that the contract promises. An error answered before the dependencies ran, on a route that
 # has these dependencies, therefore first answers what they would have answered.
 
-_AUTH_DEPENDENCIES: frozenset[Callable[..., Any]] = frozenset({principal, user_principal, ops_principal})
+_AUTH_DEPENDENCIES: frozenset[Callable[..., Any]] = frozenset(
+    {principal, user_principal, ops_principal, billing_principal}
+)
 
 
 def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
@@ -126,6 +152,8 @@ async def refusal(request: Request) -> Problem | None:
             await user_principal(str(request.path_params.get("user_id", "")), found)
         if ops_principal in calls:
             await ops_principal(found)
+        if billing_principal in calls:
+            await billing_principal(str(request.path_params.get("user_id", "")), found)
     except Problem as problem:
         return problem
     return None

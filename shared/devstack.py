@@ -280,8 +280,12 @@ class Stack:
     def sandbox(self) -> httpx.Client:
         return httpx.Client(base_url=self.url("sandbox"), timeout=30)
 
+    def billing(self) -> httpx.Client:
+        """Entitlements as Budgetfacile's billing backend calls it (the only caller that changes plans)."""
+        return self.client("entitlements", "billing-backend", scopes="billing")
+
     def entitle(self, user: str, plan: str = "standard", auto_import: bool = True) -> None:
-        with self.client("entitlements", user) as api:
+        with self.billing() as api:
             if plan != "standard":
                 api.put(f"/v1/users/{user}/plan", json={"plan": plan}).raise_for_status()
             if auto_import:

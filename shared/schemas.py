@@ -196,3 +196,5 @@ class EntitlementChanged(Payload):
     reason: str | None
     code: str
     version: int
+    # who made the change: the billing backend or ops token's `sub` and scope (absent on older events)
+    actor: dict[str, str] | None = None

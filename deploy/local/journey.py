@@ -251,6 +251,8 @@ class JourneyResult:
     refusal_status: int = 0
     refusal_content_type: str = ""
     refusal: Json = field(default_factory=dict)
+    # the user's own token asking for Premium: (status, problem code)
+    self_grant: tuple[int, str] = (0, "")
     entitlements: Json = field(default_factory=dict)
     connections: list[Json] = field(default_factory=list)
     chosen: list[ChosenAccount] = field(default_factory=list)
@@ -346,12 +348,15 @@ class Journey:
         self.result = JourneyResult(self.user_id)
         user_token = issue_token(jwt_secret, self.user_id, ttl_s=3 * 3600)
         ops_token = issue_token(jwt_secret, "journey-ops", scopes="ops", ttl_s=3 * 3600)
+        # plans and options change only through Budgetfacile's billing backend, after payment
+        billing_token = issue_token(jwt_secret, "journey-billing", scopes="billing", ttl_s=3 * 3600)
 
         def client(base: str, token: str | None = None) -> httpx.Client:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             return httpx.Client(base_url=base, headers=headers, timeout=60)
 
         self.entitlements = client(endpoints.entitlements, user_token)
+        self.billing = client(endpoints.entitlements, billing_token)
         self.connector = client(endpoints.connector, user_token)
         self.importer = client(endpoints.importer, user_token)
         self.categorizer = client(endpoints.categorizer, user_token)
@@ -379,6 +384,7 @@ class Journey:
     def close(self) -> None:
         for api in (
             self.entitlements,
+            self.billing,
             self.connector,
             self.importer,
             self.categorizer,
@@ -644,7 +650,17 @@ class Journey:
         )
 
     def subscribe(self) -> None:
-        rights = self._json(self.entitlements, "POST", f"/v1/users/{self.user_id}/options/auto_import")
+        own = self.entitlements.put(f"/v1/users/{self.user_id}/plan", json={"plan": "premium"})
+        self.result.self_grant = (own.status_code, str(own.json().get("code")))
+        self.reporter.detail(
+            f"the user's own token asking for Premium: {own.status_code} {own.json().get('code')}"
+        )
+        self._check(
+            self.result.self_grant == (403, "forbidden"),
+            "a user cannot grant itself Premium: 403 forbidden",
+        )
+        # billing subscribes the user to Auto-Import once the payment went through
+        rights = self._json(self.billing, "POST", f"/v1/users/{self.user_id}/options/auto_import")
         self.result.entitlements = rights
         self.reporter.detail(
             f"options {rights['options']}; auto_sync_allowed={rights['auto_sync_allowed']}"
@@ -1416,7 +1432,7 @@ class Journey:
         outcome = self.result.pause
         outcome.operations_before = sum(len(ops) for ops in self.all_operations().values())
         outcome.entitlements = self._json(
-            self.entitlements, "DELETE", f"/v1/users/{self.user_id}/options/auto_import"
+            self.billing, "DELETE", f"/v1/users/{self.user_id}/options/auto_import"
         )
         self.reporter.detail(
             f"options {outcome.entitlements['options'] or 'none'}; "

@@ -109,6 +109,7 @@ def history_entry(
     detail: dict[str, str],
     at: datetime,
     request_id: str,
+    actor: dict[str, str],
 ) -> Doc:
     return {
         "version": version,
@@ -118,4 +119,5 @@ def history_entry(
         "detail": detail,
         "at": at,
         "request_id": request_id,
+        "actor": actor,
     }

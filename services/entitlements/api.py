@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from services.entitlements.domain import Option, OptionIncludedInPlan, Plan, cancel, change_plan, subscribe
 from services.entitlements.handlers import EntitlementsHandlers, view
-from shared.auth import UserPrincipal
+from shared.auth import BillingPrincipal, UserPrincipal
 from shared.problems import Problem, problem_responses
 from shared.service import correlation_id_of
 
@@ -41,6 +41,8 @@ class HistoryEntry(BaseModel):
     detail: dict[str, str]
     at: Any
     request_id: str
+    # who made the change: the token's `sub` and scope (absent on entries older than the billing scope)
+    actor: dict[str, str] | None = None
 
 
 def handlers_of(request: Request) -> EntitlementsHandlers:
@@ -66,22 +68,22 @@ async def get_entitlements(user_id: str, _: UserPrincipal, handlers: Handlers) -
 
 @router.put("/plan", response_model=EntitlementsView)
 async def put_plan(
-    user_id: str, body: PlanChange, request: Request, _: UserPrincipal, handlers: Handlers
+    user_id: str, body: PlanChange, request: Request, billing: BillingPrincipal, handlers: Handlers
 ) -> dict[str, Any]:
     state, _changed = await handlers.apply(
-        user_id, lambda current: change_plan(current, body.plan), correlation_id_of(request)
+        user_id, lambda current: change_plan(current, body.plan), correlation_id_of(request), billing.actor()
     )
     return view(state)
 
 
 @router.post("/options/{option}", response_model=EntitlementsView, responses=problem_responses(404, 409))
 async def subscribe_option(
-    user_id: str, option: str, request: Request, _: UserPrincipal, handlers: Handlers
+    user_id: str, option: str, request: Request, billing: BillingPrincipal, handlers: Handlers
 ) -> dict[str, Any]:
     wanted = known_option(option)
     try:
         state, _changed = await handlers.apply(
-            user_id, lambda current: subscribe(current, wanted), correlation_id_of(request)
+            user_id, lambda current: subscribe(current, wanted), correlation_id_of(request), billing.actor()
         )
     except OptionIncludedInPlan:
         raise Problem(
@@ -94,11 +96,11 @@ async def subscribe_option(
 
 @router.delete("/options/{option}", response_model=EntitlementsView, responses=problem_responses(404))
 async def cancel_option(
-    user_id: str, option: str, request: Request, _: UserPrincipal, handlers: Handlers
+    user_id: str, option: str, request: Request, billing: BillingPrincipal, handlers: Handlers
 ) -> dict[str, Any]:
     wanted = known_option(option)
     state, _changed = await handlers.apply(
-        user_id, lambda current: cancel(current, wanted), correlation_id_of(request)
+        user_id, lambda current: cancel(current, wanted), correlation_id_of(request), billing.actor()
     )
     return view(state)
 

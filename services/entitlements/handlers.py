@@ -52,6 +52,7 @@ def changed_event(user_id: str, entry: dict[str, Any]) -> CloudEvent:
             **view(state),
             "change": {"action": entry["action"], **entry["detail"]},
             "changed_at": at.isoformat(),
+            **({"actor": entry["actor"]} if entry.get("actor") else {}),
         },
         user_id=user_id,
         correlation_id=entry["request_id"],
@@ -83,12 +84,19 @@ class EntitlementsHandlers:
     async def get(self, user_id: str) -> Entitlements:
         return await self.repository.get(user_id)
 
-    async def apply(self, user_id: str, command: Command, request_id: str) -> tuple[Entitlements, bool]:
-        """Runs a command with optimistic concurrency; returns the resulting state and whether it changed."""
-        async with self._user_locks[zlib.crc32(user_id.encode()) % len(self._user_locks)]:
-            return await self._apply(user_id, command, request_id)
+    async def apply(
+        self, user_id: str, command: Command, request_id: str, actor: dict[str, str]
+    ) -> tuple[Entitlements, bool]:
+        """Runs a command with optimistic concurrency; returns the resulting state and whether it changed.
 
-    async def _apply(self, user_id: str, command: Command, request_id: str) -> tuple[Entitlements, bool]:
+        `actor` (the token's `sub` and scope) goes into the history and the event: who changed what.
+        """
+        async with self._user_locks[zlib.crc32(user_id.encode()) % len(self._user_locks)]:
+            return await self._apply(user_id, command, request_id, actor)
+
+    async def _apply(
+        self, user_id: str, command: Command, request_id: str, actor: dict[str, str]
+    ) -> tuple[Entitlements, bool]:
         for _ in range(10):
             current = await self.repository.get(user_id)
             change = command(current)
@@ -102,6 +110,7 @@ class EntitlementsHandlers:
                 detail={k: v.value for k, v in (("plan", change.plan), ("option", change.option)) if v},
                 at=self.clock(),
                 request_id=request_id,
+                actor=actor,
             )
             if await self.repository.save(change.after, current.version, entry):
                 log.info(
@@ -109,6 +118,8 @@ class EntitlementsHandlers:
                     user_id=user_id,
                     action=change.action.value,
                     version=entry["version"],
+                    actor=actor["sub"],
+                    actor_scope=actor["scope"],
                 )
                 await self.relay_user(user_id)
                 return change.after, True

@@ -25,6 +25,10 @@ def entitlements(engines, log_dir) -> Iterator[ServiceProcess]:
         yield proc
 
 
+def own_token(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(DEV_JWT_SECRET, user)}"}
+
+
 def client_for(proc: ServiceProcess, user: str, scopes: str = "") -> httpx.Client:
     token = issue_token(DEV_JWT_SECRET, user, scopes=scopes)
     return httpx.Client(base_url=proc.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
@@ -56,8 +60,8 @@ async def events_for(bootstrap: str, user: str, expected: int, within_s: float =
 
 async def test_standard_user_journey_with_history_and_events(entitlements, engines):
     user = f"user-{uuid.uuid4().hex[:8]}"
-    with client_for(entitlements, user) as api:
-        fresh = api.get(f"/v1/users/{user}/entitlements").json()
+    with client_for(entitlements, user) as own, client_for(entitlements, "billing-backend", "billing") as api:
+        fresh = own.get(f"/v1/users/{user}/entitlements").json()
         assert fresh["plan"] == "standard"
         assert fresh["options"] == []
         assert fresh["auto_sync_allowed"] is False
@@ -80,9 +84,10 @@ async def test_standard_user_journey_with_history_and_events(entitlements, engin
         assert conflict.status_code == 409
         assert conflict.json()["code"] == "option_included_in_plan"
 
-        history = api.get(f"/v1/users/{user}/entitlements/history").json()
+        history = own.get(f"/v1/users/{user}/entitlements/history").json()
         assert [h["action"] for h in history] == ["plan_changed", "option_cancelled", "option_subscribed"]
         assert history[-1]["request_id"] == "req-sub-1"
+        assert all(h["actor"] == {"sub": "billing-backend", "scope": "billing"} for h in history)
 
     events = await events_for(engines.kafka_bootstrap, user, expected=3)
     assert [e.data["version"] for e in events] == [1, 2, 3]
@@ -90,11 +95,35 @@ async def test_standard_user_journey_with_history_and_events(entitlements, engin
     assert all(e.type == "fr.budgetfacile.banksync.entitlement.changed.v1" for e in events)
     assert events[0].correlationid == "req-sub-1"
     assert len({e.id for e in events}) == 3
+    assert all(e.data["actor"] == {"sub": "billing-backend", "scope": "billing"} for e in events)
+
+
+async def test_only_billing_or_ops_change_plans_and_options(entitlements, engines):
+    """A user's own token reads its rights but cannot grant itself Premium or Auto-Import."""
+    user = f"free-{uuid.uuid4().hex[:8]}"
+    with client_for(entitlements, user) as own:
+        for method, path, body in (
+            ("PUT", f"/v1/users/{user}/plan", {"plan": "premium"}),
+            ("POST", f"/v1/users/{user}/options/auto_import", None),
+            ("DELETE", f"/v1/users/{user}/options/auto_import", None),
+        ):
+            refused = own.request(method, path, json=body)
+            assert refused.status_code == 403, (method, path, refused.text)
+            assert refused.json()["code"] == "forbidden"
+            assert "billing" in refused.json()["detail"]
+        rights = own.get(f"/v1/users/{user}/entitlements").json()
+        assert (rights["plan"], rights["options"], rights["version"]) == ("standard", [], 0)
+    with client_for(entitlements, "ops-alice", "ops") as ops:
+        assert ops.put(f"/v1/users/{user}/plan", json={"plan": "premium"}).json()["plan"] == "premium"
+        [entry] = ops.get(f"/v1/users/{user}/entitlements/history").json()
+        assert entry["actor"] == {"sub": "ops-alice", "scope": "ops"}
+    [event] = await events_for(engines.kafka_bootstrap, user, expected=1)
+    assert event.data["actor"] == {"sub": "ops-alice", "scope": "ops"}
 
 
 async def test_concurrent_changes_keep_one_version_line(entitlements, engines):
     user = f"race-{uuid.uuid4().hex[:8]}"
-    token = issue_token(DEV_JWT_SECRET, user)
+    token = issue_token(DEV_JWT_SECRET, "billing-backend", scopes="billing")
     async with httpx.AsyncClient(
         base_url=entitlements.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as api:
@@ -106,7 +135,7 @@ async def test_concurrent_changes_keep_one_version_line(entitlements, engines):
         ]
         answers = await asyncio.gather(*calls)
         assert all(a.status_code == 200 for a in answers)
-        final = (await api.get(f"/v1/users/{user}/entitlements")).json()
+        final = (await api.get(f"/v1/users/{user}/entitlements", headers=own_token(user))).json()
     events = await events_for(engines.kafka_bootstrap, user, expected=final["version"])
     assert [e.data["version"] for e in events] == list(range(1, final["version"] + 1))
     assert events[-1].data["auto_sync_allowed"] == final["auto_sync_allowed"]
@@ -115,10 +144,11 @@ async def test_concurrent_changes_keep_one_version_line(entitlements, engines):
 def test_auth_and_validation_errors(entitlements):
     with client_for(entitlements, "alice") as alice:
         assert alice.get("/v1/users/bob/entitlements").status_code == 403
-        bad_plan = alice.put("/v1/users/alice/plan", json={"plan": "gold"})
+    with client_for(entitlements, "billing-backend", "billing") as billing:
+        bad_plan = billing.put("/v1/users/alice/plan", json={"plan": "gold"})
         assert bad_plan.status_code == 422
         assert bad_plan.json()["code"] == "validation_error"
-        unknown = alice.post("/v1/users/alice/options/teleport")
+        unknown = billing.post("/v1/users/alice/options/teleport")
         assert unknown.status_code == 404
         assert unknown.json()["code"] == "unknown_option"
     assert httpx.get(f"{entitlements.url}/v1/users/alice/entitlements").status_code == 401

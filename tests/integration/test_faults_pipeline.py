@@ -475,7 +475,7 @@ def test_poison_records_in_every_consumed_topic_go_to_the_dlq_and_the_stream_goe
             "account name",
         )
     # the connector's projection of entitlements went past its poison: a cancellation pauses the user
-    with stack.client("entitlements", user) as api:
+    with stack.billing() as api:
         api.delete(f"/v1/users/{user}/options/auto_import").raise_for_status()
     wait_for(lambda: {s["state"] for s in stack.status(user)} == {"paused"}, 30, "paused")
 

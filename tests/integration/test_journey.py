@@ -88,6 +88,7 @@ def test_a_standard_user_is_refused_then_subscribes(ran):
     assert r.refusal["code"] == "not_entitled"
     assert r.refusal["status"] == 403
     assert "Auto-Import" in r.refusal["detail"]
+    assert r.self_grant == (403, "forbidden")  # only billing changes plans and options
     assert r.entitlements["plan"] == "standard"
     assert r.entitlements["options"] == ["auto_import"]
     assert r.entitlements["auto_sync_allowed"] is True

@@ -7,6 +7,8 @@ that apply to the route:
   a valid token of ANOTHER user -> 403 (with the owner's real resource ids in the path and a valid body,
   so that only the authorisation can stop the request);
 - `/v1/ops/...`: the same 401 cases; a user token without the `ops` scope -> 403;
+- the billing routes (`BILLING`: a user's plan and options): the 401 cases, another user's token and the
+  user's OWN token -> 403 (only the billing backend's `billing` scope, or ops, changes them);
 - routes any signed-in user may read (`ANY_USER`): the 401 cases;
 - routes public by design (`PUBLIC`, each with its reason): their own protection instead (the webhook's
   shared secret, the callback's signed state), or nothing for the probes.
@@ -69,6 +71,13 @@ ANY_USER: dict[tuple[str, str, str], str] = {
     ("categorizer", "GET", "/v1/categories"): "the default category tree, the same for every user",
 }
 
+# Routes under /v1/users/{user_id}/ that not even the user may call: Budgetfacile's billing backend does.
+BILLING: dict[tuple[str, str, str], str] = {
+    ("entitlements", "PUT", "/v1/users/{user_id}/plan"): "the plan changes after payment, by billing",
+    ("entitlements", "POST", "/v1/users/{user_id}/options/{option}"): "an option is bought, through billing",
+    ("entitlements", "DELETE", "/v1/users/{user_id}/options/{option}"): "a cancellation goes through billing",
+}
+
 UNAUTHENTICATED_CASES = ("no_token", "bad_signature", "expired", "garbage_token")
 # What a public route is checked with instead of a JWT: (service, method, path) -> cases
 PUBLIC_CASES: dict[tuple[str, str, str], tuple[str, ...]] = {
@@ -88,6 +97,8 @@ def public_reason(service: str, method: str, path: str) -> str | None:
 
 
 def kind_of(service: str, method: str, path: str) -> str:
+    if (service, method, path) in BILLING:
+        return "billing"
     if path.startswith(USER_PREFIX):
         return "user"
     if path.startswith(OPS_PREFIX):
@@ -103,6 +114,9 @@ def cases_of(service: str, method: str, path: str) -> tuple[str, ...]:
     kind = kind_of(service, method, path)
     if kind == "user":
         return (*UNAUTHENTICATED_CASES, "other_user", *hostile_bodies(service, method, path, "other_user"))
+    if kind == "billing":
+        who = "own_user"
+        return (*UNAUTHENTICATED_CASES, "other_user", who, *hostile_bodies(service, method, path, who))
     if kind == "ops":
         who = "user_without_ops"
         return (*UNAUTHENTICATED_CASES, who, *hostile_bodies(service, method, path, who))
@@ -213,7 +227,7 @@ def token_for(case: str, victim: str) -> str | None:
         return "not-a-jwt"
     if case == "other_user":
         return issue_token(DEV_JWT_SECRET, new_user("intruder"))
-    if case == "user_without_ops":
+    if case in ("user_without_ops", "own_user"):
         return issue_token(DEV_JWT_SECRET, victim)
     raise AssertionError(case)
 
@@ -331,7 +345,7 @@ def test_running_services_serve_the_collected_documents(stack):
 def test_listed_public_routes_exist():
     """A stale listing would hide nothing today, but says a route is public that is gone."""
     every = {(s, m, p) for s in SERVICES for m, p in routes_of(DOCUMENTS[s])}
-    for service, method, path in [*PUBLIC, *ANY_USER]:
+    for service, method, path in [*PUBLIC, *ANY_USER, *BILLING]:
         owners = SERVICES if service == "*" else (service,)
         assert any((s, method, path) in every for s in owners), (service, method, path)
 
@@ -341,3 +355,4 @@ def test_a_new_route_outside_the_conventions_fails_the_table():
     assert cases_of("importer", "GET", "/internal/debug") == ("unclassified",)
     assert "other_user" in cases_of("importer", "GET", "/v1/users/{user_id}/something-new")
     assert "user_without_ops" in cases_of("importer", "GET", "/v1/ops/something-new")
+    assert "own_user" in cases_of("entitlements", "PUT", "/v1/users/{user_id}/plan")

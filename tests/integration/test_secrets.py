@@ -167,7 +167,9 @@ def sync_and_wait(caller: Caller, user: str, token: str) -> list[dict[str, Any]]
 def journey(stack: Stack, caller: Caller) -> dict[str, Any]:
     user, intruder = new_user("secret"), new_user("intruder")
     token = caller.token(user)
-    caller.ok("entitlements", "POST", f"/v1/users/{user}/options/auto_import", token)
+    caller.ok(
+        "entitlements", "POST", f"/v1/users/{user}/options/auto_import", caller.token("billing", "billing")
+    )
     connection = link_bank(caller, user, token)
     connection_id = connection["connection_id"]
     selected = [a["aggregator_account_id"] for a in connection["accounts"]]

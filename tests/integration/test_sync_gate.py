@@ -90,7 +90,7 @@ def test_standard_user_refused_then_subscribes_cancels_and_comes_back(stack):
     assert raw_lines > 1000
     imported = wait_for(lambda: (n := operations_of(stack, user)) >= raw_lines - 20 and n, timeout=120)
 
-    with stack.client("entitlements", user) as ent:
+    with stack.billing() as ent:
         ent.delete(f"/v1/users/{user}/options/auto_import").raise_for_status()
     paused = wait_for(lambda: (s := stack.status(user)) and all(x["state"] == "paused" for x in s) and s)
     assert paused
@@ -170,7 +170,7 @@ async def test_replaying_the_entitlements_topic_rebuilds_the_same_projection(sta
     stack.entitle(users[0])
     stack.entitle(users[1], plan="premium", auto_import=False)
     stack.entitle(users[2])
-    with stack.client("entitlements", users[2]) as ent:
+    with stack.billing() as ent:
         ent.delete(f"/v1/users/{users[2]}/options/auto_import").raise_for_status()
     client = make_client(engines.mongodb_url)
     try:
@@ -235,7 +235,7 @@ def test_the_nightly_run_requests_one_sync_per_entitled_user(stack):
         stack.entitle(user)
         stack.select_all(user, stack.link_bank(user))
         stack.wait_run(user, stack.sync(user))
-    with stack.client("entitlements", lapsed) as ent:
+    with stack.billing() as ent:
         ent.delete(f"/v1/users/{lapsed}/options/auto_import").raise_for_status()
     wait_for(lambda: (s := stack.status(lapsed)) and all(x["state"] == "paused" for x in s))
     with stack.client("connector", busy) as api:
