@@ -32,7 +32,9 @@ from services.importer.adapters import OperationStore
 from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from shared.events import CloudEvent
 from shared.mongo import make_client
+from shared.settings import DEV_TOKEN_KEY
 from shared.topics import CATEGORIZATIONS, OPERATIONS, TRANSACTIONS_RAW
+from shared.vault import BlockingOpener, Shredded
 
 NEW_LINES_PER_ACCOUNT = 3
 # what a day at the bank looks like: memos the built-in dictionary knows, and some it does not
@@ -138,9 +140,15 @@ async def wait_categorised(
 
 
 async def event_times(
-    bootstrap: str, topic: str, since: datetime, users: set[str], key: Callable[[CloudEvent], str | None]
+    bootstrap: str,
+    topic: str,
+    since: datetime,
+    users: set[str],
+    key: Callable[[CloudEvent], str | None],
+    opener: BlockingOpener,
 ) -> dict[str, datetime]:
-    """`key(event)` → the event's time, for the events of `users` written to `topic` since `since`."""
+    """`key(event)` → the event's time, for the events of `users` written to `topic` since `since`
+    (payloads sealed with the users' keys opened by `opener`)."""
     consumer, ends = await consumer_since(bootstrap, topic, since)
     found: dict[str, datetime] = {}
     try:
@@ -149,7 +157,9 @@ async def event_times(
             batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
             for records in batches.values():
                 for record in records:
-                    event = CloudEvent.from_json_bytes(record.value or b"")
+                    event = opener.open(record.value)
+                    if isinstance(event, Shredded):
+                        continue
                     name = key(event) if event.userid in users else None
                     if name is not None:
                         found.setdefault(name, event.time)
@@ -253,9 +263,15 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
             name: peak_rss_mb(proc.process.pid) for name, proc in stack.processes.items() if proc.process
         }
         bootstrap, who = ctx.engines.kafka_bootstrap, set(users)
-        fetched = await event_times(bootstrap, TRANSACTIONS_RAW, night_at, who, observed_key)
-        imported = await event_times(bootstrap, OPERATIONS, night_at, who, imported_key)
-        categorized = await event_times(bootstrap, CATEGORIZATIONS, night_at, who, categorized_key)
+        opener = BlockingOpener(ctx.engines.mongodb_url, DEV_TOKEN_KEY)
+        try:
+            fetched = await event_times(bootstrap, TRANSACTIONS_RAW, night_at, who, observed_key, opener)
+            imported = await event_times(bootstrap, OPERATIONS, night_at, who, imported_key, opener)
+            categorized = await event_times(
+                bootstrap, CATEGORIZATIONS, night_at, who, categorized_key, opener
+            )
+        finally:
+            opener.close()
 
     stages: dict[str, list[float]] = {
         "end_to_end": [],

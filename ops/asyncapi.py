@@ -20,9 +20,9 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from pydantic import Field, create_model
 
-from ops.catalog import CATALOG, DLQ_DOC, EventDoc, TopicDoc
+from ops.catalog import CATALOG, DLQ_DOC, ConsumerDoc, EventDoc, TopicDoc
 from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, event_type
-from shared.topics import DLQ, TOPICS
+from shared.topics import DLQ, SEALED_TOPICS, TOPICS
 
 DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 TITLE = "Budgetfacile banksync events"
@@ -32,6 +32,11 @@ DESCRIPTION = (
     f"(`content-type: {CLOUDEVENTS_CONTENT_TYPE}`, Kafka headers `ce_type` and `ce_id` repeat the type "
     "and id), keyed by the topic's partition key. `type` is `fr.budgetfacile.banksync.<name>.v1`; the "
     "extensions `userid` and `correlationid` name the user and the sync run or request that caused it. "
+    f"On {', '.join(f'`{t}`' for t in sorted(SEALED_TOPICS))} the `data` of a user's event is sealed with "
+    "that user's key (crypto-shredding, see README): `datacontenttype` is `application/jose` and `data` a "
+    "JWE compact serialisation (`dir`, `A256GCM`, the event id bound in its protected header) whose "
+    "plaintext is the JSON object described here; the attributes stay in clear. Erasing the user destroys "
+    "the key. "
     "Generated from the code by `banksync asyncapi`; do not edit by hand."
 )
 
@@ -108,11 +113,21 @@ def build_broker() -> KafkaBroker:
             broker.subscriber(
                 topic.name,
                 group_id=consumer.group,
-                title=f"{topic.name}:{consumer.service}:receive",
+                title=receive_operation(topic, consumer),
                 description=f"{consumer.service} reads {', '.join(f'`{e.name}`' for e in reads)}{group}.",
             )(_handler(topic_payload(reads, topic.events)))
     broker.publisher(DLQ, title=f"{DLQ}:any-consumer:send", description=DLQ_DOC, schema=bytes)
     return broker
+
+
+def receive_operation(topic: TopicDoc, consumer: ConsumerDoc) -> str:
+    """The AsyncAPI operation of one consumer of a topic; a service that reads the topic in two groups
+    (its erasures, say) has one per group."""
+    services = [c.service for c in topic.consumers]
+    reader = (
+        consumer.service if services.count(consumer.service) == 1 else f"{consumer.service}:{consumer.group}"
+    )
+    return f"{topic.name}:{reader}:receive"
 
 
 def document() -> dict[str, Any]:

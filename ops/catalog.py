@@ -31,6 +31,8 @@ from shared.schemas import (
     Payload,
     SyncRequested,
     TransactionObserved,
+    UserErased,
+    UserErasureRequested,
 )
 from shared.topics import (
     CATEGORIZATIONS,
@@ -220,14 +222,25 @@ CATALOG: tuple[TopicDoc, ...] = (
         ENTITLEMENTS,
         "user id",
         "entitlements",
-        "The resulting rights of a user after each change of plan or option (kept forever).",
-        (EventDoc("entitlement.changed", EntitlementChanged),),
+        "The resulting rights of a user after each change of plan or option (kept forever); erasures: "
+        "ops asks to erase a user (`user.erasure_requested`, the user's data key already destroyed) and "
+        "each service answers once it removed its documents (`user.erased`, written by every service).",
+        (
+            EventDoc("entitlement.changed", EntitlementChanged),
+            EventDoc("user.erasure_requested", UserErasureRequested),
+            EventDoc("user.erased", UserErased),
+        ),
         (
             reads(
                 "connector",
                 _default(ConnectorSettings, "entitlements_group"),
                 {"entitlement.changed": EntitlementChanged},
             ),
+            *(
+                reads(service, f"{service}-erasures", {"user.erasure_requested": UserErasureRequested})
+                for service in ("entitlements", "connector", "importer", "categorizer")
+            ),
+            reads("entitlements", "entitlements-erasures-answers", {"user.erased": UserErased}),
         ),
     ),
     TopicDoc(

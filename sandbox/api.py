@@ -210,6 +210,13 @@ def powens_router(store: Store, webhooks: WebhookSender) -> APIRouter:
     async def me(user_ref: str, request: Request) -> dict[str, Any]:
         return user_json(current_user(store, request, user_ref))
 
+    @router.delete("/users/{user_ref}", status_code=204)
+    async def delete_user(user_ref: str, request: Request) -> Response:
+        """Deletes the user and everything of theirs (Powens: a user's right to erasure)."""
+        user = current_user(store, request, user_ref)
+        store.delete_user(user.id)
+        return Response(status_code=204)
+
     @router.get("/users/{user_ref}/connections")
     async def list_connections(user_ref: str, request: Request) -> dict[str, Any]:
         user = current_user(store, request, user_ref)

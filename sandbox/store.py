@@ -346,6 +346,19 @@ class Store:
             self.user_connection_ids[user_id].remove(connection.id)
             return connection
 
+    def delete_user(self, user_id: int) -> None:
+        """Powens' `DELETE /users/{id}`: the user, its connections, accounts and transactions; its
+        tokens stop working."""
+        with self.lock:
+            for connection_id in list(self.user_connection_ids.get(user_id, [])):
+                self.delete_connection(user_id, connection_id)
+            self.user_connection_ids.pop(user_id, None)
+            user = self.users.pop(user_id, None)
+            if user is not None:
+                self.tokens.pop(user.token, None)
+            for code in [c for c, (owner, _) in self.codes.items() if owner == user_id]:
+                del self.codes[code]
+
     # --- accounts ------------------------------------------------------------------------------
     def _accounts_of(self, connection_id: int) -> list[Account]:
         return [self.accounts[a] for a in self.connection_account_ids.get(connection_id, [])]

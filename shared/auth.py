@@ -159,6 +159,34 @@ async def refusal(request: Request) -> Problem | None:
     return None
 
 
+def _all_dependants(dependant: Dependant) -> Iterator[Dependant]:
+    yield dependant
+    for sub in dependant.dependencies:
+        yield from _all_dependants(sub)
+
+
+async def only_known_query_parameters(request: Request) -> None:
+    """A query parameter the route does not take is a 422 `unknown_parameter` (after the auth refusal,
+    as every invalid request): a misspelt filter (`?catgory=`) would otherwise be ignored in silence,
+    and the answer would look like a filtered one."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if not isinstance(dependant, Dependant):
+        return
+    known = {param.alias for each in _all_dependants(dependant) for param in each.query_params}
+    unknown = sorted(set(request.query_params) - known)
+    if not unknown:
+        return
+    refused = await refusal(request)
+    if refused is not None:
+        raise refused
+    takes = ", ".join(sorted(known)) or "none"
+    raise Problem(
+        422,
+        "unknown_parameter",
+        f"Unknown query parameter(s) {', '.join(repr(name) for name in unknown)}; this route takes: {takes}.",
+    )
+
+
 def install_auth_before_validation(app: FastAPI) -> None:
     """Call after `install_problem_handlers`: wraps its handlers of invalid requests."""
     for error in (RequestValidationError, StarletteHTTPException):

@@ -15,13 +15,17 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from shared.events import CloudEvent
-from shared.kafka import cloudevent_headers
+from shared.kafka import cloudevent_headers, record_values
 from shared.metrics import EVENTS_PUBLISHED
+from shared.vault import EventSealer
 
 
 class BatchPublisher:
-    def __init__(self, bootstrap_servers: str, client_id: str, service: str = "") -> None:
+    def __init__(
+        self, bootstrap_servers: str, client_id: str, service: str = "", sealer: EventSealer | None = None
+    ) -> None:
         self.service = service
+        self.sealer = sealer
         self._producer: Any = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
@@ -55,10 +59,9 @@ class BatchPublisher:
             return
         await self.start()
         deliveries = []
-        for key, event in items:
-            headers = [(name, value.encode()) for name, value in cloudevent_headers(event).items()]
-            deliveries.append(
-                await self._producer.send(topic, event.to_json_bytes(), key=key.encode(), headers=headers)
-            )
+        records = await record_values(self.sealer, topic, items)
+        for key, event, value in records:
+            headers = [(name, text.encode()) for name, text in cloudevent_headers(event).items()]
+            deliveries.append(await self._producer.send(topic, value, key=key.encode(), headers=headers))
         await asyncio.gather(*deliveries)
-        EVENTS_PUBLISHED.labels(self.service, topic).inc(len(items))
+        EVENTS_PUBLISHED.labels(self.service, topic).inc(len(records))

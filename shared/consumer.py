@@ -4,6 +4,8 @@
   `banksync.dlq.v1` at once, with its original topic, partition, offset and the reason.
 - A handler failure is retried a bounded number of times, record by record; what still fails goes to
   the DLQ and the partition moves on.
+- A sealed record whose user was erased (its key destroyed, see shared.vault) is skipped and counted
+  (`banksync_shredded_records_total`): neither a DLQ entry nor an error.
 - The engines being unreachable (MongoDB down, Kafka away) is not a bad record: the batch is retried
   until they answer, and nothing is committed meanwhile, so nothing is lost.
 Offsets are committed only after the batch is handled (faststream AckPolicy.NACK_ON_ERROR with
@@ -32,6 +34,7 @@ from shared.events import CloudEvent
 from shared.logging import bind_context, clear_context, get_logger
 from shared.metrics import ERRORS, EVENTS_CONSUMED, HANDLER_LATENCY
 from shared.topics import DLQ
+from shared.vault import EventSealer, KeyDoesNotUnwrap, Shredded
 
 log = get_logger(__name__)
 
@@ -100,8 +103,11 @@ class TopicConsumer:
         max_attempts: int = 3,
         retry_base_s: float = 0.2,
         transient_backoff_cap_s: float = 5.0,
+        sealer: EventSealer | None = None,
     ) -> None:
         self.broker = broker
+        # opens sealed payloads; without one (tests of plain records), a sealed record is not valid
+        self.sealer = sealer
         self.service = service
         self.topic = topic
         self.models = models
@@ -139,19 +145,60 @@ class TopicConsumer:
     async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         started = time.perf_counter()
         parsed: list[Incoming] = []
-        for record in records:
-            incoming = await self._parse(record)
+        events = await self._until_keys_answer(records)
+        for record, event in zip(records, events, strict=True):
+            incoming = await self._parse(record, event)
             if incoming is not None:
                 parsed.append(incoming)
         if parsed:
             await self._handle_batch(parsed)
         HANDLER_LATENCY.labels(self.service, self.topic).observe(time.perf_counter() - started)
 
-    async def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Incoming | None:
+    async def _until_keys_answer(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> list[CloudEvent | Shredded | Exception]:
+        delay = 0.5
+        while True:
+            try:
+                return await self._events_of(records)
+            except KeyDoesNotUnwrap as exc:
+                # a configuration error, not a bad record: loud, and nothing is committed until it is fixed
+                ERRORS.labels(self.service, "consumer", "key_does_not_unwrap").inc()
+                log.error("vault_key_does_not_unwrap", topic=self.topic, error=str(exc), retry_in_s=delay)
+            except TRANSIENT_ERRORS as exc:
+                log.warning(
+                    "vault_unreachable_waiting", topic=self.topic, error=_short(exc), retry_in_s=delay
+                )
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.transient_backoff_cap_s)
+
+    async def _events_of(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> list[CloudEvent | Shredded | Exception]:
+        """Each record's event (one key lookup for the batch's sealed records), or why it is none."""
+        if self.sealer is not None:
+            return await self.sealer.open_many(self.topic, [record.value for record in records])
+        events: list[CloudEvent | Shredded | Exception] = []
+        for record in records:
+            try:
+                if record.value is None:
+                    raise ValueError("empty record value")
+                events.append(CloudEvent.from_json_bytes(record.value))
+            except ValueError as exc:
+                events.append(exc)
+        return events
+
+    async def _parse(
+        self, record: ConsumerRecord[bytes, bytes], opened: CloudEvent | Shredded | Exception
+    ) -> Incoming | None:
+        if isinstance(opened, Shredded):
+            # an erased user's record: unreadable by design, not an error
+            EVENTS_CONSUMED.labels(self.service, self.topic, "shredded").inc()
+            return None
         try:
-            if record.value is None:
-                raise ValueError("empty record value")
-            event = CloudEvent.from_json_bytes(record.value)
+            if isinstance(opened, Exception):
+                raise opened
+            event = opened
             model = self.models.get(event.name)
             if model is None:
                 # another producer's event type on a shared topic: not ours to handle, not an error
@@ -246,7 +293,15 @@ async def _raw_values(message: StreamMessage[Any]) -> Any:
 
 
 def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ValidationError):
+        # never the input: it may be a user's memo or amount, and this text goes to logs and DLQ headers
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        text = f"{type(exc).__name__}: {problems}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 500 else text[:497] + "..."
 
 

@@ -30,7 +30,7 @@ import httpx
 from shared.auth import issue_token
 from shared.kafka import start_group_at_end
 from shared.settings import DEV_JWT_SECRET
-from shared.topics import CATEGORIZATIONS, CONNECTIONS, OPERATIONS, TRANSACTIONS_RAW
+from shared.topics import CATEGORIZATIONS, CONNECTIONS, ENTITLEMENTS, OPERATIONS, TRANSACTIONS_RAW
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "local"
@@ -256,6 +256,10 @@ class Stack:
 
     def start(self, name: str, module: str, port: int | None = None, **env: str) -> ServiceProcess:
         port = port or free_port()
+        if module.startswith("services.") and "ERASURES_GROUP_ID" not in env:
+            # erasure requests of this stack only, from now on (the topic holds every earlier run's)
+            env["ERASURES_GROUP_ID"] = f"{name}-erasures-{self.database}"
+            start_groups_at_end(self.engines, {env["ERASURES_GROUP_ID"]: ENTITLEMENTS})
         proc = ServiceProcess(
             module, port, self.engines.service_env(**{**self.env, **env}), self.log_dir / f"{name}-{port}.log"
         )

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
 EVENT_TYPE_PREFIX = "fr.budgetfacile.banksync."
 EVENT_ID_NAMESPACE = uuid.UUID("6f1f8f2e-5b1c-4f0e-9a57-1b0d3c2a9e44")
+# extension attribute of `operation.categorized` ("true"/"false"): whether a category was found, in clear
+# beside the sealed data, so that the dashboard counts the categorised share without any user's key
+HAS_CATEGORY = "hascategory"
 
 
 def event_type(name: str) -> str:
@@ -74,8 +77,10 @@ class CloudEvent(BaseModel):
         subject: str | None = None,
         event_id: str | None = None,
         time: datetime | None = None,
+        extensions: dict[str, str] | None = None,
     ) -> CloudEvent:
         fields: dict[str, Any] = {
+            **(extensions or {}),
             "source": f"/banksync/{service}",
             "type": event_type(name),
             "subject": subject,

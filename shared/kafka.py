@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -15,6 +15,9 @@ from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
 from shared.topics import TOPICS, TopicSpec
+
+if TYPE_CHECKING:
+    from shared.vault import EventSealer
 
 log = get_logger(__name__)
 
@@ -36,26 +39,48 @@ def cloudevent_headers(event: CloudEvent) -> dict[str, str]:
     return {"content-type": CLOUDEVENTS_CONTENT_TYPE, "ce_type": event.type, "ce_id": event.id}
 
 
+async def record_values(
+    sealer: EventSealer | None, topic: str, items: list[tuple[str, CloudEvent]]
+) -> list[tuple[str, CloudEvent, bytes]]:
+    """What to write for each event: sealed where the topic carries bank data (with a sealer); the events
+    of erased users are left out (shared.vault)."""
+    if sealer is None:
+        return [(key, event, event.to_json_bytes()) for key, event in items]
+    values = await sealer.encode_many(topic, [event for _, event in items])
+    return [
+        (key, event, value) for (key, event), value in zip(items, values, strict=True) if value is not None
+    ]
+
+
 class EventPublisher:
     """Publishes CloudEvents in structured mode, keyed by the topic's partition key."""
 
-    def __init__(self, broker: KafkaBroker, service: str = "") -> None:
+    def __init__(self, broker: KafkaBroker, service: str = "", sealer: EventSealer | None = None) -> None:
         self._broker = broker
         self.service = service
+        self.sealer = sealer
 
     async def publish(self, topic: str, key: str, event: CloudEvent) -> None:
+        await self.publish_many(topic, [(key, event)])
+
+    async def publish_many(self, topic: str, items: list[tuple[str, CloudEvent]]) -> None:
+        """Send a batch concurrently; the producer batches them and keeps per-partition order per key."""
+        await asyncio.gather(
+            *(
+                self._send(topic, key, event, value)
+                for key, event, value in await record_values(self.sealer, topic, items)
+            )
+        )
+
+    async def _send(self, topic: str, key: str, event: CloudEvent, value: bytes) -> None:
         await self._broker.publish(
-            event.to_json_bytes(),
+            value,
             topic=topic,
             key=key.encode(),
             headers=cloudevent_headers(event),
             correlation_id=event.correlationid,
         )
         EVENTS_PUBLISHED.labels(self.service, topic).inc()
-
-    async def publish_many(self, topic: str, items: list[tuple[str, CloudEvent]]) -> None:
-        """Send a batch concurrently; the producer batches them and keeps per-partition order per key."""
-        await asyncio.gather(*(self.publish(topic, key, event) for key, event in items))
 
 
 async def ensure_topics(

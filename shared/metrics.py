@@ -32,3 +32,8 @@ NIGHT_UNFINISHED = Gauge(
     "Connections whose nightly sync was still queued or running when the night's window closed",
 )
 NIGHT_OVERRUNS = Counter("banksync_nightly_overruns_total", "Nights not finished inside their window")
+SHREDDED_RECORDS = Counter(
+    "banksync_shredded_records_total",
+    "Records of erased users: sealed records skipped because their key is gone, or events not written",
+    ["service", "topic", "outcome"],
+)

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +26,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from ops.kafka import inspector
-from shared.auth import install_auth_before_validation
+from shared.auth import install_auth_before_validation, only_known_query_parameters
 from shared.consumer import SUBSCRIPTIONS
 from shared.kafka import EventPublisher, make_broker
 from shared.logging import bind_context, clear_context, configure_logging, get_logger
@@ -34,6 +34,7 @@ from shared.metrics import CONSUMER_LAG, HTTP_LATENCY, HTTP_REQUESTS
 from shared.mongo import make_client, ping
 from shared.problems import PROBLEM_CONTENT_TYPE, install_problem_handlers, problem_responses
 from shared.settings import ServiceSettings
+from shared.vault import VAULT_COLLECTION, EventSealer, KeyVault
 
 CORRELATION_HEADER = "X-Correlation-ID"
 log = get_logger(__name__)
@@ -48,6 +49,8 @@ class Runtime:
     broker: KafkaBroker
     mongo: AsyncMongoClient[dict[str, Any]]
     publisher: EventPublisher
+    # seals the payloads that carry bank data with the user's key, and opens them (shared.vault)
+    sealer: EventSealer
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,7 +98,12 @@ def create_service_app(
     configure_logging(service, settings.log_level)
     broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"banksync-{service}")
     mongo = make_client(settings.mongodb_url)
-    runtime = Runtime(service, settings, broker, mongo, EventPublisher(broker, service))
+    vault = KeyVault(
+        mongo[settings.banksync_vault_database][VAULT_COLLECTION],
+        settings.banksync_token_key.get_secret_value(),
+    )
+    sealer = EventSealer(vault, service)
+    runtime = Runtime(service, settings, broker, mongo, EventPublisher(broker, service, sealer), sealer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,7 +127,13 @@ def create_service_app(
             await mongo.close()
             log.info("service_stopped")
 
-    app = FastAPI(title=f"banksync {service}", version="1.0.0", description=description, lifespan=lifespan)
+    app = FastAPI(
+        title=f"banksync {service}",
+        version="1.0.0",
+        description=description,
+        lifespan=lifespan,
+        dependencies=[Depends(only_known_query_parameters)],
+    )
     app.state.runtime = runtime
     app.state.jwt_secret = settings.banksync_jwt_secret.get_secret_value()
     install_problem_handlers(app, service)

@@ -18,6 +18,10 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap_servers: str = "localhost:9092"
     mongodb_url: str = "mongodb://localhost:27017"
     mongodb_database: str = "banksync"
+    # the users' data keys (shared.vault), in a database every service reaches
+    banksync_vault_database: str = "banksync_vault"
+    # the consumer group of erasure requests (shared.erasure); empty: `<service>-erasures`
+    erasures_group_id: str = ""
     aggregator_base_url: str = "http://localhost:8010"
     banksync_jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
     banksync_token_key: SecretStr = SecretStr(DEV_TOKEN_KEY)

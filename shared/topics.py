@@ -15,6 +15,10 @@ DLQ = "banksync.dlq.v1"
 
 DAY_MS = 24 * 3600 * 1000
 
+# topics whose payloads carry a user's bank data (memos, amounts, IBANs, balances, payees): their `data` is
+# sealed with the user's key (shared.vault); erasing the user destroys the key
+SEALED_TOPICS = frozenset({CONNECTIONS, TRANSACTIONS_RAW, OPERATIONS, CATEGORIZATIONS})
+
 
 @dataclass(frozen=True)
 class TopicSpec:

@@ -11,11 +11,13 @@ import pytest
 from services.importer.adapters import OperationStore
 from shared.devstack import ROOT, Engines, ensure_dir
 from shared.mongo import make_client
+from tests.kafka_helpers import use_vault
 
 
 @pytest.fixture(scope="session")
 def engines() -> Iterator[Engines]:
     started = Engines.start()
+    use_vault(started.mongodb_url)
     try:
         yield started
     finally:

@@ -38,7 +38,7 @@ from shared.topics import (
     SYNC_REQUESTS,
     TRANSACTIONS_RAW,
 )
-from tests.kafka_helpers import events_where
+from tests.kafka_helpers import events_where, opened
 from tests.polling import wait_for
 
 # ---- the bank's truth and the app's operations --------------------------------------------------------
@@ -95,6 +95,9 @@ class Outcome:
     wrong_categories: int
     # app accounts whose last balance check found the bank's balance and the operations apart
     balance_gaps: dict[str, str] = field(default_factory=dict)
+    # legs of a transfer between the user's accounts, and those whose other leg does not link back
+    transfer_legs: int = 0
+    broken_transfers: int = 0
 
     @property
     def exact(self) -> bool:
@@ -105,6 +108,7 @@ class Outcome:
             and not self.extra
             and self.wrong_categories == 0
             and not self.balance_gaps
+            and self.broken_transfers == 0
         )
 
 
@@ -157,7 +161,21 @@ def outcome(stack: Stack, user: str, truth: dict[str, set[str]], categories: Cat
         missing += len(ids - set(counts))
         extra += len(set(counts) - ids)
     extra += sum(len(ops) for account, ops in seen.items() if account not in truth)
-    wanted = categories.of([memo_of(op) for op in all_ops])
+    rules = categories.of([memo_of(op) for op in all_ops])
+    by_id = {op["id"]: op for op in all_ops}
+
+    def wanted(op: dict[str, Any]) -> str | None:
+        # a leg of a transfer between the user's own accounts is savings, whatever its memo's rules say
+        return "epargne" if op.get("transfer") else rules[memo_of(op)]
+
+    legs = [op for op in all_ops if op.get("transfer")]
+    broken = [
+        op
+        for op in legs
+        if (other := by_id.get(op["transfer"]["operation_id"])) is None
+        or (other.get("transfer") or {}).get("operation_id") != op["id"]
+        or other["account_id"] == op["account_id"]
+    ]
     return Outcome(
         expected=sum(len(ids) for ids in truth.values()),
         operations=len(all_ops),
@@ -165,9 +183,11 @@ def outcome(stack: Stack, user: str, truth: dict[str, set[str]], categories: Cat
         missing=missing,
         extra=extra,
         categorised=sum(1 for op in all_ops if op["category"]),
-        expected_categorised=sum(1 for op in all_ops if wanted[memo_of(op)]),
-        wrong_categories=sum(1 for op in all_ops if op["category"] != wanted[memo_of(op)]),
+        expected_categorised=sum(1 for op in all_ops if wanted(op)),
+        wrong_categories=sum(1 for op in all_ops if op["category"] != wanted(op)),
         balance_gaps=balance_gaps(stack, user),
+        transfer_legs=len(legs),
+        broken_transfers=len(broken),
     )
 
 
@@ -360,7 +380,7 @@ class TopicTail:
 
 def _event(value: bytes | None) -> CloudEvent | None:
     try:
-        return CloudEvent.from_json_bytes(value or b"")
+        return opened(value or b"")
     except ValueError:
         return None
 

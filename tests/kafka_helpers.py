@@ -2,12 +2,64 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.events import CloudEvent
+from shared.settings import DEV_TOKEN_KEY
+from shared.vault import BlockingOpener, Shredded, is_sealed
+
+
+@dataclass
+class _Vault:
+    """The users' keys of one set of engines (and one BANKSYNC_TOKEN_KEY), and the users not found there."""
+
+    mongodb_url: str
+    opener: BlockingOpener
+    misses: set[str] = field(default_factory=set)
+
+
+# the vaults of the engines the tests started (tests/conftest.py, private engines, stacks with their own
+# token key): where the services keep the users' data keys
+_VAULTS: list[_Vault] = []
+
+
+def use_vault(mongodb_url: str, token_key: str = DEV_TOKEN_KEY) -> None:
+    """Records of services started with this `BANKSYNC_TOKEN_KEY` on these engines open from now on."""
+    _VAULTS.append(_Vault(mongodb_url, BlockingOpener(mongodb_url, token_key, timeout_ms=5000)))
+
+
+def drop_vault(mongodb_url: str) -> None:
+    """Engines about to stop: their vault is asked no more."""
+    for vault in [v for v in _VAULTS if v.mongodb_url == mongodb_url]:
+        _VAULTS.remove(vault)
+        vault.opener.close()
+
+
+def opened(value: bytes | None) -> CloudEvent:
+    """A record value as the services read it: sealed payloads opened with the user's key (from whichever
+    vault holds it). Raises ValueError for what is no CloudEvent, and for a record whose key no vault
+    gives (an erased user)."""
+    if not _VAULTS:
+        return CloudEvent.from_json_bytes(value or b"")
+    user = _VAULTS[0].opener.user_of(value)
+    for vault in list(_VAULTS):
+        if user in vault.misses:
+            continue
+        try:
+            event = vault.opener.open(value)
+        except ValueError:
+            if not is_sealed(json.loads(value or b"")):
+                raise
+            event = Shredded(user, "")  # that vault cannot be read now: the key is not to be had there
+        if not isinstance(event, Shredded):
+            return event
+        vault.misses.add(user)
+    raise ValueError(f"the data key of {user} is in no vault (erased)")
 
 
 async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
@@ -50,7 +102,7 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[str, CloudEvent, di
     out: list[tuple[str, CloudEvent, dict[str, str]]] = []
     for key, value, headers, _, _ in await read_raw(bootstrap, topic):
         try:
-            out.append((key, CloudEvent.from_json_bytes(value), headers))
+            out.append((key, opened(value), headers))
         except ValueError:
             continue
     return out

@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ops.lag import GroupSnapshot, LagRow
-from shared.events import EVENT_TYPE_PREFIX
+from shared.events import EVENT_TYPE_PREFIX, HAS_CATEGORY
 from shared.topics import CATEGORIZATIONS, OPERATIONS, SYNC_STATUS, TRANSACTIONS_RAW
+from shared.vault import SEALED_CONTENT_TYPE
 
 MINUTES_KEPT = 60
 SECONDS_KEPT = 120
@@ -94,7 +95,9 @@ class DashboardState:
         try:
             event = json.loads(value or b"")
             type_ = event["type"]
-            data = event.get("data") or {}
+            # a user's bank data is sealed with their key (shared.vault): the dashboard reads the
+            # attributes only, and needs no key
+            data = {} if event.get("datacontenttype") == SEALED_CONTENT_TYPE else event.get("data") or {}
             if not isinstance(type_, str) or not isinstance(data, dict):
                 raise ValueError("not a CloudEvent")
         except (ValueError, KeyError, TypeError):
@@ -116,7 +119,7 @@ class DashboardState:
             self.imported_per_second[second] += 1
         elif topic == CATEGORIZATIONS and name == "operation.categorized":
             self.categorized_total += 1
-            if data.get("category") is not None:
+            if data.get("category") is not None or event.get(HAS_CATEGORY) == "true":
                 self.categorized_with_category += 1
         self._trim(minute, second)
         self.version += 1

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr
 
 from services.connector.api import ops, public, users
 from services.connector.domain import NightlyWindow, spreading_span
+from services.connector.erasure import ConnectorEraser
 from services.connector.gate import SyncGate
 from services.connector.handlers import ConnectorConfig, ConnectorHandlers
 from services.connector.powens import PowensClient, RetryPolicy
@@ -18,6 +19,7 @@ from services.connector.repository import ConnectorRepository
 from services.connector.security import StateSigner, TokenCipher
 from shared.batch_publisher import BatchPublisher
 from shared.consumer import Incoming, TopicConsumer, data_of
+from shared.erasure import subscribe_erasures
 from shared.logging import get_logger
 from shared.schemas import AccountBalanceChecked, AccountDeleted, EntitlementChanged, Payload, SyncRequested
 from shared.service import Runtime, create_service_app
@@ -66,15 +68,18 @@ async def wire(runtime: Runtime) -> None:
         ),
     )
     jwt_secret = settings.banksync_jwt_secret.get_secret_value()
+    cipher = TokenCipher(settings.banksync_token_key.get_secret_value())
     # started here, not on first use: concurrent first publishes (a run's accounts) would start it twice
-    lines_publisher = BatchPublisher(settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-lines", SERVICE)
+    lines_publisher = BatchPublisher(
+        settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-lines", SERVICE, runtime.sealer
+    )
     await lines_publisher.start()
     handlers = ConnectorHandlers(
         repository,
         powens,
         SyncGate(repository, settings.entitlements_url, jwt_secret),
         runtime.publisher,
-        TokenCipher(settings.banksync_token_key.get_secret_value()),
+        cipher,
         StateSigner(jwt_secret),
         ConnectorConfig(
             callback_base_url=settings.connector_url.rstrip("/"),
@@ -88,6 +93,7 @@ async def wire(runtime: Runtime) -> None:
         lines_publisher=lines_publisher,
     )
     runtime.extras["handlers"] = handlers
+    subscribe_erasures(runtime, ConnectorEraser(repository, powens, cipher).erase_user)
 
     slots = asyncio.Semaphore(settings.sync_concurrency)
 
@@ -113,7 +119,12 @@ async def wire(runtime: Runtime) -> None:
             )
 
     TopicConsumer(
-        runtime.broker, SERVICE, SYNC_REQUESTS, {"sync.requested": SyncRequested}, on_sync_requests
+        runtime.broker,
+        SERVICE,
+        SYNC_REQUESTS,
+        {"sync.requested": SyncRequested},
+        on_sync_requests,
+        sealer=runtime.sealer,
     ).subscribe(settings.sync_workers_group, max_records=max(10, 2 * settings.sync_concurrency))
     TopicConsumer(
         runtime.broker, SERVICE, ENTITLEMENTS, {"entitlement.changed": EntitlementChanged}, on_entitlements
@@ -128,7 +139,9 @@ async def wire(runtime: Runtime) -> None:
             ]
         )
 
-    TopicConsumer(runtime.broker, SERVICE, OPERATIONS, dict(IMPORTER_EVENTS), on_importer_events).subscribe(
+    TopicConsumer(
+        runtime.broker, SERVICE, OPERATIONS, dict(IMPORTER_EVENTS), on_importer_events, sealer=runtime.sealer
+    ).subscribe(
         # a new group starts at the end: what matters is the deletions made from now on, not the topic's
         # whole history of operations
         settings.importer_events_group,

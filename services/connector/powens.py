@@ -116,6 +116,10 @@ class PowensClient:
         )
         return _with_all_accounts(body)
 
+    async def delete_user(self, token: str) -> None:
+        """`DELETE /2.0/users/me`: the aggregator forgets the user, their connections and their data."""
+        await self._request("DELETE", "/2.0/users/me", token=token)
+
     async def delete_connection(self, token: str, connection_id: str) -> None:
         await self._request("DELETE", f"/2.0/users/me/connections/{connection_id}", token=token)
 

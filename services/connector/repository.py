@@ -49,6 +49,8 @@ class ConnectorRepository:
 
     async def create_indexes(self) -> None:
         await self.connections.create_index([("user_id", ASCENDING)])
+        # an erasure finds a user's activations by user
+        await self.activations.create_index([("user_id", ASCENDING)], name="by_user")
         await self.users.create_index([("id_user", ASCENDING)])
         await self.account_sync.create_index([("user_id", ASCENDING)])
         await self.seen.create_index([("account", ASCENDING)])

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from services.entitlements.domain import Option, OptionIncludedInPlan, Plan, cancel, change_plan, subscribe
+from services.entitlements.erasure import Erasures, erasure_view
 from services.entitlements.handlers import EntitlementsHandlers, view
-from shared.auth import BillingPrincipal, UserPrincipal
+from shared.auth import BillingPrincipal, OpsPrincipal, UserPrincipal
 from shared.problems import Problem, problem_responses
 from shared.service import correlation_id_of
 
@@ -51,6 +53,51 @@ def handlers_of(request: Request) -> EntitlementsHandlers:
 
 
 Handlers = Annotated[EntitlementsHandlers, Depends(handlers_of)]
+
+
+def erasures_of(request: Request) -> Erasures:
+    found: Erasures = request.app.state.runtime.extras["erasures"]
+    return found
+
+
+ErasuresDep = Annotated[Erasures, Depends(erasures_of)]
+ops_router = APIRouter(prefix="/v1/ops", tags=["erasure"], responses=problem_responses(401, 403, 422))
+
+
+class EraseAccepted(BaseModel):
+    erase_id: str
+
+
+class ServiceErased(BaseModel):
+    erased_at: datetime
+    documents_deleted: int
+
+
+class ErasureView(BaseModel):
+    erase_id: str
+    user_id: str
+    requested_at: datetime
+    state: Literal["in_progress", "done"]
+    # each service's answer; null until it has removed its documents of the user
+    services: dict[str, ServiceErased | None]
+
+
+@ops_router.post("/users/{user_id}/erase", status_code=202, response_model=EraseAccepted)
+async def erase_user(
+    user_id: str, request: Request, _: OpsPrincipal, erasures: ErasuresDep
+) -> dict[str, str]:
+    """Erases the user from every service (RGPD art. 17): their data key is destroyed at once (their
+    records in the event log no longer open), then each service removes its documents. Idempotent."""
+    doc = await erasures.request(user_id, correlation_id_of(request))
+    return {"erase_id": doc["_id"]}
+
+
+@ops_router.get("/erasures/{erase_id}", response_model=ErasureView, responses=problem_responses(404))
+async def get_erasure(erase_id: str, _: OpsPrincipal, erasures: ErasuresDep) -> dict[str, Any]:
+    doc = await erasures.registry.get(erase_id)
+    if doc is None:
+        raise Problem(404, "unknown_erasure", f"No erasure {erase_id!r}.")
+    return erasure_view(doc)
 
 
 def known_option(option: str) -> Option:

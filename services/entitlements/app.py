@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.entitlements.adapters import EntitlementsRepository
-from services.entitlements.api import router
+from services.entitlements.api import ops_router, router
+from services.entitlements.erasure import wire_erasures
 from services.entitlements.handlers import EntitlementsHandlers
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
@@ -17,6 +18,7 @@ async def wire(runtime: Runtime) -> None:
     repository = EntitlementsRepository(runtime.db)
     await repository.create_indexes()
     runtime.extras["handlers"] = EntitlementsHandlers(repository, runtime.publisher)
+    runtime.extras["erasures"] = wire_erasures(runtime, repository)
 
 
 async def relay_outbox(runtime: Runtime) -> None:
@@ -28,7 +30,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return create_service_app(
         SERVICE,
         settings or ServiceSettings(),
-        routers=[router],
+        routers=[router, ops_router],
         on_startup=[wire],
         background=[relay_outbox],
         description="Plans, the Auto-Import option and the sync gate.",

@@ -31,6 +31,7 @@ from shared.logging import get_logger
 from shared.mongo import make_client
 from shared.settings import ServiceSettings
 from shared.topics import TRANSACTIONS_RAW
+from shared.vault import VAULT_COLLECTION, EventSealer, KeyVault, Shredded
 
 log = get_logger(__name__)
 BATCH = 500
@@ -50,6 +51,8 @@ class ReplayResult:
     records_read: int = 0
     records_matched: int = 0
     records_rejected: int = 0
+    # records of an erased user: their key is gone, they are skipped (shared.vault)
+    records_shredded: int = 0
     stats: ImportStats = field(default_factory=ImportStats)
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     finished_at: dt.datetime | None = None
@@ -79,18 +82,31 @@ def partition_for(key: str, partitions: list[int]) -> int:
     return chosen
 
 
-def _parse(value: bytes | None, key: str) -> RawRecord | None:
+def _parse(opened: CloudEvent | Exception, key: str) -> RawRecord | None:
     """A line or a balance (`account.synced`), as the consumer reads them; None for anything else."""
-    if value is None:
+    if isinstance(opened, Exception):
         return None
     try:
-        event = CloudEvent.from_json_bytes(value)
-        model = RAW_MODELS.get(event.name)
+        model = RAW_MODELS.get(opened.name)
         if model is None:
             return None
-        return raw_record(event, model.model_validate(event.data), key)
+        return raw_record(opened, model.model_validate(opened.data), key)
     except (ValidationError, ValueError):
         return None
+
+
+async def _opened(
+    sealer: EventSealer | None, topic: str, values: list[bytes | None]
+) -> list[CloudEvent | Shredded | Exception]:
+    if sealer is not None:
+        return await sealer.open_many(topic, values)
+    opened: list[CloudEvent | Shredded | Exception] = []
+    for value in values:
+        try:
+            opened.append(CloudEvent.from_json_bytes(value or b""))
+        except ValueError as exc:
+            opened.append(exc)
+    return opened
 
 
 async def replay_into(
@@ -103,6 +119,7 @@ async def replay_into(
     topic: str = TRANSACTIONS_RAW,
     batch: int = BATCH,
     result: ReplayResult | None = None,
+    sealer: EventSealer | None = None,
 ) -> ReplayResult:
     """Replays into `importer`; `result` (updated as it goes) lets a caller follow the progress."""
     key = account_key(user_id, aggregator_account_id)
@@ -137,6 +154,7 @@ async def replay_into(
             fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=batch)
             records = fetched.get(tp, [])
             idle_polls = 0 if records else idle_polls + 1
+            values: list[bytes | None] = []
             for record in records:
                 position = result.position = record.offset + 1
                 if record.offset >= end:
@@ -145,7 +163,12 @@ async def replay_into(
                 if record.key is None or record.key.decode(errors="replace") != key:
                     continue
                 result.records_matched += 1
-                raw = _parse(record.value, key)
+                values.append(record.value)
+            for opened in await _opened(sealer, topic, values):
+                if isinstance(opened, Shredded):
+                    result.records_shredded += 1
+                    continue
+                raw = _parse(opened, key)
                 if raw is None:
                     result.records_rejected += 1
                     continue
@@ -181,11 +204,16 @@ async def replay_account(
     await broker.start()
     try:
         db = mongo[settings.mongodb_database]
+        vault = KeyVault(
+            mongo[settings.banksync_vault_database][VAULT_COLLECTION],
+            settings.banksync_token_key.get_secret_value(),
+        )
+        sealer = EventSealer(vault, "importer")
         importer = Importer(
-            StateStore(db), OperationStore(db), AccountStore(db), EventPublisher(broker, "importer")
+            StateStore(db), OperationStore(db), AccountStore(db), EventPublisher(broker, "importer", sealer)
         )
         return await replay_into(
-            importer, settings.kafka_bootstrap_servers, user_id, aggregator_account_id, since
+            importer, settings.kafka_bootstrap_servers, user_id, aggregator_account_id, since, sealer=sealer
         )
     finally:
         await broker.stop()

@@ -15,6 +15,7 @@ from shared.devstack import ServiceProcess, running_service
 from shared.events import CloudEvent
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import ENTITLEMENTS
+from tests.kafka_helpers import opened
 
 pytestmark = pytest.mark.engines
 
@@ -49,10 +50,10 @@ async def events_for(bootstrap: str, user: str, expected: int, within_s: float =
         while len(found) < expected and loop.time() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
-                found += [CloudEvent.from_json_bytes(r.value) for r in records if r.key == user.encode()]
+                found += [opened(r.value) for r in records if r.key == user.encode()]
         # read a little more to see that nothing extra follows
         for records in (await consumer.getmany(timeout_ms=1000)).values():
-            found += [CloudEvent.from_json_bytes(r.value) for r in records if r.key == user.encode()]
+            found += [opened(r.value) for r in records if r.key == user.encode()]
     finally:
         await consumer.stop()
     return found

@@ -38,7 +38,7 @@ from tests.faults import (
     settle,
     sync_completes,
 )
-from tests.kafka_helpers import read_all, read_raw
+from tests.kafka_helpers import drop_vault, read_all, read_raw, use_vault
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
@@ -52,9 +52,11 @@ def private_engines() -> Iterator[Engines]:
     if not started.owned:
         started.stop()
         pytest.skip("external engines (KAFKA_BOOTSTRAP_SERVERS, MONGODB_URL) cannot be stopped by the tests")
+    use_vault(started.mongodb_url)  # the records these engines' services seal open with their keys
     try:
         yield started
     finally:
+        drop_vault(started.mongodb_url)
         started.stop()
 
 

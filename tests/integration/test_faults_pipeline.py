@@ -65,7 +65,7 @@ from tests.faults import (
     settle,
     sync_completes,
 )
-from tests.kafka_helpers import read_raw
+from tests.kafka_helpers import opened, read_raw
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
@@ -260,14 +260,14 @@ def test_the_same_records_delivered_twice_change_nothing(stack):
         again = settle(stack, user, truth)
         # the importer announced nothing new; the categorizer restated what it had said, same ids
         assert tail.count(OPERATIONS, user) == len(before[OPERATIONS])  # only the re-sent ones
-        original_ids = {CloudEvent.from_json_bytes(v).id for _, v, _ in before[CATEGORIZATIONS]}
+        original_ids = {opened(v).id for _, v, _ in before[CATEGORIZATIONS]}
         assert {e.id for e in tail.events(CATEGORIZATIONS, user)} <= original_ids
     assert (again.operations, again.categorised) == (first.operations, first.categorised)
 
 
 def _user_of(value: bytes) -> str | None:
     try:
-        return CloudEvent.from_json_bytes(value).userid
+        return opened(value).userid
     except ValueError:
         return None
 
@@ -480,12 +480,18 @@ def test_poison_records_in_every_consumed_topic_go_to_the_dlq_and_the_stream_goe
     wait_for(lambda: {s["state"] for s in stack.status(user)} == {"paused"}, 30, "paused")
 
     # every consumer group of a topic dead-letters what it cannot read: on banksync.operations.v1 the
-    # connector (it follows account deletions and balance checks) too, for the records that are no
-    # CloudEvent at all (one of another type with a wrong schema is not its to judge)
+    # connector (it follows account deletions and balance checks) too, and on banksync.entitlements.v1
+    # every service (each follows erasure requests; entitlements the answers too, in a group of its own),
+    # for the records that are no CloudEvent at all (one of another type with a wrong schema is not
+    # theirs to judge)
     unreadable = {why for why, _ in poisons(user, "0", "0")[OPERATIONS][2][:3]}
+    also_reading = {
+        OPERATIONS: {"connector"},
+        ENTITLEMENTS: {"connector", "importer", "categorizer", "entitlements"},
+    }
 
     def expected(topic: str, service: str, why: str) -> set[str]:
-        return {service, "connector"} if topic == OPERATIONS and why in unreadable else {service}
+        return {service} | (also_reading.get(topic, set()) if why in unreadable else set())
 
     def dead_letters() -> dict[tuple[str, int, int], dict[str, dict[str, str]]]:
         found: dict[tuple[str, int, int], dict[str, dict[str, str]]] = {}

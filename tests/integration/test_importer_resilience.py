@@ -25,6 +25,7 @@ from shared.devstack import Engines, ServiceProcess, free_port, private_consumer
 from shared.events import CloudEvent, event_type
 from shared.settings import ServiceSettings
 from shared.topics import OPERATIONS, TRANSACTIONS_RAW
+from tests.kafka_helpers import opened
 from tests.polling import wait_for
 from tests.unit.importer.support import RawProducer, Txn, history, read_topic
 
@@ -67,7 +68,7 @@ async def imported_events(bootstrap: str, user: str, expected: int) -> list[Clou
         expected=expected,
         within_s=60,
     )
-    events = [CloudEvent.from_json_bytes(r.value) for r in records]
+    events = [opened(r.value) for r in records]
     return [e for e in events if e.type == event_type("operation.imported")]
 
 

@@ -20,7 +20,7 @@ from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.kafka import make_broker
 from shared.schemas import TransactionObserved
 from shared.topics import TOPICS, TRANSACTIONS_RAW
-from tests.kafka_helpers import read_raw
+from tests.kafka_helpers import opened, read_raw
 
 pytestmark = pytest.mark.engines
 
@@ -330,7 +330,7 @@ async def test_dlq_redrive_of_a_fixed_record_sends_the_fixed_value(engines, tmp_
     assert "(fixed value)" in out
     records = await raw_records_of(bootstrap, key)
     assert len(records) == 2
-    redriven = CloudEvent.from_json_bytes(records[1][1])
+    redriven = opened(records[1][1])
     assert TransactionObserved.model_validate(redriven.data).transaction.date.isoformat() == "2026-01-15"
     assert redriven.id == event["id"]  # the same event, fixed: a consumer recognises a re-send
 

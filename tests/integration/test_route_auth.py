@@ -169,6 +169,7 @@ def world(stack: Stack) -> dict[str, str]:
         **one_of_everything(stack, victim),
         "option": "auto_import",
         "replay_id": str(uuid.uuid4()),
+        "erase_id": str(uuid.uuid4()),
     }
 
 
@@ -197,6 +198,7 @@ def body_for(method: str, path: str, world: dict[str, str]) -> Any:
             "currency": "EUR",
             "label": "intrus",
         },
+        ("PATCH", "/v1/users/{user_id}/accounts/{account_id}/operations/{operation_id}"): {"label": "intrus"},
         ("POST", "/v1/ops/replay"): {
             "user_id": world["user_id"],
             "aggregator_account_id": world["aggregator_account_id"],

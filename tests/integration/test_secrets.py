@@ -39,7 +39,7 @@ from shared.devstack import WEBHOOK_SECRET, Stack, WebviewForm, new_user, pipeli
 from shared.mongo import make_client
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import CATEGORIZATIONS, DLQ, TOPICS
-from tests.kafka_helpers import events_where, read_raw
+from tests.kafka_helpers import events_where, read_raw, use_vault
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
@@ -257,7 +257,9 @@ def journey(stack: Stack, caller: Caller) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(engines, log_dir) -> Iterator[Stack]:
-    with pipeline_stack(engines, log_dir, DATABASE, BANKSYNC_TOKEN_KEY=TOKEN_KEY) as running:
+    use_vault(engines.mongodb_url, TOKEN_KEY)  # its users' keys are wrapped under its own token key
+    # every service shares the token key: it wraps the users' data keys, which they all read
+    with pipeline_stack(engines, log_dir, DATABASE, common_env={"BANKSYNC_TOKEN_KEY": TOKEN_KEY}) as running:
         yield running
 
 

@@ -77,3 +77,22 @@ def test_invalid_but_well_formed_body_is_refused_too():
         assert client.post("/v1/users/alice/things", json={"name": "x"}, headers=bearer("alice")).json() == {
             "name": "x"
         }
+
+
+def test_an_unknown_query_parameter_is_a_problem_not_silence():
+    """A misspelt filter is named back, after the auth refusal (which comes first, as for every bad input)."""
+    from fastapi.testclient import TestClient
+
+    from services.importer.app import create_app
+    from shared.auth import issue_token
+    from shared.settings import DEV_JWT_SECRET
+
+    client = TestClient(create_app())
+    own = {"Authorization": f"Bearer {issue_token(DEV_JWT_SECRET, 'u1')}"}
+    misspelt = client.get("/v1/users/u1/operations", params={"catgory": "energie"}, headers=own)
+    assert misspelt.status_code == 422
+    assert misspelt.json()["code"] == "unknown_parameter"
+    assert "'catgory'" in misspelt.json()["detail"]
+    assert "category" in misspelt.json()["detail"]
+    assert client.get("/v1/users/u2/operations", params={"catgory": "x"}, headers=own).status_code == 403
+    assert client.get("/v1/users/u1/operations", params={"catgory": "x"}).status_code == 401

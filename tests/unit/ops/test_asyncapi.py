@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from ops.asyncapi import DOCUMENT_PATH, document, document_text
+from ops.asyncapi import DOCUMENT_PATH, document, document_text, receive_operation
 from ops.catalog import CATALOG, event_names
 from ops.cli import app
 from shared.events import event_type
@@ -56,7 +56,7 @@ def test_each_topic_is_sent_by_its_producer_and_received_by_its_consumers():
     for topic in CATALOG:
         assert operations[f"{topic.name}:{topic.producer}:send"]["action"] == "send"
         for consumer in topic.consumers:
-            assert operations[f"{topic.name}:{consumer.service}:receive"]["action"] == "receive"
+            assert operations[receive_operation(topic, consumer)]["action"] == "receive"
 
 
 def test_the_file_is_json():

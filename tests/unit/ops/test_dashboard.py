@@ -89,6 +89,23 @@ def test_categorisation_rate_counts_non_null_categories():
     assert state.snapshot(NOW)["categorization"] == {"total": 4, "categorized": 3, "rate": 0.75}
 
 
+def test_sealed_records_are_counted_from_their_attributes_without_any_key():
+    state = DashboardState()
+
+    def sealed(name: str, **extensions: str) -> bytes:
+        envelope = {"type": event_type(name), "userid": "u1", "datacontenttype": "application/jose"}
+        return json.dumps({**envelope, "data": "eyJhbGciOiJkaXIifQ..AAAA.BBBB.CCCC", **extensions}).encode()
+
+    state.apply(TRANSACTIONS_RAW, "u1:a", sealed("transaction.observed"), NOW_MS)
+    state.apply(OPERATIONS, "u1:a", sealed("operation.imported"), NOW_MS)
+    state.apply(CATEGORIZATIONS, "u1:a", sealed("operation.categorized", hascategory="true"), NOW_MS)
+    state.apply(CATEGORIZATIONS, "u1:a", sealed("operation.categorized", hascategory="false"), NOW_MS)
+    snap = state.snapshot(NOW)
+    assert snap["unreadable"] == 0
+    assert snap["categorization"] == {"total": 2, "categorized": 1, "rate": 0.5}
+    assert snap["events"]["transaction.observed"] == 1
+
+
 def test_unreadable_records_are_counted_not_fatal():
     state = DashboardState()
     state.apply(SYNC_STATUS, "k", b"not json", NOW_MS)
