@@ -142,6 +142,13 @@ class CategorizedBy(Payload):
     keyword: str | None = None
 
 
+class TransferRef(Payload):
+    """The other leg of a transfer between two accounts of the same user."""
+
+    operation_id: str
+    account_id: str
+
+
 class Operation(Payload):
     """An operation as the importer's API shows it; `operation.*` events carry it whole."""
 
@@ -159,6 +166,8 @@ class Operation(Payload):
     category: str | None = None
     categorized_by: CategorizedBy | None = None
     aggregator_transaction_id: str | None = None
+    # one leg of a transfer between the user's own accounts: the other leg (absent or null otherwise)
+    transfer: TransferRef | None = None
 
 
 class OperationEvent(Payload):
@@ -184,6 +193,13 @@ class OperationCategorized(Payload):
     rules_version: int = Field(default=0, ge=0)
     # the operation's month (`YYYY-MM`), where the importer files the result; absent from older events
     month: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}$")
+    # the other leg when the operation is one leg of a transfer between the user's own accounts (then
+    # the category is `epargne` unless the user chose one); null when it is not, absent from older events
+    transfer: TransferRef | None = None
+    # how many times the user chose for this operation (a correction, or forgetting one, raises it): a
+    # categorisation with a higher `choice_version` replaces one with a lower, whatever their sources;
+    # with equal ones, `manual` beats rule results. 0 (absent) on older events.
+    choice_version: int = Field(default=0, ge=0)
 
 
 class EntitlementChanged(Payload):
@@ -198,3 +214,22 @@ class EntitlementChanged(Payload):
     version: int
     # who made the change: the billing backend or ops token's `sub` and scope (absent on older events)
     actor: dict[str, str] | None = None
+
+
+class UserErasureRequested(Payload):
+    """`user.erasure_requested` on banksync.entitlements.v1: ops asked to erase a user (RGPD art. 17).
+    The user's data key is already destroyed; every service removes its documents of the user."""
+
+    user_id: str
+    erase_id: str
+    requested_at: dt.datetime
+
+
+class UserErased(Payload):
+    """`user.erased` on banksync.entitlements.v1: one service removed every document it held of the user."""
+
+    user_id: str
+    erase_id: str
+    service: str
+    documents_deleted: int
+    erased_at: dt.datetime

@@ -51,6 +51,8 @@ from services.importer.domain import (
     BankBalance,
     ImportMode,
     Line,
+    OperationQuery,
+    Searchable,
     amount_of,
     categorization_rank,
 )
@@ -59,6 +61,7 @@ from shared.money import format_amount
 from shared.mongo import DUPLICATE_KEY, find_by_ids
 from shared.schemas import Operation
 from shared.sheets import Sheets, month_of
+from shared.text import search_key, search_keys, words_of
 
 Doc = dict[str, Any]
 
@@ -196,6 +199,7 @@ def to_operation(doc: Doc) -> Operation:
         category=doc.get("category"),
         categorized_by=categorized_by,
         aggregator_transaction_id=doc.get("aggregator_transaction_id"),
+        transfer=doc.get("transfer"),
     )
 
 
@@ -213,9 +217,27 @@ def bank_fields(line: Line) -> Doc:
         "cents": cents(line.amount),
         "memo": line.memo,
         "label": line.label,
+        "words": search_keys(line.memo, line.label),
         "status": line.status,
         "aggregator_transaction_id": line.txid,
     }
+
+
+def searchable(doc: Doc) -> Searchable:
+    """What a search looks at in an operation (as the app shows it, see `with_categorization`). The
+    words are stored at every write of the memo or the label (`words`); a document stored before has
+    them computed here, from the same fields, by the same function."""
+    words = doc.get("words")
+    payee = doc.get("payee")
+    return Searchable(
+        words=words if isinstance(words, list) else words_of(doc.get("memo") or "", doc.get("label") or ""),
+        cents=int(doc["cents"]) if doc.get("cents") is not None else cents(Decimal(str(doc["amount"]))),
+        status=doc.get("status", "booked"),
+        source=doc.get("source", "bank"),
+        reconciled=bool(doc.get("reconciled", False)),
+        category=doc.get("category"),
+        payee_id=payee.get("id") if isinstance(payee, dict) else None,
+    )
 
 
 CATEGORIZATION_DEFAULTS: Doc = {
@@ -224,6 +246,8 @@ CATEGORIZATION_DEFAULTS: Doc = {
     "categorized_by": None,
     "cat_src": None,
     "cat_rv": -1,
+    "cat_cv": 0,  # the choice number (OperationCategorized.choice_version)
+    "transfer": None,  # the other leg of a transfer between the user's accounts
 }
 
 
@@ -261,8 +285,10 @@ def categorization_of(doc: Doc) -> Doc:
 
 def stronger(entry: Doc, current: Doc) -> bool:
     """Whether a categorisation `entry` replaces `current` (see `categorization_rank`: at least its rank)."""
-    return categorization_rank(entry.get("cat_src"), int(entry.get("cat_rv", -1))) >= categorization_rank(
-        current.get("cat_src"), int(current.get("cat_rv", -1))
+    return categorization_rank(
+        entry.get("cat_src"), int(entry.get("cat_rv", -1)), int(entry.get("cat_cv") or 0)
+    ) >= categorization_rank(
+        current.get("cat_src"), int(current.get("cat_rv", -1)), int(current.get("cat_cv") or 0)
     )
 
 
@@ -314,16 +340,44 @@ class CategorizationSheets(Sheets):
 
 
 class OperationStore:
+    # the one-off rewrite of operations stored before their search keys (see `add_search_keys`)
+    SEARCH_KEYS_MIGRATION = "operations.search_keys"
+
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.coll: AsyncCollection[Doc] = db["operations"]
         self.sheets = CategorizationSheets(db)
+        self.migrations: AsyncCollection[Doc] = db["migrations"]
+
+    async def add_search_keys(self) -> int:
+        """Gives the operations stored before search keys existed their `words` (`shared.text.search_keys`),
+        once per database: a marker says it was done, so later starts do not read the collection again.
+        Returns how many operations it rewrote."""
+        if await self.migrations.find_one({"_id": self.SEARCH_KEYS_MIGRATION}) is not None:
+            return 0
+        updates = [
+            UpdateOne(
+                {"_id": doc["_id"]},
+                {"$set": {"words": search_keys(str(doc.get("memo") or ""), str(doc.get("label") or ""))}},
+            )
+            async for doc in self.coll.find({"words": {"$exists": False}}, {"memo": 1, "label": 1})
+        ]
+        await bulk_write_chunked(self.coll, updates)
+        with contextlib.suppress(DuplicateKeyError):
+            await self.migrations.insert_one(
+                {"_id": self.SEARCH_KEYS_MIGRATION, "at": dt.datetime.now(dt.UTC)}
+            )
+        return len(updates)
 
     async def create_indexes(self) -> None:
         await self.coll.create_index(
             [("account_id", ASCENDING), ("date", DESCENDING), ("_id", DESCENDING)], name="account_date"
         )
         await self.coll.create_index([("account_id", ASCENDING), ("month", DESCENDING)], name="account_month")
+        # a user's operations of a month, every account at once (the listing of all accounts)
+        await self.coll.create_index([("user_id", ASCENDING), ("month", DESCENDING)], name="user_month")
         await self.coll.create_index([("user_id", ASCENDING)], name="by_user")
+        # a search by the beginning of a word (`words` holds every word's beginnings, see search_keys)
+        await self.coll.create_index([("user_id", ASCENDING), ("words", ASCENDING)], name="user_words")
         await self.sheets.create_indexes()
 
     async def categorized(self, docs: Sequence[Doc]) -> list[Doc]:
@@ -372,6 +426,25 @@ class OperationStore:
         result = await self.coll.update_one({"_id": op_id, **guard}, update)
         return result.matched_count == 1
 
+    async def edit_manual(self, op_id: str, fields: Doc, *, unreconciled: bool) -> bool:
+        """Sets fields of a manual operation; with `unreconciled`, only while no bank line reconciles it
+        (the guard is in the write's filter). False when no such operation matched."""
+        guard: Doc = {"_id": op_id, "source": "manual"}
+        if unreconciled:
+            guard["reconciled_by"] = None
+        result = await self.coll.update_one(guard, {"$set": fields})
+        return result.matched_count == 1
+
+    async def delete_manual(self, op_id: str) -> bool:
+        """Deletes a manual operation that no bank line reconciles; False when none such matched."""
+        result = await self.coll.delete_one({"_id": op_id, "source": "manual", "reconciled_by": None})
+        return result.deleted_count == 1
+
+    async def refuse_line(self, op_id: str, ref: str) -> None:
+        """The user undid the match of this manual operation with the line `ref` (domain.line_ref):
+        reconcile mode never matches them again (`unmatched_lines`, see domain.ManualCandidate)."""
+        await self.coll.update_one({"_id": op_id}, {"$addToSet": {"unmatched_lines": ref}})
+
     async def delete_account(self, account_id: str) -> int:
         result = await self.coll.delete_many({"account_id": account_id})
         await self.sheets.delete_account(account_id)
@@ -395,42 +468,96 @@ class OperationStore:
         after: tuple[str, str] | None,
         limit: int,
     ) -> Page:
-        """Operations newest first (date, then id), `limit` of them after the cursor position.
+        """One account's operations newest first (see `search`), without other filters."""
+        return await self.search(
+            user_id,
+            [{"_id": account_id, "months": None if months is None else list(months)}],
+            OperationQuery(),
+            date_from=date_from,
+            date_to=date_to,
+            after=after,
+            limit=limit,
+        )
 
-        `months` is the account's list of months with operations (see AccountStore.add_months): the
-        page is read a month at a time, newest first, each an indexed read of one month, until it is
-        full, so its cost is the page's months, not the account's whole history (the local engine
-        orders and cuts what a filter returns itself). An account from before months were kept
-        (None) is read whole, as it was.
+    async def search(
+        self,
+        user_id: str,
+        accounts: Sequence[Doc],
+        query: OperationQuery,
+        *,
+        date_from: dt.date | None,
+        date_to: dt.date | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> Page:
+        """Operations of these accounts (documents with `_id` and `months`) that `query` takes, newest
+        first (date, then id: unique across accounts), `limit` of them after the cursor position.
+
+        `months` is an account's list of months with operations (see AccountStore.add_months): the page
+        is read a month at a time, newest first, until it is full, each read an index's range: the
+        account and the month (`account_month`), or for several accounts the user and the month
+        (`user_month`). The local engine pushes down only equalities, so `query` is applied here, to
+        what a month's read returns, and a query that looks at the category or the payee reads that
+        month's categorisation sheets too. A page's cost is the months it reads: a query that takes few
+        operations reads every month of the window (`date_from`, `date_to`) once. An account from before
+        months were kept (None) is read whole, as it was.
         """
-        query: Doc = {"account_id": account_id, "user_id": user_id}
         low = date_from.isoformat() if date_from is not None else None
         high = date_to.isoformat() if date_to is not None else None
 
-        def wanted(doc: Doc) -> bool:
+        def wanted(doc: Doc, ids: set[str]) -> bool:
             date = str(doc["date"])
             if (low is not None and date < low) or (high is not None and date > high):
                 return False
-            return after is None or (date, str(doc["_id"])) < after
+            if doc.get("account_id") not in ids or doc.get("user_id") != user_id:
+                return False
+            if after is not None and (date, str(doc["_id"])) >= after:
+                return False
+            return query.empty or query.takes_stored(searchable(doc))
 
-        if months is None:
-            docs = [doc for doc in await self.coll.find(query).to_list() if wanted(doc)]
-        else:
-            ceilings = [x for x in (high, after[0] if after else None) if x is not None]
-            top = min(ceilings)[:7] if ceilings else None
-            bottom = low[:7] if low is not None else None
-            docs = []
-            for month in sorted(set(months), reverse=True):
-                if (top is not None and month > top) or (bottom is not None and month < bottom):
-                    continue
-                if len(docs) > limit:
-                    break
-                docs += [
-                    doc for doc in await self.coll.find({**query, "month": month}).to_list() if wanted(doc)
-                ]
+        async def read(filter_: Doc, ids: set[str]) -> list[Doc]:
+            docs = [doc for doc in await self.coll.find(filter_).to_list() if wanted(doc, ids)]
+            if query.needs_categorization:
+                docs = [doc for doc in await self.categorized(docs) if query.takes(searchable(doc))]
+            return docs
+
+        key = search_key(query.words)
+        if key is not None:
+            # the user's operations that have the longest wanted word's beginning, whatever their month
+            # (index `user_words`): the cost is the matches, never the accounts' history
+            found = await read({"user_id": user_id, "words": key}, {str(a["_id"]) for a in accounts})
+            return await self._paged(found, limit, query)
+        docs: list[Doc] = []
+        for account in accounts:
+            if account.get("months") is None:
+                docs += await read({"account_id": account["_id"], "user_id": user_id}, {str(account["_id"])})
+        by_month = [a for a in accounts if a.get("months") is not None]
+        ids = {str(a["_id"]) for a in by_month}
+        months = {m for a in by_month for m in a["months"]}
+        ceilings = [x for x in (high, after[0] if after else None) if x is not None]
+        top = min(ceilings)[:7] if ceilings else None
+        bottom = low[:7] if low is not None else None
+        for month in sorted(months, reverse=True):
+            if (top is not None and month > top) or (bottom is not None and month < bottom):
+                continue
+            # every operation not read yet is older than the months read: enough of them, the page is full
+            if sum(1 for doc in docs if str(doc["date"])[:7] > month) > limit:
+                break
+            if len(by_month) == 1:
+                docs += await read(
+                    {"account_id": by_month[0]["_id"], "user_id": user_id, "month": month}, ids
+                )
+            else:
+                docs += await read({"user_id": user_id, "month": month}, ids)
+        return await self._paged(docs, limit, query)
+
+    async def _paged(self, docs: list[Doc], limit: int, query: OperationQuery) -> Page:
+        """The newest `limit` of what a search took, with their categorisation, and where the next starts."""
         docs.sort(key=lambda doc: (str(doc["date"]), str(doc["_id"])), reverse=True)
         more = len(docs) > limit
-        docs = await self.categorized(docs[:limit])
+        docs = docs[:limit]
+        if not query.needs_categorization:
+            docs = await self.categorized(docs)
         return Page(docs, (docs[-1]["date"], docs[-1]["_id"]) if more and docs else None)
 
     async def balances(self, user_id: str) -> dict[str, int]:
@@ -542,6 +669,8 @@ class AccountStore:
         await self.accounts.create_index([("user_id", ASCENDING)], name="by_user")
         await self.banks.create_index([("user_id", ASCENDING)], name="by_user")
         await self.links.create_index([("user_id", ASCENDING)], name="by_user")
+        # what the bank says of each aggregator account (an erasure finds them by user)
+        await self.details.create_index([("user_id", ASCENDING)], name="by_user")
         # the accounts whose latest balance check found a gap (the gauge counts them)
         await self.accounts.create_index([("balance_alarm", ASCENDING)], name="by_balance_alarm")
 
@@ -627,6 +756,9 @@ class AccountStore:
             {"_id": account_id},
             {"$set": {f"manual.{op_id}": {"date": date.isoformat(), "amount": str(amount)}}},
         )
+
+    async def remove_manual(self, account_id: str, op_id: str) -> None:
+        await self.accounts.update_one({"_id": account_id}, {"$unset": {f"manual.{op_id}": ""}})
 
     async def set_fields(self, account_id: str, fields: Doc) -> None:
         await self.accounts.update_one({"_id": account_id}, {"$set": fields})

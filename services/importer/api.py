@@ -1,4 +1,5 @@
-"""HTTP API of the contract: banks, accounts, links, operations with cursor paging, replay."""
+"""HTTP API of the contract: banks, accounts, links, operations (cursor paging, search filters, CSV export,
+edits of manual ones, undoing a reconciliation), replay."""
 
 from __future__ import annotations
 
@@ -9,14 +10,24 @@ import datetime as dt
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from services.importer.adapters import to_operation
-from services.importer.domain import ImportMode
-from services.importer.handlers import AccountService, CurrencyMismatch, Importer, UnknownAccount
+from services.importer import export
+from services.importer.adapters import Doc, to_operation
+from services.importer.domain import ImportMode, OperationQuery
+from services.importer.handlers import (
+    AccountService,
+    CurrencyMismatch,
+    Importer,
+    OperationRefused,
+    UnknownAccount,
+    UnknownOperation,
+)
 from services.importer.replay import ReplayResult, replay_into
 from shared.auth import OpsPrincipal, UserPrincipal
 from shared.logging import get_logger
@@ -24,6 +35,8 @@ from shared.money import InvalidAmount, to_amount
 from shared.problems import Problem, problem_responses
 from shared.schemas import Operation
 from shared.service import correlation_id_of
+from shared.text import words_of
+from shared.vault import EventSealer
 
 log = get_logger(__name__)
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
@@ -92,6 +105,19 @@ class LinkView(BaseModel):
     updated_at: dt.datetime | None = None
 
 
+def _exact_amount(value: str) -> str:
+    try:
+        return str(to_amount(value))
+    except InvalidAmount as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _plausible_date(value: dt.date) -> dt.date:
+    if not dt.date(1990, 1, 1) <= value <= dt.date(2100, 1, 1):
+        raise ValueError(f"implausible date {value.isoformat()}")
+    return value
+
+
 class ManualOperationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     date: IsoDate
@@ -102,17 +128,39 @@ class ManualOperationIn(BaseModel):
     @field_validator("amount")
     @classmethod
     def exact_amount(cls, value: str) -> str:
-        try:
-            return str(to_amount(value))
-        except InvalidAmount as exc:
-            raise ValueError(str(exc)) from None
+        return _exact_amount(value)
 
     @field_validator("date")
     @classmethod
     def plausible_date(cls, value: dt.date) -> dt.date:
-        if not dt.date(1990, 1, 1) <= value <= dt.date(2100, 1, 1):
-            raise ValueError(f"implausible date {value.isoformat()}")
-        return value
+        return _plausible_date(value)
+
+
+class ManualOperationPatch(BaseModel):
+    """What changes of a manual operation: a field left out (or null) stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    date: IsoDate | None = None
+    amount: str | None = Field(default=None, description='A decimal string, e.g. "-42.50" (never a float)')
+    currency: str | None = Field(default=None, pattern=CURRENCY_PATTERN)
+    label: str | None = Field(default=None, min_length=1, max_length=500)
+
+    @field_validator("amount")
+    @classmethod
+    def exact_amount(cls, value: str | None) -> str | None:
+        return None if value is None else _exact_amount(value)
+
+    @field_validator("date")
+    @classmethod
+    def plausible_date(cls, value: dt.date | None) -> dt.date | None:
+        return None if value is None else _plausible_date(value)
+
+
+class ReconciliationUndone(BaseModel):
+    operation: Operation = Field(description="The manual operation, unreconciled")
+    bank_operation: Operation | None = Field(
+        description="The bank line's own operation (null when the line is no longer known)"
+    )
 
 
 class OperationsPage(BaseModel):
@@ -168,6 +216,83 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     except (ValueError, TypeError, binascii.Error):
         raise Problem(400, "invalid_cursor", "The cursor is not one this API gave.") from None
     return date, op_id
+
+
+CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_-]*)?$"
+EXPORT_PAGE = 500
+
+
+def amount_bound(name: str, value: str | None) -> int | None:
+    """A bound of the amount filter, in cents; a bad one is a 422 `invalid_amount`."""
+    if value is None:
+        return None
+    try:
+        return int(to_amount(value) * 100)
+    except InvalidAmount:
+        raise Problem(
+            422, "invalid_amount", f'{name}: {value!r} is not a decimal amount (e.g. "-42.50")'
+        ) from None
+
+
+def operation_query(
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Words of the memo or the label, case and accents ignored: each must begin a word "
+            "(`elec` and `ÉLECTRICITÉ` both find `Électricité`)",
+        ),
+    ] = None,
+    category: Annotated[
+        str | None,
+        Query(
+            pattern=CATEGORY_PATTERN,
+            max_length=81,
+            description="That category and its children (`energie` takes `energie/electricite`)",
+        ),
+    ] = None,
+    payee_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    min_amount: Annotated[
+        str | None, Query(max_length=40, description='Lowest amount, a decimal string ("-100.00"), included')
+    ] = None,
+    max_amount: Annotated[
+        str | None, Query(max_length=40, description='Highest amount, a decimal string ("-10.00"), included')
+    ] = None,
+    status: Annotated[Literal["pending", "booked"] | None, Query()] = None,
+    source: Annotated[Literal["bank", "manual"] | None, Query()] = None,
+    reconciled: Annotated[bool | None, Query()] = None,
+) -> OperationQuery:
+    low, high = amount_bound("min_amount", min_amount), amount_bound("max_amount", max_amount)
+    if low is not None and high is not None and low > high:
+        raise Problem(422, "invalid_amount", "min_amount is above max_amount")
+    return OperationQuery(
+        words=tuple(words_of(q or "")),
+        category=category,
+        payee_id=payee_id,
+        min_cents=low,
+        max_cents=high,
+        status=status,
+        source=source,
+        reconciled=reconciled,
+    )
+
+
+Filters = Annotated[OperationQuery, Depends(operation_query)]
+DateFrom = Annotated[IsoDate | None, Query(alias="from")]
+DateTo = Annotated[IsoDate | None, Query(alias="to")]
+Limit = Annotated[int, Query(ge=1, le=500)]
+Cursor = Annotated[str | None, Query(max_length=500)]
+
+
+def unknown_operation(op_id: str) -> Problem:
+    return Problem(404, "unknown_operation", f"No operation {op_id!r} in this account of this user.")
+
+
+def page_view(items: list[Doc], next_after: tuple[str, str] | None) -> dict[str, Any]:
+    return {
+        "items": [to_operation(doc) for doc in items],
+        "next_cursor": encode_cursor(next_after) if next_after else None,
+    }
 
 
 # ---- user routes ---------------------------------------------------------------------------------------
@@ -280,27 +405,178 @@ async def list_operations(
     account_id: str,
     _: UserPrincipal,
     service: Service,
-    date_from: Annotated[IsoDate | None, Query(alias="from")] = None,
-    date_to: Annotated[IsoDate | None, Query(alias="to")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    query: Filters,
+    date_from: DateFrom = None,
+    date_to: DateTo = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> dict[str, Any]:
+    after = decode_cursor(cursor) if cursor else None
+    try:
+        page = await service.search_operations(
+            user_id, account_id, query, date_from=date_from, date_to=date_to, after=after, limit=limit
+        )
+    except UnknownAccount:
+        raise unknown_account(account_id) from None
+    return page_view(page.items, page.next_after)
+
+
+@users.get("/operations", response_model=OperationsPage, responses=problem_responses(400))
+async def list_all_operations(
+    user_id: str,
+    _: UserPrincipal,
+    service: Service,
+    query: Filters,
+    date_from: DateFrom = None,
+    date_to: DateTo = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """The operations of every account of the user, newest first (date, then id), with the same filters
+    and cursors as one account's."""
+    after = decode_cursor(cursor) if cursor else None
+    page = await service.search_operations(
+        user_id, None, query, date_from=date_from, date_to=date_to, after=after, limit=limit
+    )
+    return page_view(page.items, page.next_after)
+
+
+@users.get(
+    "/accounts/{account_id}/operations.csv",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The operations the filters take, newest first: UTF-8 with a byte order mark, "
+            "`;` between cells, decimal comma, dates DD/MM/YYYY, French column names",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(404),
+    },
+)
+async def export_operations(
+    user_id: str,
+    account_id: str,
+    _: UserPrincipal,
+    service: Service,
+    query: Filters,
+    date_from: DateFrom = None,
+    date_to: DateTo = None,
+) -> StreamingResponse:
+    """The account's operations as a CSV file, written a page at a time as it is sent."""
     try:
         account = await service.own_account(user_id, account_id)
     except UnknownAccount:
         raise unknown_account(account_id) from None
-    page = await service.operations.page(
-        user_id,
-        account_id,
-        months=account.get("months"),
-        date_from=date_from,
-        date_to=date_to,
-        after=decode_cursor(cursor) if cursor else None,
-        limit=limit,
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield export.head()
+        after: tuple[str, str] | None = None
+        while True:
+            page = await service.operations.search(
+                user_id,
+                [account],
+                query,
+                date_from=date_from,
+                date_to=date_to,
+                after=after,
+                limit=EXPORT_PAGE,
+            )
+            yield export.body(to_operation(doc) for doc in page.items)
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    filename = export.filename_of(str(account.get("name") or ""), dt.datetime.now(dt.UTC).date())
+    return StreamingResponse(
+        chunks(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": export.content_disposition(filename)},
     )
+
+
+@users.patch(
+    "/accounts/{account_id}/operations/{operation_id}",
+    response_model=Operation,
+    responses=problem_responses(404, 409),
+)
+async def edit_operation(
+    user_id: str,
+    account_id: str,
+    operation_id: str,
+    body: ManualOperationPatch,
+    request: Request,
+    _: UserPrincipal,
+    service: Service,
+) -> Operation:
+    """Changes a manual operation (the fields given). A bank operation: 409 `bank_operation`; the date
+    or amount of one reconciled with a bank line: 409 `reconciled_operation` (undo the match first)."""
+    try:
+        doc = await service.edit_manual_operation(
+            user_id,
+            account_id,
+            operation_id,
+            date=body.date,
+            amount=to_amount(body.amount) if body.amount is not None else None,
+            currency=body.currency,
+            label=body.label,
+            correlation_id=correlation_id_of(request),
+        )
+    except UnknownAccount:
+        raise unknown_account(account_id) from None
+    except UnknownOperation:
+        raise unknown_operation(operation_id) from None
+    except CurrencyMismatch as exc:
+        raise Problem(422, "currency_mismatch", str(exc)) from None
+    except OperationRefused as exc:
+        raise Problem(409, exc.code, str(exc)) from None
+    return to_operation(doc)
+
+
+@users.delete(
+    "/accounts/{account_id}/operations/{operation_id}",
+    status_code=204,
+    responses=problem_responses(404, 409),
+)
+async def delete_operation(
+    user_id: str, account_id: str, operation_id: str, request: Request, _: UserPrincipal, service: Service
+) -> Response:
+    """Deletes a manual operation. A bank operation: 409 `bank_operation`; one reconciled with a bank
+    line: 409 `reconciled_operation` (undo the match first)."""
+    try:
+        await service.delete_manual_operation(user_id, account_id, operation_id, correlation_id_of(request))
+    except UnknownAccount:
+        raise unknown_account(account_id) from None
+    except UnknownOperation:
+        raise unknown_operation(operation_id) from None
+    except OperationRefused as exc:
+        raise Problem(409, exc.code, str(exc)) from None
+    return Response(status_code=204)
+
+
+@users.delete(
+    "/accounts/{account_id}/operations/{operation_id}/reconciliation",
+    response_model=ReconciliationUndone,
+    responses=problem_responses(404, 409),
+)
+async def undo_reconciliation(
+    user_id: str, account_id: str, operation_id: str, request: Request, _: UserPrincipal, service: Service
+) -> dict[str, Any]:
+    """Undoes the match of a manual operation with a bank line: the line becomes an operation of its own
+    (categorised by the rules), the manual one is unreconciled, and reconcile mode never matches these
+    two again. One not reconciled: 409 `not_reconciled`."""
+    try:
+        manual, bank = await service.undo_reconciliation(
+            user_id, account_id, operation_id, correlation_id_of(request)
+        )
+    except UnknownAccount:
+        raise unknown_account(account_id) from None
+    except UnknownOperation:
+        raise unknown_operation(operation_id) from None
+    except OperationRefused as exc:
+        raise Problem(409, exc.code, str(exc)) from None
     return {
-        "items": [to_operation(doc) for doc in page.items],
-        "next_cursor": encode_cursor(page.next_after) if page.next_after else None,
+        "operation": to_operation(manual),
+        "bank_operation": to_operation(bank) if bank is not None else None,
     }
 
 
@@ -312,9 +588,10 @@ class Replays:
 
     KEEP = 100
 
-    def __init__(self, importer: Importer, bootstrap_servers: str) -> None:
+    def __init__(self, importer: Importer, bootstrap_servers: str, sealer: EventSealer) -> None:
         self.importer = importer
         self.bootstrap_servers = bootstrap_servers
+        self.sealer = sealer
         self.views: dict[str, ReplayView] = {}
         self.running: dict[str, ReplayResult] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -355,6 +632,7 @@ class Replays:
                 view.aggregator_account_id,
                 view.since,
                 result=live,
+                sealer=self.sealer,
             )
         except Exception as exc:
             log.exception("replay_failed", replay_id=view.replay_id)

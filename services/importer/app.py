@@ -8,6 +8,7 @@ from pydantic import Field
 
 from services.importer.adapters import AccountStore, OperationStore, StateStore
 from services.importer.api import Replays, ops, users
+from services.importer.erasure import ImporterEraser
 from services.importer.handlers import (
     RAW_MODELS,
     SERVICE,
@@ -21,10 +22,14 @@ from services.importer.handlers import (
     RawConsumerHandler,
 )
 from shared.consumer import TopicConsumer
+from shared.erasure import subscribe_erasures
+from shared.logging import get_logger
 from shared.schemas import OperationCategorized
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, TRANSACTIONS_RAW
+
+log = get_logger(__name__)
 
 
 class ImporterSettings(ServiceSettings):
@@ -47,17 +52,21 @@ async def wire(runtime: Runtime) -> None:
     settings = settings_of(runtime)
     state, operations, accounts = StateStore(runtime.db), OperationStore(runtime.db), AccountStore(runtime.db)
     await operations.create_indexes()
+    if rewritten := await operations.add_search_keys():
+        log.info("operations_given_search_keys", operations=rewritten)
     await accounts.create_indexes()
     importer = Importer(state, operations, accounts, runtime.publisher)
     runtime.extras["importer"] = importer
     runtime.extras["accounts"] = AccountService(importer)
-    runtime.extras["replays"] = Replays(importer, settings.kafka_bootstrap_servers)
+    runtime.extras["replays"] = Replays(importer, settings.kafka_bootstrap_servers, runtime.sealer)
 
     # the gauge of accounts in balance alarm holds from the start, not from the first account that changes
     await importer.recount_gaps()
 
     raw_handler = RawConsumerHandler(importer)
-    raw = TopicConsumer(runtime.broker, SERVICE, TRANSACTIONS_RAW, dict(RAW_MODELS), raw_handler)
+    raw = TopicConsumer(
+        runtime.broker, SERVICE, TRANSACTIONS_RAW, dict(RAW_MODELS), raw_handler, sealer=runtime.sealer
+    )
     raw_handler.dead_letter = raw.dead_letter
     raw.subscribe(settings.importer_group_id, max_records=settings.importer_max_records)
 
@@ -67,6 +76,7 @@ async def wire(runtime: Runtime) -> None:
         CATEGORIZATIONS,
         {"operation.categorized": OperationCategorized},
         CategorizedConsumerHandler(Categorizations(operations)),
+        sealer=runtime.sealer,
     )
     categorized.subscribe(
         settings.importer_categorizations_group_id,
@@ -79,8 +89,10 @@ async def wire(runtime: Runtime) -> None:
         CONNECTIONS,
         {"account.discovered": AccountDiscovered},
         DiscoveredConsumerHandler(AccountDetails(accounts, importer.locks)),
+        sealer=runtime.sealer,
     )
     discovered.subscribe(settings.importer_connections_group_id)
+    subscribe_erasures(runtime, ImporterEraser(runtime.db).erase_user)
 
 
 async def stop_replays(runtime: Runtime) -> None:

@@ -50,6 +50,8 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Generic, Protocol, TypeVar
 
+from shared.text import all_words_prefix
+
 PENDING_WINDOW_DAYS = 5
 BOOKING_EARLIER_SLACK_DAYS = 1
 MANUAL_WINDOW_DAYS = 4
@@ -236,6 +238,8 @@ class ManualCandidate:
     date: dt.date
     amount: Decimal
     reconciled_by: str | None = None
+    # lines (`line_ref`) whose match with it the user undid: never matched to it again
+    refused: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +276,21 @@ class AccountLines:
     def reconciliations(self) -> dict[str, Line]:
         """Manual operation id -> the line that reconciles it."""
         return {line.reconciles: line for line in self.lines.values() if line.reconciles is not None}
+
+    # -- what the user asks
+
+    def undo_reconciliation(self, manual_id: str, akey: str) -> Line | None:
+        """The user undoes the match of a manual operation: the line that reconciles it becomes an
+        operation of its own (an id of its own, the same on every retry), the manual operation a
+        candidate again, for any line but this one (`ManualCandidate.refused`: the caller records the
+        refusal on the manual operation). Returns the line, or None when no line reconciles it."""
+        line = next((x for x in self.lines.values() if x.reconciles == manual_id), None)
+        if line is None:
+            return None
+        own = replace(line, reconciles=None, op_id=operation_id(akey, line.txid, f"undone:{manual_id}"))
+        self._put(own)
+        self._release_reconciliation(manual_id)
+        return own
 
     # -- writing
 
@@ -544,6 +563,8 @@ class AccountLines:
         for manual in self.manual.values():
             if manual.reconciled_by not in (None, me) or manual.amount != line.amount:
                 continue
+            if me in manual.refused:
+                continue  # the user undid this very match
             gap = abs((manual.date - line.date).days)
             if gap > MANUAL_WINDOW_DAYS:
                 continue
@@ -796,11 +817,20 @@ class CategorizationLike(Protocol):
 C = TypeVar("C", bound=CategorizationLike)
 
 
-def categorization_rank(source: str | None, rules_version: int) -> tuple[int, int]:
-    """Which categorisation of an operation wins: the user's own choice over any rule result, then the
-    newer rule set; among equals, the later one. An operation's stored categorisation is replaced by
-    one of at least its rank (the write-back's guard says the same in the write's filter)."""
-    return (1, 0) if source == "manual" else (0, rules_version)
+def categorization_rank(
+    source: str | None, rules_version: int, choice_version: int = 0
+) -> tuple[int, int, int]:
+    """Which categorisation of an operation wins: the one that follows more of the user's choices
+    (`choice_version`: a correction, or forgetting one, raises it), then the user's own choice over any
+    rule result, then the newer rule set; among equals, the later one. An operation's stored
+    categorisation is replaced by one of at least its rank. So a choice is never overwritten by rules,
+    and once forgotten (`clear`) the rules' results replace it."""
+    return (choice_version, 1, 0) if source == "manual" else (choice_version, 0, rules_version)
+
+
+def choice_of(item: object) -> int:
+    """An item's `choice_version` (0 for one that has none: results from before choices were numbered)."""
+    return int(getattr(item, "choice_version", 0) or 0)
 
 
 def last_word_per_operation(items: Sequence[C]) -> list[C]:
@@ -810,8 +840,92 @@ def last_word_per_operation(items: Sequence[C]) -> list[C]:
     winners: dict[str, C] = {}
     for item in items:
         current = winners.get(item.operation_id)
-        if current is None or categorization_rank(item.source, item.rules_version) >= categorization_rank(
-            current.source, current.rules_version
-        ):
+        if current is None or categorization_rank(
+            item.source, item.rules_version, choice_of(item)
+        ) >= categorization_rank(current.source, current.rules_version, choice_of(current)):
             winners[item.operation_id] = item
     return list(winners.values())
+
+
+# ---- what the user may do to an operation ----------------------------------------------------------------
+
+
+def refusal_of_change(source: str, reconciled: bool, *, moves: bool) -> str | None:
+    """Why the user may not change an operation (a problem `code`), or None. A bank operation is the
+    bank's to change. A manual operation reconciled with a bank line keeps the date and amount that
+    matched it (`moves`: the change touches them, or deletes it) until the user undoes the match; its
+    label stays the user's to edit."""
+    if source != "manual":
+        return "bank_operation"
+    if reconciled and moves:
+        return "reconciled_operation"
+    return None
+
+
+# ---- searching operations ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Searchable:
+    """What a search looks at in an operation as the app shows it."""
+
+    words: Sequence[str]  # `shared.text.words_of(memo, label)`
+    cents: int
+    status: str
+    source: str
+    reconciled: bool
+    category: str | None
+    payee_id: str | None
+
+
+def in_category(category: str | None, wanted: str) -> bool:
+    """`energie` holds `energie` and its children (`energie/electricite`), not `energies`."""
+    return category is not None and (category == wanted or category.startswith(wanted + "/"))
+
+
+@dataclass(frozen=True, slots=True)
+class OperationQuery:
+    """The filters of a listing or an export; every one given must hold (an empty query takes all).
+
+    `words`: each must begin a word of the memo or the label (a whole word does), folded like them
+    (`shared.text.words_of`: no case, no accents), so `ELEC` and `électricité` both find `Électricité`.
+    Amount bounds are inclusive, in cents."""
+
+    words: tuple[str, ...] = ()
+    category: str | None = None
+    payee_id: str | None = None
+    min_cents: int | None = None
+    max_cents: int | None = None
+    status: str | None = None
+    source: str | None = None
+    reconciled: bool | None = None
+
+    @property
+    def needs_categorization(self) -> bool:
+        """Whether it looks at the payee or the category (kept in the categorisation sheets)."""
+        return self.category is not None or self.payee_id is not None
+
+    @property
+    def empty(self) -> bool:
+        return self == OperationQuery()
+
+    def takes_stored(self, op: Searchable) -> bool:
+        """The filters on what the operation's own document says (its categorisation aside)."""
+        if self.status is not None and op.status != self.status:
+            return False
+        if self.source is not None and op.source != self.source:
+            return False
+        if self.reconciled is not None and op.reconciled != self.reconciled:
+            return False
+        if self.min_cents is not None and op.cents < self.min_cents:
+            return False
+        if self.max_cents is not None and op.cents > self.max_cents:
+            return False
+        return all_words_prefix(self.words, op.words)
+
+    def takes(self, op: Searchable) -> bool:
+        if self.category is not None and not in_category(op.category, self.category):
+            return False
+        if self.payee_id is not None and op.payee_id != self.payee_id:
+            return False
+        return self.takes_stored(op)

@@ -42,6 +42,7 @@ from services.importer.adapters import (
     Doc,
     Link,
     OperationStore,
+    Page,
     StateStore,
     balance_fields,
     balance_state_of,
@@ -61,6 +62,7 @@ from services.importer.domain import (
     Line,
     ManualCandidate,
     Observation,
+    OperationQuery,
     Target,
     after_reports,
     amount_of,
@@ -70,6 +72,7 @@ from services.importer.domain import (
     in_key_order,
     last_word_per_operation,
     line_ref,
+    refusal_of_change,
     segments,
     version_of,
 )
@@ -88,6 +91,7 @@ from shared.schemas import (
     TransactionObserved,
 )
 from shared.sheets import Additions, SheetAddition, month_of
+from shared.text import search_keys
 from shared.topics import OPERATIONS
 
 SERVICE = "importer"
@@ -120,6 +124,18 @@ class UnknownAccount(Exception):
 
 class CurrencyMismatch(Exception):
     pass
+
+
+class UnknownOperation(Exception):
+    pass
+
+
+class OperationRefused(Exception):
+    """A change the user may not make; `code` is what the API answers (409)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # ---- ids -----------------------------------------------------------------------------------------------
@@ -421,6 +437,18 @@ class BankOperationFactory:
             changed["filed"] = sheet_id(before["account_id"], before["month"])
         rest = {k: v for k, v in self.new(line).items() if k not in changed and k != "_id"}
         return UpdateOne({"_id": line.op_id}, {"$set": changed, "$setOnInsert": rest}, upsert=True)
+
+
+def released_fields(manual: Doc) -> Doc:
+    """What a manual operation is once no bank line reconciles it (`manual`: as it was)."""
+    return {
+        "reconciled": False,
+        "reconciled_by": None,
+        "aggregator_transaction_id": None,
+        "memo": "",
+        "words": search_keys(str(manual.get("label") or "")),
+        "bank_status": None,
+    }
 
 
 class Announcer:
@@ -737,6 +765,7 @@ class Importer:
                 date=dt.date.fromisoformat(doc["date"]),
                 amount=Decimal(doc["amount"]),
                 reconciled_by=doc.get("reconciled_by"),
+                refused=frozenset(doc.get("unmatched_lines") or ()),
             )
             for op_id, doc in docs.items()
             if doc.get("source") == "manual" and doc.get("account_id") == account["_id"]
@@ -824,6 +853,7 @@ class Importer:
 
         for manual_id, line in changes.reconciled:
             fields = reconciled_by(line)
+            fields["words"] = search_keys(line.memo, str(existing.get(manual_id, {}).get("label") or ""))
             guard = {"reconciled_by": {"$in": [None, fields["reconciled_by"]]}}
             if not await self.operations.guarded_update(
                 manual_id, guard, {"$set": {**fields, "updated_at": now}}
@@ -832,20 +862,85 @@ class Importer:
             after[manual_id] = {**existing.get(manual_id, {}), **fields}
         for manual_id, line in changes.rereconciled:
             fields = reconciled_by(line)
+            fields["words"] = search_keys(line.memo, str(existing.get(manual_id, {}).get("label") or ""))
             await self.operations.guarded_update(manual_id, {}, {"$set": {**fields, "updated_at": now}})
             after[manual_id] = {**existing.get(manual_id, {}), **fields}
         for manual_id, line in changes.unreconciled:
-            fields = {
-                "reconciled": False,
-                "reconciled_by": None,
-                "aggregator_transaction_id": None,
-                "memo": "",
-                "bank_status": None,
-            }
+            fields = released_fields(existing.get(manual_id, {}))
             released: Doc = {"reconciled_by": line_ref(akey, line.txid)}
             await self.operations.guarded_update(manual_id, released, {"$set": {**fields, "updated_at": now}})
             after[manual_id] = {**existing.get(manual_id, {}), **fields}
         return after
+
+    # -- what the user undoes
+
+    async def undo_reconciliation(
+        self, account: Doc, manual_id: str, ref: str, correlation_id: str
+    ) -> Doc | None:
+        """The user undoes the match of the manual operation `manual_id` with the line `ref`: the line
+        becomes an operation of its own (announced `operation.imported`, so the categorizer categorises
+        it with the rules) and the manual operation a candidate again, never for that line (its
+        `unmatched_lines`). Returns the line's operation (None when the dedup state forgot the line).
+
+        Order, so that a retry after a crash anywhere converges: the refusal (no import matches the
+        pair again from then on), the line's operation (a deterministic id), the dedup state
+        (compare-and-set; a retry finds the line holding that operation), the events (deterministic
+        ids), then the manual operation released, guarded on `ref` (until then the undo is not done:
+        the manual operation still says it is reconciled, and a retry goes through again)."""
+        akey, _, txid = ref.rpartition("#")
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                async with self.locks.hold(akey), self.op_locks.hold(manual_id):
+                    return await self._undo_once(account, manual_id, akey, txid, correlation_id)
+            except Conflict:
+                log.info("undo_conflict_retrying", akey=akey, operation_id=manual_id)
+                await asyncio.sleep(0.05)
+        raise Conflict(f"{akey}: too many concurrent writers")
+
+    async def _undo_once(
+        self, account: Doc, manual_id: str, akey: str, txid: str, correlation_id: str
+    ) -> Doc | None:
+        ref = line_ref(akey, txid)
+        manual = await self.operations.get(manual_id)  # with its categorisation, for the event
+        if manual is None or manual.get("reconciled_by") != ref:
+            raise OperationRefused("not_reconciled", f"Operation {manual_id!r} is not reconciled meanwhile.")
+        user_id = str(manual["user_id"])
+        await self.operations.refuse_line(manual_id, ref)
+        stored = await self.state.load(akey)
+        work = stored.account_lines()
+        line = work.undo_reconciliation(manual_id, akey)
+        if line is None:  # the state already says so (a retry), or forgot the line
+            held = work.lines.get(txid)
+            line = held if held is not None and held.op_id is not None else None
+        bank_doc: Doc | None = None
+        if line is not None:
+            factory = BankOperationFactory(
+                user_id, str(account.get("currency") or "EUR"), akey, akey[len(user_id) + 1 :]
+            )
+            bank_doc = factory.new(line)
+            await self.accounts.add_months(line.account_id, [bank_doc["month"]])
+            await self.operations.insert_new([bank_doc])
+            if work.lines != stored.lines:
+                accounts = set(stored.accounts) | {line.account_id}
+                if not await self.state.save(
+                    stored, stored.user_id or user_id, work.lines.values(), accounts
+                ):
+                    raise Conflict(akey)
+        released = {**manual, **released_fields(manual)}
+        generations = await self._generations({account["_id"]: account}, [manual["account_id"]])
+        announcer = Announcer(user_id, {}, correlation_id, generations)
+        if bank_doc is not None:
+            announcer.add("operation.imported", bank_doc, txid)
+        announcer.add("operation.updated", released, txid, ref, "undone")
+        await self.publisher.publish_many(OPERATIONS, announcer.events)
+        fields = {**released_fields(manual), "updated_at": dt.datetime.now(dt.UTC)}
+        if not await self.operations.guarded_update(manual_id, {"reconciled_by": ref}, {"$set": fields}):
+            raise Conflict(f"manual operation {manual_id} changed meanwhile")
+        log.info(
+            "reconciliation_undone", user_id=user_id, operation_id=manual_id, line=ref,
+            bank_operation_id=bank_doc["_id"] if bank_doc else None,
+        )  # fmt: skip
+        return bank_doc
 
     async def _generations(self, known: dict[str, Doc], account_ids: Iterable[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -927,6 +1022,8 @@ def categorization_fields(item: OperationCategorized) -> Doc:
         "categorized_by": categorized_by,
         "cat_src": item.source,
         "cat_rv": item.rules_version,
+        "cat_cv": item.choice_version,
+        "transfer": item.transfer.model_dump() if item.transfer else None,
     }
 
 
@@ -1080,6 +1177,7 @@ class AccountService:
             "currency": currency,
             "memo": "",
             "label": label,
+            "words": search_keys(label),
             "status": "booked",
             "source": "manual",
             "reconciled": False,
@@ -1108,6 +1206,153 @@ class AccountService:
         )
         await self.publisher.publish(OPERATIONS, account_key(user_id, account_id), event)
         return doc, True
+
+    # operations: searching, and what the user changes
+
+    async def search_operations(
+        self,
+        user_id: str,
+        account_id: str | None,
+        query: OperationQuery,
+        *,
+        date_from: dt.date | None,
+        date_to: dt.date | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> Page:
+        """A page of one account's operations (`account_id`), or of every account of the user (None)."""
+        if account_id is not None:
+            accounts = [await self.own_account(user_id, account_id)]
+        else:
+            accounts = await self.accounts.list_accounts(user_id)
+        return await self.operations.search(
+            user_id, accounts, query, date_from=date_from, date_to=date_to, after=after, limit=limit
+        )
+
+    async def own_operation(self, user_id: str, account_id: str, op_id: str) -> Doc:
+        """The operation of this user's account, as the app shows it."""
+        await self.own_account(user_id, account_id)
+        doc = await self.operations.get(op_id)
+        if doc is None or doc.get("user_id") != user_id or doc.get("account_id") != account_id:
+            raise UnknownOperation(op_id)
+        return doc
+
+    def _refuse(self, doc: Doc, *, moves: bool) -> None:
+        code = refusal_of_change(str(doc.get("source", "bank")), bool(doc.get("reconciled")), moves=moves)
+        if code == "bank_operation":
+            raise OperationRefused(code, "A bank operation is the bank's: only a manual one can change.")
+        if code is not None:
+            raise OperationRefused(
+                code,
+                "This manual operation is reconciled with a bank line: undo the match "
+                "(DELETE .../reconciliation) before changing its date or amount, or deleting it.",
+            )
+
+    async def edit_manual_operation(
+        self,
+        user_id: str,
+        account_id: str,
+        op_id: str,
+        *,
+        date: dt.date | None,
+        amount: Decimal | None,
+        currency: str | None,
+        label: str | None,
+        correlation_id: str,
+    ) -> Doc:
+        """Changes what is given of a manual operation; announces `operation.updated` (a request that
+        changes nothing announces its latest state again, under the same event id)."""
+        account = await self.own_account(user_id, account_id)
+        if currency is not None and currency != account.get("currency", "EUR"):
+            raise CurrencyMismatch(f"the account is in {account.get('currency')}, not {currency}")
+        # the import path's locks: the account's document (FerretDB rewrites it whole on an update)
+        async with (
+            self.importer.locks.hold(*(account.get("sources") or [])),
+            self.importer.op_locks.hold(op_id),
+        ):
+            doc = await self.own_operation(user_id, account_id, op_id)
+            wanted: Doc = {}
+            if date is not None:
+                wanted |= {"date": date.isoformat(), "month": month_of(date)}
+            if amount is not None:
+                wanted |= {"amount": format_amount(amount), "cents": cents(amount)}
+            if currency is not None:
+                wanted["currency"] = currency
+            if label is not None:
+                wanted |= {"label": label, "words": search_keys(str(doc.get("memo") or ""), label)}
+            changed = {k: v for k, v in wanted.items() if doc.get(k) != v}
+            moves = any(k in changed for k in ("date", "cents"))
+            self._refuse(doc, moves=moves)
+            if changed:
+                changed["edits"] = int(doc.get("edits") or 0) + 1
+                if moves:  # the candidate first: reconcile mode must see what the operation now is
+                    new_date = date or dt.date.fromisoformat(doc["date"])
+                    new_amount = amount if amount is not None else Decimal(str(doc["amount"]))
+                    await self.accounts.add_manual(account_id, op_id, new_date, new_amount)
+                    await self.accounts.add_months(account_id, [month_of(new_date)])
+                now = dt.datetime.now(dt.UTC)
+                if not await self.operations.edit_manual(
+                    op_id, {**changed, "updated_at": now}, unreconciled=moves
+                ):
+                    self._refuse(
+                        {**doc, "reconciled": True}, moves=moves
+                    )  # a bank line reconciled it meanwhile
+                doc = {**doc, **changed, "updated_at": now}
+        event = CloudEvent.new(
+            service=SERVICE,
+            name="operation.updated",
+            data=OperationEvent(user_id=user_id, operation=to_operation(doc)).model_dump(mode="json"),
+            user_id=user_id,
+            correlation_id=correlation_id,
+            subject=op_id,
+            event_id=deterministic_event_id(
+                "operation.updated", op_id, "edit", str(doc.get("edits") or 0), str(account["generation"])
+            ),
+        )
+        await self.publisher.publish(OPERATIONS, account_key(user_id, account_id), event)
+        return doc
+
+    async def delete_manual_operation(
+        self, user_id: str, account_id: str, op_id: str, correlation_id: str
+    ) -> None:
+        """Deletes a manual operation and announces `operation.deleted`."""
+        account = await self.own_account(user_id, account_id)
+        async with (
+            self.importer.locks.hold(*(account.get("sources") or [])),
+            self.importer.op_locks.hold(op_id),
+        ):
+            doc = await self.own_operation(user_id, account_id, op_id)
+            self._refuse(doc, moves=True)
+            if not await self.operations.delete_manual(op_id):
+                self._refuse({**doc, "reconciled": True}, moves=True)  # a bank line reconciled it meanwhile
+            await self.accounts.remove_manual(account_id, op_id)
+        event = CloudEvent.new(
+            service=SERVICE,
+            name="operation.deleted",
+            data=OperationEvent(user_id=user_id, operation=to_operation(doc)).model_dump(mode="json"),
+            user_id=user_id,
+            correlation_id=correlation_id,
+            subject=op_id,
+            event_id=deterministic_event_id("operation.deleted", op_id, str(account["generation"])),
+        )
+        await self.publisher.publish(OPERATIONS, account_key(user_id, account_id), event)
+        log.info("manual_operation_deleted", user_id=user_id, account_id=account_id, operation_id=op_id)
+
+    async def undo_reconciliation(
+        self, user_id: str, account_id: str, op_id: str, correlation_id: str
+    ) -> tuple[Doc, Doc | None]:
+        """Undoes the match of a reconciled manual operation (see Importer.undo_reconciliation); returns
+        it as it now is, and the bank line's own operation."""
+        account = await self.own_account(user_id, account_id)
+        doc = await self.own_operation(user_id, account_id, op_id)
+        ref = doc.get("reconciled_by")
+        if doc.get("source") != "manual" or not doc.get("reconciled") or not isinstance(ref, str):
+            raise OperationRefused(
+                "not_reconciled", f"Operation {op_id!r} is not reconciled with a bank line."
+            )
+        bank = await self.importer.undo_reconciliation(account, op_id, ref, correlation_id)
+        manual = await self.operations.get(op_id)
+        return manual or {**doc, **released_fields(doc)}, bank
 
 
 def _without_refs(line: Line, gone: set[str]) -> Line:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -22,9 +21,10 @@ import pymongo
 import pytest
 
 from services.importer.handlers import auto_account_id
-from shared.devstack import ServiceProcess, private_consumer_groups, running_service
+from shared.devstack import ServiceProcess, new_user
 from shared.events import CloudEvent, account_key, event_type
 from shared.topics import DLQ, OPERATIONS
+from tests.kafka_helpers import opened
 from tests.polling import wait_for
 from tests.unit.importer.support import (
     RawProducer,
@@ -34,6 +34,7 @@ from tests.unit.importer.support import (
     all_operations,
     api,
     history,
+    importer_alone,
     raw_event,
     read_topic,
     synced_event,
@@ -49,14 +50,8 @@ CHECKED = event_type("account.balance_checked")
 
 @pytest.fixture(scope="module")
 def importer(engines, log_dir) -> Iterator[ServiceProcess]:
-    pymongo.MongoClient(engines.mongodb_url).drop_database(DATABASE)
-    groups = private_consumer_groups(engines, f"balances-it-{uuid.uuid4().hex[:6]}")
-    with running_service("services.importer", engines, log_dir, MONGODB_DATABASE=DATABASE, **groups) as proc:
+    with importer_alone(engines, log_dir, DATABASE, "balances-it") as proc:
         yield proc
-
-
-def new_user(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def total(txns: list[Txn]) -> Decimal:
@@ -118,7 +113,7 @@ async def checks(
             within_s=20,
             quiet_s=0.5,
         )
-        events = [CloudEvent.from_json_bytes(r.value) for r in records]
+        events = [opened(r.value) for r in records]
         found = [{**e.data, "id": e.id} for e in events if e.type == CHECKED]
         if done(found):
             return found

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -20,9 +19,10 @@ import pytest
 from services.importer.domain import operation_id
 from services.importer.handlers import auto_account_id
 from services.importer.replay import partition_for
-from shared.devstack import ServiceProcess, private_consumer_groups, running_service
+from shared.devstack import ServiceProcess, new_user
 from shared.events import CloudEvent, account_key, event_type
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
+from tests.kafka_helpers import opened
 from tests.polling import wait_for
 from tests.unit.importer.support import (
     RawProducer,
@@ -32,6 +32,7 @@ from tests.unit.importer.support import (
     all_operations,
     api,
     history,
+    importer_alone,
     raw_event,
     read_topic,
 )
@@ -45,14 +46,8 @@ LATER = dt.datetime(2026, 10, 9, 8, tzinfo=dt.UTC)
 
 @pytest.fixture(scope="module")
 def importer(engines, log_dir) -> Iterator[ServiceProcess]:
-    pymongo.MongoClient(engines.mongodb_url).drop_database(DATABASE)
-    groups = private_consumer_groups(engines, f"importer-it-{uuid.uuid4().hex[:6]}")
-    with running_service("services.importer", engines, log_dir, MONGODB_DATABASE=DATABASE, **groups) as proc:
+    with importer_alone(engines, log_dir, DATABASE, "importer-it") as proc:
         yield proc
-
-
-def new_user(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def of_user(user: str) -> Any:
@@ -61,7 +56,7 @@ def of_user(user: str) -> Any:
 
 async def operation_events(bootstrap: str, user: str, expected: int) -> list[CloudEvent]:
     records = await read_topic(bootstrap, OPERATIONS, match=of_user(user), expected=expected)
-    return [CloudEvent.from_json_bytes(r.value) for r in records]
+    return [opened(r.value) for r in records]
 
 
 def wait_operations(

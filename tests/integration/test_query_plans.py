@@ -50,12 +50,19 @@ from bson import Binary
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.categorizer.adapters import OperationsRepository, RuleSetRepository, projection_sheet
+from services.categorizer.adapters import (
+    OperationsRepository,
+    RuleSetRepository,
+    TransferRepository,
+    leg_id,
+    projection_sheet,
+)
 from services.connector.repository import ConnectorRepository
 from services.entitlements.adapters import EntitlementsRepository
 from services.importer.adapters import AccountStore, OperationStore
 from shared.devstack import DEPLOY, ROOT, Engines
 from shared.mongo import POINT_READS_UP_TO, find_by_ids, make_client
+from shared.text import search_keys
 
 pytestmark = pytest.mark.engines
 
@@ -142,6 +149,7 @@ def importer_docs() -> dict[str, list[Doc]]:
             "currency": "EUR",
             "memo": MEMOS[n % len(MEMOS)],
             "label": MEMOS[n % len(MEMOS)].title(),
+            "words": search_keys(MEMOS[n % len(MEMOS)]),
             "status": "coming" if n == 0 else "booked",
             "source": "bank",
             "reconciled": False,
@@ -223,8 +231,16 @@ def importer_docs() -> dict[str, list[Doc]]:
             }
             for u, a in accounts()
         ],
+        # one marker per one-off migration done (a handful in life; as many as make a scan mean something)
+        "migrations": [{"_id": f"migration-{n}", "at": NOW} for n in range(MIN_ROWS)],
         "aggregator_accounts": [
-            {"_id": akey(u, a), "name": f"Compte {a}", "iban": f"FR76{u:08d}{a}", "balance": 1234.5}
+            {
+                "_id": akey(u, a),
+                "user_id": user(u),
+                "name": f"Compte {a}",
+                "iban": f"FR76{u:08d}{a}",
+                "balance": 1234.5,
+            }
             for u, a in accounts()
         ],
     }
@@ -250,6 +266,22 @@ def categorizer_docs() -> dict[str, list[Doc]]:
             for u in range(USERS)
         ],
         "categorizer_sheets": list(projection_sheets().values()),
+        # the operations whose wording is a transfer's (two a month per account: savings, rent)
+        "categorizer_transfers": [
+            {
+                "_id": leg_id(user(u), op_id(u, a, n)),
+                "user_id": user(u),
+                "operation_id": op_id(u, a, n),
+                "account_id": account(u, a),
+                "currency": "EUR",
+                "cents": 20_000 * (1 if a else -1),
+                "date": day(n),
+                "month": day(n)[:7],
+                "partner": {"operation_id": op_id(u, 1 - a, n), "account_id": account(u, 1 - a)},
+                "updated_at": NOW,
+            }
+            for u, a, n in lines(MIRRORED_PER_ACCOUNT)
+        ],
         # what is left of the projection kept one document each, before the sheets (adopt_legacy)
         "categorizer_operations": [
             {
@@ -363,6 +395,17 @@ def entitlements_docs() -> dict[str, list[Doc]]:
             for u in range(USERS)
             for v in (1, 2, 3)
         ],
+        # the users' data keys (in production their own database, the vault: the same engine)
+        "user_keys": [
+            {"_id": user(u), "kid": f"{u:016x}", "wrapped": "A" * 80, "created_at": NOW}
+            if u % 50
+            else {"_id": user(u), "erased_at": NOW}
+            for u in range(USERS)
+        ],
+        "erasures": [
+            {"_id": f"erase-{user(u)}", "user_id": user(u), "requested_at": NOW, "services": {"importer": {}}}
+            for u in range(USERS)
+        ],
     }
 
 
@@ -434,8 +477,8 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": op_id(U, A, 7), "reconciled_by": {"$in": [None, RUN_REF]}},
     ),
     Shape(
-        "importer/handlers.py:Importer._write_reconciliations (release) via "
-        "importer/adapters.py:OperationStore.guarded_update",
+        "importer/handlers.py:Importer._write_reconciliations (release), _undo_once (the user undoes the "
+        "match) via importer/adapters.py:OperationStore.guarded_update",
         IMP,
         "operations",
         "update_one",
@@ -479,18 +522,75 @@ SHAPES: tuple[Shape, ...] = (
         {"account_id": account(U, A)},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.page (a month of an account)",
+        "importer/adapters.py:OperationStore.search (a month of one account: page, the listing and the CSV "
+        "export of an account; the search filters are applied to what it returns)",
         IMP,
         "operations",
         "find",
         {"account_id": account(U, A), "user_id": user(U), "month": day(9)[:7]},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.page (an account from before months were kept)",
+        "importer/adapters.py:OperationStore.search (a month of every account of a user: the listing of all "
+        "accounts, index user_month)",
+        IMP,
+        "operations",
+        "find",
+        {"user_id": user(U), "month": day(9)[:7]},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.search (an account from before months were kept)",
         IMP,
         "operations",
         "find",
         {"account_id": account(U, A), "user_id": user(U)},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.search (`q`: the user's operations with the longest wanted "
+        "word's beginning, every account and month at once, index user_words)",
+        IMP,
+        "operations",
+        "find",
+        {"user_id": user(U), "words": "carref"},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.add_search_keys (whether the one-off rewrite was done)",
+        IMP,
+        "migrations",
+        "find_one",
+        {"_id": "operations.search_keys"},
+        whole_collection="one document per migration ever run",
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.add_search_keys (the operations stored before search keys)",
+        IMP,
+        "operations",
+        "find",
+        {"words": {"$exists": False}},
+        whole_collection="a one-off rewrite at the first start after search keys came, then never again "
+        "(a marker in `migrations` says it was done)",
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.edit_manual (a manual operation's label, or what a reconciled "
+        "one may change)",
+        IMP,
+        "operations",
+        "update_one",
+        {"_id": op_id(U, A, 7), "source": "manual"},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.edit_manual (its date or amount: only unreconciled), "
+        "delete_manual (delete_one)",
+        IMP,
+        "operations",
+        "update_one/delete_one",
+        {"_id": op_id(U, A, 7), "source": "manual", "reconciled_by": None},
+    ),
+    Shape(
+        "importer/adapters.py:OperationStore.refuse_line (the undone match, $addToSet)",
+        IMP,
+        "operations",
+        "update_one",
+        {"_id": op_id(U, A, 7)},
     ),
     Shape(
         "importer/adapters.py:OperationStore.find_shown (the benchmarks' filter of a user; bench/pipeline.py "
@@ -538,7 +638,8 @@ SHAPES: tuple[Shape, ...] = (
         pipeline=[{"$match": {"account_id": account(U, A)}}, {"$group": {"_id": 1, "n": {"$sum": 1}}}],
     ),
     Shape(
-        "importer/adapters.py:AccountStore.get, mark_announced, add_sources, add_manual, set_fields",
+        "importer/adapters.py:AccountStore.get, mark_announced, add_sources, add_manual, remove_manual, "
+        "set_fields",
         IMP,
         "accounts",
         "find_one/update_one",
@@ -683,6 +784,28 @@ SHAPES: tuple[Shape, ...] = (
         "categorizer/adapters.py:OperationsRepository.delete_account",
         CAT,
         "categorizer_sheets",
+        "delete_many",
+        {"user_id": user(U), "account_id": account(U, A)},
+    ),
+    Shape(
+        "categorizer/adapters.py:TransferRepository.put (UpdateOne upsert per leg), get, write (UpdateOne "
+        "and DeleteOne per leg)",
+        CAT,
+        "categorizer_transfers",
+        "find_one/bulk_write",
+        {"_id": leg_id(user(U), op_id(U, A, 3))},
+    ),
+    Shape(
+        "categorizer/adapters.py:TransferRepository.of_user (index by_user: a user's legs, a few a month)",
+        CAT,
+        "categorizer_transfers",
+        "find",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters.py:TransferRepository.delete_account",
+        CAT,
+        "categorizer_transfers",
         "delete_many",
         {"user_id": user(U), "account_id": account(U, A)},
     ),
@@ -862,11 +985,140 @@ SHAPES: tuple[Shape, ...] = (
         {"has_outbox": True},
     ),
     Shape(
-        "entitlements/adapters.py:EntitlementsRepository.list_history",
+        "entitlements/adapters.py:EntitlementsRepository.list_history; "
+        "entitlements/erasure.py:Erasures.erase_own (delete_many)",
         ENT,
         "entitlement_history",
         "find",
         {"user_id": user(U)},
+    ),
+    # -- erasing a user (RGPD): services/*/erasure.py, and the users' data keys (shared/vault.py)
+    Shape(
+        "shared/vault.py:KeyVault.for_reading, for_writing (find_by_ids without a scope: a find_one per id), "
+        "destroy (replace_one), BlockingOpener.open (tests and tools); "
+        "entitlements/erasure.py:Erasures.erase_own (delete_many on entitlements)",
+        ENT,
+        "user_keys",
+        "find_one",
+        {"_id": user(U)},
+    ),
+    Shape(
+        "entitlements/erasure.py:ErasureRegistry.requested, answered (update_one), get",
+        ENT,
+        "erasures",
+        "find_one",
+        {"_id": f"erase-{user(U)}"},
+    ),
+    Shape(
+        "importer/erasure.py:ImporterEraser.erase_user (find, then delete_many on operations, links, banks, "
+        "accounts)",
+        IMP,
+        "accounts",
+        "find",
+        {"user_id": user(U)},
+    ),
+    Shape("importer/erasure.py:ImporterEraser.erase_user", IMP, "links", "find", {"user_id": user(U)}),
+    Shape(
+        "importer/erasure.py:ImporterEraser.erase_user",
+        IMP,
+        "operations",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "importer/erasure.py:ImporterEraser.erase_user",
+        IMP,
+        "categorizations",
+        "delete_many",
+        {"account_id": account(U, A)},
+    ),
+    Shape(
+        "importer/erasure.py:ImporterEraser.erase_user",
+        IMP,
+        "import_state",
+        "delete_many",
+        {"_id": akey(U, A)},
+    ),
+    Shape(
+        "importer/erasure.py:ImporterEraser.erase_user",
+        IMP,
+        "aggregator_accounts",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape("importer/erasure.py:ImporterEraser.erase_user", IMP, "banks", "delete_many", {"user_id": user(U)}),
+    Shape(
+        "categorizer/erasure.py:CategorizerEraser.erase_user",
+        CAT,
+        "categorizer_rulesets",
+        "delete_many",
+        {"_id": user(U)},
+    ),
+    Shape(
+        "categorizer/erasure.py:CategorizerEraser.erase_user",
+        CAT,
+        "categorizer_sheets",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/erasure.py:CategorizerEraser.erase_user",
+        CAT,
+        "categorizer_operations",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/erasure.py:CategorizerEraser.erase_user",
+        CAT,
+        "categorizer_transfers",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "connector/erasure.py:ConnectorEraser.erase_user, _erase_at_aggregator (aggregator_users find_one)",
+        CON,
+        "connections",
+        "find",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "connector/erasure.py:ConnectorEraser.erase_user", CON, "account_sync", "find", {"user_id": user(U)}
+    ),
+    Shape(
+        "connector/erasure.py:ConnectorEraser.erase_user",
+        CON,
+        "seen_transactions",
+        "delete_many",
+        {"account": akey(U, A)},
+    ),
+    Shape(
+        "connector/erasure.py:ConnectorEraser.erase_user",
+        CON,
+        "active_runs",
+        "delete_many",
+        {"_id": connection(U)},
+    ),
+    Shape(
+        "connector/erasure.py:ConnectorEraser.erase_user",
+        CON,
+        "activations",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "connector/erasure.py:ConnectorEraser.erase_user",
+        CON,
+        "entitlement_projection",
+        "delete_many",
+        {"_id": user(U)},
+    ),
+    Shape(
+        "connector/erasure.py:ConnectorEraser.erase_user",
+        CON,
+        "aggregator_users",
+        "delete_many",
+        {"_id": user(U)},
     ),
 )
 
@@ -946,6 +1198,7 @@ async def store(engines: Engines) -> AsyncIterator[Store]:
         await AccountStore(built.db(IMP)).create_indexes()
         await RuleSetRepository(built.db(CAT)).create_indexes()
         await OperationsRepository(built.db(CAT)).create_indexes()
+        await TransferRepository(built.db(CAT)).create_indexes()
         await ConnectorRepository(built.db(CON)).create_indexes()
         await EntitlementsRepository(built.db(ENT)).create_indexes()
         tables = psql(
@@ -1059,6 +1312,8 @@ INVENTORY = sorted(
     [
         *(ROOT / "services").glob("*/adapters.py"),
         *(ROOT / "services").glob("*/handlers.py"),
+        *(ROOT / "services").glob("*/erasure.py"),
+        ROOT / "shared" / "vault.py",
         ROOT / "services" / "connector" / "repository.py",
     ]
 )

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import httpx
+import pymongo
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.auth import issue_token
+from shared.devstack import Engines, ServiceProcess, private_consumer_groups, running_service
 from shared.events import CloudEvent, account_key, deterministic_event_id
 from shared.kafka import cloudevent_headers
 from shared.settings import DEV_JWT_SECRET
@@ -270,3 +273,15 @@ async def read_topic(
     finally:
         await consumer.stop()
     return found
+
+
+@contextlib.contextmanager
+def importer_alone(
+    engines: Engines, log_dir: Any, database: str, groups_prefix: str
+) -> Iterator[ServiceProcess]:
+    """The importer as its own process on the real engines, with a fresh database and consumer groups of
+    its own (the tests publish what the connector would, and read what the importer says)."""
+    pymongo.MongoClient(engines.mongodb_url).drop_database(database)
+    groups = private_consumer_groups(engines, f"{groups_prefix}-{uuid.uuid4().hex[:6]}")
+    with running_service("services.importer", engines, log_dir, MONGODB_DATABASE=database, **groups) as proc:
+        yield proc
