@@ -308,6 +308,20 @@ def categorization_of(op: Json) -> tuple[str | None, str | None]:
     return (payee["id"] if payee else None, op.get("category"))
 
 
+TRANSFER_LEG = (None, "epargne")
+
+
+def expected_of(
+    expected: dict[str, tuple[str | None, str | None]], op_id: str, op: Json
+) -> tuple[str | None, str | None]:
+    """What an operation should carry: one leg of a transfer between the user's own accounts is savings
+    (no payee) unless the user chose; any other what today's rules say."""
+    by = op.get("categorized_by") or {}
+    if op.get("transfer") and by.get("source") != "manual":
+        return TRANSFER_LEG
+    return expected[op_id]
+
+
 class Journey:
     """The whole journey for one new user; `run()` returns what it saw, step by step."""
 
@@ -591,7 +605,7 @@ class Journey:
                 1
                 for ops in all_ops.values()
                 for op_id, op in ops.items()
-                if expected.get(op_id) == categorization_of(op)
+                if op_id in expected and expected_of(expected, op_id, op) == categorization_of(op)
             )
 
         found = self._wait(
@@ -618,9 +632,14 @@ class Journey:
         expected: dict[str, tuple[str | None, str | None]], all_ops: dict[str, dict[str, Json]]
     ) -> str:
         ops = {k: v for account in all_ops.values() for k, v in account.items()}
-        wrong = [k for k in expected if k not in ops or categorization_of(ops[k]) != expected[k]]
+        wrong = [
+            k
+            for k in expected
+            if k not in ops or categorization_of(ops[k]) != expected_of(expected, k, ops[k])
+        ]
         samples = [
-            f"{ops[k]['memo'][:60]!r}: expected {expected[k]}, got {categorization_of(ops[k])}"
+            f"{ops[k]['memo'][:60]!r}: expected {expected_of(expected, k, ops[k])}, "
+            f"got {categorization_of(ops[k])}"
             if k in ops
             else f"{k}: missing"
             for k in wrong[:5]
@@ -1161,10 +1180,19 @@ class Journey:
         self.reporter.detail(f"no pending line this month: a card purchase today, {line['original_wording']}")
         self._sync_and_wait("the card purchase synced")
         assert chosen.app_account_id is not None
+        [recognised] = self.preview([str(line["original_wording"])])
+        category = recognised.get("category")
+
+        def imported_and_recognised(ops: dict[str, Json]) -> bool:
+            # the booking compares the operation before and after: it must be recognised before it is booked
+            by_txid = {op["aggregator_transaction_id"]: op for op in ops.values()}
+            purchase = by_txid.get(self.result.booking.purchase_txid)
+            return purchase is not None and purchase.get("category") == category
+
         self._wait(
-            "the card purchase imported as pending",
+            "the card purchase imported as pending and recognised",
             lambda: self.operations(chosen.app_account_id or ""),
-            lambda ops: bool(self._pending_lines(chosen, ops)),
+            imported_and_recognised,
             progress=lambda ops: (len(ops), None),
         )  # progress: the account's operations
 

@@ -27,17 +27,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DeleteOne
+from pymongo import ASCENDING, DeleteOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.categorizer.domain import Categorization, Payee, RuleSet, UserCategory
+from services.categorizer.domain import Categorization, Payee, RuleSet, TransferLeg, UserCategory
 from shared.bulk import bulk_write_chunked
 from shared.mongo import find_by_ids
+from shared.schemas import TransferRef
 from shared.sheets import Additions, SheetAddition, Sheets, entries_by_item
 
 Doc = dict[str, Any]
@@ -121,6 +122,8 @@ class Projected:
     result: Categorization | None
     manual: Categorization | None
     month: str | None = None  # `YYYY-MM`; None for an operation projected before months were kept
+    # how many times the user chose for it (see OperationCategorized.choice_version); 0: never
+    choice: int = 0
 
     @classmethod
     def of(cls, doc: Doc) -> Projected:
@@ -243,6 +246,9 @@ class Seen:
     result: Categorization | None
     manual: Categorization | None = None  # a manual choice the importer already holds
     month: str | None = None  # the operation's `YYYY-MM`
+    # not stored here: what a categorisation published again for it (`_catch_up`) carries
+    choice: int = 0
+    transfer: TransferRef | None = None
 
     def entry(self, at: datetime) -> Doc:
         """Its entry in its projection sheet (what it sets; the rest stays as it was)."""
@@ -293,6 +299,7 @@ def projected_of(user_id: str, operation_id: str, part: Doc, state: Doc | None) 
         result=result_of(state.get("result")),
         manual=result_of(state.get("manual")),
         month=month_of_sheet(str(part["sheet"])),
+        choice=int(state.get("choice", 0)),
     )
 
 
@@ -329,6 +336,8 @@ class OperationsRepository:
 
     async def create_indexes(self) -> None:
         await self.sheets.create_indexes()
+        # what is left of the older projection: an erasure finds it by user
+        await self.legacy.create_index([("user_id", ASCENDING)], name="by_user")
 
     async def adopt_legacy(self, batch: int = 5_000) -> int:
         """Moves the operations kept one document each (before the sheets) into the sheets, a batch at
@@ -403,9 +412,42 @@ class OperationsRepository:
         await self.sheets.append(additions.all())
 
     async def set_manual(self, op: Projected, result: Categorization, at: datetime) -> None:
+        """The user's choice for an operation (the next `choice`)."""
+        await self.set_choice(op, result, op.choice + 1, at)
+
+    async def set_choice(
+        self,
+        op: Projected,
+        manual: Categorization | None,
+        choice: int,
+        at: datetime,
+        seen: tuple[int, Categorization] | None = None,
+    ) -> None:
+        """The user's choice for an operation (`manual`), or none any more (None: the rules apply again,
+        and `seen` is the rules version and result then published), numbered `choice`."""
         sid = projection_sheet(op.user_id, op.account_id, op.month)
-        entry = {"manual": result_doc(result), "at": self._stamp(at)}
+        entry: Doc = {
+            "manual": None if manual is None else result_doc(manual),
+            "choice": choice,
+            "at": self._stamp(at),
+        }
+        if seen is not None:
+            entry |= {"seen_version": seen[0], "result": result_doc(seen[1])}
         await self.sheets.append([SheetAddition(sid, op.user_id, op.account_id, {op.operation_id: entry})])
+
+    async def set_results(self, items: Sequence[tuple[Projected, int, Categorization]], at: datetime) -> None:
+        """(operation, version, result) just published for operations outside a batch (a transfer's
+        other leg linked or unlinked): what a re-examination compares with."""
+        at = self._stamp(at)
+        additions = Additions()
+        for op, version, result in items:
+            sid = projection_sheet(op.user_id, op.account_id, op.month)
+            additions.entries(sid, op.user_id, op.account_id)[op.operation_id] = {
+                "seen_version": version,
+                "result": result_doc(result),
+                "at": at,
+            }
+        await self.sheets.append(additions.all())
 
     async def of_user(self, user_id: str) -> AsyncIterator[Projected]:
         """The user's operations (their stored result too; a re-examination recomputes it)."""
@@ -444,8 +486,111 @@ class OperationsRepository:
         return result.deleted_count
 
 
+@dataclass(frozen=True)
+class StoredLeg:
+    """An operation whose wording is a transfer's, and the other leg it is linked to (None: none)."""
+
+    user_id: str
+    leg: TransferLeg
+    month: str
+    partner: TransferRef | None = None
+
+    @property
+    def operation_id(self) -> str:
+        return self.leg.operation_id
+
+    @classmethod
+    def of(cls, doc: Doc) -> StoredLeg:
+        partner = doc.get("partner")
+        return cls(
+            user_id=doc["user_id"],
+            leg=TransferLeg(
+                operation_id=doc["operation_id"],
+                account_id=doc["account_id"],
+                currency=doc["currency"],
+                cents=int(doc["cents"]),
+                date=date.fromisoformat(doc["date"]),
+            ),
+            month=doc["month"],
+            partner=TransferRef.model_validate(partner) if partner else None,
+        )
+
+
+def leg_id(user_id: str, operation_id: str) -> str:
+    return f"{user_id}:{operation_id}"
+
+
+class TransferRepository:
+    """`categorizer_transfers`: one small document per operation whose wording is a transfer's
+    (`_id` = `<user>:<operation>`), with its account, currency, signed cents, date and month, and the
+    other leg it is linked to (`partner`). A user's documents are read at once by `user_id` (an index):
+    transfers are a few a month, so the read is small and its cost is the user's, never the
+    collection's. The pairing (`domain.match_transfers`) is a function of the user's legs; each batch
+    writes its legs first and reads after, so of two batches racing with the two legs of one transfer
+    the later reader sees both."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.coll: AsyncCollection[Doc] = db["categorizer_transfers"]
+
+    async def create_indexes(self) -> None:
+        await self.coll.create_index([("user_id", ASCENDING), ("account_id", ASCENDING)], name="by_user")
+
+    async def put(self, legs: Sequence[tuple[str, TransferLeg, str]], at: datetime) -> None:
+        """(user, leg, month): stored or updated (the link they had stays)."""
+        await bulk_write_chunked(
+            self.coll,
+            [
+                UpdateOne(
+                    {"_id": leg_id(user_id, leg.operation_id)},
+                    {
+                        "$set": {
+                            "user_id": user_id,
+                            "operation_id": leg.operation_id,
+                            "account_id": leg.account_id,
+                            "currency": leg.currency,
+                            "cents": leg.cents,
+                            "date": leg.date.isoformat(),
+                            "month": month,
+                            "updated_at": at,
+                        },
+                        "$setOnInsert": {"partner": None},
+                    },
+                    upsert=True,
+                )
+                for user_id, leg, month in legs
+            ],
+        )
+
+    async def of_user(self, user_id: str) -> dict[str, StoredLeg]:
+        """Operation id → the user's leg."""
+        return {doc["operation_id"]: StoredLeg.of(doc) async for doc in self.coll.find({"user_id": user_id})}
+
+    async def get(self, user_id: str, operation_id: str) -> StoredLeg | None:
+        doc = await self.coll.find_one({"_id": leg_id(user_id, operation_id)})
+        return None if doc is None else StoredLeg.of(doc)
+
+    async def write(
+        self, user_id: str, links: dict[str, TransferRef | None], gone: Iterable[str], at: datetime
+    ) -> None:
+        """Sets the links that changed (operation id → the other leg, or None) and forgets legs that went."""
+        writes: list[UpdateOne | DeleteOne] = [
+            UpdateOne(
+                {"_id": leg_id(user_id, op_id)},
+                {"$set": {"partner": None if ref is None else ref.model_dump(), "updated_at": at}},
+            )
+            for op_id, ref in links.items()
+        ]
+        writes += [DeleteOne({"_id": leg_id(user_id, op_id)}) for op_id in gone]
+        await bulk_write_chunked(self.coll, writes)
+
+    async def delete_account(self, user_id: str, account_id: str) -> int:
+        result = await self.coll.delete_many({"user_id": user_id, "account_id": account_id})
+        return result.deleted_count
+
+
 async def drop_all(db: AsyncDatabase[Doc]) -> None:
     """Tests and benchmarks only."""
-    for name in ("categorizer_rulesets", "categorizer_sheets", "categorizer_operations"):
+    names = ("categorizer_rulesets", "categorizer_sheets", "categorizer_operations", "categorizer_transfers")
+    for name in names:
         with contextlib.suppress(Exception):
             await db.drop_collection(name)

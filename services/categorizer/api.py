@@ -52,26 +52,50 @@ class NewPayeeIn(BaseModel):
 
 
 class CorrectionIn(BaseModel):
+    """One of: `payee_id`, `new_payee`, `category` (a category without a payee), `clear: true` (forget
+    the user's choice: the rules apply again)."""
+
     model_config = ConfigDict(extra="forbid")
-    payee_id: str | None = None
+    payee_id: str | None = Field(default=None, max_length=100)
     new_payee: NewPayeeIn | None = None
+    category: str | None = Field(default=None, max_length=100)
+    clear: bool | None = None
 
     @model_validator(mode="after")
     def exactly_one(self) -> CorrectionIn:
-        if (self.payee_id is None) == (self.new_payee is None):
-            raise ValueError("give either `payee_id` or `new_payee`, not both and not neither")
+        given = [
+            self.payee_id is not None,
+            self.new_payee is not None,
+            self.category is not None,
+            bool(self.clear),
+        ]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of `payee_id`, `new_payee`, `category` or `clear: true`")
         return self
+
+
+class TransferOut(BaseModel):
+    operation_id: str
+    account_id: str
 
 
 class CorrectionOut(BaseModel):
     operation_id: str
-    payee: PayeeOut
-    category: str
-    source: str
+    payee: PayeeOut | None = Field(
+        description="null for a category alone, or when no user payee recognises it"
+    )
+    category: str | None
+    source: str | None = Field(
+        description="`manual`; after `clear`, what the rules say (`user`, `global`, null)"
+    )
     rules_version: int
     suggested_keywords: list[str]
     matching_operations: int = Field(
         description="other operations of the user (not manual ones) that the suggested keywords recognise"
+    )
+    transfer: TransferOut | None = Field(
+        default=None,
+        description="the other leg, when the operation is one leg of a transfer between accounts",
     )
 
 
@@ -241,7 +265,8 @@ async def correct_operation(
     _: UserPrincipal,
     handlers: Handlers,
 ) -> dict[str, Any]:
-    """The user's choice for one operation (it counts as manual: later rules never overwrite it)."""
+    """The user's choice for one operation (it counts as manual: later rules never overwrite it): a payee,
+    a new payee, or a category alone; `{"clear": true}` forgets it and the rules apply again."""
     new_payee = None
     if body.new_payee is not None:
         new_payee = PayeeDraft(
@@ -255,6 +280,8 @@ async def correct_operation(
             payee_id=body.payee_id,
             new_payee=new_payee,
             keywords_given=body.new_payee is None or body.new_payee.keywords is not None,
+            category=body.category,
+            clear=bool(body.clear),
         )
     except RuleError as error:
         raise problem_of(error) from None
@@ -262,7 +289,9 @@ async def correct_operation(
         raise Problem(
             404, "unknown_operation", f"No operation {operation_id!r} is known for this user."
         ) from None
-    answer["payee"] = payee_view(answer["payee"])
+    answer["payee"] = None if answer["payee"] is None else payee_view(answer["payee"])
+    if answer["transfer"] is not None:
+        answer["transfer"] = answer["transfer"].model_dump()
     return answer
 
 

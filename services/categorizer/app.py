@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.categorizer.adapters import OperationsRepository, RuleSetRepository
+from services.categorizer.adapters import OperationsRepository, RuleSetRepository, TransferRepository
 from services.categorizer.api import router
 from services.categorizer.builtin import builtin_dictionary, places
+from services.categorizer.erasure import CategorizerEraser
 from services.categorizer.handlers import CategorizerHandlers
 from shared.batch_publisher import BatchPublisher
 from shared.consumer import TopicConsumer
+from shared.erasure import subscribe_erasures
 from shared.logging import get_logger
 from shared.schemas import OperationEvent, Payload
 from shared.service import Runtime, create_service_app
@@ -49,21 +51,36 @@ async def wire(runtime: Runtime) -> None:
     assert isinstance(settings, CategorizerSettings)
     rulesets = RuleSetRepository(runtime.db)
     operations = OperationsRepository(runtime.db)
+    transfers = TransferRepository(runtime.db)
     await rulesets.create_indexes()
     await operations.create_indexes()
+    await transfers.create_indexes()
     if moved := await operations.adopt_legacy():
         log.info("projection_moved_to_sheets", operations=moved)
     # thousands of categorisations at once after a rule change: a producer that sends them in batches
-    publisher = BatchPublisher(runtime.settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-batch", SERVICE)
+    publisher = BatchPublisher(
+        runtime.settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-batch", SERVICE, runtime.sealer
+    )
     await publisher.start()
     runtime.extras["batch_publisher"] = publisher
     handlers = CategorizerHandlers(
-        rulesets, operations, publisher, dictionary=builtin_dictionary(), places=places()
+        rulesets,
+        operations,
+        publisher,
+        dictionary=builtin_dictionary(),
+        places=places(),
+        transfers=transfers,
     )
     runtime.extras["handlers"] = handlers
     TopicConsumer(
-        runtime.broker, SERVICE, OPERATIONS, dict(OPERATION_MODELS), handlers.on_operations
+        runtime.broker,
+        SERVICE,
+        OPERATIONS,
+        dict(OPERATION_MODELS),
+        handlers.on_operations,
+        sealer=runtime.sealer,
     ).subscribe(settings.categorizer_group_id)
+    subscribe_erasures(runtime, CategorizerEraser(runtime.db).erase_user)
 
 
 async def stop_publisher(runtime: Runtime) -> None:

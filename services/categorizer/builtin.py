@@ -22,9 +22,9 @@ from services.categorizer.domain import (
     DEFAULT_CATEGORY_IDS,
     Dictionary,
     Rule,
-    fold,
     normalise,
 )
+from shared.text import fold
 
 # who sends or receives transfers: employers and public bodies, the taxman, savings, lenders,
 # health and insurance refunds (a shop's name in a transfer is more often a person's surname)

@@ -13,6 +13,18 @@
   rules say; it publishes a new categorisation only where they differ. It runs in this process at
   once, and a background scan picks up any that a crash or another replica left pending.
 - Compiled matchers are cached per user and version; the built-in dictionary is compiled once.
+- Transfers between the user's own accounts: an operation whose wording is a transfer's is a "leg"
+  (`categorizer_transfers`, adapters.TransferRepository). Per batch and user: the batch's legs are
+  written, the user's legs read (one indexed read), paired (`domain.match_transfers`: a function of
+  the set, so the order the legs came in, a redelivery or a replay change nothing), and every operation
+  whose link changed, in the batch or not, gets a categorisation carrying `transfer` (the other leg)
+  and `epargne` unless the user chose; the links are written after that publish. A deleted operation
+  or account unlinks its other legs the same way. Legs are never paired twice in a process at once
+  (a lock per user); two replicas racing with the two legs of one transfer each write before they read.
+- The user's choice (`correct`): a payee, a category alone, or forgetting the choice (`clear`). Each
+  raises the operation's `choice` number, which every later categorisation of it carries
+  (`choice_version`): the importer keeps the highest, and manual over rules among equals, so a
+  forgotten choice gives way to the rules' result and a choice is never overwritten by rules.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, TypeVar
 
 from services.categorizer.adapters import (
@@ -31,7 +44,9 @@ from services.categorizer.adapters import (
     Projected,
     RuleSetRepository,
     Seen,
+    StoredLeg,
     StoredRules,
+    TransferRepository,
     operation_key,
 )
 from services.categorizer.domain import (
@@ -42,18 +57,24 @@ from services.categorizer.domain import (
     Matcher,
     Payee,
     PayeeDraft,
+    RuleError,
     RuleSet,
+    TransferLeg,
+    UnknownCategory,
     add_payee,
     analyse,
     categorize_memo,
+    is_transfer_memo,
+    match_transfers,
     memo_text,
     normalise,
+    shown,
     suggest_keywords,
 )
 from shared.consumer import Incoming, PoisonRecord
-from shared.events import CloudEvent, account_key, content_hash, deterministic_event_id
+from shared.events import HAS_CATEGORY, CloudEvent, account_key, content_hash, deterministic_event_id
 from shared.logging import get_logger
-from shared.schemas import OperationCategorized, OperationEvent, PayeeRef
+from shared.schemas import Operation, OperationCategorized, OperationEvent, PayeeRef, TransferRef
 from shared.sheets import month_of
 from shared.topics import CATEGORIZATIONS
 
@@ -120,6 +141,9 @@ def categorized_event(
     rules_version: int,
     correlation_id: str,
     month: str | None = None,
+    *,
+    transfer: TransferRef | None = None,
+    choice: int = 0,
 ) -> CloudEvent:
     payee = (
         PayeeRef(id=result.payee_id, name=result.payee_name or "") if result.payee_id is not None else None
@@ -134,6 +158,8 @@ def categorized_event(
         keyword=result.keyword,
         rules_version=rules_version,
         month=month,
+        transfer=transfer,
+        choice_version=choice,
     ).model_dump(mode="json")
     # the month only files the result (the importer's categorisation sheets): not part of the fact
     fact = {k: v for k, v in data.items() if k != "month"}
@@ -148,7 +174,20 @@ def categorized_event(
         event_id=deterministic_event_id(
             "operation.categorized", user_id, operation_id, str(rules_version), content_hash(fact)
         ),
+        # in clear beside the sealed data: the dashboard's categorised share needs no user's key
+        extensions={HAS_CATEGORY: "true" if result.category is not None else "false"},
     )
+
+
+def transfer_leg(op: Operation) -> TransferLeg | None:
+    """The operation as a possible leg of a transfer, when its wording is a transfer's."""
+    if not is_transfer_memo(op.memo, op.label):
+        return None
+    try:
+        cents = int((Decimal(op.amount) * 100).to_integral_value())
+    except InvalidOperation:
+        return None
+    return TransferLeg(op.id, op.account_id, op.currency, cents, op.date)
 
 
 def manual_of(event: OperationEvent) -> Categorization | None:
@@ -185,6 +224,34 @@ class _Pending:
     version: int
     correlation_id: str
     month: str | None = None  # the operation's `YYYY-MM`, where the importer files the result
+    transfer: TransferRef | None = None  # the other leg of a transfer
+    choice: int = 0  # the operation's choice number (see OperationCategorized.choice_version)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One operation event of a batch, as the batch's first pass saw it."""
+
+    incoming: Incoming
+    event: OperationEvent
+    key: str
+    manual: Categorization | None
+    choice: int
+    publish: bool
+
+
+@dataclass
+class _Relinked:
+    """One user's legs after a batch: `kept` (as stored before), the links now (operation id → other
+    leg), those that changed (None: no link any more), and the legs that went."""
+
+    user_id: str
+    kept: dict[str, StoredLeg]
+    now: dict[str, TransferRef]
+    changed: dict[str, TransferRef | None]
+    gone: set[str]
+    # legs that went while linked (their own categorisation loses its link)
+    unlinked_gone: set[str]
 
 
 @dataclass
@@ -194,6 +261,8 @@ class CategorizerHandlers:
     publisher: Publisher
     dictionary: Dictionary
     places: frozenset[str] = frozenset()
+    # transfers between the user's own accounts: not detected without it (benchmarks of the rules)
+    transfers: TransferRepository | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     cache: MatcherCache = field(default_factory=MatcherCache)
     recovery_delay_s: float = 5.0
@@ -207,6 +276,8 @@ class CategorizerHandlers:
         # runs two at once on a user's rule set, nor on the projection's existing documents.
         self._rules_locks: dict[str, asyncio.Lock] = {}
         self._projection_lock = asyncio.Lock()
+        # one pairing of a user's transfer legs at a time in this process (read, pair, publish, write)
+        self._transfer_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------------------------------
     # Rules
@@ -270,9 +341,12 @@ class CategorizerHandlers:
                 await self.operations.delete(
                     event.user_id, op.account_id, month_of(op.date), [op.id], self.clock()
                 )
+                if transfer_leg(op) is not None:
+                    await self._forget_legs(event.user_id, incoming.event.correlationid, operation_id=op.id)
                 log.info("operation_forgotten", user_id=event.user_id, operation_id=event.operation.id)
             elif name == "account.deleted":
                 user_id, account_id = account_of(incoming)
+                await self._forget_legs(user_id, incoming.event.correlationid, account_id=account_id)
                 removed = await self.operations.delete_account(user_id, account_id)
                 log.info("account_forgotten", user_id=user_id, account_id=account_id, operations=removed)
         await self._categorize_group(group)
@@ -290,44 +364,242 @@ class CategorizerHandlers:
             for user, version in (await self.rulesets.versions(users)).items()
         }
         # what the operations were before this group, updated event by event (an account's are in order)
-        state: dict[str, tuple[str, str, Categorization | None]] = {
-            key: (p.memo, p.label, p.manual) for key, p in existing.items()
+        state: dict[str, tuple[str, str, Categorization | None, int]] = {
+            key: (p.memo, p.label, p.manual, p.choice) for key, p in existing.items()
         }
-        seen: list[Seen] = []
-        pending: list[_Pending] = []
+        steps: list[_Step] = []
+        legs: dict[str, dict[str, tuple[TransferLeg, str]]] = {}
+        not_legs: dict[str, set[str]] = {}
         for incoming, event in events:
             op = event.operation
-            month = month_of(op.date)
             key = operation_key(event.user_id, op.id)
             before = state.get(key)
-            manual = manual_of(event) or (before[2] if before else None)
+            choice = before[3] if before else 0
+            # once the user chose through this service, its own record of the choice is the truth
+            adopted = manual_of(event) if choice == 0 else None
+            manual = adopted or (before[2] if before else None)
             changed = before is None or (before[0], before[1]) != (op.memo, op.label)
-            state[key] = (op.memo, op.label, manual)
-            version, matcher = rules[event.user_id]
+            state[key] = (op.memo, op.label, manual, choice)
             publish = incoming.event.name == "operation.imported" or (changed and manual is None)
-            if not publish:
-                seen.append(
-                    Seen(event.user_id, op.id, op.account_id, op.memo, op.label, None, None, manual, month)
-                )
+            steps.append(_Step(incoming, event, key, manual, choice, publish))
+            if self.transfers is None:
                 continue
-            result = self.categorize(op.memo, op.label, matcher)
-            seen.append(
-                Seen(event.user_id, op.id, op.account_id, op.memo, op.label, version, result, manual, month)
+            leg = transfer_leg(op)
+            own_legs = legs.setdefault(event.user_id, {})
+            if leg is not None:
+                own_legs[op.id] = (leg, month_of(op.date))
+                not_legs.get(event.user_id, set()).discard(op.id)
+            else:
+                own_legs.pop(op.id, None)
+                if incoming.event.name != "operation.imported":
+                    not_legs.setdefault(event.user_id, set()).add(op.id)
+        relinking = sorted(u for u in users if legs.get(u) or not_legs.get(u))
+        async with contextlib.AsyncExitStack() as held:
+            for user in relinking:
+                await held.enter_async_context(self._transfer_lock(user))
+            relinked = {
+                user: await self._relink(user, legs.get(user, {}), not_legs.get(user, set()))
+                for user in relinking
+            }
+            links = {operation_key(u, op): ref for u, r in relinked.items() for op, ref in r.now.items()}
+            moved = {
+                operation_key(u, op) for u, r in relinked.items() for op in (*r.changed, *r.unlinked_gone)
+            }
+            seen: list[Seen] = []
+            pending: list[_Pending] = []
+            for step in steps:
+                op, user = step.event.operation, step.event.user_id
+                month = month_of(op.date)
+                link = links.get(step.key)
+                if not (step.publish or step.key in moved):
+                    seen.append(
+                        Seen(user, op.id, op.account_id, op.memo, op.label, None, None, step.manual, month)
+                    )
+                    continue
+                version, matcher = rules[user]
+                result = self.categorize(op.memo, op.label, matcher)
+                seen.append(
+                    Seen(
+                        user,
+                        op.id,
+                        op.account_id,
+                        op.memo,
+                        op.label,
+                        version,
+                        result,
+                        step.manual,
+                        month,
+                        choice=step.choice,
+                        transfer=link,
+                    )
+                )
+                pending.append(
+                    _Pending(
+                        user,
+                        op.account_id,
+                        op.id,
+                        shown(result, step.manual, link is not None),
+                        version,
+                        step.incoming.event.correlationid,
+                        month,
+                        link,
+                        step.choice,
+                    )
+                )
+            in_batch = {step.key for step in steps}
+            correlations = {step.event.user_id: step.incoming.event.correlationid for step in steps}
+            outside = [
+                (u, r.kept[op])
+                for u, r in relinked.items()
+                for op in r.changed
+                if operation_key(u, op) not in in_batch
+            ]
+            others, results, others_seen = await self._others(outside, links, rules, correlations)
+            async with self._projection_lock:
+                await self.operations.write_seen(seen, self.clock())
+                await self.operations.set_results(results, self.clock())
+            await self._publish([*pending, *others])
+            for r in relinked.values():
+                await self._save_links(r)
+        await self._catch_up([*seen, *others_seen], rules)
+
+    # ------------------------------------------------------------------------------------------
+    # Transfers between the user's own accounts
+
+    def _transfer_lock(self, user_id: str) -> asyncio.Lock:
+        lock = self._transfer_locks.get(user_id)
+        if lock is None:
+            lock = self._transfer_locks[user_id] = asyncio.Lock()
+        return lock
+
+    async def _relink(
+        self,
+        user_id: str,
+        legs: dict[str, tuple[TransferLeg, str]],
+        not_legs: set[str],
+        account_id: str | None = None,
+    ) -> _Relinked:
+        """Stores a batch's legs, reads the user's and pairs them again (nothing written about links:
+        `_save_links`, once the changes are published). `not_legs`: operations that may have been legs
+        and are not any more (deleted, or their wording changed); `account_id`: a deleted account."""
+        assert self.transfers is not None
+        if legs:
+            await self.transfers.put([(user_id, leg, month) for leg, month in legs.values()], self.clock())
+        stored = await self.transfers.of_user(user_id)
+        gone = {op for op in not_legs if op in stored and op not in legs}
+        if account_id is not None:
+            gone |= {op for op, leg in stored.items() if leg.leg.account_id == account_id}
+        kept = {op: leg for op, leg in stored.items() if op not in gone}
+        paired = match_transfers(leg.leg for leg in kept.values())
+        now = {
+            op: TransferRef(operation_id=other, account_id=kept[other].leg.account_id)
+            for op, other in paired.items()
+        }
+        changed = {op: now.get(op) for op, leg in kept.items() if leg.partner != now.get(op)}
+        unlinked_gone = {op for op in gone if stored[op].partner is not None}
+        return _Relinked(user_id, kept, now, changed, gone, unlinked_gone)
+
+    async def _save_links(self, relinked: _Relinked, account_id: str | None = None) -> None:
+        assert self.transfers is not None
+        if relinked.changed or relinked.gone:
+            await self.transfers.write(relinked.user_id, relinked.changed, relinked.gone, self.clock())
+        if account_id is not None:
+            await self.transfers.delete_account(relinked.user_id, account_id)
+        if relinked.changed:
+            log.info(
+                "transfers_linked",
+                user_id=relinked.user_id,
+                linked=sum(1 for ref in relinked.changed.values() if ref is not None),
+                unlinked=sum(1 for ref in relinked.changed.values() if ref is None),
             )
+
+    async def _others(
+        self,
+        legs: Sequence[tuple[str, StoredLeg]],
+        links: dict[str, TransferRef],
+        rules: dict[str, tuple[int, Matcher]],
+        correlations: dict[str, str],
+    ) -> tuple[list[_Pending], list[tuple[Projected, int, Categorization]], list[Seen]]:
+        """The categorisations of operations outside a batch whose link changed (one read per sheet):
+        what to publish, what the projection records of it, and what `_catch_up` looks at again."""
+        if not legs:
+            return [], [], []
+        found = await self.operations.get_many(
+            (user, leg.leg.account_id, leg.operation_id, leg.month) for user, leg in legs
+        )
+        pending: list[_Pending] = []
+        results: list[tuple[Projected, int, Categorization]] = []
+        seen: list[Seen] = []
+        for user, leg in legs:
+            op = found.get(operation_key(user, leg.operation_id))
+            if op is None:
+                log.warning("transfer_leg_not_projected", user_id=user, operation_id=leg.operation_id)
+                continue
+            if user not in rules:
+                rules[user] = await self.matcher(user)
+            version, matcher = rules[user]
+            result = self.categorize(op.memo, op.label, matcher)
+            link = links.get(operation_key(user, op.operation_id))
             pending.append(
                 _Pending(
-                    event.user_id,
+                    user,
                     op.account_id,
-                    op.id,
-                    manual or result,
+                    op.operation_id,
+                    shown(result, op.manual, link is not None),
                     version,
-                    incoming.event.correlationid,
-                    month,
+                    correlations.get(user) or f"transfers:{user}",
+                    op.month,
+                    link,
+                    op.choice,
                 )
             )
-        async with self._projection_lock:
-            await self.operations.write_seen(seen, self.clock())
-        await self._publish(pending)
+            results.append((op, version, result))
+            seen.append(
+                Seen(
+                    user,
+                    op.operation_id,
+                    op.account_id,
+                    op.memo,
+                    op.label,
+                    version,
+                    result,
+                    op.manual,
+                    op.month,
+                    choice=op.choice,
+                    transfer=link,
+                )
+            )
+        return pending, results, seen
+
+    async def _forget_legs(
+        self,
+        user_id: str,
+        correlation_id: str,
+        *,
+        operation_id: str | None = None,
+        account_id: str | None = None,
+    ) -> None:
+        """A deleted operation, or a deleted account's: their other legs lose their link (or find another)."""
+        if self.transfers is None:
+            return
+        async with self._transfer_lock(user_id):
+            relinked = await self._relink(
+                user_id, {}, {operation_id} if operation_id else set(), account_id=account_id
+            )
+            if not relinked.gone:
+                return
+            links = {operation_key(user_id, op): ref for op, ref in relinked.now.items()}
+            rules: dict[str, tuple[int, Matcher]] = {}
+            others, results, seen = await self._others(
+                [(user_id, relinked.kept[op]) for op in relinked.changed],
+                links,
+                rules,
+                {user_id: correlation_id},
+            )
+            async with self._projection_lock:
+                await self.operations.set_results(results, self.clock())
+            await self._publish(others)
+            await self._save_links(relinked, account_id)
         await self._catch_up(seen, rules)
 
     async def _catch_up(self, seen: list[Seen], used: dict[str, tuple[int, Matcher]]) -> None:
@@ -351,7 +623,17 @@ class CategorizerHandlers:
                 await self.operations.set_seen_version(redone, self.clock())
             await self._publish(
                 [
-                    _Pending(s.user_id, s.account_id, s.operation_id, r, v, f"rules:{s.user_id}:{v}", s.month)
+                    _Pending(
+                        s.user_id,
+                        s.account_id,
+                        s.operation_id,
+                        shown(r, None, s.transfer is not None),
+                        v,
+                        f"rules:{s.user_id}:{v}",
+                        s.month,
+                        s.transfer,
+                        s.choice,
+                    )
                     for s, v, r in redone
                 ]
             )
@@ -388,6 +670,8 @@ class CategorizerHandlers:
                             p.version,
                             p.correlation_id,
                             p.month,
+                            transfer=p.transfer,
+                            choice=p.choice,
                         ),
                     )
                     for p in chunk
@@ -424,8 +708,11 @@ class CategorizerHandlers:
             correlation_id = await self.rulesets.correlation_id(user_id) or f"rules:{user_id}"
             report = ReexaminationReport(user_id, ruleset.version)
             pending: list[_Pending] = []
+            # a leg of a transfer is `epargne` whatever the rules say (one read of the user's legs)
+            legs = {} if self.transfers is None else await self.transfers.of_user(user_id)
+            linked = {op_id for op_id, leg in legs.items() if leg.partner is not None}
             async for op in self.operations.of_user(user_id):
-                if op.manual is not None:
+                if op.manual is not None or op.operation_id in linked:
                     continue
                 base_version = max(op.seen_version, stored.examined_version)
                 if base_version >= ruleset.version:
@@ -444,6 +731,7 @@ class CategorizerHandlers:
                             ruleset.version,
                             correlation_id,
                             op.month,
+                            choice=op.choice,
                         )
                     )
                     if len(pending) >= PUBLISH_CHUNK:
@@ -513,13 +801,27 @@ class CategorizerHandlers:
         payee_id: str | None = None,
         new_payee: PayeeDraft | None = None,
         keywords_given: bool = True,
+        category: str | None = None,
+        clear: bool = False,
     ) -> dict[str, Any]:
-        """Assigns an existing payee, or one created from the operation, as the user's manual choice."""
+        """The user's choice for one operation: an existing payee, one created from the operation, or a
+        category alone (no payee); or, with `clear`, no choice any more: the rules apply again (and a
+        transfer's `epargne`). Published like any categorisation, with the operation's next `choice`."""
         op = await self.operation(user_id, operation_id)
         suggestions = suggest_keywords(memo_text(op.memo, op.label), self.places)
         created = False
-        if payee_id is not None:
-            ruleset = await self.rulesets.get(user_id)
+        payee: Payee | None = None
+        ruleset = await self.rulesets.get(user_id)
+        if clear:
+            version, matcher = await self.matcher(user_id, ruleset.version)
+            rules_result = self.categorize(op.memo, op.label, matcher)
+        elif category is not None:
+            if not ruleset.known_category(category):
+                raise UnknownCategory(
+                    f"No category {category!r}: use a default category (GET /v1/categories) "
+                    "or create it first (POST /v1/users/{user_id}/categories)."
+                )
+        elif payee_id is not None:
             payee = ruleset.payee(payee_id)
         else:
             assert new_payee is not None
@@ -539,14 +841,36 @@ class CategorizerHandlers:
 
             ruleset, payee = await self.change(user_id, create, correlation_id, reexamine=False)
             created = True
-        result = Categorization(payee.id, payee.name, payee.category, "manual", None)
-        async with self._projection_lock:
-            await self.operations.set_manual(op, result, self.clock())
+        leg = None if self.transfers is None else await self.transfers.get(user_id, operation_id)
+        link = None if leg is None else leg.partner
+        choice = op.choice + 1
+        if clear:
+            result = shown(rules_result, None, link is not None)
+            async with self._projection_lock:
+                await self.operations.set_choice(op, None, choice, self.clock(), seen=(version, rules_result))
+            if result.source == "user" and result.payee_id is not None:
+                with contextlib.suppress(RuleError):
+                    payee = ruleset.payee(result.payee_id)
+        else:
+            if payee is not None:
+                result = Categorization(payee.id, payee.name, payee.category, "manual", None)
+            else:
+                result = Categorization(category=category, source="manual")
+            async with self._projection_lock:
+                await self.operations.set_choice(op, result, choice, self.clock())
         await self.publisher.publish(
             CATEGORIZATIONS,
             account_key(user_id, op.account_id),
             categorized_event(
-                user_id, op.account_id, operation_id, result, ruleset.version, correlation_id, op.month
+                user_id,
+                op.account_id,
+                operation_id,
+                result,
+                ruleset.version,
+                correlation_id,
+                op.month,
+                transfer=link,
+                choice=choice,
             ),
         )
         if created:
@@ -555,11 +879,12 @@ class CategorizerHandlers:
         return {
             "operation_id": operation_id,
             "payee": payee,
-            "category": payee.category,
-            "source": "manual",
+            "category": result.category,
+            "source": result.source,
             "rules_version": ruleset.version,
             "suggested_keywords": suggestions,
             "matching_operations": matching,
+            "transfer": link,
         }
 
     async def count_matching(self, user_id: str, keywords: Sequence[str], exclude: str = "") -> int:

@@ -24,6 +24,7 @@ from shared.kafka import cloudevent_headers
 from shared.schemas import Operation, OperationCategorized, OperationEvent
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import CATEGORIZATIONS, OPERATIONS
+from tests.kafka_helpers import opened
 
 pytestmark = pytest.mark.engines
 
@@ -145,7 +146,7 @@ async def categorizations(bootstrap: str, user: str) -> AsyncIterator[Categoriza
             for records in batches.values():
                 for record in records:
                     if record.key and record.key.decode().startswith(f"{user}:"):
-                        found.events.append((record.key.decode(), CloudEvent.from_json_bytes(record.value)))
+                        found.events.append((record.key.decode(), opened(record.value)))
 
     task = asyncio.create_task(collect())
     try:
@@ -522,3 +523,101 @@ async def test_updates_and_deletions_keep_the_projection_right(categorizer, engi
         assert len(seen.of(ops[1].id)) == 1
         assert len(seen.of(ops[2].id)) == 1
         assert len(seen.of(booked.id)) == 2
+
+
+async def test_a_category_alone_then_forgetting_the_choice(categorizer, engines):
+    """`{"category"}` is a manual choice without a payee that later rules never replace; `{"clear": true}`
+    forgets it and the rules apply again, then follow the rules' changes."""
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    account = f"acc-{uuid.uuid4().hex[:6]}"
+    farm = an_operation(account, dt.date(2025, 2, 3), "-12.00", "CB LA FERME DE JULIE 03/02")
+    market = an_operation(
+        account, dt.date(2025, 2, 4), "-54.20", "CARTE X4021 04/02 CARREFOUR MARKET PARIS 15"
+    )
+    async with categorizations(engines.kafka_bootstrap, user) as seen, api_for(categorizer, user) as api:
+        await publish(engines.kafka_bootstrap, user, [farm, market])
+        await seen.wait_for(
+            lambda: bool(seen.of(farm.id) and seen.of(market.id)), what="first categorisations"
+        )
+        correct = f"/v1/users/{user}/operations/{farm.id}/payee"
+
+        # what the body may be: exactly one of payee_id, new_payee, category, clear: true
+        for body in (
+            {},
+            {"clear": False},
+            {"category": "loisirs", "clear": True},
+            {"category": "loisirs", "payee_id": "x"},
+        ):
+            refused = await api.post(correct, json=body)
+            assert refused.status_code == 422, body
+            assert refused.json()["code"] == "validation_error"
+        unknown = await api.post(correct, json={"category": "loisirs/escalade"})
+        assert unknown.status_code == 422
+        assert unknown.headers["content-type"].startswith("application/problem+json")
+        assert unknown.json()["code"] == "unknown_category"
+        missing = await api.post(f"/v1/users/{user}/operations/op-nope/payee", json={"clear": True})
+        assert (missing.status_code, missing.json()["code"]) == (404, "unknown_operation")
+
+        # a category alone: the user's own category, no payee
+        made = await api.post(
+            f"/v1/users/{user}/categories", json={"id": "loisirs/escalade", "label": "Escalade"}
+        )
+        assert made.status_code == 201
+        chosen = await api.post(correct, json={"category": "loisirs/escalade"})
+        assert chosen.status_code == 200, chosen.text
+        answer = chosen.json()
+        assert (answer["payee"], answer["category"], answer["source"]) == (None, "loisirs/escalade", "manual")
+        await seen.wait_for(lambda: len(seen.of(farm.id)) == 2, what="the category alone")
+        manual = seen.latest(farm.id)
+        assert manual is not None
+        assert (manual.payee, manual.category, manual.source, manual.keyword) == (
+            None,
+            "loisirs/escalade",
+            "manual",
+            None,
+        )
+        assert manual.choice_version == 1
+
+        # a payee whose keyword recognises it: the rules change, the choice stays
+        payee = await api.post(
+            f"/v1/users/{user}/payees",
+            json={"name": "La ferme de Julie", "category": "alimentation", "keywords": ["FERME DE JULIE"]},
+        )
+        assert payee.status_code == 201
+        await wait_reexamined(api, user, 2)
+        await asyncio.sleep(1.0)
+        assert len(seen.of(farm.id)) == 2
+        assert seen.latest(farm.id).category == "loisirs/escalade"  # type: ignore[union-attr]
+
+        # forgotten: what the rules say now, with a higher choice number than the manual one
+        cleared = await api.post(correct, json={"clear": True})
+        assert cleared.status_code == 200, cleared.text
+        answer = cleared.json()
+        assert (answer["category"], answer["source"]) == ("alimentation", "user")
+        assert answer["payee"]["id"] == payee.json()["id"]
+        await seen.wait_for(lambda: len(seen.of(farm.id)) == 3, what="the rules' result after clear")
+        ruled = seen.latest(farm.id)
+        assert ruled is not None
+        assert (ruled.category, ruled.source, ruled.choice_version) == ("alimentation", "user", 2)
+        assert ruled.payee is not None
+        assert ruled.payee.id == payee.json()["id"]
+
+        # and the rules' later changes reach it again
+        changed = await api.put(
+            f"/v1/users/{user}/payees/{payee.json()['id']}",
+            json={"name": "La ferme de Julie", "category": "restaurants", "keywords": ["FERME DE JULIE"]},
+        )
+        assert changed.status_code == 200
+        await seen.wait_for(lambda: len(seen.of(farm.id)) == 4, what="the rule change after clear")
+        again = seen.latest(farm.id)
+        assert again is not None
+        assert (again.category, again.source, again.choice_version) == ("restaurants", "user", 2)
+
+        # forgetting on an operation the user never chose for: what the rules say (the built-in ones)
+        plain = await api.post(f"/v1/users/{user}/operations/{market.id}/payee", json={"clear": True})
+        assert plain.status_code == 200
+        assert (plain.json()["category"], plain.json()["source"], plain.json()["payee"]) == (
+            "alimentation",
+            "global",
+            None,
+        )
