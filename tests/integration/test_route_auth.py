@@ -7,6 +7,8 @@ that apply to the route:
   a valid token of ANOTHER user -> 403 (with the owner's real resource ids in the path and a valid body,
   so that only the authorisation can stop the request);
 - `/v1/ops/...`: the same 401 cases; a user token without the `ops` scope -> 403;
+- a `billing` token (Budgetfacile's billing backend) on any user route but the billing ones, and on
+  `/v1/ops/...` -> 403: it changes plans and options, nothing else;
 - the billing routes (`BILLING`: a user's plan and options): the 401 cases, another user's token and the
   user's OWN token -> 403 (only the billing backend's `billing` scope, or ops, changes them);
 - routes any signed-in user may read (`ANY_USER`): the 401 cases;
@@ -113,13 +115,19 @@ def kind_of(service: str, method: str, path: str) -> str:
 def cases_of(service: str, method: str, path: str) -> tuple[str, ...]:
     kind = kind_of(service, method, path)
     if kind == "user":
-        return (*UNAUTHENTICATED_CASES, "other_user", *hostile_bodies(service, method, path, "other_user"))
+        # billing changes plans and options, nothing else of a user's
+        return (
+            *UNAUTHENTICATED_CASES,
+            "other_user",
+            "billing",
+            *hostile_bodies(service, method, path, "other_user"),
+        )
     if kind == "billing":
         who = "own_user"
         return (*UNAUTHENTICATED_CASES, "other_user", who, *hostile_bodies(service, method, path, who))
     if kind == "ops":
         who = "user_without_ops"
-        return (*UNAUTHENTICATED_CASES, who, *hostile_bodies(service, method, path, who))
+        return (*UNAUTHENTICATED_CASES, who, "billing", *hostile_bodies(service, method, path, who))
     if kind == "any_user":
         return UNAUTHENTICATED_CASES
     if kind == "public":
@@ -231,6 +239,8 @@ def token_for(case: str, victim: str) -> str | None:
         return issue_token(DEV_JWT_SECRET, new_user("intruder"))
     if case in ("user_without_ops", "own_user"):
         return issue_token(DEV_JWT_SECRET, victim)
+    if case == "billing":
+        return issue_token(DEV_JWT_SECRET, new_user("billing"), scopes="billing")
     raise AssertionError(case)
 
 
@@ -358,3 +368,5 @@ def test_a_new_route_outside_the_conventions_fails_the_table():
     assert "other_user" in cases_of("importer", "GET", "/v1/users/{user_id}/something-new")
     assert "user_without_ops" in cases_of("importer", "GET", "/v1/ops/something-new")
     assert "own_user" in cases_of("entitlements", "PUT", "/v1/users/{user_id}/plan")
+    assert "billing" in cases_of("importer", "GET", "/v1/users/{user_id}/operations")
+    assert "billing" in cases_of("entitlements", "POST", "/v1/ops/users/{user_id}/erase")
