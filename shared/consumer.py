@@ -30,11 +30,11 @@ from faststream.message import StreamMessage
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
 
-from shared.events import CloudEvent
+from shared.events import CloudEvent, event_type
 from shared.logging import bind_context, clear_context, get_logger
 from shared.metrics import ERRORS, EVENTS_CONSUMED, HANDLER_LATENCY
 from shared.topics import DLQ
-from shared.vault import EventSealer, KeyDoesNotUnwrap, Shredded
+from shared.vault import EventSealer, KeyDoesNotUnwrap, NotOpened, Shredded
 
 log = get_logger(__name__)
 
@@ -156,7 +156,7 @@ class TopicConsumer:
 
     async def _until_keys_answer(
         self, records: Sequence[ConsumerRecord[bytes, bytes]]
-    ) -> list[CloudEvent | Shredded | Exception]:
+    ) -> list[CloudEvent | Shredded | NotOpened | Exception]:
         delay = 0.5
         while True:
             try:
@@ -174,11 +174,12 @@ class TopicConsumer:
 
     async def _events_of(
         self, records: Sequence[ConsumerRecord[bytes, bytes]]
-    ) -> list[CloudEvent | Shredded | Exception]:
+    ) -> list[CloudEvent | Shredded | NotOpened | Exception]:
         """Each record's event (one key lookup for the batch's sealed records), or why it is none."""
         if self.sealer is not None:
-            return await self.sealer.open_many(self.topic, [record.value for record in records])
-        events: list[CloudEvent | Shredded | Exception] = []
+            wanted = {event_type(name) for name in self.models}
+            return await self.sealer.open_many(self.topic, [record.value for record in records], wanted)
+        events: list[CloudEvent | Shredded | NotOpened | Exception] = []
         for record in records:
             try:
                 if record.value is None:
@@ -189,11 +190,15 @@ class TopicConsumer:
         return events
 
     async def _parse(
-        self, record: ConsumerRecord[bytes, bytes], opened: CloudEvent | Shredded | Exception
+        self, record: ConsumerRecord[bytes, bytes], opened: CloudEvent | Shredded | NotOpened | Exception
     ) -> Incoming | None:
         if isinstance(opened, Shredded):
             # an erased user's record: unreadable by design, not an error
             EVENTS_CONSUMED.labels(self.service, self.topic, "shredded").inc()
+            return None
+        if isinstance(opened, NotOpened):
+            # another producer's event type on a shared topic: not ours to handle (nor to decrypt)
+            EVENTS_CONSUMED.labels(self.service, self.topic, "skipped").inc()
             return None
         try:
             if isinstance(opened, Exception):

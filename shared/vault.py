@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +56,13 @@ class UserKey:
     user_id: str
     key_id: str
     aead: AESGCM
+
+
+@dataclass(frozen=True)
+class NotOpened:
+    """A sealed record of a type its reader does not handle: left closed (no key read, nothing decrypted)."""
+
+    type: str
 
 
 @dataclass(frozen=True)
@@ -282,10 +289,11 @@ class EventSealer:
         return values
 
     async def open_many(
-        self, topic: str, values: Sequence[bytes | None]
-    ) -> list[CloudEvent | Shredded | Exception]:
+        self, topic: str, values: Sequence[bytes | None], types: Collection[str] | None = None
+    ) -> list[CloudEvent | Shredded | NotOpened | Exception]:
         """Each record value as its event (opened), `Shredded` when its key is gone, or the reason it is
-        not a valid record (for the DLQ)."""
+        not a valid record (for the DLQ). With `types` (CloudEvents `type`s), a sealed record of another
+        type is `NotOpened`: its key is not looked up and nothing is decrypted."""
         envelopes: list[dict[str, Any] | Exception] = []
         for value in values:
             try:
@@ -297,16 +305,24 @@ class EventSealer:
                 envelopes.append(parsed)
             except ValueError as exc:
                 envelopes.append(exc)
+
+        def unwanted(envelope: dict[str, Any]) -> bool:
+            kind = envelope.get("type")
+            return types is not None and is_sealed(envelope) and isinstance(kind, str) and kind not in types
+
         sealed_users = {
             str(e.get("userid"))
             for e in envelopes
-            if isinstance(e, dict) and is_sealed(e) and e.get("userid")
+            if isinstance(e, dict) and is_sealed(e) and e.get("userid") and not unwanted(e)
         }
         keys = await self.vault.for_reading(sealed_users) if sealed_users else {}
-        opened: list[CloudEvent | Shredded | Exception] = []
+        opened: list[CloudEvent | Shredded | NotOpened | Exception] = []
         for envelope in envelopes:
             if isinstance(envelope, Exception):
                 opened.append(envelope)
+                continue
+            if unwanted(envelope):
+                opened.append(NotOpened(str(envelope["type"])))
                 continue
             try:
                 opened.append(self._open(topic, envelope, keys))

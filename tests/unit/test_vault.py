@@ -16,6 +16,7 @@ from shared.vault import (
     KeyDoesNotUnwrap,
     KeyVault,
     KeyWrapping,
+    NotOpened,
     SealError,
     Shredded,
     is_sealed,
@@ -168,3 +169,20 @@ def test_a_wrapped_key_opens_only_for_its_user():
     with pytest.raises(KeyDoesNotUnwrap, match="BANKSYNC_TOKEN_KEY"):
         wrapping.unwrap({**doc, "_id": "someone-else"})
     assert wrapping.unwrap({"_id": "ines", "erased_at": "x"}) is None
+
+
+async def test_a_reader_leaves_closed_the_sealed_records_of_types_it_does_not_handle():
+    keys_vault, keys = vault()
+    sealer = EventSealer(keys_vault, "test")
+    values = await sealer.encode_many(
+        TRANSACTIONS_RAW, [event("jules"), event("jules", name="account.synced")]
+    )
+    reader = EventSealer(KeyVault(keys, DEV_TOKEN_KEY), "test")  # type: ignore[arg-type]
+    reads_before = keys.reads
+    line, other = await reader.open_many(TRANSACTIONS_RAW, values, {event("x").type})
+    assert isinstance(line, CloudEvent)
+    assert isinstance(other, NotOpened)
+    assert other.type.endswith("account.synced.v1")
+    assert keys.reads == reads_before + 1  # one key read, for the record it opened
+    assert await reader.open_many(TRANSACTIONS_RAW, values[1:], {event("x").type}) == [other]
+    assert keys.reads == reads_before + 1  # a batch of records it does not handle reads no key
