@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.categorizer.domain import (
+    MAX_KEYWORDS,
     Payee,
     PayeeDraft,
     RuleError,
@@ -25,6 +27,12 @@ from shared.problems import Problem, problem_responses
 from shared.service import correlation_id_of
 
 MAX_PREVIEW = 1000
+# free text a client sends: French bank memos are under 256 characters; a keyword is a word or a few (the
+# rules keep at most domain.MAX_KEYWORD characters once its spaces are squeezed, and MAX_KEYWORDS of them)
+MEMO_MAX_CHARS = 500
+KEYWORD_MAX_CHARS = 200
+Memo = Annotated[str, Field(max_length=MEMO_MAX_CHARS)]
+Keyword = Annotated[str, Field(max_length=KEYWORD_MAX_CHARS)]
 
 router = APIRouter(tags=["categorizer"], responses=problem_responses(401, 403, 422))
 
@@ -33,7 +41,7 @@ class PayeeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=200)
     category: str = Field(max_length=100)
-    keywords: list[str] = Field(default_factory=list, max_length=200)
+    keywords: list[Keyword] = Field(default_factory=list, max_length=MAX_KEYWORDS)
 
 
 class PayeeOut(BaseModel):
@@ -48,7 +56,7 @@ class NewPayeeIn(BaseModel):
     name: str = Field(max_length=200)
     category: str = Field(max_length=100)
     # omitted: the keywords suggested from the operation's memo
-    keywords: list[str] | None = Field(default=None, max_length=200)
+    keywords: list[Keyword] | None = Field(default=None, max_length=MAX_KEYWORDS)
 
 
 class CorrectionIn(BaseModel):
@@ -117,7 +125,7 @@ class DefaultCategory(CategoryOut):
 
 class PreviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    memos: list[str] = Field(max_length=MAX_PREVIEW)
+    memos: list[Memo] = Field(max_length=MAX_PREVIEW)
 
 
 class PayeeRefOut(BaseModel):
@@ -213,7 +221,7 @@ async def create_payee(
     payee: Payee = await _change(
         handlers, user_id, request, lambda current: add_payee(current, draft, payee_id)
     )
-    response.headers["Location"] = f"/v1/users/{user_id}/payees/{payee.id}"
+    response.headers["Location"] = f"/v1/users/{quote(user_id, safe='')}/payees/{quote(payee.id, safe='')}"
     return payee_view(payee)
 
 

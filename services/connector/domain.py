@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from shared.jsonutil import dumps_canonical
-from shared.money import format_amount, to_amount
+from shared.money import InvalidAmount, format_amount, to_amount
 
 
 class SyncState(StrEnum):
@@ -251,8 +251,13 @@ def spread_offset(user_id: str, span: timedelta) -> timedelta:
 # --- the connection's accounts over their life ------------------------------------------------------
 
 
-def _decimal_text(value: Any) -> str | None:
-    return format_amount(to_amount(value)) if value is not None else None
+def _decimal_text(value: Any, currency: str | None) -> str | None:
+    """A balance the bank gives, exact; one that is no exact amount of its currency (a float with more
+    places than it has) is unknown (null), never rounded, and does not fail the refresh of the connection."""
+    try:
+        return format_amount(to_amount(value, currency)) if value is not None else None
+    except InvalidAmount:
+        return None
 
 
 def bank_account_view(account: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,8 +270,8 @@ def bank_account_view(account: Mapping[str, Any]) -> dict[str, Any]:
         "iban": account.get("iban"),
         "number": account.get("number"),
         "type": account.get("type") or "unknown",
-        "balance": _decimal_text(account.get("balance")),
-        "coming": _decimal_text(account.get("coming")),
+        "balance": _decimal_text(account.get("balance"), code),
+        "coming": _decimal_text(account.get("coming"), code),
         "currency": code or "EUR",
         "selected": account.get("disabled") in (None, False) and not account.get("deleted"),
         "closed": bool(account.get("deleted")),

@@ -11,7 +11,9 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -31,7 +33,7 @@ from services.importer.handlers import (
 from services.importer.replay import ReplayResult, replay_into
 from shared.auth import OpsPrincipal, UserPrincipal
 from shared.logging import get_logger
-from shared.money import InvalidAmount, to_amount
+from shared.money import AMOUNT_PATTERN, MAX_AMOUNT_CHARS, InvalidAmount, parse_amount
 from shared.problems import Problem, problem_responses
 from shared.schemas import Operation
 from shared.service import correlation_id_of
@@ -40,6 +42,16 @@ from shared.vault import EventSealer
 
 log = get_logger(__name__)
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
+# client amounts: documented here (pattern, length), checked by shared.money.parse_amount, which answers
+# what is not one with a 422 `invalid_amount` (a schema check would answer `validation_error`)
+AMOUNT_SCHEMA: dict[str, Any] = {"pattern": AMOUNT_PATTERN, "maxLength": MAX_AMOUNT_CHARS}
+AMOUNT_DESCRIPTION = (
+    'A decimal string, e.g. "-42.50" (never a float): ASCII digits, an optional leading "-", at most as '
+    "many decimals as the currency has (EUR 2, JPY 0), never rounded; otherwise 422 `invalid_amount`"
+)
+# free text and ids a client sends (bank memos and labels are under 256 characters)
+LABEL_MAX_CHARS = 500
+ID_MAX_CHARS = 200
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -94,7 +106,7 @@ class AccountIn(BaseModel):
 
 class LinkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target_account_id: str | None = None
+    target_account_id: str | None = Field(default=None, max_length=ID_MAX_CHARS)
     import_mode: ImportMode = ImportMode.CREATE
 
 
@@ -105,11 +117,13 @@ class LinkView(BaseModel):
     updated_at: dt.datetime | None = None
 
 
-def _exact_amount(value: str) -> str:
+def client_amount(name: str, value: str, currency: str | None) -> Decimal:
+    """An amount a client sent (body or query) in `currency` (None: the default, two places): exact, never
+    rounded; anything else is a 422 `invalid_amount` (shared.money.parse_amount says why)."""
     try:
-        return str(to_amount(value))
+        return parse_amount(value, currency)
     except InvalidAmount as exc:
-        raise ValueError(str(exc)) from None
+        raise Problem(422, "invalid_amount", f"{name}: {exc}") from None
 
 
 def _plausible_date(value: dt.date) -> dt.date:
@@ -121,14 +135,9 @@ def _plausible_date(value: dt.date) -> dt.date:
 class ManualOperationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     date: IsoDate
-    amount: str = Field(description='A decimal string, e.g. "-42.50" (never a float)')
+    amount: str = Field(description=AMOUNT_DESCRIPTION, json_schema_extra=AMOUNT_SCHEMA)
     currency: str = Field(default="EUR", pattern=CURRENCY_PATTERN)
-    label: str = Field(min_length=1, max_length=500)
-
-    @field_validator("amount")
-    @classmethod
-    def exact_amount(cls, value: str) -> str:
-        return _exact_amount(value)
+    label: str = Field(min_length=1, max_length=LABEL_MAX_CHARS)
 
     @field_validator("date")
     @classmethod
@@ -141,14 +150,9 @@ class ManualOperationPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     date: IsoDate | None = None
-    amount: str | None = Field(default=None, description='A decimal string, e.g. "-42.50" (never a float)')
+    amount: str | None = Field(default=None, description=AMOUNT_DESCRIPTION, json_schema_extra=AMOUNT_SCHEMA)
     currency: str | None = Field(default=None, pattern=CURRENCY_PATTERN)
-    label: str | None = Field(default=None, min_length=1, max_length=500)
-
-    @field_validator("amount")
-    @classmethod
-    def exact_amount(cls, value: str | None) -> str | None:
-        return None if value is None else _exact_amount(value)
+    label: str | None = Field(default=None, min_length=1, max_length=LABEL_MAX_CHARS)
 
     @field_validator("date")
     @classmethod
@@ -170,8 +174,8 @@ class OperationsPage(BaseModel):
 
 class ReplayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: str = Field(min_length=1)
-    aggregator_account_id: str = Field(min_length=1)
+    user_id: str = Field(min_length=1, max_length=ID_MAX_CHARS)
+    aggregator_account_id: str = Field(min_length=1, max_length=ID_MAX_CHARS)
     since: IsoDate | None = None
 
 
@@ -224,14 +228,7 @@ EXPORT_PAGE = 500
 
 def amount_bound(name: str, value: str | None) -> int | None:
     """A bound of the amount filter, in cents; a bad one is a 422 `invalid_amount`."""
-    if value is None:
-        return None
-    try:
-        return int(to_amount(value) * 100)
-    except InvalidAmount:
-        raise Problem(
-            422, "invalid_amount", f'{name}: {value!r} is not a decimal amount (e.g. "-42.50")'
-        ) from None
+    return None if value is None else int(client_amount(name, value, None) * 100)
 
 
 def operation_query(
@@ -253,10 +250,18 @@ def operation_query(
     ] = None,
     payee_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     min_amount: Annotated[
-        str | None, Query(max_length=40, description='Lowest amount, a decimal string ("-100.00"), included')
+        str | None,
+        Query(
+            description='Lowest amount, a decimal string ("-100.00"), included (else 422 `invalid_amount`)',
+            json_schema_extra=AMOUNT_SCHEMA,
+        ),
     ] = None,
     max_amount: Annotated[
-        str | None, Query(max_length=40, description='Highest amount, a decimal string ("-10.00"), included')
+        str | None,
+        Query(
+            description='Highest amount, a decimal string ("-10.00"), included (else 422 `invalid_amount`)',
+            json_schema_extra=AMOUNT_SCHEMA,
+        ),
     ] = None,
     status: Annotated[Literal["pending", "booked"] | None, Query()] = None,
     source: Annotated[Literal["bank", "manual"] | None, Query()] = None,
@@ -382,7 +387,7 @@ async def add_manual_operation(
             user_id,
             account_id,
             date=body.date,
-            amount=to_amount(body.amount),
+            amount=client_amount("amount", body.amount, body.currency),
             currency=body.currency,
             label=body.label,
             correlation_id=correlation_id_of(request),
@@ -511,12 +516,16 @@ async def edit_operation(
     """Changes a manual operation (the fields given). A bank operation: 409 `bank_operation`; the date
     or amount of one reconciled with a bank line: 409 `reconciled_operation` (undo the match first)."""
     try:
+        amount = None
+        if body.amount is not None:  # exact in the currency given, else in the account's
+            currency = body.currency or (await service.own_account(user_id, account_id)).get("currency")
+            amount = client_amount("amount", body.amount, str(currency or "EUR"))
         doc = await service.edit_manual_operation(
             user_id,
             account_id,
             operation_id,
             date=body.date,
-            amount=to_amount(body.amount) if body.amount is not None else None,
+            amount=amount,
             currency=body.currency,
             label=body.label,
             correlation_id=correlation_id_of(request),
@@ -659,7 +668,7 @@ async def start_replay(
     body: ReplayIn, response: Response, _: OpsPrincipal, replays: Annotated[Replays, Depends(replays_of)]
 ) -> ReplayView:
     view = replays.start(body)
-    response.headers["Location"] = f"/v1/ops/replays/{view.replay_id}"
+    response.headers["Location"] = f"/v1/ops/replays/{quote(view.replay_id, safe='')}"
     return view
 
 

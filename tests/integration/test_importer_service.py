@@ -535,14 +535,23 @@ def test_api_answers_problems_with_stable_codes(importer):
         assert (bad_name.status_code, bad_name.json()["code"]) == (422, "validation_error")
         account = client.post(f"/v1/users/{user}/accounts", json={"name": "Livret", "currency": "EUR"}).json()
         path = f"/v1/users/{user}/accounts/{account['account_id']}/operations"
-        for body in (
-            {"date": "2026-10-05", "amount": -42.5, "currency": "EUR", "label": "float"},
-            {"date": "2026-10-05", "amount": "abc", "currency": "EUR", "label": "nan"},
-            {"date": "2026-10-05", "amount": "1e12", "currency": "EUR", "label": "absurd"},
-            {"date": "1850-10-05", "amount": "-1.00", "currency": "EUR", "label": "old"},
+        for body, code in (
+            (
+                {"date": "2026-10-05", "amount": -42.5, "currency": "EUR", "label": "float"},
+                "validation_error",
+            ),
+            ({"date": "2026-10-05", "amount": "abc", "currency": "EUR", "label": "nan"}, "invalid_amount"),
+            (
+                {"date": "2026-10-05", "amount": "1e12", "currency": "EUR", "label": "absurd"},
+                "invalid_amount",
+            ),
+            (
+                {"date": "1850-10-05", "amount": "-1.00", "currency": "EUR", "label": "old"},
+                "validation_error",
+            ),
         ):
             answer = client.post(path, json=body)
-            assert (answer.status_code, answer.json()["code"]) == (422, "validation_error"), body
+            assert (answer.status_code, answer.json()["code"]) == (422, code), body
         usd = client.post(
             path, json={"date": "2026-10-05", "amount": "-1.00", "currency": "USD", "label": "x"}
         )

@@ -363,7 +363,7 @@ async def test_manual_operations_are_edited_and_deleted(importer, engines, world
         balance = {a["account_id"]: a["balance"] for a in accounts_of(client, user)}[world.manual]
         assert Decimal(balance) == Decimal("-42.50") + Decimal("-14.50")
 
-        assert_problem(client.patch(f"{base}/{op_id}", json={"amount": "abc"}), 422, "validation_error")
+        assert_problem(client.patch(f"{base}/{op_id}", json={"amount": "abc"}), 422, "invalid_amount")
         assert_problem(client.patch(f"{base}/{op_id}", json={"date": "2026-13-01"}), 422, "validation_error")
         assert_problem(client.patch(f"{base}/{op_id}", json={"label": ""}), 422, "validation_error")
         assert_problem(client.patch(f"{base}/{op_id}", json={"memo": "x"}), 422, "validation_error")

@@ -1,0 +1,282 @@
+"""Hostile input on the running services (issue #17, points 5 and 7): amounts that are not exact ASCII
+decimals of their currency are 422 `invalid_amount` and store nothing; an aggregator line with more places
+than its currency goes to the DLQ with the reason; bodies past the limit are 413 `payload_too_large`
+before any route runs; free text past its field's limit is 422 `validation_error`.
+
+The importer and the categorizer run as their own processes on the real engines (Kafka + FerretDB), with
+databases and consumer groups of their own, as in test_operations_api and test_categorizer_service.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from shared.devstack import ServiceProcess, new_user, private_consumer_groups, running_service
+from shared.events import account_key
+from shared.topics import DLQ, TRANSACTIONS_RAW
+from tests.polling import wait_for
+from tests.unit.importer.support import (
+    RawProducer,
+    Txn,
+    account_for,
+    api,
+    importer_alone,
+    raw_event,
+    read_topic,
+)
+
+pytestmark = pytest.mark.engines
+
+DATABASE = "importer_it_input_limits"
+MIB = 1024 * 1024
+BAD_AMOUNTS = [
+    "-1.005",  # was stored as "-1.00"
+    "0.123456789012345678901234567890",  # 30 decimals, were rounded
+    "١٢",  # Arabic-Indic digits, were 12.00
+    "1_000.00",  # was 1000.00
+    "+1.50",  # was 1.50
+]
+
+
+@pytest.fixture(scope="module")
+def importer(engines, log_dir) -> Iterator[ServiceProcess]:
+    with importer_alone(engines, log_dir, DATABASE, "importer-limits") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def categorizer(engines, log_dir) -> Iterator[ServiceProcess]:
+    database = f"categorizer_limits_{uuid.uuid4().hex[:6]}"
+    groups = private_consumer_groups(engines, database)
+    with running_service(
+        "services.categorizer",
+        engines,
+        log_dir,
+        MONGODB_DATABASE=database,
+        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
+    ) as proc:
+        yield proc
+
+
+def assert_problem(answer: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    problem: dict[str, Any] = answer.json()
+    assert problem["code"] == code, problem
+    assert problem["status"] == status
+    return problem
+
+
+def manual_account(client: httpx.Client, user: str, currency: str = "EUR") -> str:
+    created = client.post(
+        f"/v1/users/{user}/accounts", json={"name": f"Compte {currency}", "currency": currency}
+    )
+    assert created.status_code == 201, created.text
+    account_id: str = created.json()["account_id"]
+    return account_id
+
+
+def operations(client: httpx.Client, path: str) -> list[dict[str, Any]]:
+    answer = client.get(path, params={"limit": 500})
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+def op_body(amount: str, currency: str = "EUR", label: str = "Boulangerie") -> dict[str, str]:
+    return {"date": "2026-08-10", "amount": amount, "currency": currency, "label": label}
+
+
+# ---- amounts ----------------------------------------------------------------------------------------------
+
+
+def test_amounts_that_are_not_exact_ascii_decimals_are_refused_and_nothing_is_stored(importer):
+    user = new_user("amounts")
+    with api(importer.url, user) as client:
+        path = f"/v1/users/{user}/accounts/{manual_account(client, user)}/operations"
+        for bad in BAD_AMOUNTS:
+            problem = assert_problem(client.post(path, json=op_body(bad)), 422, "invalid_amount")
+            assert problem["detail"].startswith("amount: ")
+        assert operations(client, path) == []
+        twelve = client.post(path, json=op_body("12"))
+        assert twelve.status_code == 201, twelve.text
+        assert twelve.json()["amount"] == "12.00"
+        debit = client.post(path, json=op_body("-42.50"))
+        assert debit.status_code == 201, debit.text
+        assert debit.json()["amount"] == "-42.50"
+        # an edit is held to the same rule, and changes nothing when refused
+        edit = f"{path}/{debit.json()['id']}"
+        for bad in BAD_AMOUNTS:
+            assert_problem(client.patch(edit, json={"amount": bad}), 422, "invalid_amount")
+        assert sorted(o["amount"] for o in operations(client, path)) == ["-42.50", "12.00"]
+        # the filters too: a bound is never rounded either
+        for name in ("min_amount", "max_amount"):
+            for bad in BAD_AMOUNTS:
+                assert_problem(client.get(path, params={name: bad}), 422, "invalid_amount")
+                assert_problem(
+                    client.get(f"/v1/users/{user}/operations", params={name: bad}), 422, "invalid_amount"
+                )
+                assert_problem(client.get(f"{path}.csv", params={name: bad}), 422, "invalid_amount")
+        both = client.get(path, params={"min_amount": "-42.50", "max_amount": "-42.5"})
+        assert [o["amount"] for o in both.json()["items"]] == ["-42.50"]
+
+
+def test_an_amount_has_no_more_places_than_its_currency(importer):
+    user = new_user("yen")
+    with api(importer.url, user) as client:
+        path = f"/v1/users/{user}/accounts/{manual_account(client, user, 'JPY')}/operations"
+        for bad in ("12.5", "12.0", "-1.005"):
+            assert_problem(client.post(path, json=op_body(bad, "JPY")), 422, "invalid_amount")
+        assert operations(client, path) == []
+        created = client.post(path, json=op_body("1200", "JPY"))
+        assert created.status_code == 201, created.text
+        # an edit without a currency is held to the account's
+        edit = f"{path}/{created.json()['id']}"
+        assert_problem(client.patch(edit, json={"amount": "12.5"}), 422, "invalid_amount")
+        assert client.patch(edit, json={"amount": "1300"}).status_code == 200
+
+
+async def test_an_aggregator_line_with_more_places_goes_to_the_dlq_with_the_reason(importer, engines):
+    user, acct = new_user("places"), "7301"
+    day = dt.date(2026, 10, 5)
+    bad = Txn(900, acct, day, Decimal("-1.005"), "CARTE X4974 05/10 BOULANGERIE", "BOULANGERIE")
+    good = Txn(901, acct, day, Decimal("-12.50"), "CARTE X4974 05/10 DECATHLON", "DECATHLON")
+    assert bad.powens()["value"] == -1.005  # the aggregator's JSON number
+    async with RawProducer(engines.kafka_bootstrap) as producer:
+        partition, offset = await producer.send_event(account_key(user, acct), raw_event(user, "bnp", bad))
+        await producer.send(user, "bnp", [good], sync_run="run-places")
+
+    def imported() -> list[dict[str, Any]] | None:
+        with api(importer.url, user) as client:
+            account = account_for(client, user, acct)
+            if account is None:
+                return None
+            return operations(client, f"/v1/users/{user}/accounts/{account['account_id']}/operations") or None
+
+    ops = wait_for(imported, 60, what="the good line")
+    assert [(o["aggregator_transaction_id"], o["amount"]) for o in ops] == [("901", "-12.50")]
+
+    def original(record: Any) -> tuple[str, int, int]:
+        headers = {k: v.decode() for k, v in record.headers}
+        return (
+            headers.get("dlq.original_topic", ""),
+            int(headers.get("dlq.original_partition", -1)),
+            int(headers.get("dlq.original_offset", -1)),
+        )
+
+    wanted = (TRANSACTIONS_RAW, partition, offset)
+    (dead,) = await read_topic(
+        engines.kafka_bootstrap, DLQ, match=lambda r: original(r) == wanted, expected=1, within_s=45
+    )
+    error = dict((k, v.decode()) for k, v in dead.headers)["dlq.error"]
+    assert "at most 2 decimal places" in error
+    assert "1.005" not in error  # the reason, never the user's amount
+
+
+# ---- sizes ------------------------------------------------------------------------------------------------
+
+
+def padded(body: dict[str, Any], size: int) -> bytes:
+    """The JSON body followed by spaces up to `size` bytes: still valid JSON, the route would take it."""
+    raw = json.dumps(body).encode()
+    return raw + b" " * (size - len(raw))
+
+
+def in_chunks(body: bytes, size: int = 65536) -> Iterator[bytes]:
+    for i in range(0, len(body), size):
+        yield body[i : i + size]
+
+
+def test_a_body_past_the_limit_is_413_before_the_route(importer):
+    user = new_user("sizes")
+    headers = {"content-type": "application/json"}
+    with api(importer.url, user) as client:
+        path = f"/v1/users/{user}/accounts/{manual_account(client, user)}/operations"
+        problem = assert_problem(
+            client.post(path, content=padded(op_body("-1.00"), 2 * MIB), headers=headers),
+            413,
+            "payload_too_large",
+        )
+        assert problem["max_bytes"] == MIB
+        # without a Content-Length (chunked): counted as it is read
+        assert_problem(
+            client.post(path, content=in_chunks(padded(op_body("-2.00"), 2 * MIB)), headers=headers),
+            413,
+            "payload_too_large",
+        )
+        assert operations(client, path) == []  # neither reached the route
+        # the same body under the limit is an operation: the padding was not what refused it
+        under = client.post(path, content=padded(op_body("-3.00"), MIB - 1024), headers=headers)
+        assert under.status_code == 201, under.text
+        assert [o["amount"] for o in operations(client, path)] == ["-3.00"]
+
+
+def test_content_length_alone_is_enough_to_refuse(importer):
+    """The 413 comes from the headers: the body is never waited for."""
+    where = urlsplit(importer.url)
+    user = new_user("declared")
+    with socket.create_connection((where.hostname, where.port), timeout=10) as conn:
+        conn.sendall(
+            f"POST /v1/users/{user}/accounts/any/operations HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {30 * MIB}\r\n\r\n".encode()
+        )
+        answer = ""
+        while "}" not in answer:  # the headers, then the problem document
+            got = conn.recv(65536)
+            if not got:
+                break
+            answer += got.decode()
+    assert answer.startswith("HTTP/1.1 413"), answer
+    assert "payload_too_large" in answer
+
+
+def test_a_30_mb_memo_to_preview_is_413(categorizer):
+    user = new_user("memo")
+    with api(categorizer.url, user) as client:
+        path = f"/v1/users/{user}/categorize/preview"
+        assert_problem(
+            client.post(path, json={"memos": ["X" * (30 * 1024 * 1024)]}), 413, "payload_too_large"
+        )
+        assert client.get("/healthz").status_code == 200
+
+
+def test_free_text_past_its_limit_is_422(categorizer):
+    user = new_user("text")
+    with api(categorizer.url, user) as client:
+        preview = f"/v1/users/{user}/categorize/preview"
+        problem = assert_problem(
+            client.post(preview, json={"memos": ["CB " + "A" * 4997]}), 422, "validation_error"
+        )
+        assert problem["errors"][0]["loc"] == ["body", "memos", "0"]
+        real = "PRLV SEPA EDF CLIENTS PARTICULIERS ECH/050926 ID EMETTEUR/FR12ZZZ000000 MDT/00012345 REF/ABC"
+        shown = client.post(preview, json={"memos": [real]})
+        assert shown.status_code == 200, shown.text
+        assert shown.json()[0]["memo"] == real
+        assert_problem(client.post(preview, json={"memos": ["x"] * 1001}), 422, "validation_error")
+        payees = f"/v1/users/{user}/payees"
+        long_keyword = {"name": "EDF", "category": "energie", "keywords": ["E" * 5000]}
+        assert_problem(client.post(payees, json=long_keyword), 422, "validation_error")
+        many = {"name": "EDF", "category": "energie", "keywords": [f"EDF {i}" for i in range(51)]}
+        assert_problem(client.post(payees, json=many), 422, "validation_error")
+        assert client.get(payees).json() == []
+
+
+def test_importer_text_fields_are_bounded(importer):
+    user = new_user("labels")
+    with api(importer.url, user) as client:
+        path = f"/v1/users/{user}/accounts/{manual_account(client, user)}/operations"
+        assert_problem(client.post(path, json=op_body("-1.00", label="L" * 5000)), 422, "validation_error")
+        assert_problem(client.get(path, params={"q": "q" * 5000}), 422, "validation_error")
+        link = client.put(f"/v1/users/{user}/links/1", json={"target_account_id": "a" * 5000})
+        assert_problem(link, 422, "validation_error")
+        assert operations(client, path) == []
