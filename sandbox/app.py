@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.base import RequestResponseEndpoint
 
 from sandbox.api import control_router, error_response, powens_router, webview_router
+from sandbox.clients import DEV_CLIENT_ID, DEV_CLIENT_SECRET, DEV_REDIRECT_URIS, ClientApp, Clients
 from sandbox.clock import Clock, system_clock
 from sandbox.faults import Faults
 from sandbox.store import SandboxError, Store
@@ -25,6 +26,7 @@ from sandbox.webhooks import WebhookSender, WebhookTarget
 DEFAULT_SEED = 42
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret"
 CONNECTOR_WEBHOOK_PATH = "/v1/webhooks/aggregator"
+CONNECTOR_CALLBACK_PATH = "/v1/callback"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,13 @@ class SandboxSettings:
     webhook_secret: str | None = DEV_WEBHOOK_SECRET
     today: date | None = None  # pins the last day of generated history (default: today in Paris)
     history_months: int | None = None  # shorter histories than the banks' 13 months (load tests)
+    # the one registered client application (the connector): its id, secret and redirect URIs
+    client_id: str = DEV_CLIENT_ID
+    client_secret: str = DEV_CLIENT_SECRET
+    redirect_uris: tuple[str, ...] = field(default=DEV_REDIRECT_URIS)
+
+    def clients(self) -> Clients:
+        return Clients([ClientApp(self.client_id, self.client_secret, frozenset(self.redirect_uris))])
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> SandboxSettings:
@@ -45,6 +54,12 @@ class SandboxSettings:
         if webhook_url and webhook_url.lower() in ("none", "off", "-"):
             webhook_url = None
         today = env.get("AGGREGATOR_SANDBOX_TODAY")
+        redirect_uris = tuple(
+            uri.strip() for uri in env.get("SANDBOX_REDIRECT_URIS", "").split(",") if uri.strip()
+        )
+        if not redirect_uris and env.get("CONNECTOR_URL"):
+            # `make up` and docker-compose give every process CONNECTOR_URL: its callback is the client's
+            redirect_uris = (env["CONNECTOR_URL"].rstrip("/") + CONNECTOR_CALLBACK_PATH,)
         return cls(
             seed=int(env.get("AGGREGATOR_SANDBOX_SEED", DEFAULT_SEED)),
             webhook_url=webhook_url,
@@ -53,6 +68,9 @@ class SandboxSettings:
             history_months=int(env["AGGREGATOR_SANDBOX_HISTORY_MONTHS"])
             if env.get("AGGREGATOR_SANDBOX_HISTORY_MONTHS")
             else None,
+            client_id=env.get("SANDBOX_CLIENT_ID") or DEV_CLIENT_ID,
+            client_secret=env.get("SANDBOX_CLIENT_SECRET") or DEV_CLIENT_SECRET,
+            redirect_uris=redirect_uris or DEV_REDIRECT_URIS,
         )
 
 
@@ -76,7 +94,12 @@ def create_app(
         description="Powens-compatible (Budget Insight API 2.0) stand-in; control API under /sandbox.",
         version="1.0.0",
         lifespan=lifespan,
+        docs_url=None,  # served by shared.docs, without a CDN
+        redoc_url=None,
     )
+    from shared.docs import serve_docs_locally
+
+    serve_docs_locally(app)
     app.state.store = store
     app.state.faults = faults
     app.state.webhooks = webhooks
@@ -120,7 +143,8 @@ def create_app(
     async def readyz() -> dict[str, str]:
         return {"status": "ready"}
 
-    app.include_router(webview_router(store, webhooks))
-    app.include_router(powens_router(store, webhooks))
+    clients = settings.clients()
+    app.include_router(webview_router(store, webhooks, clients))
+    app.include_router(powens_router(store, webhooks, clients))
     app.include_router(control_router(store, faults, webhooks))
     return app

@@ -11,6 +11,7 @@ FERRET_CACHE="$CACHE_DIR/ferretdb-$FERRETDB_VERSION"
 FERRET_BIN="$FERRET_CACHE/ferretdb"
 FERRET_RUN="$RUN_DIR/ferretdb"
 PIDFILE="$FERRET_RUN/ferretdb.pid"
+DEBUG_ADDR_FILE="$FERRET_RUN/debug-addr"
 LOG="$FERRET_RUN/ferretdb.log"
 PG_BIN="/usr/lib/postgresql/$POSTGRES_MAJOR/bin"
 PG_DATA="$FERRET_RUN/pg"
@@ -123,7 +124,10 @@ start() {
     say "FerretDB already running (pid $(cat "$PIDFILE")) on 127.0.0.1:$FERRETDB_PORT"
     return 0
   fi
-  for port in "$FERRETDB_PORT" "$FERRETDB_DEBUG_PORT"; do
+  # the debug server (pprof, metrics, command line) of this instance only: loopback, a private port
+  local debug_port="$FERRETDB_DEBUG_PORT"
+  [ -n "$debug_port" ] || debug_port="$(free_private_port)" || exit 1
+  for port in "$FERRETDB_PORT" "$debug_port"; do
     if port_in_use "$port"; then
       say "ERROR: port $port is taken by another process; set FERRETDB_PORT / FERRETDB_DEBUG_PORT or stop it"
       exit 1
@@ -134,9 +138,10 @@ start() {
   start_postgres
   say "starting FerretDB $FERRETDB_VERSION (PostgreSQL on 127.0.0.1:$FERRETDB_PG_PORT) on 127.0.0.1:$FERRETDB_PORT"
   "$FERRET_BIN" --handler=postgresql --postgresql-url="$PG_URL" --state-dir="$FERRET_RUN/state" \
-    --listen-addr="127.0.0.1:$FERRETDB_PORT" --debug-addr="127.0.0.1:$FERRETDB_DEBUG_PORT" \
+    --listen-addr="127.0.0.1:$FERRETDB_PORT" --debug-addr="127.0.0.1:$debug_port" \
     --telemetry=disable --log-level=warn >"$LOG" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
+  echo "127.0.0.1:$debug_port" >"$DEBUG_ADDR_FILE"
   if ! "$PYTHON" "$ROOT/deploy/local/probe.py" mongodb "mongodb://127.0.0.1:$FERRETDB_PORT" --timeout 30; then
     pid_alive "$PIDFILE" || say "the FerretDB process exited"
     die_with_log "FerretDB did not answer a ping in 30 s" "$LOG"
@@ -146,12 +151,13 @@ start() {
 
 stop() {
   stop_pidfile "$PIDFILE" "FerretDB"
+  rm -f "$DEBUG_ADDR_FILE"
   stop_postgres
 }
 
 status() {
   if pid_alive "$PIDFILE"; then
-    echo "ferretdb   running  pid $(cat "$PIDFILE")  mongodb://127.0.0.1:$FERRETDB_PORT  (PostgreSQL 127.0.0.1:$FERRETDB_PG_PORT)"
+    echo "ferretdb   running  pid $(cat "$PIDFILE")  mongodb://127.0.0.1:$FERRETDB_PORT  (PostgreSQL 127.0.0.1:$FERRETDB_PG_PORT, debug $(cat "$DEBUG_ADDR_FILE" 2>/dev/null || echo '?'))"
   else
     echo "ferretdb   stopped"
     return 3

@@ -18,7 +18,11 @@ KAFKA_TOPIC_PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-6}"
 
 FERRETDB_VERSION="v1.24.2"
 FERRETDB_PORT="${FERRETDB_PORT:-27017}"
-FERRETDB_DEBUG_PORT="${FERRETDB_DEBUG_PORT:-8088}"
+# FerretDB's debug HTTP server (pprof, metrics, /debug/archive; no authentication; v1.24 takes a TCP
+# address only, no unix socket): on loopback, on a port of each instance's own. Empty (the default): a
+# free port picked at each start, never FerretDB's well-known 8088; ferretdb.sh writes the address it
+# used to $RUN_DIR/ferretdb/debug-addr.
+FERRETDB_DEBUG_PORT="${FERRETDB_DEBUG_PORT:-}"
 # FerretDB's backend: a private PostgreSQL cluster per run folder
 POSTGRES_MAJOR="15"
 FERRETDB_PG_PORT="${FERRETDB_PG_PORT:-54329}"
@@ -45,6 +49,16 @@ pid_alive() {  # pid_alive PIDFILE
 
 port_in_use() {  # port_in_use PORT
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+free_private_port() {  # free_private_port: a loopback port nobody listens on, from 32768-60999
+  local port
+  for _ in $(seq 1 50); do
+    port=$((32768 + (RANDOM * 32768 + RANDOM) % 28232))
+    port_in_use "$port" || { echo "$port"; return 0; }
+  done
+  say "ERROR: found no free loopback port"
+  return 1
 }
 
 stop_pidfile() {  # stop_pidfile PIDFILE NAME: TERM, wait up to 20 s, then KILL

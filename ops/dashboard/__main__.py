@@ -1,16 +1,31 @@
-"""`python -m ops.dashboard [--host H] [--port 8090] [--bootstrap H:P] [--history-minutes 30]`"""
+"""`python -m ops.dashboard [--host H] [--port 8090] [--bootstrap H:P] [--history-minutes 30]`
+
+`python -m ops.dashboard --print-token [--token-hours 8]` prints an ops token to paste into the login
+page (signed with this environment's `BANKSYNC_JWT_SECRET`), and exits.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
+import sys
 from datetime import timedelta
 
 import uvicorn
 
 from ops.dashboard.app import create_app
-from shared.logging import configure_logging
+from shared.auth import OPS_SCOPE, is_user_id
+from shared.logging import configure_logging, get_logger
 from shared.settings import ServiceSettings
+
+
+def operator_name() -> str:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+    return name if is_user_id(name) else "operator"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,12 +38,32 @@ def main(argv: list[str] | None = None) -> None:
         "--history-minutes", type=float, default=30.0, help="how far back to read at start (default 30)"
     )
     parser.add_argument("--poll-seconds", type=float, default=3.0, help="lag and DLQ refresh period")
+    parser.add_argument(
+        "--print-token", action="store_true", help="print an ops token for the login page, and exit"
+    )
+    parser.add_argument("--token-hours", type=float, default=8.0, help="the printed token's lifetime")
     args = parser.parse_args(argv)
     if args.history_minutes < 0 or args.poll_seconds <= 0:
         parser.error("--history-minutes must be >= 0 and --poll-seconds > 0")
+    tokens = settings.token_policy()
+    if args.print_token:
+        ttl_s = int(args.token_hours * 3600)
+        if not 0 < ttl_s <= tokens.max_lifetime_s:
+            parser.error(f"--token-hours must be > 0 and at most {tokens.max_lifetime_s / 3600:g}")
+        print(tokens.issue(operator_name(), scopes=OPS_SCOPE, ttl_s=ttl_s))
+        return
     configure_logging("dashboard", settings.log_level)
+    weak = [w for w in settings.weak_secrets() if w.startswith("BANKSYNC_JWT_SECRET")]
+    if weak and settings.banksync_env != "local":
+        # anyone can mint an ops token with a published default: the login would protect nothing
+        sys.exit(f"the ops dashboard refuses to start in {settings.banksync_env}: {'; '.join(weak)}")
+    if weak:
+        get_logger(__name__).warning("development_secrets", weak=weak)
     app = create_app(
-        args.bootstrap, history=timedelta(minutes=args.history_minutes), poll_interval_s=args.poll_seconds
+        args.bootstrap,
+        history=timedelta(minutes=args.history_minutes),
+        poll_interval_s=args.poll_seconds,
+        tokens=tokens,
     )
     uvicorn.run(
         app, host=args.host, port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=2

@@ -4,6 +4,7 @@ Chromium is driven over the DevTools protocol (a websocket; `websockets` comes w
 keeps a server-sent-events stream open, which `--dump-dom`/`--screenshot` with a virtual-time budget
 wait on forever, while DevTools lets the test watch the live DOM as the sync runs and take the
 screenshot at the end. `BANKSYNC_UPDATE_SCREENSHOT=1` copies the screenshot to docs/dashboard.png.
+The browser logs in as an operator would: the login page, an ops token pasted, the session cookie.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from websockets.asyncio.client import ClientConnection, connect
 
+from shared.auth import TokenPolicy
 from shared.devstack import ROOT, ServiceProcess, free_port
 from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.schemas import Operation, OperationCategorized, OperationEvent
@@ -41,6 +43,10 @@ pytestmark = pytest.mark.engines
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 WIDTH, HEIGHT = 1280, 900
 UPDATE_SCREENSHOT = os.environ.get("BANKSYNC_UPDATE_SCREENSHOT") == "1"
+# the dashboard's own secret: its tokens are the stack's, whatever the test process's environment says
+DASHBOARD_SECRET = "dashboard-integration-secret-0123456789abcdef"
+TOKENS = TokenPolicy(DASHBOARD_SECRET)
+OPS_HEADERS = {"Authorization": f"Bearer {TOKENS.issue('operator', scopes='ops')}"}
 
 
 # --- a small DevTools client ---------------------------------------------------------------------
@@ -161,7 +167,8 @@ def stack(engines, log_dir) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def dashboard(engines, log_dir) -> Iterator[ServiceProcess]:
     port = free_port()
-    process = ServiceProcess("ops.dashboard", port, engines.service_env(), log_dir / f"dashboard-{port}.log")
+    env = engines.service_env(BANKSYNC_JWT_SECRET=DASHBOARD_SECRET)
+    process = ServiceProcess("ops.dashboard", port, env, log_dir / f"dashboard-{port}.log")
     process.start()  # ready once Kafka answered its first poll
     try:
         yield process
@@ -267,13 +274,31 @@ async def publish_operations(bootstrap: str, user: str, imported: int, categorie
 
 
 # --- tests ---------------------------------------------------------------------------------------
+async def test_the_dashboard_refuses_whoever_is_not_ops(dashboard):
+    user = {"Authorization": f"Bearer {TOKENS.issue('u1')}"}
+    async with httpx.AsyncClient(base_url=dashboard.url, timeout=10) as http:
+        for path in ("/", "/api/snapshot", "/events"):
+            assert (await http.get(path)).status_code == 401, path
+            assert (await http.get(path, headers=user)).status_code == 403, path
+        stream = await http.get("/events", headers={"Accept": "text/event-stream"})
+        assert (stream.status_code, stream.json()["code"]) == (401, "unauthorized")
+        page = await http.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 401
+        assert 'action="/login"' in page.text
+        # a token signed with the services' development secret is not this dashboard's
+        elsewhere = TokenPolicy("another-secret-0123456789abcdef0123456789").issue("x", scopes="ops")
+        assert (
+            await http.get("/api/snapshot", headers={"Authorization": f"Bearer {elsewhere}"})
+        ).status_code == 401
+
+
 async def test_the_dashboard_streams_snapshots_and_serves_its_documents(dashboard):
     async with httpx.AsyncClient(base_url=dashboard.url, timeout=10) as http:
         assert (await http.get("/healthz")).json()["status"] == "ok"
         assert (await http.get("/readyz")).status_code == 200
         spec = (await http.get("/asyncapi.json")).json()
         assert spec["asyncapi"].startswith("3.")
-        async with http.stream("GET", "/events") as stream:
+        async with http.stream("GET", "/events", headers=OPS_HEADERS) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
             seen = ""
             async for chunk in stream.aiter_text():
@@ -295,6 +320,17 @@ async def test_the_page_shows_syncs_appear_succeed_and_fail_across_a_connector_r
         )
     user, failing = new_user("dash"), new_user("dashfail")
     async with chromium_page(dashboard.url + "/", tmp_path / "profile") as page:
+        # not logged in: the login page; an ops token pasted into it opens the session
+        await page.wait_for("!!document.querySelector('form#login textarea[name=token]')")
+        assert await page.eval("!!document.getElementById('syncs')") is False
+        token = TOKENS.issue("operator", scopes="ops", ttl_s=3600)
+        await page.eval(
+            f"document.querySelector('#token').value = {json.dumps(token)};"
+            " document.querySelector('form#login').requestSubmit(); true"
+        )
+        await page.wait_for("!!document.getElementById('syncs')")
+        assert await page.eval("document.cookie") == ""  # HttpOnly: no script reads the session
+        assert "operator" in await page.eval("document.getElementById('operator').textContent")
         await page.wait_for(
             "document.body.dataset.rendered === 'true'"
             " && document.getElementById('stream').textContent === 'live'"
@@ -365,7 +401,7 @@ async def test_the_page_shows_syncs_appear_succeed_and_fail_across_a_connector_r
         await page.wait_for("Number(document.getElementById('imported-min').textContent) >= 12")
         # events keep flowing: compare the page with a snapshot until both have caught up with each other
         deadline = asyncio.get_running_loop().time() + 20
-        async with httpx.AsyncClient(base_url=dashboard.url) as http:
+        async with httpx.AsyncClient(base_url=dashboard.url, headers=OPS_HEADERS) as http:
             while True:
                 categorization = (await http.get("/api/snapshot")).json()["categorization"]
                 shown_rate = await page.wait_for(

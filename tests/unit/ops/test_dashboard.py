@@ -1,18 +1,28 @@
 """The dashboard's aggregation (pure) and its HTTP surface (without Kafka)."""
 
 import json
+import time
 from datetime import UTC, datetime
 
+import pytest
 from fastapi.testclient import TestClient
 
+from ops.dashboard.__main__ import main as dashboard_main
 from ops.dashboard.app import create_app
+from ops.dashboard.auth import SESSION_COOKIE, SESSION_MAX_S
 from ops.dashboard.state import DashboardState
 from ops.lag import GroupSnapshot, all_rows
+from shared.auth import TokenPolicy
 from shared.events import event_type
+from shared.problems import Problem
+from shared.settings import ServiceSettings
 from shared.topics import CATEGORIZATIONS, OPERATIONS, SYNC_STATUS, TRANSACTIONS_RAW
 
 NOW = datetime(2026, 3, 2, 10, 30, 30, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
+SECRET = "dashboard-test-secret-0123456789abcdef0123"
+TOKENS = TokenPolicy(SECRET)
+OPS = TOKENS.issue("alice", scopes="ops")
 
 
 def event(name: str, **data) -> bytes:
@@ -137,13 +147,15 @@ def test_versions_move_with_every_change():
 def test_http_surface_without_kafka():
     state = DashboardState()
     status_events(state, "71")
-    with TestClient(create_app("127.0.0.1:1", state=state, follow=False)) as http:
+    with TestClient(create_app("127.0.0.1:1", state=state, follow=False, tokens=TOKENS)) as http:
+        # the probes need no token
         assert http.get("/healthz").json() == {"status": "ok", "service": "dashboard"}
         not_ready = http.get("/readyz")
         assert not_ready.status_code == 503
         assert not_ready.headers["content-type"].startswith("application/problem+json")
         state.set_kafka("connected")
         assert http.get("/readyz").status_code == 200
+        http.headers["Authorization"] = f"Bearer {OPS}"
         assert http.get("/api/snapshot").json()["syncs"]["succeeded"] == 1
         page = http.get("/")
         assert page.status_code == 200
@@ -153,3 +165,185 @@ def test_http_surface_without_kafka():
             assert external not in page.text
         spec = http.get("/asyncapi.json").json()
         assert spec["asyncapi"].startswith("3.")
+
+
+# --- who may see it -------------------------------------------------------------------------------------
+def dashboard(**kwargs) -> TestClient:
+    return TestClient(create_app("127.0.0.1:1", follow=False, tokens=kwargs.pop("tokens", TOKENS), **kwargs))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+
+def test_without_a_token_browsers_get_the_login_page_and_scripts_a_problem():
+    with dashboard() as http:
+        page = http.get("/", headers=BROWSER)
+        assert page.status_code == 401
+        assert page.headers["content-type"].startswith("text/html")
+        assert '<form id="login" method="post" action="/login"' in page.text
+        assert "EventSource" not in page.text  # the dashboard's page is not sent
+        assert page.headers["x-frame-options"] == "DENY"
+        for path in ("/", "/api/snapshot"):
+            refused = http.get(path)
+            assert refused.status_code == 401
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            assert refused.json()["code"] == "unauthorized"
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+        # the event stream, as an EventSource asks for it
+        stream = http.get("/events", headers={"Accept": "text/event-stream"})
+        assert stream.status_code == 401
+        assert stream.json()["code"] == "unauthorized"
+        assert "data:" not in stream.text
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        TokenPolicy("another-secret-0123456789abcdef0123456789").issue("alice", scopes="ops"),
+        TOKENS.issue("alice", scopes="ops", ttl_s=-10),
+        "not-a-jwt",
+    ],
+    ids=["signed_elsewhere", "expired", "garbage"],
+)
+def test_bad_tokens_are_401(token):
+    with dashboard() as http:
+        for path in ("/", "/api/snapshot", "/events"):
+            assert http.get(path, headers=bearer(token)).status_code == 401, path
+        assert http.get("/api/snapshot", headers={"Authorization": f"Basic {token}"}).status_code == 401
+
+
+@pytest.mark.parametrize("scopes", ["", "billing"])
+def test_a_token_without_the_ops_scope_is_403(scopes):
+    token = TOKENS.issue("u1", scopes=scopes)
+    with dashboard() as http:
+        for path in ("/", "/api/snapshot", "/events"):
+            refused = http.get(path, headers=bearer(token))
+            assert refused.status_code == 403, path
+            assert refused.json()["code"] == "forbidden"
+        # and the login form does not turn it into a session
+        login = http.post("/login", data={"token": token}, headers=BROWSER, follow_redirects=False)
+        assert login.status_code == 403
+        assert "ops" in login.text
+        assert SESSION_COOKIE not in login.headers.get("set-cookie", "")
+
+
+def test_an_ops_token_sees_the_page_the_snapshot_and_the_stream_until_it_expires():
+    short = TOKENS.issue("alice", scopes="ops", ttl_s=3)
+    with dashboard() as http:
+        page = http.get("/", headers=bearer(short))
+        assert page.status_code == 200
+        assert "EventSource" in page.text
+        assert "alice" in page.text  # who is signed in
+        assert http.get("/api/snapshot", headers=bearer(short)).json()["syncs"]["started"] == 0
+        started = time.monotonic()
+        with http.stream("GET", "/events", headers=bearer(short)) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            body = stream.read().decode()  # the stream ends with the token
+        assert time.monotonic() - started < 6
+        assert "event: snapshot" in body
+        time.sleep(max(0.0, 3.1 - (time.monotonic() - started)))
+        assert http.get("/events", headers=bearer(short)).status_code == 401
+
+
+def test_cookie_login_opens_a_session_for_the_page_and_its_stream():
+    token = TOKENS.issue("alice", scopes="ops", ttl_s=4)
+    with dashboard() as http:
+        assert http.get("/login", headers=BROWSER).status_code == 200
+        login = http.post("/login", data={"token": token}, headers=BROWSER, follow_redirects=False)
+        assert login.status_code == 303
+        assert login.headers["location"] == "/"
+        cookie = login.headers["set-cookie"]
+        attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+        assert {"httponly", "path", "max-age"} <= attributes
+        assert "samesite=strict" in cookie.lower()
+        max_age = int(cookie.lower().split("max-age=")[1].split(";")[0])
+        assert 0 < max_age <= 4  # no later than the token
+        session = http.cookies[SESSION_COOKIE]
+        assert token not in cookie  # the token is not kept
+        # the session is worth nothing to the services: another key signs it
+        with pytest.raises(Problem) as refused:
+            TOKENS.decode(session)
+        assert refused.value.status == 401
+
+        page = http.get("/", headers=BROWSER)
+        assert page.status_code == 200
+        assert "EventSource" in page.text
+        assert http.get("/api/snapshot").status_code == 200
+        with http.stream("GET", "/events", headers={"Accept": "text/event-stream"}) as stream:
+            assert stream.status_code == 200
+            assert "event: snapshot" in stream.read().decode()  # ends with the session
+        # the stream ended because the session did; a browser that still sends it is asked to log in
+        http.cookies.set(SESSION_COOKIE, session)
+        again = http.get("/", headers=BROWSER)
+        assert again.status_code == 401
+        assert "expired" in again.text
+
+
+def test_logout_ends_the_session():
+    with dashboard() as http:
+        http.post("/login", data={"token": OPS})
+        assert http.get("/api/snapshot").status_code == 200
+        out = http.post("/logout", follow_redirects=False)
+        assert out.status_code == 303
+        assert SESSION_COOKIE in out.headers["set-cookie"]
+        assert "max-age=0" in out.headers["set-cookie"].lower()
+        assert http.get("/api/snapshot").status_code == 401
+
+
+def test_login_refusals():
+    with dashboard() as http:
+        for token in ("", "not-a-jwt"):
+            refused = http.post("/login", data={"token": token}, headers=BROWSER)
+            assert refused.status_code == 401
+            assert 'class="message"' in refused.text
+        # another site's form (login CSRF) is refused even with a good token
+        cross = http.post(
+            "/login", data={"token": OPS}, headers={"Origin": "http://evil.example"}, follow_redirects=False
+        )
+        assert cross.status_code == 403
+        assert "set-cookie" not in cross.headers
+        cross_site = {"Sec-Fetch-Site": "cross-site", "Origin": "http://testserver"}
+        assert http.post("/login", data={"token": OPS}, headers=cross_site).status_code == 403
+        same = http.post(
+            "/login", data={"token": OPS}, headers={"Origin": "http://testserver"}, follow_redirects=False
+        )
+        assert same.status_code == 303
+        # a session cookie that was tampered with is refused, and cleared
+        value = http.cookies[SESSION_COOKIE]
+        http.cookies.set(SESSION_COOKIE, value[:-4] + ("AAAA" if not value.endswith("AAAA") else "BBBB"))
+        tampered = http.get("/api/snapshot")
+        assert tampered.status_code == 401
+        assert "max-age=0" in tampered.headers["set-cookie"].lower()
+        # a huge form is not read
+        big = http.post(
+            "/login",
+            content=b"token=" + b"x" * 20_000,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert big.status_code == 413
+
+
+def test_a_session_lasts_at_most_its_cap_even_for_a_long_token():
+    tokens = TokenPolicy(SECRET, max_lifetime_s=48 * 3600)
+    with dashboard(tokens=tokens) as http:
+        login = http.post(
+            "/login",
+            data={"token": tokens.issue("alice", scopes="ops", ttl_s=20 * 3600)},
+            follow_redirects=False,
+        )
+        max_age = int(login.headers["set-cookie"].lower().split("max-age=")[1].split(";")[0])
+        assert SESSION_MAX_S - 5 <= max_age <= SESSION_MAX_S
+
+
+def test_print_token_prints_an_ops_token_of_this_environment(capsys):
+    dashboard_main(["--print-token", "--token-hours", "1"])
+    principal = ServiceSettings().token_policy().decode(capsys.readouterr().out.strip())
+    assert principal.is_ops
+    with pytest.raises(SystemExit) as bad:
+        dashboard_main(["--print-token", "--token-hours", "1000"])
+    assert bad.value.code == 2
