@@ -2,8 +2,10 @@
 
 Environment: AGGREGATOR_SANDBOX_SEED (seed), AGGREGATOR_SANDBOX_TODAY (last day of generated history),
 SANDBOX_WEBHOOK_URL (where CONNECTION_SYNCED goes; default CONNECTOR_URL + /v1/webhooks/aggregator when
-CONNECTOR_URL is set; `none` turns webhooks off), SANDBOX_WEBHOOK_SECRET (sent as X-Webhook-Secret),
-BANKSYNC_HOST (listen address), LOG_LEVEL.
+CONNECTOR_URL is set; `none` turns webhooks off), SANDBOX_WEBHOOK_SECRET (the key of their BI-Signature),
+SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET (the registered client), SANDBOX_REDIRECT_URIS (its redirect URIs,
+comma-separated; default CONNECTOR_URL + /v1/callback when CONNECTOR_URL is set), BANKSYNC_HOST (listen
+address), LOG_LEVEL. Development defaults: sandbox/README.md.
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from sandbox.banks import BANKS, bank_by_id
+from sandbox.clients import Clients
 from sandbox.clock import format_ts, parse_ts
 from sandbox.faults import FaultConfig, Faults
 from sandbox.generator import AccountKind
 from sandbox.listing import TransactionQuery, clamp_limit
 from sandbox.models import User
-from sandbox.store import NewLine, SandboxError, Store
+from sandbox.store import TEMPORARY_TOKEN_TTL, NewLine, SandboxError, Store
 from sandbox.views import transaction_json, user_json
 from sandbox.webhooks import WebhookSender
 from sandbox.webview import HIDDEN_FIELDS, render_connect, render_message
@@ -106,11 +107,24 @@ class AccountUpdate(BaseModel):
 
 
 class CodeExchange(BaseModel):
-    code: str
+    """`POST /auth/token/access` (Powens' ExchangeAccessTokenRequest): `code`, `client_id` and
+    `client_secret` required; `grant_type` only `authorization_code`; `redirect_uri` the exact one the
+    code was issued for. All optional here, checked by hand: a validation error would echo the body,
+    the secret with it."""
+
+    code: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
     grant_type: str | None = None
     redirect_uri: str | None = None
+
+
+class InitRequest(BaseModel):
+    """`POST /auth/init` (Powens' AccessTokenRequest): with the client's credentials the new user's
+    token is permanent; without them it expires after 30 minutes."""
+
+    client_id: str | None = None
+    client_secret: str | None = None
 
 
 class AppendLine(BaseModel):
@@ -170,11 +184,22 @@ def to_cents(value: Decimal) -> int:
 
 
 # --- the Powens-compatible API ---------------------------------------------------------------------
-def powens_router(store: Store, webhooks: WebhookSender) -> APIRouter:
+def powens_router(store: Store, webhooks: WebhookSender, clients: Clients) -> APIRouter:
     router = APIRouter(prefix="/2.0")
 
     @router.post("/auth/init")
-    async def auth_init() -> dict[str, Any]:
+    async def auth_init(body: Annotated[InitRequest | None, Body()] = None) -> dict[str, Any]:
+        given = body or InitRequest()
+        if given.client_id is None and given.client_secret is None:
+            user = store.create_user(expires_in=TEMPORARY_TOKEN_TTL)
+            return {
+                "auth_token": user.token,
+                "type": "temporary",
+                "id_user": user.id,
+                "expires_in": int(TEMPORARY_TOKEN_TTL.total_seconds()),
+            }
+        if clients.authenticate(given.client_id, given.client_secret) is None:
+            raise SandboxError(400, "invalidClient", "unknown client_id or wrong client_secret")
         user = store.create_user()
         return {"auth_token": user.token, "type": "permanent", "id_user": user.id}
 
@@ -190,9 +215,23 @@ def powens_router(store: Store, webhooks: WebhookSender) -> APIRouter:
 
     @router.post("/auth/token/access")
     async def auth_exchange(body: CodeExchange) -> dict[str, Any]:
-        user = store.user_by_code(body.code)
-        if user is None:
-            raise SandboxError(400, "invalidCode", "unknown or expired code")
+        """A webview redirect's code for the user's permanent token: once, by the client whose webview
+        issued it (with its secret), for the redirect URI it was issued for."""
+        if body.grant_type not in (None, "authorization_code"):
+            raise SandboxError(400, "invalidValue", "grant_type must be authorization_code")
+        client = clients.authenticate(body.client_id, body.client_secret)
+        if client is None:
+            raise SandboxError(400, "invalidClient", "unknown client_id or wrong client_secret")
+        if not body.code:
+            raise SandboxError(400, "invalidValue", "code is required")
+        grant = store.redeem_authorization_code(body.code)
+        if grant is None or grant.client_id != client.client_id:
+            raise SandboxError(400, "invalidCode", "unknown, expired or already used code")
+        if body.redirect_uri != grant.redirect_uri:
+            raise SandboxError(
+                400, "invalidRedirectUri", "redirect_uri is not the one the code was issued for"
+            )
+        user = store.users[grant.user_id]
         return {"access_token": user.token, "token_type": "Bearer", "id_user": user.id}
 
     @router.get("/connectors")
@@ -342,13 +381,20 @@ def powens_router(store: Store, webhooks: WebhookSender) -> APIRouter:
 
 
 # --- the connect webview ---------------------------------------------------------------------------
-def webview_router(store: Store, webhooks: WebhookSender) -> APIRouter:
+def webview_router(store: Store, webhooks: WebhookSender, clients: Clients) -> APIRouter:
     router = APIRouter(prefix="/2.0/auth/webview")
 
-    def check_redirect(uri: str) -> None:
-        parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("redirect_uri must be an absolute http(s) URL")
+    def check_client(values: dict[str, str]) -> HTMLResponse | None:
+        """The error page when the link does not name a registered client and one of its registered
+        redirect URIs (exact match); such a link never redirects anywhere."""
+        if clients.get(values.get("client_id")) is None:
+            return HTMLResponse(
+                render_message("Lien invalide", "Application cliente inconnue (client_id)."), 400
+            )
+        if not clients.allows(values.get("client_id"), values.get("redirect_uri")):
+            message = "Adresse de retour (redirect_uri) non enregistrée pour cette application."
+            return HTMLResponse(render_message("Lien invalide", message), 400)
+        return None
 
     def resolve_user(values: dict[str, str]) -> User | None:
         """The sandbox user who links: `code` (temporary, from GET /2.0/auth/token/code, as Powens) or
@@ -382,10 +428,9 @@ def webview_router(store: Store, webhooks: WebhookSender) -> APIRouter:
     @router.get("/reconnect", response_class=HTMLResponse)
     async def show(request: Request) -> HTMLResponse:
         values = dict(request.query_params)
-        try:
-            check_redirect(values.get("redirect_uri", ""))
-        except ValueError as exc:
-            return HTMLResponse(render_message("Lien invalide", str(exc)), status_code=400)
+        refused = check_client(values)
+        if refused is not None:
+            return refused
         if (values.get("code") or values.get("token")) and resolve_user(values) is None:
             return HTMLResponse(render_message("Lien expiré", "Code ou jeton inconnu ou expiré."), 401)
         return page(values, status=200)
@@ -399,11 +444,10 @@ def webview_router(store: Store, webhooks: WebhookSender) -> APIRouter:
         raw = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
         values = {key: items[-1] for key, items in raw.items()}
         password = values.pop("password", "")
-        redirect_uri = values.get("redirect_uri", "")
-        try:
-            check_redirect(redirect_uri)
-        except ValueError as exc:
-            return HTMLResponse(render_message("Lien invalide", str(exc)), status_code=400)
+        refused = check_client(values)
+        if refused is not None:
+            return refused
+        redirect_uri, client_id = values["redirect_uri"], values["client_id"]
         login = values.get("login", "").strip()
         connector = values.get("connector_id", "")
         if not login or not password:
@@ -422,7 +466,8 @@ def webview_router(store: Store, webhooks: WebhookSender) -> APIRouter:
             return page(values, status=error.status, error=error.description)
         if connection.state is None:
             background_tasks.add_task(webhooks.connection_synced, connection.id)
-        params = {"connection_id": str(connection.id), "code": store.issue_code(user.id)}
+        code = store.issue_authorization_code(user.id, client_id, redirect_uri)
+        params = {"connection_id": str(connection.id), "code": code}
         if "state" in values:
             params["state"] = values["state"]
         separator = "&" if urlsplit(redirect_uri).query else "?"

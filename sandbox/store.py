@@ -58,6 +58,10 @@ LOGIN_STATES: dict[str, str] = {
 }
 
 CODE_TTL = timedelta(minutes=30)
+# the code the webview's redirect carries: exchanged once, by the client it was issued to, soon
+AUTHORIZATION_CODE_TTL = timedelta(minutes=10)
+# a token `POST /auth/init` gives without client credentials (Powens: temporary, 30 minutes)
+TEMPORARY_TOKEN_TTL = timedelta(minutes=30)
 PSD2_CONSENT = timedelta(days=180)
 RETRY_DELAY = timedelta(hours=1)
 PARIS = ZoneInfo("Europe/Paris")
@@ -97,6 +101,17 @@ def state_error(connection: Connection) -> SandboxError:
     )
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What an authorization code stands for: a user, the client whose webview issued it, the redirect
+    URI it was sent to, and until when it may be exchanged."""
+
+    user_id: int
+    client_id: str
+    redirect_uri: str
+    expires: datetime
+
+
 class Store:
     def __init__(
         self,
@@ -125,6 +140,10 @@ class Store:
         self.users: dict[int, User] = {}
         self.tokens: dict[str, int] = {}
         self.codes: dict[str, tuple[int, datetime]] = {}
+        # authorization codes of the webview's redirects (single use)
+        self.grants: dict[str, Grant] = {}
+        # temporary tokens and when they stop working (permanent ones are not here)
+        self.token_expiry: dict[str, datetime] = {}
         self.connections: dict[int, Connection] = {}
         self.accounts: dict[int, Account] = {}
         self.transactions: dict[int, Transaction] = {}
@@ -170,17 +189,23 @@ class Store:
         return value
 
     # --- users and codes -----------------------------------------------------------------------
-    def create_user(self) -> User:
+    def create_user(self, expires_in: timedelta | None = None) -> User:
+        """A new user and its token: permanent, or temporary when `expires_in` is given."""
         with self.lock:
             user = User(self._id("user"), secrets.token_urlsafe(32), self.now())
             self.users[user.id] = user
             self.tokens[user.token] = user.id
+            if expires_in is not None:
+                self.token_expiry[user.token] = self.now() + expires_in
             return user
 
     def user_by_token(self, token: str) -> User | None:
         with self.lock:
             user_id = self.tokens.get(token)
-            return None if user_id is None else self.users.get(user_id)
+            expiry = self.token_expiry.get(token)
+            if user_id is None or (expiry is not None and expiry < self.now()):
+                return None
+            return self.users.get(user_id)
 
     def issue_code(self, user_id: int) -> str:
         with self.lock:
@@ -194,6 +219,22 @@ class Store:
             if entry is None or entry[1] < self.now():
                 return None
             return self.users.get(entry[0])
+
+    def issue_authorization_code(self, user_id: int, client_id: str, redirect_uri: str) -> str:
+        """The code the webview's redirect carries, bound to the client and the redirect URI."""
+        with self.lock:
+            code = secrets.token_urlsafe(24)
+            self.grants[code] = Grant(user_id, client_id, redirect_uri, self.now() + AUTHORIZATION_CODE_TTL)
+            return code
+
+    def redeem_authorization_code(self, code: str) -> Grant | None:
+        """The grant of `code`, which is gone from now on (single use: the first attempt spends it,
+        whatever comes of it); None when unknown, spent or expired."""
+        with self.lock:
+            grant = self.grants.pop(code, None)
+            if grant is None or grant.expires < self.now() or grant.user_id not in self.users:
+                return None
+            return grant
 
     # --- connections ---------------------------------------------------------------------------
     def create_connection(self, user_id: int, connector_id: int, login: str) -> Connection:
@@ -356,8 +397,11 @@ class Store:
             user = self.users.pop(user_id, None)
             if user is not None:
                 self.tokens.pop(user.token, None)
+                self.token_expiry.pop(user.token, None)
             for code in [c for c, (owner, _) in self.codes.items() if owner == user_id]:
                 del self.codes[code]
+            for code in [c for c, grant in self.grants.items() if grant.user_id == user_id]:
+                del self.grants[code]
 
     # --- accounts ------------------------------------------------------------------------------
     def _accounts_of(self, connection_id: int) -> list[Account]:

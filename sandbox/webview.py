@@ -1,8 +1,8 @@
 """The connect webview's HTML: a bank picker and a login form. Pure rendering; every value is escaped.
 
 The form posts back (application/x-www-form-urlencoded) `connector_id`, `login`, `password`, plus the
-query's values as hidden fields: `redirect_uri`, `state`, and whichever of `code` / `token` /
-`connection_id` the page was opened with. The password is never put back into a page.
+query's values as hidden fields: `client_id`, `redirect_uri`, `state`, and whichever of `code` / `token`
+/ `connection_id` the page was opened with. The password is never put back into a page.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from html import escape
 
 from sandbox.banks import DemoBank
 
-HIDDEN_FIELDS = ("redirect_uri", "state", "code", "token", "connection_id")
+HIDDEN_FIELDS = ("client_id", "redirect_uri", "state", "code", "token", "connection_id")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 30rem; margin: 2rem auto; color: #1d2733; }

@@ -63,7 +63,8 @@ class Engines:
             "KAFKA_PORT": free_port(),
             "KAFKA_CONTROLLER_PORT": free_port(),
             "FERRETDB_PORT": free_port(),
-            "FERRETDB_DEBUG_PORT": free_port(),
+            # empty: ferretdb.sh picks a private loopback port for this instance's debug server
+            "FERRETDB_DEBUG_PORT": "",
             "FERRETDB_PG_PORT": free_port(),
         }
         env = {
@@ -220,7 +221,11 @@ def running_service(module: str, engines: Engines, log_dir: Path, **env: str) ->
 
 
 # --- a running slice of the platform, driven as a user would (tests, benchmarks) --------------------
+# the stack's secrets between the connector and the sandbox: the webhooks' HMAC key, and the connector's
+# client application at the sandbox (its redirect URI is the stack's connector's callback)
 WEBHOOK_SECRET = "test-webhook-secret"
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "test-client-secret-0123456789abcdef"
 
 
 class WebviewForm(HTMLParser):
@@ -354,6 +359,14 @@ class Stack:
 def browse_webview(connect_url: str, login: str, password: str, bank_index: int | None) -> httpx.Response:
     """The aggregator's webview as a browser fills it (the bank at `bank_index`, none on a reconnect
     page, which names its bank), then back to the connector's callback: its answer."""
+    back = fill_webview(connect_url, login, password, bank_index)
+    with httpx.Client(timeout=30, follow_redirects=False) as browser:
+        return browser.get(back)
+
+
+def fill_webview(connect_url: str, login: str, password: str, bank_index: int | None) -> str:
+    """The aggregator's webview as a browser fills it, up to its redirect: where it sends the browser
+    back (the connector's callback with `connection_id`, `code` and `state`), not followed."""
     with httpx.Client(timeout=30, follow_redirects=False) as browser:
         page = browser.get(connect_url)
         page.raise_for_status()
@@ -363,9 +376,9 @@ def browse_webview(connect_url: str, login: str, password: str, bank_index: int 
         chosen = {"connector_id": form.banks[bank_index]} if bank_index is not None else {}
         posted = browser.post(action, data={**form.fields, **chosen, "login": login, "password": password})
         assert posted.status_code == 303, posted.text
-        back = posted.headers["location"]
+        back: str = posted.headers["location"]
         assert re.search(r"[?&]connection_id=", back)
-        return browser.get(back)
+        return back
 
 
 def new_user(prefix: str = "user") -> str:
@@ -391,6 +404,9 @@ def connector_stack(
             "sandbox",
             SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{connector_port}/v1/webhooks/aggregator",
             SANDBOX_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            SANDBOX_CLIENT_ID=CLIENT_ID,
+            SANDBOX_CLIENT_SECRET=CLIENT_SECRET,
+            SANDBOX_REDIRECT_URIS=f"http://127.0.0.1:{connector_port}/v1/callback",
         )
         stack.start("entitlements", "services.entitlements", MONGODB_DATABASE=f"{database}_ent")
         stack.start(
@@ -402,6 +418,8 @@ def connector_stack(
             ENTITLEMENTS_URL=stack.url("entitlements"),
             CONNECTOR_URL=f"http://127.0.0.1:{connector_port}",
             AGGREGATOR_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            AGGREGATOR_CLIENT_ID=CLIENT_ID,
+            AGGREGATOR_CLIENT_SECRET=CLIENT_SECRET,
             AGGREGATOR_RETRY_BUDGET_S="6",
             AGGREGATOR_RETRY_BASE_S="0.05",
             SYNC_WORKERS_GROUP=f"connector-sync-{database}",

@@ -18,9 +18,16 @@ export CONNECTOR_URL="${CONNECTOR_URL:-http://127.0.0.1:8002}"
 export IMPORTER_URL="${IMPORTER_URL:-http://127.0.0.1:8003}"
 export CATEGORIZER_URL="${CATEGORIZER_URL:-http://127.0.0.1:8004}"
 export KAFKA_TOPIC_PARTITIONS
-# the sandbox sends CONNECTION_SYNCED webhooks to the connector with this shared secret
+# the sandbox signs its CONNECTION_SYNCED webhooks to the connector (BI-Signature) with this shared secret
 export AGGREGATOR_WEBHOOK_SECRET="${AGGREGATOR_WEBHOOK_SECRET:-dev-only-webhook-secret}"
 export SANDBOX_WEBHOOK_SECRET="${SANDBOX_WEBHOOK_SECRET:-$AGGREGATOR_WEBHOOK_SECRET}"
+# the connector is the sandbox's registered client: same id and secret on both sides, and the connector's
+# callback as the one redirect URI the webview may send a browser back to
+export AGGREGATOR_CLIENT_ID="${AGGREGATOR_CLIENT_ID:-banksync-dev-client}"
+export AGGREGATOR_CLIENT_SECRET="${AGGREGATOR_CLIENT_SECRET:-dev-only-aggregator-client-secret}"
+export SANDBOX_CLIENT_ID="${SANDBOX_CLIENT_ID:-$AGGREGATOR_CLIENT_ID}"
+export SANDBOX_CLIENT_SECRET="${SANDBOX_CLIENT_SECRET:-$AGGREGATOR_CLIENT_SECRET}"
+export SANDBOX_REDIRECT_URIS="${SANDBOX_REDIRECT_URIS:-$CONNECTOR_URL/v1/callback}"
 
 service_up() {  # service_up NAME PORT [MODULE]
   local name="$1" port="$2" module="${3:-services.$1}" pidfile="$RUN_DIR/$1.pid"
@@ -71,6 +78,7 @@ print_addresses() {
   importer      http://127.0.0.1:8003
   categorizer   http://127.0.0.1:8004
   ops dashboard http://127.0.0.1:$DASHBOARD_PORT   (AsyncAPI: /asyncapi.json)
+                log in with an ops token: .venv/bin/python -m ops.dashboard --print-token
 TXT
 }
 

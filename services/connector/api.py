@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.connector.handlers import ConnectorHandlers
+from services.connector.security import SIGNATURE_DATE_HEADER, SIGNATURE_HEADER
 from shared.auth import OpsPrincipal, UserPrincipal
 from shared.problems import Problem, problem_responses
 from shared.service import correlation_id_of
@@ -27,6 +28,8 @@ def handlers_of(request: Request) -> ConnectorHandlers:
 
 
 Handlers = Annotated[ConnectorHandlers, Depends(handlers_of)]
+# a CONNECTION_SYNCED body nests about six levels; far deeper is an attack, not a webhook
+MAX_WEBHOOK_DEPTH = 32
 
 
 class Activation(BaseModel):
@@ -48,16 +51,18 @@ async def activate(user_id: str, request: Request, _: UserPrincipal, handlers: H
     return await handlers.activate(user_id, correlation_id_of(request))
 
 
-@public.get("/callback", responses=problem_responses(400, 404, 422, 502))
+@public.get("/callback", responses=problem_responses(400, 404, 409, 422, 502))
 async def callback(
     request: Request,
     handlers: Handlers,
     connection_id: Annotated[str, Query(min_length=1, max_length=64)],
     state: Annotated[str, Query(min_length=1, max_length=2000)],
-    code: Annotated[str | None, Query(max_length=2000)] = None,
+    code: Annotated[str, Query(min_length=1, max_length=2000)],
 ) -> dict[str, Any]:
-    """Where the aggregator's webview sends the browser back (no JWT: the signed `state` is the proof)."""
-    return await handlers.callback(connection_id, state, correlation_id_of(request))
+    """Where the aggregator's webview sends the browser back (no JWT). The signed, single-use `state` names
+    the user; the `code` is exchanged at the aggregator with our client's credentials and must be that
+    user's. A used state answers 409 `activation_used`; a failed attempt does not use the state up."""
+    return await handlers.callback(connection_id, state, code, correlation_id_of(request))
 
 
 @users.get("/connections")
@@ -135,19 +140,48 @@ async def nightly_run(request: Request, _: OpsPrincipal, handlers: Handlers) -> 
 
 
 @public.post("/webhooks/aggregator", responses=problem_responses(401, 422, 503))
-async def aggregator_webhook(
-    request: Request,
-    handlers: Handlers,
-    x_webhook_secret: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
-    """`CONNECTION_SYNCED` webhooks: checked with the shared webhook secret, not a JWT."""
-    expected = handlers.config.webhook_secret
-    if not x_webhook_secret or not hmac.compare_digest(x_webhook_secret.encode(), expected.encode()):
-        raise Problem(401, "invalid_webhook_secret", "The webhook secret is missing or wrong.")
+async def aggregator_webhook(request: Request, handlers: Handlers) -> JSONResponse:
+    """`CONNECTION_SYNCED` webhooks, signed as Powens signs them, not a JWT: `BI-Signature` is
+    base64(HMAC-SHA256(webhook secret, "POST.<path>.<BI-Signature-Date>.<raw body>")). 401
+    `invalid_webhook_signature` (missing or wrong), `stale_webhook_signature` (date more than the tolerance
+    away, 5 min) or `webhook_replayed` (that signature was accepted before)."""
+    raw = await request.body()
+    await handlers.check_webhook(
+        request.method,
+        request.url.path,
+        request.headers.get(SIGNATURE_HEADER),
+        request.headers.get(SIGNATURE_DATE_HEADER),
+        raw,
+    )
+    return JSONResponse(await handlers.on_webhook(webhook_body(raw), correlation_id_of(request)))
+
+
+def webhook_body(raw: bytes) -> dict[str, Any]:
+    """The webhook's JSON object, parsed defensively: not JSON, nested too deep (the parser's recursion
+    included), or not an object: 422."""
     try:
-        body = await request.json()
-    except ValueError:
-        raise Problem(422, "validation_error", "The webhook body is not JSON.") from None
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise Problem(
+            422, "validation_error", "The webhook body is not JSON (or is nested too deep)."
+        ) from None
     if not isinstance(body, dict):
         raise Problem(422, "validation_error", "The webhook body must be a JSON object.")
-    return JSONResponse(await handlers.on_webhook(body, correlation_id_of(request)))
+    if nesting_depth(body) > MAX_WEBHOOK_DEPTH:
+        raise Problem(
+            422, "validation_error", f"The webhook body nests deeper than {MAX_WEBHOOK_DEPTH} levels."
+        )
+    return body
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep objects and arrays nest in a parsed JSON value (without recursion)."""
+    if not isinstance(value, dict | list):
+        return 0
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest

@@ -31,7 +31,13 @@ from services.connector.domain import (
 from services.connector.gate import EntitlementsUnavailable, GateAnswer, SyncGate, rights_document
 from services.connector.powens import AggregatorError, PowensClient
 from services.connector.repository import ConnectorRepository, Doc, connection_key
-from services.connector.security import InvalidState, StateSigner, TokenCipher
+from services.connector.security import (
+    InvalidState,
+    InvalidWebhook,
+    StateSigner,
+    TokenCipher,
+    WebhookVerifier,
+)
 from shared.batch_publisher import BatchPublisher
 from shared.events import CloudEvent, account_key, deterministic_event_id
 from shared.kafka import EventPublisher
@@ -57,6 +63,14 @@ class ConnectorConfig:
     cursor_overlap: timedelta = timedelta(minutes=30)
     run_lease: timedelta = timedelta(minutes=10)
     nightly: NightlyWindow = field(default_factory=lambda: NightlyWindow.parse("02:00-04:00", "Europe/Paris"))
+    # how far a webhook's signature date may be from our clock
+    webhook_tolerance: timedelta = timedelta(minutes=5)
+
+    @property
+    def callback_url(self) -> str:
+        """Where the aggregator's webview sends the browser back: a redirect URI registered for our client
+        at the aggregator (exact match), and the one the code exchange names."""
+        return f"{self.callback_base_url}/v1/callback"
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,11 @@ class NotEntitled(Problem):
             answer.reason or "La synchronisation automatique n'est pas incluse.",
             reason=answer.code,
         )
+
+
+def activation_used() -> Problem:
+    """A state already used (a replay, or the browser back twice): no data of the connection."""
+    return Problem(409, "activation_used", "This activation was already used: start again.")
 
 
 def entitlements_unavailable() -> Problem:
@@ -143,6 +162,7 @@ class ConnectorHandlers:
         self.config = config
         self.clock = clock
         self._bank_names: dict[str, str] = {}
+        self.webhooks = WebhookVerifier(config.webhook_secret, config.webhook_tolerance)
 
     # --- helpers -----------------------------------------------------------------------------
     async def require_entitled(self, user_id: str) -> GateAnswer:
@@ -202,7 +222,12 @@ class ConnectorHandlers:
         state, issued = self.signer.issue(user_id)
         await self.repository.record_activation(issued.nonce, user_id, now)
         query = urlencode(
-            {"redirect_uri": f"{self.config.callback_base_url}/v1/callback", "state": state, "code": code}
+            {
+                "client_id": self.powens.client_id,
+                "redirect_uri": self.config.callback_url,
+                "state": state,
+                "code": code,
+            }
         )
         log.info("activation_started", user_id=user_id)
         return {
@@ -218,29 +243,60 @@ class ConnectorHandlers:
                 502, "aggregator_unavailable", exc.failure.message, retryable=exc.failure.retryable
             ) from None
 
-    async def callback(self, connection_id: str, state: str, correlation_id: str) -> dict[str, Any]:
+    async def callback(
+        self, connection_id: str, state: str, code: str, correlation_id: str
+    ) -> dict[str, Any]:
+        """Back from the webview. The signed `state` names the user; the `code` is exchanged at the
+        aggregator (once, with our client's credentials) and must belong to that user's aggregator user;
+        only then is the state used up. An attempt that fails (no or a wrong code, a connection the user
+        does not have) leaves the state for the real redirect; a used state answers 409, never data."""
         try:
             activation = self.signer.verify(state)
         except InvalidState as exc:
             raise Problem(400, "invalid_state", str(exc)) from None
         user_id = activation.user_id
-        first_use = await self.repository.use_activation(activation.nonce, user_id, self.clock())
-        known = await self.repository.connection(user_id, connection_id)
-        if not first_use:
-            if known is not None and known["user_id"] == user_id:
-                return connection_view(known)  # the browser came back twice: same answer
-            raise Problem(400, "invalid_state", "This activation was already used: start again.")
-        token = await self._token(user_id)
+        record = await self.repository.activation(activation.nonce)
+        if record is None or record.get("user_id") != user_id:
+            raise Problem(400, "invalid_state", "This activation is unknown: start again.")
+        if record.get("used"):
+            raise activation_used()
+        aggregator_user = await self.repository.aggregator_user(user_id)
+        if aggregator_user is None:
+            raise Problem(
+                409, "not_linked", "Aucune banque n'est reliée : activez d'abord la synchronisation."
+            )
+        token = self.cipher.decrypt(aggregator_user["token_enc"], user_id)
         connections = await self._call(self.powens.connections(token))
         found = next((c for c in connections if str(c["id"]) == connection_id), None)
         if found is None:
             raise Problem(
                 404, "unknown_connection", f"The aggregator has no connection {connection_id} for this user."
             )
+        await self._check_code(code, user_id, str(aggregator_user.get("id_user", "")))
+        if not await self.repository.use_activation(activation.nonce, user_id, self.clock()):
+            raise activation_used()  # another attempt with the same state won the race
+        known = await self.repository.connection(user_id, connection_id)
         if known is not None and not known.get("removed"):
             return connection_view(await self._reconnected(known, found, correlation_id))
         doc = await self._store_connection(user_id, found, correlation_id, announce=known is None)
         return connection_view(doc)
+
+    async def _check_code(self, code: str, user_id: str, id_user: str) -> None:
+        """The webview's code, exchanged at the aggregator with our client's credentials, is the
+        activation's user's. The token the exchange gives is not kept (we hold the user's already)."""
+        try:
+            _token, owner = await self.powens.exchange_code(code, self.config.callback_url)
+        except AggregatorError as exc:
+            if exc.failure.code in ("invalidCode", "invalidRedirectUri"):
+                raise Problem(400, "invalid_code", exc.failure.message) from None
+            if exc.failure.code == "invalidClient":
+                log.error("aggregator_client_refused", user_id=user_id)
+            raise Problem(
+                502, "aggregator_unavailable", exc.failure.message, retryable=exc.failure.retryable
+            ) from None
+        if not owner or owner != id_user:
+            log.warning("callback_code_of_another_user", user_id=user_id)
+            raise Problem(400, "invalid_code", "This code was not issued for this activation's user.")
 
     # --- reconnect ---------------------------------------------------------------------------
     async def reconnect(self, user_id: str, connection_id: str, correlation_id: str) -> dict[str, str]:
@@ -254,7 +310,8 @@ class ConnectorHandlers:
         await self.repository.record_activation(issued.nonce, user_id, self.clock())
         query = urlencode(
             {
-                "redirect_uri": f"{self.config.callback_base_url}/v1/callback",
+                "client_id": self.powens.client_id,
+                "redirect_uri": self.config.callback_url,
                 "state": state,
                 "code": code,
                 "connection_id": connection_id,
@@ -1151,6 +1208,22 @@ class ConnectorHandlers:
             requests.append((user, self._request_event(request, correlation_id)))
         await self.publisher.publish_many(SYNC_REQUESTS, requests)
         return len(requests)
+
+    async def check_webhook(
+        self, method: str, path: str, signature: str | None, date: str | None, body: bytes
+    ) -> None:
+        """A webhook signed by the aggregator (WebhookVerifier), whose signature was never accepted
+        before (by any replica); 401 otherwise."""
+        now = self.clock()
+        try:
+            digest = self.webhooks.verify(method, path, signature, date, body, now=now)
+        except InvalidWebhook as exc:
+            raise Problem(401, exc.code, str(exc)) from None
+        # kept as long as a replay could still pass the date check (twice the tolerance), and a minute
+        keep = 2 * self.config.webhook_tolerance + timedelta(minutes=1)
+        if not await self.repository.remember_webhook_signature(digest, now, keep):
+            log.warning("webhook_replayed")
+            raise Problem(401, "webhook_replayed", "This webhook signature was already accepted.")
 
     async def on_webhook(self, body: dict[str, Any], correlation_id: str) -> dict[str, str]:
         connection = body.get("connection") if isinstance(body.get("connection"), dict) else None

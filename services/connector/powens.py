@@ -2,7 +2,9 @@
 
 Passing failures (5xx, timeouts, 429 with Retry-After, connection errors) are retried with
 exponential backoff and full jitter within a bounded time; then `AggregatorError` says what failed.
-The user's token travels only in the Authorization header and never appears in errors or logs.
+The user's token travels only in the Authorization header and never appears in errors or logs; the
+client's credentials (Powens' `client_id`, `client_secret`) only in the bodies of `POST /auth/init` and
+`POST /auth/token/access`, never in a URL, an error or a log.
 """
 
 from __future__ import annotations
@@ -14,12 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from services.connector.domain import Failure, backoff_delays, classify_connection_error, classify_http_status
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 PAGE_SIZE = 500
+# the aggregator's answers to a refused code exchange or client: never worth a retry
+AUTH_ERRORS = {
+    "invalidClient": "L'agrégateur ne reconnaît pas notre application (client_id, client_secret).",
+    "invalidCode": "Le code de l'agrégateur est inconnu, expiré ou déjà utilisé.",
+    "invalidRedirectUri": "Le code de l'agrégateur n'a pas été émis pour cette adresse de retour.",
+}
 
 
 class AggregatorError(Exception):
@@ -37,8 +46,19 @@ class RetryPolicy:
 
 
 class PowensClient:
-    def __init__(self, base_url: str, *, retry: RetryPolicy | None = None, timeout_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client_id: str = "",
+        client_secret: SecretStr | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 20.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        # our application at the aggregator: `client_id` is public (webview URLs), the secret is not
+        self.client_id = client_id
+        self._client_secret = client_secret or SecretStr("")
         self.retry = retry or RetryPolicy()
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
 
@@ -74,10 +94,34 @@ class PowensClient:
             log.info("aggregator_retry", path=path, code=failure.code, wait_s=round(wait_hint or delay, 2))
             await asyncio.sleep(wait_hint if wait_hint is not None else delay)
 
+    def _client_credentials(self) -> dict[str, str]:
+        return {"client_id": self.client_id, "client_secret": self._client_secret.get_secret_value()}
+
     async def create_user(self) -> tuple[str, str]:
-        """`POST /2.0/auth/init`: a new aggregator user and its permanent token."""
-        body = await self._request("POST", "/2.0/auth/init")
+        """`POST /2.0/auth/init` with the client's credentials: a new aggregator user and its permanent
+        token (without them, Powens gives a token that expires after 30 minutes)."""
+        body = await self._request("POST", "/2.0/auth/init", json=self._client_credentials())
         return str(body["auth_token"]), str(body.get("id_user", ""))
+
+    async def exchange_code(self, code: str, redirect_uri: str) -> tuple[str, str]:
+        """`POST /2.0/auth/token/access`: the code a webview redirect carried, exchanged (once) with the
+        client's credentials for the permanent token of the user it was issued for; returns the token and
+        that user's id (asked of `GET /2.0/users/me` when the answer does not say)."""
+        body = await self._request(
+            "POST",
+            "/2.0/auth/token/access",
+            json={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                **self._client_credentials(),
+            },
+        )
+        token = str(body["access_token"])
+        id_user = body.get("id_user")
+        if id_user is None:
+            id_user = (await self._request("GET", "/2.0/users/me", token=token)).get("id")
+        return token, str(id_user if id_user is not None else "")
 
     async def temporary_code(self, token: str) -> str:
         """`GET /2.0/auth/token/code`: a short-lived code that opens the webview for this user."""
@@ -153,6 +197,8 @@ def _failure_of(response: httpx.Response) -> Failure:
     except ValueError:
         body = {}
     code = body.get("code") if isinstance(body, dict) else None
+    if response.status_code == 400 and code in AUTH_ERRORS:
+        return Failure(str(code), AUTH_ERRORS[str(code)], False)
     if response.status_code in (401, 403):
         return Failure("aggregator_auth", "L'accès à l'agrégateur a été refusé pour cet utilisateur.", False)
     if isinstance(code, str) and response.status_code < 500 and response.status_code != 429:

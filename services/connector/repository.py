@@ -8,11 +8,13 @@
 - active_runs: at most one running sync per connection (a second request joins it)
 - entitlement_projection: the rights read from banksync.entitlements.v1 (or asked over HTTP)
 - nightly_runs: one nightly run per night across replicas
+- webhook_signatures: digests of the webhook signatures accepted lately (a replay is refused), by minute
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +27,15 @@ from shared.bulk import bulk_write_chunked
 from shared.mongo import find_by_ids, is_duplicate_key_error
 
 Doc = dict[str, Any]
+# webhook signatures are kept by the minute they were accepted: pruning deletes whole minutes by equality
+# (FerretDB has no TTL index and pushes no range down to an index)
+SIGNATURE_MINUTE_S = 60
+# minutes pruned one by one at most; a longer quiet spell (or a fresh process) prunes with one range
+SIGNATURE_PRUNE_STEPS = 30
+
+
+def signature_minute(moment: datetime) -> int:
+    return int(moment.timestamp()) // SIGNATURE_MINUTE_S
 
 
 def connection_key(user_id: str, connection_id: str) -> str:
@@ -46,6 +57,9 @@ class ConnectorRepository:
         self.active_runs: AsyncCollection[Doc] = db["active_runs"]
         self.projection: AsyncCollection[Doc] = db["entitlement_projection"]
         self.nightly_runs: AsyncCollection[Doc] = db["nightly_runs"]
+        self.webhook_signatures: AsyncCollection[Doc] = db["webhook_signatures"]
+        # minutes of webhook signatures before this one are pruned already (by this process)
+        self._signatures_pruned_below: int | None = None
 
     async def create_indexes(self) -> None:
         await self.connections.create_index([("user_id", ASCENDING)])
@@ -55,6 +69,8 @@ class ConnectorRepository:
         await self.account_sync.create_index([("user_id", ASCENDING)])
         await self.seen.create_index([("account", ASCENDING)])
         await self.active_runs.create_index([("night", ASCENDING)])
+        # `_id` (unique) is the signature's digest; `minute` serves the pruning
+        await self.webhook_signatures.create_index([("minute", ASCENDING)], name="by_minute")
 
     # aggregator users -------------------------------------------------------------------------
     async def aggregator_user(self, user_id: str) -> Doc | None:
@@ -75,6 +91,9 @@ class ConnectorRepository:
         await self.activations.insert_one(
             {"_id": nonce, "user_id": user_id, "created_at": now, "used": False}
         )
+
+    async def activation(self, nonce: str) -> Doc | None:
+        return await self.activations.find_one({"_id": nonce})
 
     async def use_activation(self, nonce: str, user_id: str, now: datetime) -> bool:
         result = await self.activations.update_one(
@@ -296,6 +315,31 @@ class ConnectorRepository:
             {"_id": user_id, "version": {"$lt": version}}, {"$set": rights}
         )
         return result.modified_count == 1
+
+    # webhook signatures ---------------------------------------------------------------------------
+    async def remember_webhook_signature(self, digest: str, now: datetime, keep: timedelta) -> bool:
+        """Records an accepted webhook signature; False when it was there already (a replay). The unique
+        `_id` makes it hold across replicas. Signatures older than `keep` are pruned here, by whole
+        minutes: one equality delete per minute that went by (usually none), by the indexed `minute`."""
+        minute = signature_minute(now)
+        try:
+            await self.webhook_signatures.insert_one({"_id": digest, "at": now, "minute": minute})
+        except DuplicateKeyError:
+            return False
+        await self._prune_webhook_signatures(minute - math.ceil(keep.total_seconds() / SIGNATURE_MINUTE_S))
+        return True
+
+    async def _prune_webhook_signatures(self, keep_from: int) -> None:
+        pruned = self._signatures_pruned_below
+        if pruned is not None and pruned >= keep_from:
+            return
+        if pruned is None or keep_from - pruned > SIGNATURE_PRUNE_STEPS:
+            # a fresh process, or a long quiet spell: what is left is little, one range reads it all
+            await self.webhook_signatures.delete_many({"minute": {"$lt": keep_from}})
+        else:
+            for minute in range(pruned, keep_from):
+                await self.webhook_signatures.delete_many({"minute": minute})
+        self._signatures_pruned_below = keep_from
 
     # nightly --------------------------------------------------------------------------------------
     async def claim_nightly(self, run_key: str, now: datetime) -> bool:

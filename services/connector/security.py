@@ -1,4 +1,5 @@
-"""Secrets of the connector: aggregator tokens encrypted at rest, and the signed webview `state`."""
+"""Secrets of the connector: aggregator tokens encrypted at rest, the signed webview `state`, and the
+signatures of the aggregator's webhooks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -87,3 +90,73 @@ class StateSigner:
         if (now or time.time()) > expires_at:
             raise InvalidState("the state has expired: start the activation again")
         return ActivationState(str(user_id), str(nonce), int(expires_at))
+
+
+# Powens' webhook signature headers
+SIGNATURE_HEADER = "BI-Signature"
+SIGNATURE_DATE_HEADER = "BI-Signature-Date"
+
+
+class InvalidWebhook(Exception):
+    """A webhook whose signature does not hold: `code` is the problem's stable code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WebhookVerifier:
+    """Powens' webhook signature: `BI-Signature` is base64(HMAC-SHA256(secret,
+    "<METHOD>.<path>.<BI-Signature-Date>.<raw body>")), `BI-Signature-Date` the moment of signing (ISO 8601,
+    or an HTTP date). A webhook is accepted when the signature matches (constant-time compare) and its date
+    is within `tolerance` of our clock; that the signature was not accepted before is the repository's
+    (ConnectorRepository.remember_webhook_signature), with `digest` as the key."""
+
+    def __init__(self, secret: str, tolerance: timedelta = timedelta(minutes=5)) -> None:
+        self._key = secret.encode()
+        self.tolerance = tolerance
+
+    def sign(self, method: str, path: str, date: str, body: bytes) -> str:
+        message = b".".join([method.upper().encode(), path.encode(), date.encode(), body])
+        return base64.b64encode(hmac.new(self._key, message, hashlib.sha256).digest()).decode()
+
+    def verify(
+        self,
+        method: str,
+        path: str,
+        signature: str | None,
+        date: str | None,
+        body: bytes,
+        now: datetime | None = None,
+    ) -> str:
+        """The digest that names this signature (what a replay would repeat); raises InvalidWebhook."""
+        if not signature or not date:
+            raise InvalidWebhook(
+                "invalid_webhook_signature",
+                f"The webhook carries no {SIGNATURE_HEADER} and {SIGNATURE_DATE_HEADER} headers.",
+            )
+        expected = self.sign(method, path, date, body)
+        if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
+            raise InvalidWebhook("invalid_webhook_signature", "The webhook signature does not match.")
+        signed_at = parse_signature_date(date)
+        if signed_at is None:
+            raise InvalidWebhook("invalid_webhook_signature", f"{SIGNATURE_DATE_HEADER} is not a date.")
+        if abs((now or datetime.now(UTC)) - signed_at) > self.tolerance:
+            raise InvalidWebhook(
+                "stale_webhook_signature",
+                f"The webhook was signed more than {int(self.tolerance.total_seconds())} s away from now.",
+            )
+        return hashlib.sha256(expected.encode()).hexdigest()
+
+
+def parse_signature_date(value: str) -> datetime | None:
+    """An ISO 8601 date-time (UTC when it names no offset) or an HTTP date; None when it is neither."""
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            parsed = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

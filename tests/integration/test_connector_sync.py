@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
+from sandbox.webhooks import sign, signed_headers
+from services.connector.repository import ConnectorRepository
 from services.connector.security import TokenCipher
+from shared.devstack import fill_webview
 from shared.mongo import make_client
 from shared.settings import DEV_TOKEN_KEY
 from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from tests.kafka_helpers import events_where
-from tests.stack import Stack, connector_stack, new_user
+from tests.stack import WEBHOOK_SECRET, Stack, connector_stack, new_user
 
 pytestmark = pytest.mark.engines
 
@@ -293,3 +299,149 @@ async def test_429_with_retry_after_is_honoured_and_the_sync_completes(stack, li
     logs = stack.processes["connector"].log_path.read_text()
     assert '"code": "rateLimiting"' in logs
     assert '"code": "aggregator_unavailable"' in logs
+
+
+# ---- who the connector trusts: the callback's code, the webhooks' signature (issue #17) -----------------
+
+ACCOUNT_DATA = ("iban", "balance", "accounts", "aggregator_account_id")
+
+
+def assert_refused(answer: httpx.Response, status: int, code: str) -> None:
+    """A problem document with that status and code, and nothing of any connection's accounts."""
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json"), answer.headers
+    assert answer.json()["code"] == code, answer.text
+    for word in ACCOUNT_DATA:
+        assert word not in answer.text, answer.text
+
+
+def activate(stack: Stack, user: str) -> str:
+    """An activation's webview filled as a browser would: the callback URL the webview redirects to."""
+    with stack.client("connector", user) as api:
+        activation = api.post(f"/v1/users/{user}/sync/activate")
+    assert activation.status_code == 200, activation.text
+    connect_url = activation.json()["connect_url"]
+    assert httpx.URL(connect_url).params["client_id"]  # Powens' webview wants the client
+    return fill_webview(connect_url, "demo", "secret-pw", 0)
+
+
+def test_the_callback_needs_the_user_s_own_code_and_a_failed_attempt_keeps_the_state(stack):
+    """Without a code, with a wrong one, with another user's, or naming a connection the user does not
+    have: refused, and the state stays good for the real redirect. Then the state is used: its replay
+    (with or without the code) answers no account data."""
+    user, other = new_user("cb"), new_user("cb-other")
+    stack.entitle(user)
+    stack.entitle(other)
+    back = httpx.URL(activate(stack, user))
+    real = dict(back.params)
+    assert {"connection_id", "code", "state"} <= real.keys()
+    others_code = httpx.URL(activate(stack, other)).params["code"]
+    callback = f"{stack.url('connector')}/v1/callback"
+    without_code = {k: v for k, v in real.items() if k != "code"}
+
+    assert_refused(httpx.get(callback, params=without_code), 422, "validation_error")
+    assert_refused(httpx.get(callback, params={**real, "code": ""}), 422, "validation_error")
+    assert_refused(httpx.get(callback, params={**real, "code": "not-a-code"}), 400, "invalid_code")
+    # a real code, of another user (the exchange spends it, and says whose it was)
+    assert_refused(httpx.get(callback, params={**real, "code": others_code}), 400, "invalid_code")
+    # the real code but another connection: refused before the code is exchanged
+    assert_refused(httpx.get(callback, params={**real, "connection_id": "999999"}), 404, "unknown_connection")
+
+    linked = httpx.get(str(back))
+    assert linked.status_code == 200, linked.text
+    assert linked.json()["connection_id"] == real["connection_id"]
+    assert linked.json()["accounts"]
+
+    # the state is used now: a replay, with the code or without, or with any code, says nothing more
+    assert_refused(httpx.get(str(back)), 409, "activation_used")
+    assert_refused(httpx.get(callback, params={**real, "code": "x"}), 409, "activation_used")
+    assert_refused(httpx.get(callback, params=without_code), 422, "validation_error")
+
+
+async def test_webhooks_need_a_fresh_signature_never_seen(stack, linked_user):
+    """The old shared header (even the development default), a signature made with another key or over
+    anything else, a stale or future date, and a replay of an accepted signature: 401, no sync. A body
+    nested 2,000 deep, well signed: 422."""
+    user, connection, _ = linked_user
+    stack.wait_run(user, stack.sync(user))
+    url = f"{stack.url('connector')}/v1/webhooks/aggregator"
+    with stack.sandbox() as sandbox:
+        account = sandbox.get(f"/sandbox/accounts/{connection['accounts'][0]['aggregator_account_id']}")
+    id_user = account.json()["id_user"]
+    body = json.dumps(
+        {"user": {"id": id_user}, "connection": {"id": int(connection["connection_id"])}}
+    ).encode()
+    json_type = {"Content-Type": "application/json"}
+
+    def post(headers: dict[str, str], content: bytes = body) -> httpx.Response:
+        return httpx.post(url, content=content, headers={**json_type, **headers}, timeout=30)
+
+    good = signed_headers(WEBHOOK_SECRET, url, body)
+    date = good["BI-Signature-Date"]
+    before = len(await webhook_runs(stack, user))
+    forged = {
+        "nothing": {},
+        "the old header only": {"X-Webhook-Secret": WEBHOOK_SECRET},
+        "the old header with the dev default": {"X-Webhook-Secret": "dev-only-webhook-secret"},
+        "another key": signed_headers("not-the-webhook-secret", url, body),
+        "another body": signed_headers(WEBHOOK_SECRET, url, body + b" "),
+        "another path": {
+            "BI-Signature-Date": date,
+            "BI-Signature": sign(WEBHOOK_SECRET, "POST", "/v1/webhooks/other", date, body),
+        },
+        "another date": {**good, "BI-Signature-Date": date.replace("Z", "+00:00")},
+        "no date": {"BI-Signature": good["BI-Signature"]},
+        "garbage": {"BI-Signature": "AAAA", "BI-Signature-Date": date},
+    }
+    for name, headers in forged.items():
+        answer = post(headers)
+        assert answer.status_code == 401, name
+        assert_refused(answer, 401, "invalid_webhook_signature")
+    now = datetime.now(UTC)
+    for moment in (now - timedelta(minutes=6), now + timedelta(minutes=6)):
+        assert_refused(
+            post(signed_headers(WEBHOOK_SECRET, url, body, moment)), 401, "stale_webhook_signature"
+        )
+
+    accepted = post(good)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["status"] == "accepted"
+    assert_refused(post(good), 401, "webhook_replayed")
+
+    for deep in (
+        b"[" * 2000 + b"]" * 2000,
+        b'{"a":' * 2000 + b"1" + b"}" * 2000,
+        b'{"a":' * 100 + b"1" + b"}" * 100,
+    ):
+        answer = post(signed_headers(WEBHOOK_SECRET, url, deep), deep)
+        assert_refused(answer, 422, "validation_error")
+
+    stack.wait_run(user, accepted.json()["sync_run_id"])
+    await asyncio.sleep(1)
+    assert len(await webhook_runs(stack, user)) == before + 1  # the accepted one only
+
+
+async def test_an_accepted_signature_is_refused_by_every_replica_and_pruned_later(stack):
+    """Two connectors on one database (two repositories): the unique `_id` makes the second refuse a
+    signature the first accepted; signatures older than the window go as new ones come in."""
+    client = make_client(stack.engines.mongodb_url)
+    db = client[f"{stack.database}_sig_{uuid.uuid4().hex[:6]}"]
+    try:
+        first, second = ConnectorRepository(db), ConnectorRepository(db)
+        await first.create_indexes()
+        keep = timedelta(minutes=11)
+        t0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+        assert await first.remember_webhook_signature("digest-a", t0, keep)
+        assert not await second.remember_webhook_signature("digest-a", t0 + timedelta(seconds=5), keep)
+        assert await second.remember_webhook_signature("digest-b", t0 + timedelta(minutes=5), keep)
+        assert await first.remember_webhook_signature("digest-c", t0 + timedelta(minutes=12), keep)
+        left = {doc["_id"] for doc in await db["webhook_signatures"].find({}).to_list()}
+        assert left == {"digest-b", "digest-c"}  # digest-a is older than the window
+        for step in range(1, 5):  # minute after minute: one equality delete each
+            assert await first.remember_webhook_signature(f"d{step}", t0 + timedelta(minutes=12 + step), keep)
+        assert await second.remember_webhook_signature("digest-z", t0 + timedelta(hours=2), keep)
+        left = {doc["_id"] for doc in await db["webhook_signatures"].find({}).to_list()}
+        assert left == {"digest-z"}
+    finally:
+        await client.drop_database(db.name)
+        await client.close()

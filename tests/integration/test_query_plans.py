@@ -372,6 +372,10 @@ def connector_docs() -> dict[str, list[Doc]]:
             {"_id": user(u), "plan": "premium", "options": [], "entitled": True, "version": 3}
             for u in range(USERS)
         ],
+        # the webhook signatures of the last minutes (a busy night: a few webhooks a second)
+        "webhook_signatures": [
+            {"_id": f"{n:064x}", "at": NOW, "minute": SIGNATURE_MINUTE + n // 200} for n in range(2_000)
+        ],
     }
 
 
@@ -407,6 +411,10 @@ def entitlements_docs() -> dict[str, list[Doc]]:
             for u in range(USERS)
         ],
     }
+
+
+# the minute (connector/repository.py:signature_minute) of the first webhook signatures of the store
+SIGNATURE_MINUTE = int(NOW.timestamp()) // 60
 
 
 # ---- the shapes ---------------------------------------------------------------------------------------
@@ -960,6 +968,31 @@ SHAPES: tuple[Shape, ...] = (
         "entitlement_projection",
         "update_one",
         {"_id": user(U), "version": {"$lt": 4}},
+    ),
+    Shape(
+        "connector/repository.py:ConnectorRepository.activation (the callback reads its state's record)",
+        CON,
+        "activations",
+        "find_one",
+        {"_id": uuid.UUID(int=U * 2 + 1).hex},
+    ),
+    Shape(
+        "connector/repository.py:ConnectorRepository._prune_webhook_signatures (index by_minute: each "
+        "minute that went by, by equality)",
+        CON,
+        "webhook_signatures",
+        "delete_many",
+        {"minute": SIGNATURE_MINUTE + 3},
+    ),
+    Shape(
+        "connector/repository.py:ConnectorRepository._prune_webhook_signatures (a fresh process, or after "
+        "a quiet spell: one range)",
+        CON,
+        "webhook_signatures",
+        "delete_many",
+        {"minute": {"$lt": SIGNATURE_MINUTE + 3}},
+        whole_collection="once per process start, or after more than 30 quiet minutes: the collection then "
+        "holds only the last minutes' signatures (every accepted webhook prunes what is older)",
     ),
     # -- entitlements: services/entitlements/adapters.py, services/entitlements/handlers.py
     Shape(

@@ -8,11 +8,11 @@ ops scope, a wrong webhook secret, a forged activation state, bodies that are no
 
 The secrets: the aggregator's permanent token of the user (read back from what the connector stored,
 decrypted with the key, and checked live at the sandbox), every JWT the test sent, BANKSYNC_TOKEN_KEY,
-the JWT secret, the webhook secret and the bank password. Where they are searched: the log file of every
-process of the stack, every record (key, value, headers) of every contract topic, every document of the
-services' databases, and the bodies and headers of the error answers. Each secret is searched as
-written, percent-encoded, JSON-escaped and base64-encoded; the search is first shown to find each of them
-in a control text, so that an empty result means something.
+the JWT secret, the webhook secret, the aggregator client secret and the bank password. Where they are
+searched: the log file of every process of the stack, every record (key, value, headers) of every
+contract topic, every document of the services' databases, and the bodies and headers of the error
+answers. Each secret is searched as written, percent-encoded, JSON-escaped and base64-encoded; the search
+is first shown to find each of them in a control text, so that an empty result means something.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from bson import json_util
 
 from services.connector.security import StateSigner, TokenCipher
 from shared.auth import issue_token
-from shared.devstack import WEBHOOK_SECRET, Stack, WebviewForm, new_user, pipeline_stack
+from shared.devstack import CLIENT_SECRET, WEBHOOK_SECRET, Stack, WebviewForm, new_user, pipeline_stack
 from shared.mongo import make_client
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import CATEGORIZATIONS, DLQ, TOPICS
@@ -327,6 +327,7 @@ def test_no_secret_in_logs_events_databases_or_error_answers(stack: Stack):
         "BANKSYNC_TOKEN_KEY": TOKEN_KEY,
         "BANKSYNC_JWT_SECRET": DEV_JWT_SECRET,
         "webhook secret": WEBHOOK_SECRET,
+        "aggregator client secret": CLIENT_SECRET,
         "bank password": PASSWORD,
         **{f"JWT #{i}": token for i, token in enumerate(caller.jwts)},
     }

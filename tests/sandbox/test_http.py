@@ -20,11 +20,16 @@ import pytest
 
 from sandbox.banks import bank_by_id
 from sandbox.generator import AccountKind, generate_connection
+from sandbox.webhooks import sign
 from shared.devstack import ServiceProcess, free_port
 
 TODAY = "2025-03-14"
 SECRET = "test-webhook-secret"
 REDIRECT = "http://app.example.test/v1/callback?from=sandbox"
+CLIENT_ID = "sandbox-test-client"
+CLIENT_SECRET = "sandbox-test-client-secret"
+CLIENT = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+OTHER_REDIRECT = "http://app.example.test/v1/other"
 
 
 @dataclass
@@ -63,10 +68,14 @@ def receiver() -> Iterator[Receiver]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.loads(raw)
             status = state.answer(body)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            # what the signature is checked against: the exact bytes and path received
+            headers[":raw"], headers[":path"] = raw.decode(), self.path
             with state.lock:
-                state.received.append(({k.lower(): v for k, v in self.headers.items()}, body, status))
+                state.received.append((headers, body, status))
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -90,6 +99,9 @@ def sandbox(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Ite
         AGGREGATOR_SANDBOX_TODAY=TODAY,
         SANDBOX_WEBHOOK_URL=receiver.url,
         SANDBOX_WEBHOOK_SECRET=SECRET,
+        SANDBOX_CLIENT_ID=CLIENT_ID,
+        SANDBOX_CLIENT_SECRET=CLIENT_SECRET,
+        SANDBOX_REDIRECT_URIS=f"{REDIRECT}, {OTHER_REDIRECT}",
     )
     port = free_port()
     log: Path = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
@@ -107,7 +119,7 @@ def http(sandbox: str) -> Iterator[httpx.Client]:
 
 
 def new_user(http: httpx.Client) -> dict[str, str]:
-    answer = http.post("/2.0/auth/init")
+    answer = http.post("/2.0/auth/init", json=CLIENT)
     assert answer.status_code == 200
     body = answer.json()
     assert body["type"] == "permanent"
@@ -121,7 +133,7 @@ def link(
 ) -> dict[str, list[str]]:
     """The webview as a browser goes through it; returns the query of the 303 redirect."""
     code = http.get("/2.0/auth/token/code", headers=auth).json()["code"]
-    query = {"redirect_uri": REDIRECT, "state": "st-123", "code": code}
+    query = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT, "state": "st-123", "code": code}
     page = http.get("/2.0/auth/webview/connect", params=query)
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
@@ -189,7 +201,8 @@ def test_webview_links_a_bank_and_redirects_with_connection_code_state(http: htt
     auth = new_user(http)
     code = http.get("/2.0/auth/token/code", headers=auth).json()["code"]
     page = http.get(
-        "/2.0/auth/webview/connect", params={"redirect_uri": REDIRECT, "state": "abc", "code": code}
+        "/2.0/auth/webview/connect",
+        params={"client_id": CLIENT_ID, "redirect_uri": REDIRECT, "state": "abc", "code": code},
     ).text
     for name in ("connector_id", "login", "password"):
         assert f'name="{name}"' in page
@@ -200,6 +213,7 @@ def test_webview_links_a_bank_and_redirects_with_connection_code_state(http: htt
     refused = http.post(
         "/2.0/auth/webview/connect",
         data={
+            "client_id": CLIENT_ID,
             "redirect_uri": REDIRECT,
             "state": "abc",
             "code": code,
@@ -215,7 +229,9 @@ def test_webview_links_a_bank_and_redirects_with_connection_code_state(http: htt
     assert redirect["from"] == ["sandbox"]
     assert redirect["code"][0]
     connection_id = int(redirect["connection_id"][0])
-    exchanged = http.post("/2.0/auth/token/access", json={"code": redirect["code"][0]}).json()
+    exchanged = http.post(
+        "/2.0/auth/token/access", json={"code": redirect["code"][0], "redirect_uri": REDIRECT, **CLIENT}
+    ).json()
     assert f"Bearer {exchanged['access_token']}" == auth["Authorization"]
 
     connection = connection_of(http, auth, connection_id, expand="accounts,all_accounts")
@@ -383,7 +399,11 @@ def test_sync_sends_connection_synced_until_acknowledged(http: httpx.Client, rec
     assert sync.json()["state"] is None
     headers, body, status = receiver.wait_for(connection_id, 2)[1]
     assert status == 500
-    assert headers["x-webhook-secret"] == SECRET
+    assert "x-webhook-secret" not in headers  # no secret travels in a header
+    date = headers["bi-signature-date"]
+    assert abs(datetime.fromisoformat(date) - datetime.now(UTC)) < timedelta(minutes=1)  # the wall clock
+    assert headers["bi-signature"] == sign(SECRET, "POST", "/hooks", date, headers[":raw"].encode())
+    assert headers[":path"] == "/hooks"
     assert headers["x-sandbox-webhook-event"] == "CONNECTION_SYNCED"
     assert body["connection"]["id"] == connection_id
     assert body["user"]["id"]
@@ -413,7 +433,8 @@ def test_faults_5xx_latency_and_rate_limit(http: httpx.Client):
         assert statuses <= {500, 502, 503}
         assert statuses
         assert http.get("/sandbox/faults").json()["injected"]["5xx"] >= 10  # the control API is never faulted
-        assert http.get("/2.0/auth/webview/connect", params={"redirect_uri": REDIRECT}).status_code == 200
+        webview = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT}
+        assert http.get("/2.0/auth/webview/connect", params=webview).status_code == 200
 
         http.post("/sandbox/faults", json={"error_rate": 0.0}).raise_for_status()
         assert http.get("/2.0/users/me/connections", headers=auth).status_code == 200
@@ -507,7 +528,13 @@ def test_closed_accounts_stay_listed_and_a_lapsed_consent_needs_the_reconnect_we
     assert http.post("/sandbox/clock", json={"advance_days": -1}).status_code == 422
 
     code = http.get("/2.0/auth/token/code", headers=auth).json()["code"]
-    query = {"redirect_uri": REDIRECT, "state": "st-re", "code": code, "connection_id": str(connection_id)}
+    query = {
+        "client_id": CLIENT_ID,
+        "redirect_uri": REDIRECT,
+        "state": "st-re",
+        "code": code,
+        "connection_id": str(connection_id),
+    }
     assert http.get("/2.0/auth/webview/reconnect", params=query).status_code == 200
     form = {**query, "connector_id": "102", "login": "demo", "password": "s3cret-pass"}
     answer = http.post("/2.0/auth/webview/reconnect", data=form)
@@ -519,3 +546,107 @@ def test_closed_accounts_stay_listed_and_a_lapsed_consent_needs_the_reconnect_we
     assert renewed["state"] is None
     assert datetime.fromisoformat(renewed["expire"]) > datetime.fromisoformat(moved["now"])
     assert http.post(f"/2.0/users/me/connections/{connection_id}", headers=auth).status_code == 200
+
+
+def test_auth_init_needs_the_client_credentials_for_a_permanent_token(http: httpx.Client):
+    new_user(http)  # with them: permanent
+    temporary = http.post("/2.0/auth/init")
+    assert temporary.status_code == 200
+    assert temporary.json()["type"] == "temporary"
+    assert temporary.json()["expires_in"] == 1800
+    for wrong in (
+        {**CLIENT, "client_secret": "wrong"},
+        {"client_id": CLIENT_ID},
+        {**CLIENT, "client_id": "x"},
+    ):
+        refused = http.post("/2.0/auth/init", json=wrong)
+        assert refused.status_code == 400
+        assert refused.json()["code"] == "invalidClient"
+        assert CLIENT_SECRET not in refused.text
+
+
+def test_webview_never_redirects_to_an_unregistered_uri(http: httpx.Client):
+    """The review's attack: a webview link naming the attacker's site gets an error page, not a 303 to
+    `https://evil.example/steal?connection_id=...&code=...`; so does a link without the client, or another
+    client's, or a registered URI with something added."""
+    auth = new_user(http)
+    code = http.get("/2.0/auth/token/code", headers=auth).json()["code"]
+    good = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT, "state": "st", "code": code}
+    bad_links = [
+        {**good, "redirect_uri": "https://evil.example/steal"},
+        {**good, "redirect_uri": REDIRECT + "&evil=1"},
+        {**good, "redirect_uri": REDIRECT.split("?")[0]},
+        {**good, "redirect_uri": ""},
+        {key: value for key, value in good.items() if key != "redirect_uri"},
+        {key: value for key, value in good.items() if key != "client_id"},
+        {**good, "client_id": "someone-else"},
+    ]
+    for flow in ("connect", "reconnect"):
+        for query in bad_links:
+            shown = http.get(f"/2.0/auth/webview/{flow}", params=query)
+            assert shown.status_code == 400, (flow, query)
+            assert "text/html" in shown.headers["content-type"]
+            assert "location" not in shown.headers
+            form = {**query, "connector_id": "102", "login": "demo", "password": "s3cret-pass"}
+            posted = http.post(f"/2.0/auth/webview/{flow}", data=form)
+            assert posted.status_code == 400, (flow, query)
+            assert "location" not in posted.headers
+            assert "evil.example" not in posted.headers.get("location", "")
+    # nothing was linked by those posts; the registered URIs still work
+    assert http.get("/2.0/users/me/connections", headers=auth).json()["total"] == 0
+    assert http.get("/2.0/auth/webview/connect", params=good).status_code == 200
+    assert (
+        http.get("/2.0/auth/webview/connect", params={**good, "redirect_uri": OTHER_REDIRECT}).status_code
+        == 200
+    )
+
+
+def test_a_code_is_exchanged_once_with_the_client_credentials_for_its_redirect_uri(http: httpx.Client):
+    auth = new_user(http)
+    code = link(http, auth)["code"][0]
+    exchange = {"code": code, "redirect_uri": REDIRECT, "grant_type": "authorization_code"}
+    # without the client, or with a wrong secret: refused, and the code is still good
+    for credentials in (
+        {},
+        {"client_id": CLIENT_ID},
+        {**CLIENT, "client_secret": "wrong"},
+        {**CLIENT, "client_id": "x"},
+    ):
+        refused = http.post("/2.0/auth/token/access", json={**exchange, **credentials})
+        assert refused.status_code == 400, credentials
+        assert refused.json()["code"] == "invalidClient"
+        assert "access_token" not in refused.json()
+    assert (
+        http.post("/2.0/auth/token/access", json={**exchange, **CLIENT, "grant_type": "password"}).json()[
+            "code"
+        ]
+        == "invalidValue"
+    )
+    no_code = http.post("/2.0/auth/token/access", json={"redirect_uri": REDIRECT, **CLIENT})
+    assert (no_code.status_code, no_code.json()["code"]) == (400, "invalidValue")
+    assert CLIENT_SECRET not in no_code.text
+    first = http.post("/2.0/auth/token/access", json={**exchange, **CLIENT})
+    assert first.status_code == 200
+    assert f"Bearer {first.json()['access_token']}" == auth["Authorization"]
+    assert first.json()["token_type"] == "Bearer"
+    # a second time: refused (single use)
+    again = http.post("/2.0/auth/token/access", json={**exchange, **CLIENT})
+    assert again.status_code == 400
+    assert again.json()["code"] == "invalidCode"
+    assert "access_token" not in again.json()
+
+    # a code exchanged for another redirect URI than its own: refused, and spent
+    other = link(http, auth)["code"][0]
+    wrong_uri = http.post(
+        "/2.0/auth/token/access", json={"code": other, "redirect_uri": OTHER_REDIRECT, **CLIENT}
+    )
+    assert wrong_uri.status_code == 400
+    assert wrong_uri.json()["code"] == "invalidRedirectUri"
+    late = http.post("/2.0/auth/token/access", json={"code": other, "redirect_uri": REDIRECT, **CLIENT})
+    assert late.json()["code"] == "invalidCode"
+    # the webview's entry code (GET /auth/token/code) is not an authorization code
+    entry = http.get("/2.0/auth/token/code", headers=auth).json()["code"]
+    entry_exchange = http.post(
+        "/2.0/auth/token/access", json={"code": entry, "redirect_uri": REDIRECT, **CLIENT}
+    )
+    assert entry_exchange.json()["code"] == "invalidCode"

@@ -154,3 +154,55 @@ def test_bank_side_account_changes(store: Store):
     store.close_account(accounts[0].id)
     assert store.user_accounts(user.id, include_disabled=False) == []
     assert store.list_transactions(user.id, accounts[0].id, TransactionQuery(), 0, 10)[0].total == 0
+
+
+def test_authorization_codes_are_single_use_and_expire(store: Store, clock: FixedClock):
+    user = store.create_user()
+    code = store.issue_authorization_code(user.id, "client-a", "https://app.test/cb")
+    grant = store.redeem_authorization_code(code)
+    assert grant is not None
+    assert (grant.user_id, grant.client_id, grant.redirect_uri) == (
+        user.id,
+        "client-a",
+        "https://app.test/cb",
+    )
+    assert store.redeem_authorization_code(code) is None  # spent by the first attempt
+    late = store.issue_authorization_code(user.id, "client-a", "https://app.test/cb")
+    clock.advance(timedelta(minutes=10, seconds=1))
+    assert store.redeem_authorization_code(late) is None
+    # the webview's entry codes (GET /auth/token/code) are another kind: never redeemable
+    assert store.redeem_authorization_code(store.issue_code(user.id)) is None
+
+
+def test_temporary_tokens_expire_and_permanent_ones_do_not(store: Store, clock: FixedClock):
+    temporary = store.create_user(expires_in=timedelta(minutes=30))
+    permanent = store.create_user()
+    assert store.user_by_token(temporary.token) == temporary
+    clock.advance(timedelta(minutes=31))
+    assert store.user_by_token(temporary.token) is None
+    assert store.user_by_token(permanent.token) == permanent
+
+
+def test_clients_match_credentials_and_redirect_uris_exactly():
+    from sandbox.clients import ClientApp, Clients
+
+    clients = Clients([ClientApp("app", "s3cret", frozenset({"https://app.test/cb?x=1"}))])
+    assert clients.authenticate("app", "s3cret") is not None
+    for client_id, secret in (
+        ("app", "wrong"),
+        ("app", ""),
+        ("app", None),
+        ("other", "s3cret"),
+        (None, None),
+    ):
+        assert clients.authenticate(client_id, secret) is None
+    assert clients.allows("app", "https://app.test/cb?x=1")
+    for uri in (
+        "https://app.test/cb",
+        "https://app.test/cb?x=1&y=2",
+        "https://evil.example/cb?x=1",
+        "",
+        None,
+    ):
+        assert not clients.allows("app", uri)
+    assert not clients.allows("other", "https://app.test/cb?x=1")
