@@ -376,9 +376,7 @@ def status(
     found = fail_on_bad(settings)
     user_id = fail_on_bad(lambda: services.check_id("user", user))
     base = fail_on_bad(lambda: check_url("--url", url or found.connector_url))
-    connector = services.ServiceClient(
-        "connector", base, services.ops_token(found.banksync_jwt_secret.get_secret_value())
-    )
+    connector = services.ServiceClient("connector", base, services.ops_token(found.token_policy()))
     result = run(lambda: services.fetch_status(connector, user_id))
     if as_json:
         typer.echo(json.dumps({"connections": result.connections, "sync_status": result.accounts}, indent=2))
@@ -415,7 +413,7 @@ def replay(
     body = fail_on_bad(lambda: services.replay_body(user, account, since_day))
     base = fail_on_bad(lambda: check_url("--url", url or found.importer_url))
     importer = services.ServiceClient(
-        "importer", base, services.ops_token(found.banksync_jwt_secret.get_secret_value()), timeout_s=timeout
+        "importer", base, services.ops_token(found.token_policy()), timeout_s=timeout
     )
     label = f"replaying {body['user_id']}:{body['aggregator_account_id']}"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import importlib
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,25 +16,22 @@ import httpx
 
 from ops.errors import BadArgument, OpsError
 from ops.textfmt import table
-from shared.auth import OPS_SCOPE, issue_token
+from shared.auth import OPS_SCOPE, USER_ID_PATTERN, USER_ID_RULE, TokenPolicy
 from shared.settings import ServiceSettings
 
 OPS_SUBJECT = "banksync-ops"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 FINISHED_STATES = frozenset({"done", "succeeded", "completed", "finished", "ok", "failed", "error"})
 FAILED_STATES = frozenset({"failed", "error"})
 
 
-def ops_token(secret: str, ttl_s: int = 300) -> str:
-    return issue_token(secret, OPS_SUBJECT, scopes=OPS_SCOPE, ttl_s=ttl_s)
+def ops_token(tokens: TokenPolicy, ttl_s: int = 300) -> str:
+    return tokens.issue(OPS_SUBJECT, scopes=OPS_SCOPE, ttl_s=ttl_s)
 
 
 def check_id(what: str, value: str) -> str:
-    if not _ID.match(value):
-        raise BadArgument(
-            f"{what} {value!r} is not a valid id "
-            "(1-128 letters, digits and . _ : @ -, starting with a letter or digit)"
-        )
+    # the ids the services accept: `{user_id}` paths are checked against the same pattern
+    if not USER_ID_PATTERN.fullmatch(value):
+        raise BadArgument(f"{what} {value!r} is not a valid id ({USER_ID_RULE})")
     return value
 
 

@@ -1,5 +1,9 @@
 """JWT bearer auth as the contract says: HS256, `exp` required, `sub` is the user, scope `ops` for ops.
 
+A token is refused (401) unless `exp` is a number no further than `max_lifetime_s` ahead, `sub` is a
+valid user id (`USER_ID_PATTERN`), `scope` is space-separated RFC 6749 scope tokens, and, when the
+deployment configures them, `iss` and `aud` are the expected ones.
+
 Routes declare what they need with the dependencies `user_principal` (path has `{user_id}`),
 `ops_principal` (`/v1/ops/...`) and `billing_principal` (a user's plan and options: Budgetfacile's
 billing backend changes them after payment, never the user; scope `billing` or `ops`, any user).
@@ -9,6 +13,7 @@ No token, a bad signature or an expired one: 401. Wrong user or missing scope: 4
 from __future__ import annotations
 
 import inspect
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +33,13 @@ from shared.problems import Problem, problem_response
 ALGORITHM = "HS256"
 OPS_SCOPE = "ops"
 BILLING_SCOPE = "billing"
+# a user id (a token's `sub`, a path's `{user_id}`): 1-128 ASCII letters, digits and . _ : @ -, starting
+# with a letter or a digit; ids go into URLs, headers, logs and documents as they are
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+USER_ID_RULE = "1-128 letters, digits and . _ : @ -, starting with a letter or digit"
+# RFC 6749 §3.3: scope = scope-token *( SP scope-token ), scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600
 
 _bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with `sub` = user id, `scope` may hold `ops`")
 
@@ -50,26 +62,70 @@ class Principal:
         return {"sub": self.subject, "scope": " ".join(sorted(self.scopes))}
 
 
+def is_user_id(value: str) -> bool:
+    return USER_ID_PATTERN.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """How this deployment signs and checks tokens (`BANKSYNC_JWT_*` settings)."""
+
+    secret: str
+    max_lifetime_s: int = DEFAULT_MAX_TOKEN_LIFETIME_S
+    issuer: str | None = None
+    audience: str | None = None
+
+    def issue(self, subject: str, *, scopes: str = "", ttl_s: int = 3600) -> str:
+        """Mint a token (tests, demo, the ops command, service-to-service calls); production user tokens
+        come from the app's identity service."""
+        now = int(time.time())
+        claims: dict[str, object] = {"sub": subject, "iat": now, "exp": now + ttl_s}
+        if scopes:
+            claims["scope"] = scopes
+        if self.issuer:
+            claims["iss"] = self.issuer
+        if self.audience:
+            claims["aud"] = self.audience
+        return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
+
+    def decode(self, token: str) -> Principal:
+        required = ["exp", "sub", *(["iss"] if self.issuer else []), *(["aud"] if self.audience else [])]
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                issuer=self.issuer,
+                audience=self.audience,
+                options={"require": required},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise _unauthorized("The token has expired.") from exc
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized("The token is invalid.") from exc
+        expires = claims["exp"]
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise _unauthorized("The token's `exp` must be a number (seconds since the epoch).")
+        if expires - time.time() > self.max_lifetime_s:
+            raise _unauthorized(f"The token lives too long: at most {self.max_lifetime_s} s ahead.")
+        subject, scope = claims["sub"], claims.get("scope", "")
+        if not isinstance(subject, str) or not is_user_id(subject):
+            raise _unauthorized(f"The token's `sub` is not a valid user id ({USER_ID_RULE}).")
+        if not isinstance(scope, str):
+            raise _unauthorized("The token's `scope` must be a string.")
+        scopes = scope.split(" ") if scope else []
+        if not all(_SCOPE_TOKEN.fullmatch(each) for each in scopes):
+            raise _unauthorized("The token's `scope` must be scope words separated by single spaces.")
+        return Principal(subject=subject, scopes=frozenset(scopes))
+
+
 def issue_token(secret: str, subject: str, *, scopes: str = "", ttl_s: int = 3600) -> str:
-    """Mint a token (tests, demo, the ops command); production tokens come from the app's identity service."""
-    now = int(time.time())
-    claims: dict[str, object] = {"sub": subject, "iat": now, "exp": now + ttl_s}
-    if scopes:
-        claims["scope"] = scopes
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    """A token of a deployment without issuer or audience (tests, the local stack)."""
+    return TokenPolicy(secret).issue(subject, scopes=scopes, ttl_s=ttl_s)
 
 
 def decode_token(secret: str, token: str) -> Principal:
-    try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]})
-    except jwt.ExpiredSignatureError as exc:
-        raise _unauthorized("The token has expired.") from exc
-    except jwt.InvalidTokenError as exc:
-        raise _unauthorized("The token is invalid.") from exc
-    scope = claims.get("scope", "")
-    if not isinstance(scope, str) or not isinstance(claims["sub"], str):
-        raise _unauthorized("The token's claims are malformed.")
-    return Principal(subject=claims["sub"], scopes=frozenset(scope.split()))
+    return TokenPolicy(secret).decode(token)
 
 
 def _unauthorized(detail: str) -> Problem:
@@ -82,8 +138,8 @@ async def principal(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("A bearer token is required.")
-    secret: str = request.app.state.jwt_secret
-    found = decode_token(secret, credentials.credentials)
+    policy: TokenPolicy = request.app.state.token_policy
+    found = policy.decode(credentials.credentials)
     bind_context(principal=found.subject)
     return found
 
@@ -92,8 +148,16 @@ async def user_principal(user_id: str, found: Annotated[Principal, Depends(princ
     """For `/v1/users/{user_id}/...`: the token's subject, or an ops token."""
     if found.subject != user_id and not found.is_ops:
         raise Problem(403, "forbidden", "This token may not act on another user's data.")
+    check_user_id(user_id)
     bind_context(user_id=user_id)
     return found
+
+
+def check_user_id(user_id: str) -> None:
+    """An ops or billing token may name any user: the id must still be one (never an emoji, a CR/LF or
+    a 10 kB string that would go into a `Location` header, a log line or an aggregator call)."""
+    if not is_user_id(user_id):
+        raise Problem(422, "invalid_user_id", f"The user id in the path is not valid ({USER_ID_RULE}).")
 
 
 async def ops_principal(found: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -111,6 +175,7 @@ async def billing_principal(user_id: str, found: Annotated[Principal, Depends(pr
             "Plans and options are changed by Budgetfacile's billing after payment: "
             "the `billing` scope is required.",
         )
+    check_user_id(user_id)
     bind_context(user_id=user_id)
     return found
 

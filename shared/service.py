@@ -10,6 +10,7 @@ jobs that run while the app is up (started after the broker, cancelled at shutdo
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -29,6 +30,7 @@ from ops.kafka import inspector
 from shared.auth import install_auth_before_validation, only_known_query_parameters
 from shared.consumer import SUBSCRIPTIONS
 from shared.kafka import EventPublisher, make_broker
+from shared.limits import BodyLimits, BodySizeLimit
 from shared.logging import bind_context, clear_context, configure_logging, get_logger
 from shared.metrics import CONSUMER_LAG, HTTP_LATENCY, HTTP_REQUESTS
 from shared.mongo import make_client, ping
@@ -37,7 +39,15 @@ from shared.settings import ServiceSettings
 from shared.vault import VAULT_COLLECTION, EventSealer, KeyVault
 
 CORRELATION_HEADER = "X-Correlation-ID"
+# a client's correlation id is kept when it looks like one (a UUID, a trace id); anything else (too long,
+# tabs, quotes, CR/LF) is replaced by a new UUID, since it goes into logs, headers and events
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_CORRELATION_KEY = "banksync.correlation_id"
 log = get_logger(__name__)
+
+
+class WeakSecrets(RuntimeError):
+    """A service outside the local stack was given a development default or a short secret."""
 
 
 @dataclass
@@ -69,7 +79,9 @@ class _RequestContextMiddleware(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         clear_context()
-        correlation_id = request.headers.get(CORRELATION_HEADER) or str(uuid.uuid4())
+        given = request.headers.get(CORRELATION_HEADER, "")
+        correlation_id = given if _CORRELATION_ID.fullmatch(given) else str(uuid.uuid4())
+        request.scope[_CORRELATION_KEY] = correlation_id
         bind_context(correlation_id=correlation_id)
         started = time.perf_counter()
         response = await call_next(request)
@@ -82,7 +94,22 @@ class _RequestContextMiddleware(BaseHTTPMiddleware):
 
 
 def correlation_id_of(request: Request) -> str:
-    return request.headers.get(CORRELATION_HEADER) or str(uuid.uuid4())
+    """The request's correlation id, as the middleware accepted or made it (and answers it)."""
+    found = request.scope.get(_CORRELATION_KEY)
+    return found if isinstance(found, str) else str(uuid.uuid4())
+
+
+def refuse_weak_secrets(service: str, settings: ServiceSettings) -> None:
+    """Outside the local stack a default or short secret stops the service; locally it is one warning."""
+    weak = settings.weak_secrets()
+    if not weak:
+        return
+    if settings.banksync_env != "local":
+        raise WeakSecrets(
+            f"banksync {service} refuses to start in {settings.banksync_env}: {'; '.join(weak)}. "
+            "Set real secrets (at least 32 random bytes each)."
+        )
+    log.warning("development_secrets", env=settings.banksync_env, weak=weak)
 
 
 def create_service_app(
@@ -96,6 +123,7 @@ def create_service_app(
     description: str = "",
 ) -> FastAPI:
     configure_logging(service, settings.log_level)
+    refuse_weak_secrets(service, settings)
     broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"banksync-{service}")
     mongo = make_client(settings.mongodb_url)
     vault = KeyVault(
@@ -133,11 +161,17 @@ def create_service_app(
         description=description,
         lifespan=lifespan,
         dependencies=[Depends(only_known_query_parameters)],
+        docs_url=None,  # served by shared.docs, without a CDN
+        redoc_url=None,
     )
+    from shared.docs import serve_docs_locally
+
+    serve_docs_locally(app)
     app.state.runtime = runtime
-    app.state.jwt_secret = settings.banksync_jwt_secret.get_secret_value()
+    app.state.token_policy = settings.token_policy()
     install_problem_handlers(app, service)
     install_auth_before_validation(app)
+    app.add_middleware(BodySizeLimit, limits=BodyLimits.of_settings(settings), service=service)
     app.add_middleware(_RequestContextMiddleware, service=service)
 
     @app.get("/healthz", tags=["health"])

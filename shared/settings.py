@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.auth import DEFAULT_MAX_TOKEN_LIFETIME_S, TokenPolicy
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789"
 # 32 url-safe base64 bytes; development only, `make up` uses it when BANKSYNC_TOKEN_KEY is unset.
 DEV_TOKEN_KEY = "ZGV2LW9ubHktdG9rZW4ta2V5LWNoYW5nZS1tZS0zMmI="
+MIN_SECRET_BYTES = 32
 
 
 class ServiceSettings(BaseSettings):
@@ -23,7 +28,14 @@ class ServiceSettings(BaseSettings):
     # the consumer group of erasure requests (shared.erasure); empty: `<service>-erasures`
     erasures_group_id: str = ""
     aggregator_base_url: str = "http://localhost:8010"
+    # `local` (the default: `make up`, tests) starts on development secrets with a warning; any other
+    # environment refuses to start on a default or short secret (`weak_secrets`)
+    banksync_env: Literal["local", "staging", "production"] = "local"
     banksync_jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    # when set, every token must carry this `iss` / `aud`; tokens live at most this long
+    banksync_jwt_issuer: str = ""
+    banksync_jwt_audience: str = ""
+    banksync_jwt_max_lifetime_s: int = Field(default=DEFAULT_MAX_TOKEN_LIFETIME_S, gt=0)
     banksync_token_key: SecretStr = SecretStr(DEV_TOKEN_KEY)
     entitlements_url: str = "http://localhost:8001"
     connector_url: str = "http://localhost:8002"
@@ -35,3 +47,34 @@ class ServiceSettings(BaseSettings):
     readiness_timeout_s: float = 2.0
     # how often /metrics' consumer lag is read from the broker
     consumer_lag_interval_s: float = Field(default=10.0, gt=0)
+    # the largest request body a service reads (shared.limits); a larger one is 413 `payload_too_large`
+    max_request_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # the same for the aggregator's webhooks, whose bodies carry the lines a sync changed
+    max_webhook_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+
+    def token_policy(self) -> TokenPolicy:
+        return TokenPolicy(
+            self.banksync_jwt_secret.get_secret_value(),
+            max_lifetime_s=self.banksync_jwt_max_lifetime_s,
+            issuer=self.banksync_jwt_issuer or None,
+            audience=self.banksync_jwt_audience or None,
+        )
+
+    def secrets(self) -> dict[str, tuple[SecretStr, str]]:
+        """Each secret setting (by its environment variable) with its development default; a service
+        whose settings hold more secrets extends this."""
+        return {
+            "BANKSYNC_JWT_SECRET": (self.banksync_jwt_secret, DEV_JWT_SECRET),
+            "BANKSYNC_TOKEN_KEY": (self.banksync_token_key, DEV_TOKEN_KEY),
+        }
+
+    def weak_secrets(self) -> list[str]:
+        """What is wrong with the secrets: a development default, or fewer than 32 bytes."""
+        found = []
+        for name, (value, default) in self.secrets().items():
+            secret = value.get_secret_value()
+            if secret == default:
+                found.append(f"{name} is the development default")
+            elif len(secret.encode()) < MIN_SECRET_BYTES:
+                found.append(f"{name} is shorter than {MIN_SECRET_BYTES} bytes")
+        return found

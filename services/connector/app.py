@@ -28,6 +28,12 @@ from shared.topics import ENTITLEMENTS, OPERATIONS, SYNC_REQUESTS
 
 SERVICE = "connector"
 log = get_logger(__name__)
+# development defaults, for `make up` and the tests only; the sandbox's own defaults are the same
+# (sandbox/clients.py, sandbox/app.py). Production sets AGGREGATOR_CLIENT_ID, AGGREGATOR_CLIENT_SECRET and
+# AGGREGATOR_WEBHOOK_SECRET to what the aggregator's console gives.
+DEV_AGGREGATOR_CLIENT_ID = "banksync-dev-client"
+DEV_AGGREGATOR_CLIENT_SECRET = "dev-only-aggregator-client-secret"
+DEV_AGGREGATOR_WEBHOOK_SECRET = "dev-only-webhook-secret"
 # what the connector reads of the importer's events on banksync.operations.v1
 IMPORTER_EVENTS: dict[str, type[Payload]] = {
     "account.deleted": AccountDeleted,
@@ -38,7 +44,14 @@ IMPORTER_EVENTS: dict[str, type[Payload]] = {
 class ConnectorSettings(ServiceSettings):
     # where browsers reach the aggregator's webview (defaults to AGGREGATOR_BASE_URL)
     aggregator_public_url: str | None = None
-    aggregator_webhook_secret: SecretStr = SecretStr("dev-only-webhook-secret")
+    # our client application at the aggregator (Powens' `client_id`, `client_secret`): sent on
+    # `POST /auth/init` and on the code exchange; the id also in the webview's URL
+    aggregator_client_id: str = DEV_AGGREGATOR_CLIENT_ID
+    aggregator_client_secret: SecretStr = SecretStr(DEV_AGGREGATOR_CLIENT_SECRET)
+    # the key of the webhooks' HMAC signature (BI-Signature), shared with the aggregator
+    aggregator_webhook_secret: SecretStr = SecretStr(DEV_AGGREGATOR_WEBHOOK_SECRET)
+    # how far a webhook's BI-Signature-Date may be from our clock
+    aggregator_webhook_tolerance_s: int = Field(default=300, ge=1, le=3600)
     aggregator_retry_budget_s: float = 60.0
     aggregator_retry_attempts: int = 6
     aggregator_retry_base_s: float = 0.5
@@ -53,6 +66,13 @@ class ConnectorSettings(ServiceSettings):
     entitlements_group: str = "connector-entitlements"
     importer_events_group: str = "connector-importer-events"
 
+    def secrets(self) -> dict[str, tuple[SecretStr, str]]:
+        return {
+            **super().secrets(),
+            "AGGREGATOR_CLIENT_SECRET": (self.aggregator_client_secret, DEV_AGGREGATOR_CLIENT_SECRET),
+            "AGGREGATOR_WEBHOOK_SECRET": (self.aggregator_webhook_secret, DEV_AGGREGATOR_WEBHOOK_SECRET),
+        }
+
 
 async def wire(runtime: Runtime) -> None:
     settings = runtime.settings
@@ -61,6 +81,8 @@ async def wire(runtime: Runtime) -> None:
     await repository.create_indexes()
     powens = PowensClient(
         settings.aggregator_base_url,
+        client_id=settings.aggregator_client_id,
+        client_secret=settings.aggregator_client_secret,
         retry=RetryPolicy(
             attempts=settings.aggregator_retry_attempts,
             base_s=settings.aggregator_retry_base_s,
@@ -77,7 +99,7 @@ async def wire(runtime: Runtime) -> None:
     handlers = ConnectorHandlers(
         repository,
         powens,
-        SyncGate(repository, settings.entitlements_url, jwt_secret),
+        SyncGate(repository, settings.entitlements_url, settings.token_policy()),
         runtime.publisher,
         cipher,
         StateSigner(jwt_secret),
@@ -89,6 +111,7 @@ async def wire(runtime: Runtime) -> None:
             webhook_secret=settings.aggregator_webhook_secret.get_secret_value(),
             cursor_overlap=timedelta(seconds=settings.sync_cursor_overlap_s),
             nightly=NightlyWindow.parse(settings.nightly_window, settings.nightly_timezone),
+            webhook_tolerance=timedelta(seconds=settings.aggregator_webhook_tolerance_s),
         ),
         lines_publisher=lines_publisher,
     )

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from services.connector.repository import ConnectorRepository
-from shared.auth import issue_token
+from shared.auth import TokenPolicy
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -46,13 +46,13 @@ class SyncGate:
         self,
         repository: ConnectorRepository,
         entitlements_url: str,
-        jwt_secret: str,
+        tokens: TokenPolicy,
         *,
         timeout_s: float = 3.0,
     ) -> None:
         self.repository = repository
         self.entitlements_url = entitlements_url.rstrip("/")
-        self.jwt_secret = jwt_secret
+        self.tokens = tokens
         self._http = httpx.AsyncClient(timeout=timeout_s)
 
     async def aclose(self) -> None:
@@ -82,7 +82,7 @@ class SyncGate:
 
     async def _ask(self, user_id: str) -> dict[str, Any]:
         # a short-lived service token with the ops scope: the connector asks on the user's behalf
-        token = issue_token(self.jwt_secret, "svc-connector", scopes="ops", ttl_s=60)
+        token = self.tokens.issue("svc-connector", scopes="ops", ttl_s=60)
         url = f"{self.entitlements_url}/v1/users/{user_id}/entitlements"
         try:
             response = await self._http.get(url, headers={"Authorization": f"Bearer {token}"})

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from services.entitlements.domain import Option, OptionIncludedInPlan, Plan, cancel, change_plan, subscribe
 from services.entitlements.erasure import Erasures, erasure_view
 from services.entitlements.handlers import EntitlementsHandlers, view
-from shared.auth import BillingPrincipal, OpsPrincipal, UserPrincipal
+from shared.auth import BillingPrincipal, OpsPrincipal, UserPrincipal, check_user_id
 from shared.problems import Problem, problem_responses
 from shared.service import correlation_id_of
 
@@ -88,6 +88,7 @@ async def erase_user(
 ) -> dict[str, str]:
     """Erases the user from every service (RGPD art. 17): their data key is destroyed at once (their
     records in the event log no longer open), then each service removes its documents. Idempotent."""
+    check_user_id(user_id)
     doc = await erasures.request(user_id, correlation_id_of(request))
     return {"erase_id": doc["_id"]}
 

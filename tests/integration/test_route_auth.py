@@ -3,7 +3,9 @@
 The table is every (service, method, path) of the services' OpenAPI documents, crossed with the cases
 that apply to the route:
 
-- `/v1/users/{user_id}/...`: no token, a token signed with another secret, an expired token -> 401;
+- `/v1/users/{user_id}/...`: no token, a token signed with another secret, an expired token, a token
+  whose `exp` is a string or centuries ahead, whose scope is tab-separated or whose `sub` is not a user id
+  (CR/LF, an emoji) -> 401; an ops token naming a user id that is not one -> 422 `invalid_user_id`;
   a valid token of ANOTHER user -> 403 (with the owner's real resource ids in the path and a valid body,
   so that only the authorisation can stop the request);
 - `/v1/ops/...`: the same 401 cases; a user token without the `ops` scope -> 403;
@@ -57,16 +59,14 @@ PUBLIC: dict[tuple[str, str, str], str] = {
         "`state` the connector issued at activation is the proof, not a JWT"
     ),
     ("connector", "POST", "/v1/webhooks/aggregator"): (
-        "the aggregator's CONNECTION_SYNCED webhook: authenticated by the shared webhook secret "
-        "(X-Webhook-Secret), not a JWT"
+        "the aggregator's CONNECTION_SYNCED webhook: authenticated by its HMAC signature with the shared "
+        "webhook secret (BI-Signature, BI-Signature-Date, as Powens signs), fresh and never seen, not a JWT"
     ),
 }
 # Routes FastAPI itself serves outside the OpenAPI document, and why they are public.
 FRAMEWORK_PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/openapi.json"): "the OpenAPI document (contract: no JWT): says what the API is, holds no data",
-    ("GET", "/docs"): "the OpenAPI UI page: static, holds no data (calls need a token)",
-    ("GET", "/docs/oauth2-redirect"): "part of the OpenAPI UI: static",
-    ("GET", "/redoc"): "the OpenAPI reference page: static, holds no data",
+    ("GET", "/docs"): "the OpenAPI UI page (its assets served locally, shared/docs.py): holds no data",
 }
 # Routes any valid token may use, and why (no user in the path, no ops power).
 ANY_USER: dict[tuple[str, str, str], str] = {
@@ -80,11 +80,29 @@ BILLING: dict[tuple[str, str, str], str] = {
     ("entitlements", "DELETE", "/v1/users/{user_id}/options/{option}"): "a cancellation goes through billing",
 }
 
-UNAUTHENTICATED_CASES = ("no_token", "bad_signature", "expired", "garbage_token")
+UNAUTHENTICATED_CASES = (
+    "no_token",
+    "bad_signature",
+    "expired",
+    "garbage_token",
+    "exp_as_string",
+    "eternal",
+    "tabbed_scope",
+    "hostile_subject",
+)
+# a user id that is not one, in the path (percent-encoded): an emoji, then a CR/LF
+HOSTILE_USER_IDS = {
+    "ops_naming_emoji_user": "ali%F0%9F%98%80ce",
+    "ops_naming_crlf_user": "alice%0D%0AX-Evil:%201",
+}
 # What a public route is checked with instead of a JWT: (service, method, path) -> cases
 PUBLIC_CASES: dict[tuple[str, str, str], tuple[str, ...]] = {
     ("connector", "GET", "/v1/callback"): ("forged_state", "state_signed_elsewhere", "tampered_state"),
-    ("connector", "POST", "/v1/webhooks/aggregator"): ("no_webhook_secret", "wrong_webhook_secret"),
+    ("connector", "POST", "/v1/webhooks/aggregator"): (
+        "no_webhook_signature",
+        "old_secret_header",
+        "wrong_webhook_signature",
+    ),
 }
 
 DOCUMENTS = built_documents()
@@ -120,11 +138,18 @@ def cases_of(service: str, method: str, path: str) -> tuple[str, ...]:
             *UNAUTHENTICATED_CASES,
             "other_user",
             "billing",
+            *HOSTILE_USER_IDS,
             *hostile_bodies(service, method, path, "other_user"),
         )
     if kind == "billing":
         who = "own_user"
-        return (*UNAUTHENTICATED_CASES, "other_user", who, *hostile_bodies(service, method, path, who))
+        return (
+            *UNAUTHENTICATED_CASES,
+            "other_user",
+            who,
+            *HOSTILE_USER_IDS,
+            *hostile_bodies(service, method, path, who),
+        )
     if kind == "ops":
         who = "user_without_ops"
         return (*UNAUTHENTICATED_CASES, who, "billing", *hostile_bodies(service, method, path, who))
@@ -235,6 +260,19 @@ def token_for(case: str, victim: str) -> str | None:
         return jwt.encode(claims, DEV_JWT_SECRET, algorithm="HS256")
     if case == "garbage_token":
         return "not-a-jwt"
+    if case == "exp_as_string":
+        return jwt.encode(
+            {"sub": victim, "scope": "ops", "exp": str(now + 600)}, DEV_JWT_SECRET, algorithm="HS256"
+        )
+    if case == "eternal":
+        return jwt.encode({"sub": victim, "scope": "ops", "exp": 2**63}, DEV_JWT_SECRET, algorithm="HS256")
+    if case == "tabbed_scope":
+        claims = {"sub": victim, "scope": "read\tops\tbilling", "exp": now + 600}
+        return jwt.encode(claims, DEV_JWT_SECRET, algorithm="HS256")
+    if case == "hostile_subject":
+        return jwt.encode({"sub": f"{victim}\r\n😀", "exp": now + 600}, DEV_JWT_SECRET, algorithm="HS256")
+    if case in HOSTILE_USER_IDS:
+        return issue_token(DEV_JWT_SECRET, new_user("ops"), scopes="ops")
     if case == "other_user":
         return issue_token(DEV_JWT_SECRET, new_user("intruder"))
     if case in ("user_without_ops", "own_user"):
@@ -271,7 +309,7 @@ def test_route_refuses_who_may_not_use_it(stack, world, service, method, path, c
             f"{service} {method} {path} is neither under {USER_PREFIX} nor {OPS_PREFIX}, nor listed in "
             "ANY_USER or PUBLIC with its reason: protect it or list it"
         )
-    url = stack.url(service) + fill(path, world)
+    url = stack.url(service) + fill(path, {**world, "user_id": HOSTILE_USER_IDS.get(case, world["user_id"])})
     if kind_of(service, method, path) == "public":
         check_public(stack, world, service, method, path, url, case)
         return
@@ -286,6 +324,8 @@ def test_route_refuses_who_may_not_use_it(stack, world, service, method, path, c
     if who in UNAUTHENTICATED_CASES:
         assert_problem(answer, 401, "unauthorized")
         assert answer.headers.get("www-authenticate", "").lower().startswith("bearer"), answer.headers
+    elif who in HOSTILE_USER_IDS:
+        assert_problem(answer, 422, "invalid_user_id")
     else:
         assert_problem(answer, 403, "forbidden")
 
@@ -313,10 +353,18 @@ def check_public(
         assert_problem(answer, 400, "invalid_state")
         return
     if path == "/v1/webhooks/aggregator":
-        headers = {} if case == "no_webhook_secret" else {"X-Webhook-Secret": WEBHOOK_SECRET + "-wrong"}
-        body = {"connection": {"id": world["connection_id"]}, "user": {"id": "1"}}
-        answer = httpx.post(url, headers=headers, json=body, timeout=30)
-        assert_problem(answer, 401, "invalid_webhook_secret")
+        from sandbox.webhooks import signed_headers
+
+        body = json.dumps({"connection": {"id": world["connection_id"]}, "user": {"id": "1"}}).encode()
+        headers = {
+            "no_webhook_signature": {},
+            "old_secret_header": {"X-Webhook-Secret": WEBHOOK_SECRET},
+            "wrong_webhook_signature": signed_headers(WEBHOOK_SECRET + "-wrong", url, body),
+        }[case]
+        answer = httpx.post(
+            url, headers={**headers, "Content-Type": "application/json"}, content=body, timeout=30
+        )
+        assert_problem(answer, 401, "invalid_webhook_signature")
         return
     raise AssertionError(f"no check for the public route {service} {method} {path} case {case}")
 
@@ -370,3 +418,5 @@ def test_a_new_route_outside_the_conventions_fails_the_table():
     assert "own_user" in cases_of("entitlements", "PUT", "/v1/users/{user_id}/plan")
     assert "billing" in cases_of("importer", "GET", "/v1/users/{user_id}/operations")
     assert "billing" in cases_of("entitlements", "POST", "/v1/ops/users/{user_id}/erase")
+    assert "ops_naming_crlf_user" in cases_of("importer", "GET", "/v1/users/{user_id}/something-new")
+    assert "hostile_subject" in cases_of("importer", "GET", "/v1/ops/something-new")

@@ -16,6 +16,12 @@ services serve. Every answer must:
 
 Bounds: `MAX_EXAMPLES` generated cases per operation (plus the coverage cases), no shrinking, a fixed seed
 (the same cases on every run; change `SEED` to explore others), a request timeout, and a pytest timeout.
+
+Schemathesis draws strings from the schema, which says what an id looks like only loosely; a second set of
+items (`test_hostile_ids_and_headers_*`) draws from a strategy of hostile strings (CR/LF, NUL, emoji,
+right-to-left marks, MongoDB operators, path tricks, 6,000 characters; `hostile_strings`) for every path id
+of every operation, with the owner's token, and for the `X-Correlation-ID` header; the same checks apply,
+and the answer never carries the hostile value back in a header.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import Case
 from schemathesis.checks import CheckContext
 from schemathesis.core.transport import Response
@@ -161,3 +170,84 @@ def operation_test(service: str, method: str, path: str) -> Any:
 for _service in SERVICES:
     for _method, _path in routes_of(DOCUMENTS[_service]):
         globals()[item_name(_service, _method, _path)] = operation_test(_service, _method, _path)
+
+
+# ---- hostile strings in path ids and headers -------------------------------------------------------------
+HOSTILE_IDS = (
+    "😀",
+    "a\r\nX-Injected: 1",
+    "a\x00b",
+    "\u202egnp.exe",
+    '{"$gt": ""}',
+    "$where",
+    "..",
+    "%2e%2e%2f",
+    "' OR '1'='1",
+    "<script>alert(1)</script>",
+    "١٢",
+    "x" * 6000,
+)
+HOSTILE_HEADERS = ("x" * 6000, "abc\tdef", 'say "hi"', "<script>", "é", "a;b,c")
+
+
+def hostile_strings() -> st.SearchStrategy[str]:
+    """Ids as an attacker writes them: the known tricks, and any text at all."""
+    return st.sampled_from(HOSTILE_IDS) | st.text(min_size=1, max_size=300)
+
+
+def header_values() -> st.SearchStrategy[bytes]:
+    """What a client can put in a header (no CR/LF/NUL: HTTP/1.1 itself refuses those)."""
+    latin = st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f")
+    # (nor leading or trailing blanks: httpx refuses to send them, and a server would strip them)
+    texts = st.text(latin, min_size=1, max_size=400).map(str.strip).filter(bool)
+    return (st.sampled_from(HOSTILE_HEADERS) | texts).map(lambda text: text.encode("latin-1"))
+
+
+def hostile_test(service: str, method: str, path: str) -> Any:
+    names = re.findall(r"\{([^}]+)\}", path)
+
+    @pytest.mark.timeout(120)
+    @settings(
+        max_examples=12,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(ids=st.fixed_dictionaries({name: hostile_strings() for name in names}), header=header_values())
+    def test(stack: Stack, owner: dict[str, str], ids: dict[str, str], header: bytes) -> None:
+        if path.startswith("/v1/ops/"):
+            token = owner["ops_token"]
+        elif path in BILLING_PATHS:
+            token = owner["billing_token"]
+        else:
+            token = owner["user_token"]
+        # the owner stays the user (a hostile user id with an ops token is test_route_auth's 422)
+        values = {**ids, "user_id": OWNER} if "user_id" in ids and not path.startswith("/v1/ops/") else ids
+        url = stack.url(service) + re.sub(
+            r"\{([^}]+)\}", lambda match: quote(values[match.group(1)], safe=""), path
+        )
+        headers: dict[str, str | bytes] = {"Authorization": f"Bearer {token}", "X-Correlation-ID": header}
+        answer = httpx.request(method, url, headers=headers, timeout=30)
+        where = f"{method} {path} {values!r} correlation {header[:60]!r}"
+        assert answer.status_code < 500, f"{where}: {answer.status_code} {answer.text[:300]}"
+        if answer.status_code >= 400:
+            content_type = answer.headers.get("content-type", "")
+            assert content_type.startswith(PROBLEM_CONTENT_TYPE), f"{where}: {content_type}"
+            assert isinstance(answer.json().get("code"), str), where
+        answered = answer.headers.get("x-correlation-id", "")
+        assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", answered), f"{where}: correlation {answered!r}"
+        for value in (*values.values(), header.decode("latin-1")):
+            if len(value) >= 4 and not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", value):
+                assert all(value not in v for v in answer.headers.values()), f"{where}: echoed in a header"
+
+    test.__name__ = test.__qualname__ = item_name(service, method, path).replace(
+        "test_", "test_hostile_ids_and_headers_", 1
+    )
+    return test
+
+
+for _service in SERVICES:
+    for _method, _path in routes_of(DOCUMENTS[_service]):
+        _hostile = hostile_test(_service, _method, _path)
+        globals()[_hostile.__name__] = _hostile

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from shared.auth import OpsPrincipal, UserPrincipal, issue_token
+from shared.auth import OpsPrincipal, TokenPolicy, UserPrincipal, issue_token
 from shared.problems import PROBLEM_CONTENT_TYPE, Problem, install_problem_handlers
 
 SECRET = "unit-test-secret-unit-test-secret-0123"
@@ -20,7 +20,7 @@ class Body(BaseModel):
 
 def make_app() -> FastAPI:
     app = FastAPI()
-    app.state.jwt_secret = SECRET
+    app.state.token_policy = TokenPolicy(SECRET)
     install_problem_handlers(app)
 
     @app.get("/v1/users/{user_id}/things")
@@ -122,3 +122,80 @@ def test_unexpected_error_is_500_problem_without_internals(client):
     r = client.get("/v1/crash")
     assert_problem(r, 500, "internal_error")
     assert "secret internals" not in r.text
+
+
+# ---- what a hostile-input review found accepted (issue #17, points 4 and 6) -------------------------
+def _signed(claims: dict[str, object], secret: str = SECRET) -> dict[str, str]:
+    return bearer(jwt.encode(claims, secret, algorithm="HS256"))
+
+
+def _soon() -> int:
+    return int(time.time()) + 300
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "alice", "exp": str(_soon())},  # PyJWT alone takes a numeric string
+        {"sub": "alice", "exp": 2**63},  # a token for ever
+        {"sub": "alice", "exp": int(time.time()) + 2 * 24 * 3600},  # beyond the lifetime allowed
+        {"sub": "alice", "exp": True},
+        {"sub": "alice", "exp": _soon(), "scope": "ops\tread"},  # was read as "ops" and "read"
+        {"sub": "alice", "exp": _soon(), "scope": "ops\nread"},
+        {"sub": "alice", "exp": _soon(), "scope": "read  ops"},  # two spaces: an empty scope word
+        {"sub": "alice", "exp": _soon(), "scope": ["ops"]},
+        {"sub": "ali😀ce", "exp": _soon()},
+        {"sub": "alice\r\nX-Injected: 1", "exp": _soon()},
+        {"sub": "a" * 129, "exp": _soon()},
+        {"sub": "", "exp": _soon()},
+        {"sub": "alice\n", "exp": _soon()},  # `$` would have let a trailing newline by
+    ],
+    ids=[
+        "exp-string",
+        "exp-2^63",
+        "exp-two-days",
+        "exp-bool",
+        "scope-tab",
+        "scope-newline",
+        "scope-double-space",
+        "scope-list",
+        "sub-emoji",
+        "sub-crlf",
+        "sub-too-long",
+        "sub-empty",
+        "sub-trailing-newline",
+    ],
+)
+def test_strict_claims_are_401(client, claims):
+    r = client.get("/v1/users/alice/things", headers=_signed(claims))
+    assert_problem(r, 401, "unauthorized")
+
+
+def test_scope_is_split_on_single_spaces_only(client):
+    tabbed = _signed({"sub": "ops-bot", "exp": _soon(), "scope": "read\tops"})
+    assert_problem(client.post("/v1/ops/things", headers=tabbed), 401, "unauthorized")
+    spaced = _signed({"sub": "ops-bot", "exp": _soon(), "scope": "read ops"})
+    assert client.post("/v1/ops/things", headers=spaced).status_code == 200
+
+
+def test_ops_token_naming_an_invalid_user_is_422(client):
+    ops = bearer(issue_token(SECRET, "ops-bot", scopes="ops"))
+    for user in ("ali%F0%9F%98%80ce", "alice%0D%0A", "a" * 129, "-alice"):
+        assert_problem(client.get(f"/v1/users/{user}/things", headers=ops), 422, "invalid_user_id")
+    # a user token naming another (even invalid) id is 403 first: nothing about the id is told
+    mine = bearer(issue_token(SECRET, "alice"))
+    assert_problem(client.get("/v1/users/%F0%9F%98%80/things", headers=mine), 403, "forbidden")
+
+
+def test_issuer_and_audience_when_configured():
+    app = make_app()
+    policy = TokenPolicy(SECRET, issuer="https://id.budgetfacile.fr", audience="banksync")
+    app.state.token_policy = policy
+    api = TestClient(app, raise_server_exceptions=False)
+    assert api.get("/v1/users/alice/things", headers=bearer(policy.issue("alice"))).status_code == 200
+    for claims in (
+        {"sub": "alice", "exp": _soon()},
+        {"sub": "alice", "exp": _soon(), "iss": "https://evil.example", "aud": "banksync"},
+        {"sub": "alice", "exp": _soon(), "iss": "https://id.budgetfacile.fr", "aud": "another-app"},
+    ):
+        assert_problem(api.get("/v1/users/alice/things", headers=_signed(claims)), 401, "unauthorized")

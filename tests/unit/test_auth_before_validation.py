@@ -7,7 +7,13 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from shared.auth import OpsPrincipal, UserPrincipal, install_auth_before_validation, issue_token
+from shared.auth import (
+    OpsPrincipal,
+    TokenPolicy,
+    UserPrincipal,
+    install_auth_before_validation,
+    issue_token,
+)
 from shared.problems import install_problem_handlers
 
 SECRET = "unit-test-secret-0123456789abcdef0123"
@@ -33,7 +39,7 @@ def make_client() -> TestClient:
         return {"name": body.name}
 
     app = FastAPI()
-    app.state.jwt_secret = SECRET
+    app.state.token_policy = TokenPolicy(SECRET)
     install_problem_handlers(app)
     install_auth_before_validation(app)
     app.include_router(router)

@@ -24,6 +24,7 @@ from ops.services import (
     start_replay,
     status_path,
 )
+from shared.auth import TokenPolicy
 
 SECRET = "test-secret-0123456789-0123456789-abcd"
 
@@ -70,12 +71,12 @@ STATUS = [
 
 def client(handler, name="connector") -> ServiceClient:
     return ServiceClient(
-        name, "http://127.0.0.1:1", ops_token(SECRET), transport=httpx.MockTransport(handler)
+        name, "http://127.0.0.1:1", ops_token(TokenPolicy(SECRET)), transport=httpx.MockTransport(handler)
     )
 
 
 def test_ops_token_has_the_ops_scope_and_expires():
-    claims = jwt.decode(ops_token(SECRET), SECRET, algorithms=["HS256"])
+    claims = jwt.decode(ops_token(TokenPolicy(SECRET)), SECRET, algorithms=["HS256"])
     assert claims["scope"] == "ops"
     assert claims["exp"] > claims["iat"]
 
