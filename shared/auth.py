@@ -13,6 +13,7 @@ No token, a bad signature or an expired one: 401. Wrong user or missing scope: 4
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -250,6 +251,61 @@ async def only_known_query_parameters(request: Request) -> None:
         "unknown_parameter",
         f"Unknown query parameter(s) {', '.join(repr(name) for name in unknown)}; this route takes: {takes}.",
     )
+
+
+# a path id (account, connection, operation, payee, replay, erasure...) longer than this names nothing
+MAX_PATH_ID_CHARS = 200
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _strings_of(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings_of(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings_of(item)
+
+
+async def plain_inputs(request: Request) -> None:
+    """What a client sends is text a store can keep (after the auth refusal, as every invalid request):
+    - a path id over `MAX_PATH_ID_CHARS` or with a control character (NUL, CR/LF, tab) is a 422
+      `invalid_id`: it names nothing, and must not reach a query or a log line (`{user_id}` has its own,
+      stricter rule);
+    - a NUL character in a query parameter or anywhere in a JSON body is a 422 `invalid_text`: PostgreSQL,
+      under FerretDB, refuses it in any stored or compared text (a 500 otherwise), and no memo, label or
+      name has one."""
+    bad_ids = sorted(
+        name
+        for name, value in request.path_params.items()
+        if name != "user_id"
+        and isinstance(value, str)
+        and (len(value) > MAX_PATH_ID_CHARS or _CONTROL_CHARACTERS.search(value))
+    )
+    has_nul = any("\x00" in value for value in request.query_params.values())
+    if not bad_ids and not has_nul and "json" in request.headers.get("content-type", ""):
+        body = await request.body()  # read once: FastAPI's own parsing gets the same bytes
+        if b"\\u0000" in body:  # the only way JSON writes a NUL; parsed to be sure it is one
+            try:
+                has_nul = any("\x00" in text for text in _strings_of(json.loads(body)))
+            except (ValueError, RecursionError):
+                has_nul = False  # not JSON: the route's own validation answers that
+    if not bad_ids and not has_nul:
+        return
+    refused = await refusal(request)
+    if refused is not None:
+        raise refused
+    if bad_ids:
+        raise Problem(
+            422,
+            "invalid_id",
+            f"Path parameter(s) {', '.join(bad_ids)}: at most {MAX_PATH_ID_CHARS} characters, "
+            "no control characters.",
+        )
+    raise Problem(422, "invalid_text", "Text may not contain the NUL character (U+0000).")
 
 
 def install_auth_before_validation(app: FastAPI) -> None:

@@ -27,7 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from ops.kafka import inspector
-from shared.auth import install_auth_before_validation, only_known_query_parameters
+from shared.auth import install_auth_before_validation, only_known_query_parameters, plain_inputs
 from shared.consumer import SUBSCRIPTIONS
 from shared.kafka import EventPublisher, make_broker
 from shared.limits import BodyLimits, BodySizeLimit
@@ -160,7 +160,7 @@ def create_service_app(
         version="1.0.0",
         description=description,
         lifespan=lifespan,
-        dependencies=[Depends(only_known_query_parameters)],
+        dependencies=[Depends(only_known_query_parameters), Depends(plain_inputs)],
         docs_url=None,  # served by shared.docs, without a CDN
         redoc_url=None,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -112,3 +113,13 @@ async def events_where(
     bootstrap: str, topic: str, keep: Callable[[str, CloudEvent], bool]
 ) -> list[tuple[str, CloudEvent]]:
     return [(key, event) for key, event, _ in await read_all(bootstrap, topic) if keep(key, event)]
+
+
+def dlq_origin(record: Any) -> tuple[str, int, int]:
+    """Where a DLQ record came from: its `dlq.original_*` headers (topic, partition, offset)."""
+    headers = {k: v.decode() for k, v in record.headers}
+    return (
+        headers.get("dlq.original_topic", ""),
+        int(headers.get("dlq.original_partition", -1)),
+        int(headers.get("dlq.original_offset", -1)),
+    )

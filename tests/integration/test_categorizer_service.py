@@ -18,13 +18,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.auth import issue_token
-from shared.devstack import ServiceProcess, private_consumer_groups, running_service
+from shared.devstack import ServiceProcess
 from shared.events import CloudEvent, account_key
 from shared.kafka import cloudevent_headers
 from shared.schemas import Operation, OperationCategorized, OperationEvent
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import CATEGORIZATIONS, OPERATIONS
 from tests.kafka_helpers import opened
+from tests.unit.importer.support import categorizer_alone
 
 pytestmark = pytest.mark.engines
 
@@ -160,15 +161,7 @@ async def categorizations(bootstrap: str, user: str) -> AsyncIterator[Categoriza
 
 @pytest.fixture(scope="module")
 def categorizer(engines, log_dir) -> Iterator[ServiceProcess]:
-    database = f"categorizer_test_{uuid.uuid4().hex[:6]}"
-    groups = private_consumer_groups(engines, database)
-    with running_service(
-        "services.categorizer",
-        engines,
-        log_dir,
-        MONGODB_DATABASE=database,
-        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
-    ) as proc:
+    with categorizer_alone(engines, log_dir, "categorizer_test") as proc:
         yield proc
 
 

@@ -214,4 +214,6 @@ def test_ferretdb_stopped_10s_mid_import(stack, private_engines):
     assert at_stop < total, "the import ended before FerretDB stopped: nothing was tested"
     every_line_once_and_categorised(stack, user, truth)
     logs = stack.processes["importer"].log_path.read_text()
-    assert "engine_unreachable_waiting" in logs
+    # whichever read met the outage first waited for it: the users' keys (sealed records are opened before
+    # the batch is stored) or the importer's own collections
+    assert "engine_unreachable_waiting" in logs or "vault_unreachable_waiting" in logs

@@ -22,7 +22,7 @@ from services.importer.replay import partition_for
 from shared.devstack import ServiceProcess, new_user
 from shared.events import CloudEvent, account_key, event_type
 from shared.topics import CATEGORIZATIONS, CONNECTIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
-from tests.kafka_helpers import opened
+from tests.kafka_helpers import dlq_origin, opened
 from tests.polling import wait_for
 from tests.unit.importer.support import (
     RawProducer,
@@ -331,19 +331,15 @@ async def test_bad_records_go_to_the_dlq_and_the_partition_moves_on(importer, en
 
     wanted = {(TRANSACTIONS_RAW, p, o) for p, o in produced.values()}
 
-    def original(record: Any) -> tuple[str, int, int]:
-        headers = {k: v.decode() for k, v in record.headers}
-        return (
-            headers.get("dlq.original_topic", ""),
-            int(headers.get("dlq.original_partition", -1)),
-            int(headers.get("dlq.original_offset", -1)),
-        )
-
     dead = await read_topic(
-        engines.kafka_bootstrap, DLQ, match=lambda r: original(r) in wanted, expected=len(wanted), within_s=45
+        engines.kafka_bootstrap,
+        DLQ,
+        match=lambda r: dlq_origin(r) in wanted,
+        expected=len(wanted),
+        within_s=45,
     )
-    assert {original(r) for r in dead} == wanted
-    errors = {original(r): dict((k, v.decode()) for k, v in r.headers)["dlq.error"] for r in dead}
+    assert {dlq_origin(r) for r in dead} == wanted
+    errors = {dlq_origin(r): dict((k, v.decode()) for k, v in r.headers)["dlq.error"] for r in dead}
     assert "unknown account" in errors[(TRANSACTIONS_RAW, *produced["unknown account"])]
     assert "key" in errors[(TRANSACTIONS_RAW, *produced["key of another account"])]
     assert all(dict((k, v.decode()) for k, v in r.headers)["dlq.service"] == "importer" for r in dead)

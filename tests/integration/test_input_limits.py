@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -21,15 +20,17 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from shared.devstack import ServiceProcess, new_user, private_consumer_groups, running_service
+from shared.devstack import ServiceProcess, new_user
 from shared.events import account_key
 from shared.topics import DLQ, TRANSACTIONS_RAW
+from tests.kafka_helpers import dlq_origin
 from tests.polling import wait_for
 from tests.unit.importer.support import (
     RawProducer,
     Txn,
     account_for,
     api,
+    categorizer_alone,
     importer_alone,
     raw_event,
     read_topic,
@@ -56,15 +57,7 @@ def importer(engines, log_dir) -> Iterator[ServiceProcess]:
 
 @pytest.fixture(scope="module")
 def categorizer(engines, log_dir) -> Iterator[ServiceProcess]:
-    database = f"categorizer_limits_{uuid.uuid4().hex[:6]}"
-    groups = private_consumer_groups(engines, database)
-    with running_service(
-        "services.categorizer",
-        engines,
-        log_dir,
-        MONGODB_DATABASE=database,
-        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
-    ) as proc:
+    with categorizer_alone(engines, log_dir, "categorizer_limits") as proc:
         yield proc
 
 
@@ -166,17 +159,9 @@ async def test_an_aggregator_line_with_more_places_goes_to_the_dlq_with_the_reas
     ops = wait_for(imported, 60, what="the good line")
     assert [(o["aggregator_transaction_id"], o["amount"]) for o in ops] == [("901", "-12.50")]
 
-    def original(record: Any) -> tuple[str, int, int]:
-        headers = {k: v.decode() for k, v in record.headers}
-        return (
-            headers.get("dlq.original_topic", ""),
-            int(headers.get("dlq.original_partition", -1)),
-            int(headers.get("dlq.original_offset", -1)),
-        )
-
     wanted = (TRANSACTIONS_RAW, partition, offset)
     (dead,) = await read_topic(
-        engines.kafka_bootstrap, DLQ, match=lambda r: original(r) == wanted, expected=1, within_s=45
+        engines.kafka_bootstrap, DLQ, match=lambda r: dlq_origin(r) == wanted, expected=1, within_s=45
     )
     error = dict((k, v.decode()) for k, v in dead.headers)["dlq.error"]
     assert "at most 2 decimal places" in error

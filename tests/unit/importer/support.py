@@ -285,3 +285,18 @@ def importer_alone(
     groups = private_consumer_groups(engines, f"{groups_prefix}-{uuid.uuid4().hex[:6]}")
     with running_service("services.importer", engines, log_dir, MONGODB_DATABASE=database, **groups) as proc:
         yield proc
+
+
+@contextlib.contextmanager
+def categorizer_alone(engines: Engines, log_dir: Any, prefix: str) -> Iterator[ServiceProcess]:
+    """The categorizer as its own process on the real engines, with a fresh database and consumer group."""
+    database = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    groups = private_consumer_groups(engines, database)
+    with running_service(
+        "services.categorizer",
+        engines,
+        log_dir,
+        MONGODB_DATABASE=database,
+        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
+    ) as proc:
+        yield proc
