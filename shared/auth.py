@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.logging import bind_context
 from shared.problems import Problem, problem_response
+from shared.text import CONTROL_CHARACTERS
 
 ALGORITHM = "HS256"
 OPS_SCOPE = "ops"
@@ -255,7 +256,6 @@ async def only_known_query_parameters(request: Request) -> None:
 
 # a path id (account, connection, operation, payee, replay, erasure...) longer than this names nothing
 MAX_PATH_ID_CHARS = 200
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _strings_of(value: object) -> Iterator[str]:
@@ -283,7 +283,7 @@ async def plain_inputs(request: Request) -> None:
         for name, value in request.path_params.items()
         if name != "user_id"
         and isinstance(value, str)
-        and (len(value) > MAX_PATH_ID_CHARS or _CONTROL_CHARACTERS.search(value))
+        and (len(value) > MAX_PATH_ID_CHARS or CONTROL_CHARACTERS.search(value))
     )
     has_nul = any("\x00" in value for value in request.query_params.values())
     if not bad_ids and not has_nul and "json" in request.headers.get("content-type", ""):

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.money import to_amount
+from shared.text import CONTROL_CHARACTERS
 
 
 class Payload(BaseModel):
@@ -47,6 +48,12 @@ class AggregatorTransaction(Payload):
     @classmethod
     def exact_cents(cls, value: object) -> Decimal:
         return to_amount(value)
+
+    @field_validator("original_wording", "simplified_wording", "wording")
+    @classmethod
+    def printable(cls, value: str | None) -> str | None:
+        """A control character in a bank memo is noise (a scraper's NUL, a stray CR/LF): a space."""
+        return CONTROL_CHARACTERS.sub(" ", value) if value else value
 
     @field_validator("date")
     @classmethod

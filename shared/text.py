@@ -7,6 +7,9 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+# C0 controls and DEL: never part of a memo, a label or an id (PostgreSQL, under FerretDB, refuses NUL in
+# any text it stores or compares; CR/LF split log lines and headers)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _LIGATURES = str.maketrans({"Œ": "OE", "œ": "oe", "Æ": "AE", "æ": "ae", "ß": "ss"})
 _NOT_WORD = re.compile(r"[^A-Z0-9]+")
 
