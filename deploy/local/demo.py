@@ -139,6 +139,7 @@ def summary(console: Console, result: JourneyResult, endpoints: Endpoints) -> No
     console.print()
     console.print("The stack keeps running: [bold]make status[/], [bold]make down[/].")
     console.print(f"Ops dashboard: [bold]{dashboard}[/]   importer API: {endpoints.importer}/docs")
+    console.print("  the dashboard asks for an ops token: .venv/bin/python -m ops.dashboard --print-token")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
