@@ -51,10 +51,13 @@ port_in_use() {  # port_in_use PORT
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-free_private_port() {  # free_private_port: a loopback port nobody listens on, from 32768-60999
+# free_private_port: a loopback port nobody listens on, from 20000-32767: below the kernel's ephemeral
+# range (32768-60999), whose ports the outgoing connections of every client on the machine take without
+# listening (a FerretDB failed to bind a debug port picked there that a client socket held)
+free_private_port() {
   local port
   for _ in $(seq 1 50); do
-    port=$((32768 + (RANDOM * 32768 + RANDOM) % 28232))
+    port=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
     port_in_use "$port" || { echo "$port"; return 0; }
   done
   say "ERROR: found no free loopback port"

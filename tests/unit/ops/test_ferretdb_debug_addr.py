@@ -31,18 +31,16 @@ def test_the_debug_port_is_picked_per_instance_unless_set():
     assert len(ports) == 6
     assert len(set(ports)) > 1  # picked, not a constant
     for port in ports:
-        assert 32768 <= port <= 60999
+        assert 20000 <= port <= 32767  # not the ephemeral range, where client sockets take ports
         assert port != FERRETDB_DEFAULT_DEBUG_PORT
 
 
-def test_a_picked_port_is_one_nobody_listens_on():
+def test_a_port_someone_listens_on_counts_as_taken():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         assert lib_sh(f"port_in_use {port} && echo taken") == "taken\n"
-        picked = {int(p) for p in lib_sh("for _ in $(seq 1 20); do free_private_port; done").split()}
-        assert port not in picked or port < 32768
 
 
 def test_ferretdb_sh_binds_the_debug_server_to_loopback_and_records_it():
