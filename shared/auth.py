@@ -243,11 +243,8 @@ async def only_known_query_parameters(request: Request) -> None:
     unknown = sorted(set(request.query_params) - known)
     if not unknown:
         return
-    refused = await refusal(request)
-    if refused is not None:
-        raise refused
     takes = ", ".join(sorted(known)) or "none"
-    raise Problem(
+    raise await refusal(request) or Problem(
         422,
         "unknown_parameter",
         f"Unknown query parameter(s) {', '.join(repr(name) for name in unknown)}; this route takes: {takes}.",
@@ -293,19 +290,17 @@ async def plain_inputs(request: Request) -> None:
                 has_nul = any("\x00" in text for text in _strings_of(json.loads(body)))
             except (ValueError, RecursionError):
                 has_nul = False  # not JSON: the route's own validation answers that
-    if not bad_ids and not has_nul:
-        return
-    refused = await refusal(request)
-    if refused is not None:
-        raise refused
     if bad_ids:
-        raise Problem(
+        raise await refusal(request) or Problem(
             422,
             "invalid_id",
             f"Path parameter(s) {', '.join(bad_ids)}: at most {MAX_PATH_ID_CHARS} characters, "
             "no control characters.",
         )
-    raise Problem(422, "invalid_text", "Text may not contain the NUL character (U+0000).")
+    if has_nul:
+        raise await refusal(request) or Problem(
+            422, "invalid_text", "Text may not contain the NUL character (U+0000)."
+        )
 
 
 def install_auth_before_validation(app: FastAPI) -> None:

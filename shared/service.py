@@ -13,7 +13,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,9 +99,12 @@ def correlation_id_of(request: Request) -> str:
     return found if isinstance(found, str) else str(uuid.uuid4())
 
 
-def refuse_weak_secrets(service: str, settings: ServiceSettings) -> None:
-    """Outside the local stack a default or short secret stops the service; locally it is one warning."""
-    weak = settings.weak_secrets()
+def refuse_weak_secrets(
+    service: str, settings: ServiceSettings, names: Collection[str] | None = None
+) -> None:
+    """Outside the local stack a default or short secret (of those named, or all) stops the service;
+    locally it is one warning."""
+    weak = settings.weak_secrets(names)
     if not weak:
         return
     if settings.banksync_env != "local":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -68,10 +69,13 @@ class ServiceSettings(BaseSettings):
             "BANKSYNC_TOKEN_KEY": (self.banksync_token_key, DEV_TOKEN_KEY),
         }
 
-    def weak_secrets(self) -> list[str]:
-        """What is wrong with the secrets: a development default, or fewer than 32 bytes."""
+    def weak_secrets(self, names: Collection[str] | None = None) -> list[str]:
+        """What is wrong with the secrets (those named, or all): a development default, or fewer than 32
+        bytes."""
         found = []
         for name, (value, default) in self.secrets().items():
+            if names is not None and name not in names:
+                continue
             secret = value.get_secret_value()
             if secret == default:
                 found.append(f"{name} is the development default")

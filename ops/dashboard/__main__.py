@@ -16,7 +16,8 @@ import uvicorn
 
 from ops.dashboard.app import create_app
 from shared.auth import OPS_SCOPE, is_user_id
-from shared.logging import configure_logging, get_logger
+from shared.logging import configure_logging
+from shared.service import WeakSecrets, refuse_weak_secrets
 from shared.settings import ServiceSettings
 
 
@@ -53,12 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         print(tokens.issue(operator_name(), scopes=OPS_SCOPE, ttl_s=ttl_s))
         return
     configure_logging("dashboard", settings.log_level)
-    weak = [w for w in settings.weak_secrets() if w.startswith("BANKSYNC_JWT_SECRET")]
-    if weak and settings.banksync_env != "local":
+    try:
         # anyone can mint an ops token with a published default: the login would protect nothing
-        sys.exit(f"the ops dashboard refuses to start in {settings.banksync_env}: {'; '.join(weak)}")
-    if weak:
-        get_logger(__name__).warning("development_secrets", weak=weak)
+        refuse_weak_secrets("dashboard", settings, names=("BANKSYNC_JWT_SECRET",))
+    except WeakSecrets as refused:
+        sys.exit(str(refused))
     app = create_app(
         args.bootstrap,
         history=timedelta(minutes=args.history_minutes),

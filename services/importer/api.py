@@ -123,7 +123,11 @@ def client_amount(name: str, value: str, currency: str | None) -> Decimal:
     try:
         return parse_amount(value, currency)
     except InvalidAmount as exc:
-        raise Problem(422, "invalid_amount", f"{name}: {exc}") from None
+        raise invalid_amount(name, exc) from None
+
+
+def invalid_amount(name: str, exc: InvalidAmount) -> Problem:
+    return Problem(422, "invalid_amount", f"{name}: {exc}")
 
 
 def _plausible_date(value: dt.date) -> dt.date:
@@ -516,16 +520,12 @@ async def edit_operation(
     """Changes a manual operation (the fields given). A bank operation: 409 `bank_operation`; the date
     or amount of one reconciled with a bank line: 409 `reconciled_operation` (undo the match first)."""
     try:
-        amount = None
-        if body.amount is not None:  # exact in the currency given, else in the account's
-            currency = body.currency or (await service.own_account(user_id, account_id)).get("currency")
-            amount = client_amount("amount", body.amount, str(currency or "EUR"))
         doc = await service.edit_manual_operation(
             user_id,
             account_id,
             operation_id,
             date=body.date,
-            amount=amount,
+            amount_text=body.amount,
             currency=body.currency,
             label=body.label,
             correlation_id=correlation_id_of(request),
@@ -534,6 +534,8 @@ async def edit_operation(
         raise unknown_account(account_id) from None
     except UnknownOperation:
         raise unknown_operation(operation_id) from None
+    except InvalidAmount as exc:
+        raise invalid_amount("amount", exc) from None
     except CurrencyMismatch as exc:
         raise Problem(422, "currency_mismatch", str(exc)) from None
     except OperationRefused as exc:

@@ -80,7 +80,7 @@ from shared.consumer import Incoming, PoisonRecord
 from shared.events import CloudEvent, account_key, content_hash, deterministic_event_id
 from shared.kafka import EventPublisher
 from shared.logging import get_logger
-from shared.money import InvalidAmount, format_amount, to_amount
+from shared.money import InvalidAmount, format_amount, parse_amount, to_amount
 from shared.schemas import (
     AccountBalanceChecked,
     AccountSynced,
@@ -1255,14 +1255,20 @@ class AccountService:
         op_id: str,
         *,
         date: dt.date | None,
-        amount: Decimal | None,
+        amount_text: str | None,
         currency: str | None,
         label: str | None,
         correlation_id: str,
     ) -> Doc:
         """Changes what is given of a manual operation; announces `operation.updated` (a request that
-        changes nothing announces its latest state again, under the same event id)."""
+        changes nothing announces its latest state again, under the same event id). The amount is a
+        client's decimal string, exact in the currency given, else in the account's (`InvalidAmount`)."""
         account = await self.own_account(user_id, account_id)
+        amount = (
+            None
+            if amount_text is None
+            else parse_amount(amount_text, currency or str(account.get("currency") or "EUR"))
+        )
         if currency is not None and currency != account.get("currency", "EUR"):
             raise CurrencyMismatch(f"the account is in {account.get('currency')}, not {currency}")
         # the import path's locks: the account's document (FerretDB rewrites it whole on an update)
