@@ -30,9 +30,10 @@ demo: up
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: setup
-	$(VENV)/bin/mypy shared services sandbox ops deploy/local/probe.py deploy/local/journey.py deploy/local/demo.py bench
+	$(VENV)/bin/mypy shared services sandbox ops harness deploy/local/probe.py deploy/local/journey.py deploy/local/demo.py bench
 
 test: lint typecheck
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)

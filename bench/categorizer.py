@@ -32,6 +32,7 @@ import httpx
 
 from bench.documents import drop_stack_databases, history, seed_stores
 from bench.registry import Context, Limit, Measurement, benchmark, load_average
+from harness.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack, private_consumer_groups_of
 from ops.kafka import KafkaInspector, inspector
 from services.categorizer.adapters import OperationsRepository, RuleSetRepository, Seen, drop_all
 from services.categorizer.builtin import builtin_dictionary, places
@@ -51,9 +52,8 @@ from services.categorizer.domain import (
 from services.categorizer.handlers import CategorizerHandlers
 from services.importer.adapters import OperationStore
 from shared.batch_publisher import BatchPublisher
-from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack, private_consumer_groups_of
+from shared.contract.topics import CATEGORIZATIONS
 from shared.mongo import make_client
-from shared.topics import CATEGORIZATIONS
 
 USER_KEYWORDS = 10_000
 DATABASE = "banksync_bench_categorizer"

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.linking import SyncWatcher, nightly_run_now, set_up_night
 from bench.registry import Context, Limit, Measurement, benchmark
-from shared.devstack import ROOT, Stack, connector_stack, ensure_dir, new_user
+from harness.devstack import ROOT, Stack, connector_stack, ensure_dir, new_user
 from shared.mongo import make_client
 
 CONCURRENCY = 16

@@ -31,7 +31,7 @@ from services.categorizer.domain import EMPTY_MATCHER, Categorization, analyse, 
 from services.importer.adapters import AccountStore, OperationStore
 from services.importer.domain import operation_id
 from services.importer.handlers import auto_account_id
-from shared.events import account_key
+from shared.contract.envelope import account_key
 from shared.mongo import make_client
 from shared.sheets import month_of, packed
 

@@ -33,8 +33,8 @@ from typing import Any
 from bench.connector import lines_published, synced_since
 from bench.documents import PastOperation, drop_stack_databases, history, seed_stores
 from bench.registry import Context, Limit, Measurement, benchmark, load_average
+from harness.devstack import DEPLOY, ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from services.importer.adapters import OperationStore
-from shared.devstack import DEPLOY, ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from shared.mongo import make_client
 
 Doc = dict[str, Any]

@@ -26,11 +26,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.registry import Context, Limit, Measurement, benchmark
-from shared.devstack import ROOT, ServiceProcess, ensure_dir, free_port
-from shared.events import CloudEvent, account_key, event_type
+from harness.devstack import ROOT, ServiceProcess, ensure_dir, free_port
+from shared.contract.envelope import CloudEvent, account_key, event_type
+from shared.contract.topics import OPERATIONS, TRANSACTIONS_RAW
 from shared.kafka import cloudevent_headers, topic_partitions
 from shared.mongo import make_client
-from shared.topics import OPERATIONS, TRANSACTIONS_RAW
 
 LINES_PER_ACCOUNT = 1_500
 MERCHANTS = ("CARREFOUR MARKET", "BOULANGERIE PAUL", "SNCF INTERNET", "AMAZON EU SARL", "TOTAL ENERGIES")

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.registry import Context, Measurement, benchmark
-from shared.events import CloudEvent, account_key
+from shared.contract.envelope import CloudEvent, account_key
 from shared.kafka import cloudevent_headers
 
 EVENT_BYTES = 300

@@ -22,16 +22,16 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from harness.devstack import Stack
 from services.connector.domain import bank_account_view
 from services.connector.repository import ConnectorRepository, connection_key
 from services.connector.security import TokenCipher
 from shared.auth import issue_token
-from shared.devstack import Stack
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import SYNC_STATUS
 from shared.kafka import topic_partitions
 from shared.mongo import make_client
 from shared.settings import DEV_JWT_SECRET, DEV_TOKEN_KEY
-from shared.topics import SYNC_STATUS
 
 # the sandbox makes at most this many users a request
 SANDBOX_CHUNK = 500

@@ -27,13 +27,13 @@ import httpx
 
 from bench.linking import LinkedUser, SyncWatcher, consumer_since, nightly_run_now, set_up_night
 from bench.registry import Context, Limit, Measurement, benchmark
+from harness.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
 from ops.kafka import inspector
 from services.importer.adapters import OperationStore
-from shared.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import CATEGORIZATIONS, OPERATIONS, TRANSACTIONS_RAW
 from shared.mongo import make_client
 from shared.settings import DEV_TOKEN_KEY
-from shared.topics import CATEGORIZATIONS, OPERATIONS, TRANSACTIONS_RAW
 from shared.vault import BlockingOpener, Shredded
 
 NEW_LINES_PER_ACCOUNT = 3

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.devstack import Engines
+from harness.devstack import Engines
 
 Status = Literal["ok", "failed", "timeout", "skipped"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.registry import Benchmark, Context, Result
-from shared.devstack import DEPLOY, ROOT, Engines
+from harness.devstack import DEPLOY, ROOT, Engines
 from shared.mongo import make_client
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -1,8 +1,8 @@
 """The AsyncAPI 3 document of every contract topic and event, generated from the code.
 
-A faststream KafkaBroker (never started) declares, for each topic of ops.catalog, a publisher for the
-service that writes it and a subscriber per service that reads it; each message's payload is the
-CloudEvents envelope whose `type` and `data` are the event's (one schema per event type, a
+A faststream KafkaBroker (never started) declares, for each topic of shared.contract.catalog, a
+publisher for the service that writes it and a subscriber per service that reads it; each message's
+payload is the CloudEvents envelope whose `type` and `data` are the event's (one schema per event type, a
 discriminated union where a topic carries several). faststream turns that into the document.
 `banksync asyncapi` writes it to docs/asyncapi.json, `--check` fails when the committed file is stale,
 and the dashboard serves it at /asyncapi.json.
@@ -20,9 +20,9 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from pydantic import Field, create_model
 
-from ops.catalog import CATALOG, DLQ_DOC, ConsumerDoc, EventDoc, TopicDoc
-from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, event_type
-from shared.topics import DLQ, SEALED_TOPICS, TOPICS
+from shared.contract.catalog import CATALOG, DLQ_DOC, ConsumerDoc, EventDoc, TopicDoc
+from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, event_type
+from shared.contract.topics import DLQ, SEALED_TOPICS, TOPICS
 
 DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 TITLE = "Budgetfacile banksync events"

@@ -27,7 +27,7 @@ from ops.errors import BadArgument, OpsError
 from ops.kafka import KafkaInspector
 from ops.textfmt import table
 from shared.consumer import DLQ_HEADER_PREFIX
-from shared.topics import DLQ
+from shared.contract.topics import DLQ
 
 ORIGINAL_TOPIC = f"{DLQ_HEADER_PREFIX}original_topic"
 ORIGINAL_PARTITION = f"{DLQ_HEADER_PREFIX}original_partition"

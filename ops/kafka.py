@@ -4,23 +4,21 @@ sizes, consumer groups and their committed offsets, and reading a whole (small) 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
 
 from ops.errors import OpsError
-from ops.lag import GroupSnapshot, LagRow, Member, TopicPartitionKey, all_rows, partitions_needing_ends
+from ops.lag import GroupSnapshot, LagRow, Member, all_rows, partitions_needing_ends
 from ops.topics import TopicInfo
-from shared.topics import TOPICS
+from shared.contract.topics import TOPICS
+from shared.kafka_offsets import KafkaUnreachable, OffsetReader, TopicPartitionKey
 
 CLIENT_ID = "banksync-ops"
 CONTRACT_TOPICS = frozenset(spec.name for spec in TOPICS)
@@ -75,35 +73,17 @@ class DescribeLogDirsRequest(Request[DescribeLogDirsRequestV1]):  # type: ignore
         return request_struct_class(self._topics)
 
 
-class KafkaInspector:
+class KafkaInspector(OffsetReader):
     """An admin client and a group-less consumer (for offsets and reads) on one cluster."""
 
     def __init__(self, bootstrap: str, *, request_timeout_ms: int = 15000) -> None:
-        self.bootstrap = bootstrap
-        self.admin = AIOKafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id=CLIENT_ID, request_timeout_ms=request_timeout_ms
-        )
-        self.offsets = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=CLIENT_ID,
-            group_id=None,
-            enable_auto_commit=False,
-            request_timeout_ms=request_timeout_ms,
-        )
+        super().__init__(bootstrap, client_id=CLIENT_ID, request_timeout_ms=request_timeout_ms)
 
     async def start(self) -> None:
         try:
-            await self.admin.start()
-            await self.offsets.start()
-        except (KafkaError, OSError) as exc:
-            await self.close()
-            raise OpsError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
-
-    async def close(self) -> None:
-        for close in (self.offsets.stop, self.admin.close):
-            # closing after a failure must not mask it
-            with contextlib.suppress(Exception):
-                await close()
+            await super().start()
+        except KafkaUnreachable as exc:
+            raise OpsError(str(exc)) from exc
 
     # --- topics --------------------------------------------------------------------------------
     async def topic_names(self, include_internal: bool = False) -> list[str]:
@@ -173,13 +153,6 @@ class KafkaInspector:
         ends: dict[TopicPartition, int] = await self.offsets.end_offsets(list(tps))
         return starts, ends
 
-    async def end_offsets(self, tps: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
-        wanted = [TopicPartition(t, p) for t, p in tps]
-        if not wanted:
-            return {}
-        ends: dict[TopicPartition, int] = await self.offsets.end_offsets(wanted)
-        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
-
     async def log_dir_sizes(self) -> dict[str, int] | None:
         """Bytes per topic summed over every broker's log dirs; None if the brokers do not say."""
         try:
@@ -218,9 +191,7 @@ class KafkaInspector:
                 for member_id, client_id, client_host, _metadata, assignment in members:
                     for topic, partition in decode_assignment(assignment):
                         assignments[(topic, partition)] = Member(member_id, client_host, client_id)
-        offsets = await self.admin.list_consumer_group_offsets(group)
-        committed = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
-        return GroupSnapshot(group, state, committed, assignments)
+        return GroupSnapshot(group, state, await self.committed(group), assignments)
 
     async def group_snapshots(self, groups: Sequence[str] | None = None) -> list[GroupSnapshot]:
         ids = list(groups) if groups is not None else await self.group_ids()

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from ops.textfmt import table
+from shared.kafka_offsets import TopicPartitionKey
 
 # ConsumerGroupCommand's column names, so the two outputs read the same
 HEADERS = (
@@ -26,8 +27,6 @@ HEADERS = (
     "HOST",
     "CLIENT-ID",
 )
-
-TopicPartitionKey = tuple[str, int]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import httpx
 
 from ops.errors import BadArgument, OpsError
 from ops.textfmt import table
+from services.importer.replay import replay_account
 from shared.auth import OPS_SCOPE, USER_ID_PATTERN, USER_ID_RULE, TokenPolicy
 from shared.settings import ServiceSettings
 
@@ -277,17 +277,10 @@ async def replay_direct(
 ) -> dict[str, Any]:
     """The importer's own replay function, run here (it opens its own Kafka and MongoDB clients)."""
     try:
-        module = importlib.import_module("services.importer.replay")
-        replay_account: Any = module.replay_account
-    except (ImportError, AttributeError) as exc:
-        raise OpsError(f"this installation has no importer replay function ({exc})") from exc
-    try:
         result = await replay_account(settings, user_id, account_id, since)
     except Exception as exc:
         raise OpsError(f"the importer's replay failed: {type(exc).__name__}: {exc}") from exc
-    as_dict = getattr(result, "as_dict", None)
-    answer: Any = as_dict() if callable(as_dict) else result
-    return answer if isinstance(answer, dict) else {"result": str(answer)}
+    return result.as_dict()
 
 
 async def follow_replay(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ops.textfmt import DAY_MS, duration_ms, size_bytes, table
-from shared.topics import TOPICS, TRANSACTIONS_RAW
+from shared.contract.topics import TOPICS, TRANSACTIONS_RAW
 
 # contract: "the raw topic keeps at least 400 days, so that one year of history can be rebuilt"
 RAW_MIN_RETENTION_MS = 400 * DAY_MS

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
 from shared.kafka import cloudevent_headers, record_values
 from shared.metrics import EVENTS_PUBLISHED
 from shared.vault import EventSealer

@@ -30,10 +30,10 @@ from faststream.message import StreamMessage
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
 
-from shared.events import CloudEvent, event_type
+from shared.contract.envelope import CloudEvent, event_type
+from shared.contract.topics import DLQ
 from shared.logging import bind_context, clear_context, get_logger
 from shared.metrics import ERRORS, EVENTS_CONSUMED, HANDLER_LATENCY
-from shared.topics import DLQ
 from shared.vault import EventSealer, KeyDoesNotUnwrap, NotOpened, Shredded
 
 log = get_logger(__name__)

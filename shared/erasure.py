@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from shared.consumer import Incoming, TopicConsumer, data_of
-from shared.events import CloudEvent, deterministic_event_id
+from shared.contract.envelope import CloudEvent, deterministic_event_id
+from shared.contract.payloads import UserErased, UserErasureRequested
+from shared.contract.topics import ENTITLEMENTS
 from shared.logging import get_logger
-from shared.schemas import UserErased, UserErasureRequested
 from shared.service import Runtime
-from shared.topics import ENTITLEMENTS
 
 log = get_logger(__name__)
 EraseUser = Callable[[str], Awaitable[int]]

@@ -11,10 +11,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
 
-from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.topics import TOPICS, TopicSpec
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
-from shared.topics import TOPICS, TopicSpec
 
 if TYPE_CHECKING:
     from shared.vault import EventSealer

@@ -2,9 +2,11 @@
 
 `create_service_app` builds the FastAPI app with /healthz, /readyz, /metrics, problem errors, the
 correlation-id middleware and a lifespan that starts the Kafka broker and the MongoDB client and stops
-them again. A service passes what is its own: routers, and `on_startup` to register subscribers and
-create its indexes (it runs before the broker starts, so subscribers join at start), and `background`
-jobs that run while the app is up (started after the broker, cancelled at shutdown).
+them again. A service passes what is its own: routers, and `wire`, which creates its indexes, registers
+its subscribers (it runs before the broker starts, so subscribers join at start) and returns the
+service's components (its own typed object: routes reach it with `components(request, Kind)`), then
+`background` jobs that run while the app is up (started after the broker, cancelled at shutdown) and
+`on_shutdown` hooks, both given the components.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -26,10 +28,10 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-from ops.kafka import inspector
 from shared.auth import install_auth_before_validation, only_known_query_parameters, plain_inputs
 from shared.consumer import SUBSCRIPTIONS
 from shared.kafka import EventPublisher, make_broker
+from shared.kafka_offsets import offset_reader
 from shared.limits import BodyLimits, BodySizeLimit
 from shared.logging import bind_context, clear_context, configure_logging, get_logger
 from shared.metrics import CONSUMER_LAG, HTTP_LATENCY, HTTP_REQUESTS
@@ -61,15 +63,13 @@ class Runtime:
     publisher: EventPublisher
     # seals the payloads that carry bank data with the user's key, and opens them (shared.vault)
     sealer: EventSealer
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
         return self.mongo[self.settings.mongodb_database]
 
 
-StartupHook = Callable[[Runtime], Awaitable[None]]
-BackgroundJob = Callable[[Runtime], Coroutine[Any, Any, None]]
+C = TypeVar("C")
 
 
 class _RequestContextMiddleware(BaseHTTPMiddleware):
@@ -91,6 +91,14 @@ class _RequestContextMiddleware(BaseHTTPMiddleware):
         HTTP_LATENCY.labels(self.service, request.method, route_path).observe(time.perf_counter() - started)
         response.headers[CORRELATION_HEADER] = correlation_id
         return response
+
+
+def components(request: Request, kind: type[C]) -> C:
+    """The components `wire` returned for this process (a route's way to its handlers)."""
+    found = getattr(request.app.state, "components", None)
+    if not isinstance(found, kind):
+        raise RuntimeError(f"{kind.__name__} is not wired in this app")
+    return found
 
 
 def correlation_id_of(request: Request) -> str:
@@ -120,9 +128,9 @@ def create_service_app(
     settings: ServiceSettings,
     *,
     routers: Sequence[APIRouter] = (),
-    on_startup: Sequence[StartupHook] = (),
-    on_shutdown: Sequence[StartupHook] = (),
-    background: Sequence[BackgroundJob] = (),
+    wire: Callable[[Runtime], Awaitable[C]] | None = None,
+    on_shutdown: Sequence[Callable[[C], Awaitable[None]]] = (),
+    background: Sequence[Callable[[C], Coroutine[Any, Any, None]]] = (),
     description: str = "",
 ) -> FastAPI:
     configure_logging(service, settings.log_level)
@@ -138,13 +146,15 @@ def create_service_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for hook in on_startup:
-            await hook(runtime)
+        if wire is not None:
+            wired = await wire(runtime)
+            app.state.components = wired
         await broker.start()
-        tasks = [
-            asyncio.create_task(job(runtime), name=getattr(job, "__name__", "job"))
-            for job in (*background, report_consumer_lag)
-        ]
+        tasks = [asyncio.create_task(report_consumer_lag(runtime), name="report_consumer_lag")]
+        if wire is not None:
+            tasks += [
+                asyncio.create_task(job(wired), name=getattr(job, "__name__", "job")) for job in background
+            ]
         log.info("service_started", kafka=settings.kafka_bootstrap_servers)
         try:
             yield
@@ -152,8 +162,9 @@ def create_service_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for hook in on_shutdown:
-                await hook(runtime)
+            if wire is not None:
+                for hook in on_shutdown:
+                    await hook(wired)
             await broker.stop()
             await mongo.close()
             log.info("service_stopped")
@@ -247,11 +258,12 @@ async def report_consumer_lag(runtime: Runtime) -> None:
         if not groups:
             return
         try:
-            async with inspector(runtime.settings.kafka_bootstrap_servers) as kafka:
-                _, rows = await kafka.lag(groups)
+            async with offset_reader(runtime.settings.kafka_bootstrap_servers, runtime.service) as kafka:
+                lags = {group: await kafka.committed_lag(group) for group in groups}
         except Exception as exc:
             log.warning("consumer_lag_unavailable", error=f"{type(exc).__name__}: {exc}")
             continue
-        for row in rows:
-            if row.lag is not None and row.topic in SUBSCRIPTIONS.get(row.group, ()):
-                CONSUMER_LAG.labels(runtime.service, row.group, row.topic, str(row.partition)).set(row.lag)
+        for group, partitions in lags.items():
+            for (topic, partition), lag in partitions.items():
+                if topic in SUBSCRIPTIONS.get(group, ()):
+                    CONSUMER_LAG.labels(runtime.service, group, topic, str(partition)).set(lag)

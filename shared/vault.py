@@ -35,11 +35,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import SEALED_TOPICS
 from shared.jsonutil import dumps_canonical
 from shared.metrics import SHREDDED_RECORDS
 from shared.mongo import DUPLICATE_KEY, find_by_ids
-from shared.topics import SEALED_TOPICS
 
 Doc = dict[str, Any]
 SEALED_CONTENT_TYPE = "application/jose"

@@ -1,4 +1,4 @@
-"""Real engines for the whole session: a private Kafka and FerretDB on free ports (see shared.devstack)."""
+"""Real engines for the whole session: a private Kafka and FerretDB on free ports (see harness.devstack)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.devstack import ROOT, Engines, ensure_dir
 from services.importer.adapters import OperationStore
-from shared.devstack import ROOT, Engines, ensure_dir
 from shared.mongo import make_client
 from tests.kafka_helpers import use_vault
 

@@ -27,10 +27,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.devstack import DEPLOY, Engines, Stack
-from shared.events import CloudEvent
-from shared.kafka import topic_partitions
-from shared.topics import (
+from harness.devstack import DEPLOY, Engines, Stack
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import (
     CATEGORIZATIONS,
     CONNECTIONS,
     ENTITLEMENTS,
@@ -38,6 +37,7 @@ from shared.topics import (
     SYNC_REQUESTS,
     TRANSACTIONS_RAW,
 )
+from shared.kafka import topic_partitions
 from tests.kafka_helpers import events_where, opened
 from tests.polling import wait_for
 
@@ -193,7 +193,7 @@ def outcome(stack: Stack, user: str, truth: dict[str, set[str]], categories: Cat
 
 def pipeline_groups(database: str) -> list[tuple[str, str]]:
     """The consumer groups of `pipeline_stack(engines, log_dir, database)` with their topics, in the order
-    records flow through them (shared.devstack names them so)."""
+    records flow through them (harness.devstack names them so)."""
     return [
         (f"connector-entitlements-{database}", ENTITLEMENTS),
         (f"connector-sync-{database}", SYNC_REQUESTS),

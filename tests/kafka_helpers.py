@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
 from shared.settings import DEV_TOKEN_KEY
 from shared.vault import BlockingOpener, Shredded, is_sealed
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
-from shared.devstack import ROOT, Stack
+from harness.devstack import ROOT, Stack
 
 SERVICES = ("entitlements", "connector", "importer", "categorizer")
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")

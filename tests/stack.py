@@ -1,5 +1,5 @@
-"""The stack helpers live in shared.devstack (benchmarks use them too)."""
+"""The stack helpers live in harness.devstack (benchmarks use them too)."""
 
-from shared.devstack import WEBHOOK_SECRET, Stack, connector_stack, new_user
+from harness.devstack import WEBHOOK_SECRET, Stack, connector_stack, new_user
 
 __all__ = ["WEBHOOK_SECRET", "Stack", "connector_stack", "new_user"]

@@ -27,8 +27,8 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
+from harness.devstack import WebviewForm
 from shared.auth import issue_token
-from shared.devstack import WebviewForm
 
 Json = dict[str, Any]
 T = TypeVar("T")

@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ops import dlq as dead_letters
 from ops.dashboard.state import DashboardState
 from ops.kafka import KafkaInspector
+from shared.contract.topics import DLQ, TOPICS
 from shared.logging import get_logger
-from shared.topics import DLQ, TOPICS
 
 log = get_logger(__name__)
 

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ops.lag import GroupSnapshot, LagRow
-from shared.events import EVENT_TYPE_PREFIX, HAS_CATEGORY
-from shared.topics import CATEGORIZATIONS, OPERATIONS, SYNC_STATUS, TRANSACTIONS_RAW
+from shared.contract.envelope import EVENT_TYPE_PREFIX, HAS_CATEGORY
+from shared.contract.topics import CATEGORIZATIONS, OPERATIONS, SYNC_STATUS, TRANSACTIONS_RAW
 from shared.vault import SEALED_CONTENT_TYPE
 
 MINUTES_KEPT = 60

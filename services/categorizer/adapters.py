@@ -37,8 +37,8 @@ from pymongo.errors import DuplicateKeyError
 
 from services.categorizer.domain import Categorization, Payee, RuleSet, TransferLeg, UserCategory
 from shared.bulk import bulk_write_chunked
+from shared.contract.payloads import TransferRef
 from shared.mongo import find_by_ids
-from shared.schemas import TransferRef
 from shared.sheets import Additions, SheetAddition, Sheets, entries_by_item
 
 Doc = dict[str, Any]

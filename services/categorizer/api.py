@@ -9,6 +9,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.categorizer.components import CategorizerComponents
 from services.categorizer.domain import (
     MAX_KEYWORDS,
     Payee,
@@ -24,7 +25,7 @@ from services.categorizer.domain import (
 from services.categorizer.handlers import CategorizerHandlers, OperationNotFound
 from shared.auth import Principal, UserPrincipal, principal
 from shared.problems import Problem, problem_responses
-from shared.service import correlation_id_of
+from shared.service import components, correlation_id_of
 
 MAX_PREVIEW = 1000
 # free text a client sends: French bank memos are under 256 characters; a keyword is a word or a few (the
@@ -147,8 +148,7 @@ class RulesStatus(BaseModel):
 
 
 def handlers_of(request: Request) -> CategorizerHandlers:
-    found: CategorizerHandlers = request.app.state.runtime.extras["handlers"]
-    return found
+    return components(request, CategorizerComponents).handlers
 
 
 Handlers = Annotated[CategorizerHandlers, Depends(handlers_of)]

@@ -8,16 +8,17 @@ from fastapi import FastAPI
 from services.categorizer.adapters import OperationsRepository, RuleSetRepository, TransferRepository
 from services.categorizer.api import router
 from services.categorizer.builtin import builtin_dictionary, places
+from services.categorizer.components import CategorizerComponents
 from services.categorizer.erasure import CategorizerEraser
 from services.categorizer.handlers import CategorizerHandlers
 from shared.batch_publisher import BatchPublisher
 from shared.consumer import TopicConsumer
+from shared.contract.catalog import CATEGORIZER_GROUP, CATEGORIZER_OPERATION_READS
+from shared.contract.topics import OPERATIONS
 from shared.erasure import subscribe_erasures
 from shared.logging import get_logger
-from shared.schemas import OperationEvent, Payload
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
-from shared.topics import OPERATIONS
 
 log = get_logger(__name__)
 
@@ -27,26 +28,10 @@ SERVICE = "categorizer"
 class CategorizerSettings(ServiceSettings):
     """The shared settings, plus the consumer group of the operations topic."""
 
-    categorizer_group_id: str = "categorizer"
+    categorizer_group_id: str = CATEGORIZER_GROUP
 
 
-class AccountEventData(Payload):
-    """`account.*` on banksync.operations.v1: only the user and account matter here (else the key)."""
-
-    user_id: str | None = None
-    account_id: str | None = None
-
-
-OPERATION_MODELS: dict[str, type[Payload]] = {
-    "operation.imported": OperationEvent,
-    "operation.updated": OperationEvent,
-    "operation.reconciled": OperationEvent,
-    "operation.deleted": OperationEvent,
-    "account.deleted": AccountEventData,
-}
-
-
-async def wire(runtime: Runtime) -> None:
+async def wire(runtime: Runtime) -> CategorizerComponents:
     settings = runtime.settings
     assert isinstance(settings, CategorizerSettings)
     rulesets = RuleSetRepository(runtime.db)
@@ -62,7 +47,6 @@ async def wire(runtime: Runtime) -> None:
         runtime.settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-batch", SERVICE, runtime.sealer
     )
     await publisher.start()
-    runtime.extras["batch_publisher"] = publisher
     handlers = CategorizerHandlers(
         rulesets,
         operations,
@@ -71,26 +55,24 @@ async def wire(runtime: Runtime) -> None:
         places=places(),
         transfers=transfers,
     )
-    runtime.extras["handlers"] = handlers
     TopicConsumer(
         runtime.broker,
         SERVICE,
         OPERATIONS,
-        dict(OPERATION_MODELS),
+        dict(CATEGORIZER_OPERATION_READS),
         handlers.on_operations,
         sealer=runtime.sealer,
     ).subscribe(settings.categorizer_group_id)
     subscribe_erasures(runtime, CategorizerEraser(runtime.db).erase_user)
+    return CategorizerComponents(handlers, publisher)
 
 
-async def stop_publisher(runtime: Runtime) -> None:
-    publisher: BatchPublisher = runtime.extras["batch_publisher"]
-    await publisher.stop()
+async def stop_publisher(components: CategorizerComponents) -> None:
+    await components.publisher.stop()
 
 
-async def reexaminer(runtime: Runtime) -> None:
-    handlers: CategorizerHandlers = runtime.extras["handlers"]
-    await handlers.run_reexaminer()
+async def reexaminer(components: CategorizerComponents) -> None:
+    await components.handlers.run_reexaminer()
 
 
 def create_app(settings: CategorizerSettings | None = None) -> FastAPI:
@@ -98,7 +80,7 @@ def create_app(settings: CategorizerSettings | None = None) -> FastAPI:
         SERVICE,
         settings or CategorizerSettings(),
         routers=[router],
-        on_startup=[wire],
+        wire=wire,
         on_shutdown=[stop_publisher],
         background=[reexaminer],
         description="Payees, keywords and categories: recognises operations, past ones included.",

@@ -72,11 +72,17 @@ from services.categorizer.domain import (
     suggest_keywords,
 )
 from shared.consumer import Incoming, PoisonRecord
-from shared.events import HAS_CATEGORY, CloudEvent, account_key, content_hash, deterministic_event_id
+from shared.contract.envelope import (
+    HAS_CATEGORY,
+    CloudEvent,
+    account_key,
+    content_hash,
+    deterministic_event_id,
+)
+from shared.contract.payloads import Operation, OperationCategorized, OperationEvent, PayeeRef, TransferRef
+from shared.contract.topics import CATEGORIZATIONS
 from shared.logging import get_logger
-from shared.schemas import Operation, OperationCategorized, OperationEvent, PayeeRef, TransferRef
 from shared.sheets import month_of
-from shared.topics import CATEGORIZATIONS
 
 SERVICE = "categorizer"
 log = get_logger(__name__)

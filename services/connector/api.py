@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.connector.components import ConnectorComponents
 from services.connector.handlers import ConnectorHandlers
 from services.connector.security import SIGNATURE_DATE_HEADER, SIGNATURE_HEADER
 from shared.auth import OpsPrincipal, UserPrincipal
 from shared.problems import Problem, problem_responses
-from shared.service import correlation_id_of
+from shared.service import components, correlation_id_of
 
 users = APIRouter(
     prefix="/v1/users/{user_id}", tags=["connector"], responses=problem_responses(401, 403, 422)
@@ -23,8 +24,7 @@ ops = APIRouter(prefix="/v1/ops", tags=["ops"], responses=problem_responses(401,
 
 
 def handlers_of(request: Request) -> ConnectorHandlers:
-    found: ConnectorHandlers = request.app.state.runtime.extras["handlers"]
-    return found
+    return components(request, ConnectorComponents).handlers
 
 
 Handlers = Annotated[ConnectorHandlers, Depends(handlers_of)]

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from pydantic import Field, SecretStr
 
 from services.connector.api import ops, public, users
+from services.connector.components import ConnectorComponents
 from services.connector.domain import NightlyWindow, spreading_span
 from services.connector.erasure import ConnectorEraser
 from services.connector.gate import SyncGate
@@ -19,12 +20,18 @@ from services.connector.repository import ConnectorRepository
 from services.connector.security import StateSigner, TokenCipher
 from shared.batch_publisher import BatchPublisher
 from shared.consumer import Incoming, TopicConsumer, data_of
+from shared.contract.catalog import (
+    CONNECTOR_ENTITLEMENTS_GROUP,
+    CONNECTOR_IMPORTER_EVENTS_GROUP,
+    CONNECTOR_OPERATION_READS,
+    CONNECTOR_SYNC_GROUP,
+)
+from shared.contract.payloads import AccountBalanceChecked, AccountDeleted, EntitlementChanged, SyncRequested
+from shared.contract.topics import ENTITLEMENTS, OPERATIONS, SYNC_REQUESTS
 from shared.erasure import subscribe_erasures
 from shared.logging import get_logger
-from shared.schemas import AccountBalanceChecked, AccountDeleted, EntitlementChanged, Payload, SyncRequested
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
-from shared.topics import ENTITLEMENTS, OPERATIONS, SYNC_REQUESTS
 
 SERVICE = "connector"
 log = get_logger(__name__)
@@ -34,11 +41,6 @@ log = get_logger(__name__)
 DEV_AGGREGATOR_CLIENT_ID = "banksync-dev-client"
 DEV_AGGREGATOR_CLIENT_SECRET = "dev-only-aggregator-client-secret"
 DEV_AGGREGATOR_WEBHOOK_SECRET = "dev-only-webhook-secret"
-# what the connector reads of the importer's events on banksync.operations.v1
-IMPORTER_EVENTS: dict[str, type[Payload]] = {
-    "account.deleted": AccountDeleted,
-    "account.balance_checked": AccountBalanceChecked,
-}
 
 
 class ConnectorSettings(ServiceSettings):
@@ -59,12 +61,12 @@ class ConnectorSettings(ServiceSettings):
     nightly_timezone: str = "Europe/Paris"
     nightly_enabled: bool = True
     sync_cursor_overlap_s: int = 1800
-    sync_workers_group: str = "connector-sync"
+    sync_workers_group: str = CONNECTOR_SYNC_GROUP
     # sync requests of one batch handled at once (different users wait on the aggregator in parallel);
     # a run sends few database writes now, so 16 keep the engine busy where 8 left it waiting
     sync_concurrency: int = Field(default=16, ge=1)
-    entitlements_group: str = "connector-entitlements"
-    importer_events_group: str = "connector-importer-events"
+    entitlements_group: str = CONNECTOR_ENTITLEMENTS_GROUP
+    importer_events_group: str = CONNECTOR_IMPORTER_EVENTS_GROUP
 
     def secrets(self) -> dict[str, tuple[SecretStr, str]]:
         return {
@@ -74,7 +76,7 @@ class ConnectorSettings(ServiceSettings):
         }
 
 
-async def wire(runtime: Runtime) -> None:
+async def wire(runtime: Runtime) -> ConnectorComponents:
     settings = runtime.settings
     assert isinstance(settings, ConnectorSettings)
     repository = ConnectorRepository(runtime.db)
@@ -115,7 +117,6 @@ async def wire(runtime: Runtime) -> None:
         ),
         lines_publisher=lines_publisher,
     )
-    runtime.extras["handlers"] = handlers
     subscribe_erasures(runtime, ConnectorEraser(repository, powens, cipher).erase_user)
 
     slots = asyncio.Semaphore(settings.sync_concurrency)
@@ -163,30 +164,34 @@ async def wire(runtime: Runtime) -> None:
         )
 
     TopicConsumer(
-        runtime.broker, SERVICE, OPERATIONS, dict(IMPORTER_EVENTS), on_importer_events, sealer=runtime.sealer
+        runtime.broker,
+        SERVICE,
+        OPERATIONS,
+        dict(CONNECTOR_OPERATION_READS),
+        on_importer_events,
+        sealer=runtime.sealer,
     ).subscribe(
         # a new group starts at the end: what matters is the deletions made from now on, not the topic's
         # whole history of operations
         settings.importer_events_group,
         auto_offset_reset="latest",
     )
+    return ConnectorComponents(handlers, settings.nightly_enabled)
 
 
-async def close(runtime: Runtime) -> None:
-    handlers: ConnectorHandlers = runtime.extras["handlers"]
+async def close(components: ConnectorComponents) -> None:
+    handlers = components.handlers
     await handlers.powens.aclose()
     if isinstance(handlers.lines_publisher, BatchPublisher):
         await handlers.lines_publisher.stop()
     await handlers.gate.aclose()
 
 
-async def nightly_scheduler(runtime: Runtime) -> None:
+async def nightly_scheduler(components: ConnectorComponents) -> None:
     """Sleeps until the window opens, then runs once per night (a claim makes one replica do it)."""
-    settings = runtime.settings
-    assert isinstance(settings, ConnectorSettings)
-    if not settings.nightly_enabled:
+    if not components.nightly_enabled:
         return
-    handlers: ConnectorHandlers = runtime.extras["handlers"]
+    handlers = components.handlers
     window = handlers.config.nightly
     while True:
         wake = window.next_start(datetime.now(UTC))
@@ -209,7 +214,7 @@ def create_app(settings: ConnectorSettings | None = None) -> FastAPI:
         SERVICE,
         settings or ConnectorSettings(),
         routers=[users, public, ops],
-        on_startup=[wire],
+        wire=wire,
         on_shutdown=[close],
         background=[nightly_scheduler],
         description="Aggregator link, scheduling and raw transaction events.",

@@ -39,13 +39,13 @@ from services.connector.security import (
     WebhookVerifier,
 )
 from shared.batch_publisher import BatchPublisher
-from shared.events import CloudEvent, account_key, deterministic_event_id
+from shared.contract.envelope import CloudEvent, account_key, deterministic_event_id
+from shared.contract.payloads import AccountBalanceChecked, AccountDeleted, EntitlementChanged, SyncRequested
+from shared.contract.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from shared.kafka import EventPublisher
 from shared.logging import get_logger
 from shared.metrics import ERRORS, NIGHT_OVERRUNS, NIGHT_UNFINISHED
 from shared.problems import Problem
-from shared.schemas import AccountBalanceChecked, AccountDeleted, EntitlementChanged, SyncRequested
-from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 
 SERVICE = "connector"
 # the nightly run prepares its requests this many users at a time (one claim insert, one publish)

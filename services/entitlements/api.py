@@ -8,12 +8,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
+from services.entitlements.components import EntitlementsComponents
 from services.entitlements.domain import Option, OptionIncludedInPlan, Plan, cancel, change_plan, subscribe
 from services.entitlements.erasure import Erasures, erasure_view
 from services.entitlements.handlers import EntitlementsHandlers, view
 from shared.auth import BillingPrincipal, OpsPrincipal, UserPrincipal, check_user_id
 from shared.problems import Problem, problem_responses
-from shared.service import correlation_id_of
+from shared.service import components, correlation_id_of
 
 router = APIRouter(
     prefix="/v1/users/{user_id}", tags=["entitlements"], responses=problem_responses(401, 403, 422)
@@ -48,16 +49,14 @@ class HistoryEntry(BaseModel):
 
 
 def handlers_of(request: Request) -> EntitlementsHandlers:
-    found: EntitlementsHandlers = request.app.state.runtime.extras["handlers"]
-    return found
+    return components(request, EntitlementsComponents).handlers
 
 
 Handlers = Annotated[EntitlementsHandlers, Depends(handlers_of)]
 
 
 def erasures_of(request: Request) -> Erasures:
-    found: Erasures = request.app.state.runtime.extras["erasures"]
-    return found
+    return components(request, EntitlementsComponents).erasures
 
 
 ErasuresDep = Annotated[Erasures, Depends(erasures_of)]

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from services.entitlements.adapters import EntitlementsRepository
 from services.entitlements.api import ops_router, router
+from services.entitlements.components import EntitlementsComponents
 from services.entitlements.erasure import wire_erasures
 from services.entitlements.handlers import EntitlementsHandlers
 from shared.service import Runtime, create_service_app
@@ -14,16 +15,16 @@ from shared.settings import ServiceSettings
 SERVICE = "entitlements"
 
 
-async def wire(runtime: Runtime) -> None:
+async def wire(runtime: Runtime) -> EntitlementsComponents:
     repository = EntitlementsRepository(runtime.db)
     await repository.create_indexes()
-    runtime.extras["handlers"] = EntitlementsHandlers(repository, runtime.publisher)
-    runtime.extras["erasures"] = wire_erasures(runtime, repository)
+    return EntitlementsComponents(
+        EntitlementsHandlers(repository, runtime.publisher), wire_erasures(runtime, repository)
+    )
 
 
-async def relay_outbox(runtime: Runtime) -> None:
-    handlers: EntitlementsHandlers = runtime.extras["handlers"]
-    await handlers.run_relay()
+async def relay_outbox(components: EntitlementsComponents) -> None:
+    await components.handlers.run_relay()
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -31,7 +32,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         SERVICE,
         settings or ServiceSettings(),
         routers=[router, ops_router],
-        on_startup=[wire],
+        wire=wire,
         background=[relay_outbox],
         description="Plans, the Auto-Import option and the sync gate.",
     )

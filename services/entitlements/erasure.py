@@ -17,12 +17,12 @@ from pymongo.errors import DuplicateKeyError
 
 from services.entitlements.adapters import EntitlementsRepository
 from shared.consumer import Incoming, TopicConsumer
+from shared.contract.envelope import CloudEvent, deterministic_event_id
+from shared.contract.payloads import UserErased, UserErasureRequested
+from shared.contract.topics import ENTITLEMENTS
 from shared.erasure import erasures_group, subscribe_erasures
-from shared.events import CloudEvent, deterministic_event_id
 from shared.kafka import EventPublisher
-from shared.schemas import UserErased, UserErasureRequested
 from shared.service import Runtime
-from shared.topics import ENTITLEMENTS
 from shared.vault import KeyVault
 
 Doc = dict[str, Any]

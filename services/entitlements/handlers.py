@@ -10,10 +10,10 @@ from typing import Any
 
 from services.entitlements.adapters import EntitlementsRepository, history_entry
 from services.entitlements.domain import Change, Entitlements, Option, Plan, decide
-from shared.events import CloudEvent, deterministic_event_id
+from shared.contract.envelope import CloudEvent, deterministic_event_id
+from shared.contract.topics import ENTITLEMENTS
 from shared.kafka import EventPublisher
 from shared.logging import get_logger
-from shared.topics import ENTITLEMENTS
 
 SERVICE = "entitlements"
 log = get_logger(__name__)

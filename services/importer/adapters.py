@@ -57,9 +57,9 @@ from services.importer.domain import (
     categorization_rank,
 )
 from shared.bulk import bulk_write_chunked
+from shared.contract.payloads import Operation
 from shared.money import format_amount
 from shared.mongo import DUPLICATE_KEY, find_by_ids
-from shared.schemas import Operation
 from shared.sheets import Sheets, month_of
 from shared.text import search_key, search_keys, words_of
 

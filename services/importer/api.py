@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from services.importer import export
 from services.importer.adapters import Doc, to_operation
+from services.importer.components import ImporterComponents
 from services.importer.domain import ImportMode, OperationQuery
 from services.importer.handlers import (
     AccountService,
@@ -32,11 +33,11 @@ from services.importer.handlers import (
 )
 from services.importer.replay import ReplayResult, replay_into
 from shared.auth import OpsPrincipal, UserPrincipal
+from shared.contract.payloads import Operation
 from shared.logging import get_logger
 from shared.money import AMOUNT_PATTERN, MAX_AMOUNT_CHARS, InvalidAmount, parse_amount
 from shared.problems import Problem, problem_responses
-from shared.schemas import Operation
-from shared.service import correlation_id_of
+from shared.service import components, correlation_id_of
 from shared.text import words_of
 from shared.vault import EventSealer
 
@@ -199,8 +200,7 @@ class ReplayView(BaseModel):
 
 
 def service_of(request: Request) -> AccountService:
-    found: AccountService = request.app.state.runtime.extras["accounts"]
-    return found
+    return components(request, ImporterComponents).accounts
 
 
 Service = Annotated[AccountService, Depends(service_of)]
@@ -661,8 +661,7 @@ class Replays:
 
 
 def replays_of(request: Request) -> Replays:
-    found: Replays = request.app.state.runtime.extras["replays"]
-    return found
+    return components(request, ImporterComponents).replays
 
 
 @ops.post("/replay", response_model=ReplayView, status_code=202)

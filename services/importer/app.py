@@ -8,9 +8,9 @@ from pydantic import Field
 
 from services.importer.adapters import AccountStore, OperationStore, StateStore
 from services.importer.api import Replays, ops, users
+from services.importer.components import ImporterComponents
 from services.importer.erasure import ImporterEraser
 from services.importer.handlers import (
-    RAW_MODELS,
     SERVICE,
     AccountDetails,
     AccountDiscovered,
@@ -22,12 +22,18 @@ from services.importer.handlers import (
     RawConsumerHandler,
 )
 from shared.consumer import TopicConsumer
+from shared.contract.catalog import (
+    IMPORTER_CATEGORIZATIONS_GROUP,
+    IMPORTER_CONNECTIONS_GROUP,
+    IMPORTER_GROUP,
+    IMPORTER_RAW_READS,
+)
+from shared.contract.payloads import OperationCategorized
+from shared.contract.topics import CATEGORIZATIONS, CONNECTIONS, TRANSACTIONS_RAW
 from shared.erasure import subscribe_erasures
 from shared.logging import get_logger
-from shared.schemas import OperationCategorized
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
-from shared.topics import CATEGORIZATIONS, CONNECTIONS, TRANSACTIONS_RAW
 
 log = get_logger(__name__)
 
@@ -35,9 +41,9 @@ log = get_logger(__name__)
 class ImporterSettings(ServiceSettings):
     """The shared settings, plus the consumer groups (a fresh group reads the topics from the start)."""
 
-    importer_group_id: str = "importer"
-    importer_categorizations_group_id: str = "importer-categorizations"
-    importer_connections_group_id: str = "importer-connections"
+    importer_group_id: str = IMPORTER_GROUP
+    importer_categorizations_group_id: str = IMPORTER_CATEGORIZATIONS_GROUP
+    importer_connections_group_id: str = IMPORTER_CONNECTIONS_GROUP
     importer_max_records: int = Field(default=500, ge=1, le=10_000)
     # results are written a sheet (an account's month) at a time: the larger the batch, the fewer writes
     importer_categorizations_max_records: int = Field(default=2_000, ge=1, le=10_000)
@@ -48,7 +54,7 @@ def settings_of(runtime: Runtime) -> ImporterSettings:
     return settings if isinstance(settings, ImporterSettings) else ImporterSettings()
 
 
-async def wire(runtime: Runtime) -> None:
+async def wire(runtime: Runtime) -> ImporterComponents:
     settings = settings_of(runtime)
     state, operations, accounts = StateStore(runtime.db), OperationStore(runtime.db), AccountStore(runtime.db)
     await operations.create_indexes()
@@ -56,16 +62,18 @@ async def wire(runtime: Runtime) -> None:
         log.info("operations_given_search_keys", operations=rewritten)
     await accounts.create_indexes()
     importer = Importer(state, operations, accounts, runtime.publisher)
-    runtime.extras["importer"] = importer
-    runtime.extras["accounts"] = AccountService(importer)
-    runtime.extras["replays"] = Replays(importer, settings.kafka_bootstrap_servers, runtime.sealer)
 
     # the gauge of accounts in balance alarm holds from the start, not from the first account that changes
     await importer.recount_gaps()
 
     raw_handler = RawConsumerHandler(importer)
     raw = TopicConsumer(
-        runtime.broker, SERVICE, TRANSACTIONS_RAW, dict(RAW_MODELS), raw_handler, sealer=runtime.sealer
+        runtime.broker,
+        SERVICE,
+        TRANSACTIONS_RAW,
+        dict(IMPORTER_RAW_READS),
+        raw_handler,
+        sealer=runtime.sealer,
     )
     raw_handler.dead_letter = raw.dead_letter
     raw.subscribe(settings.importer_group_id, max_records=settings.importer_max_records)
@@ -93,12 +101,15 @@ async def wire(runtime: Runtime) -> None:
     )
     discovered.subscribe(settings.importer_connections_group_id)
     subscribe_erasures(runtime, ImporterEraser(runtime.db).erase_user)
+    return ImporterComponents(
+        importer,
+        AccountService(importer),
+        Replays(importer, settings.kafka_bootstrap_servers, runtime.sealer),
+    )
 
 
-async def stop_replays(runtime: Runtime) -> None:
-    replays: Replays | None = runtime.extras.get("replays")
-    if replays is not None:
-        await replays.stop()
+async def stop_replays(components: ImporterComponents) -> None:
+    await components.replays.stop()
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -106,7 +117,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         SERVICE,
         settings or ImporterSettings(),
         routers=[users, ops],
-        on_startup=[wire],
+        wire=wire,
         on_shutdown=[stop_replays],
         description="Deduplication, account mapping and operations.",
     )

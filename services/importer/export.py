@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Iterable
 from urllib.parse import quote
 
-from shared.schemas import Operation
+from shared.contract.payloads import Operation
 
 BOM = "\ufeff"
 HEADER = (

@@ -77,11 +77,8 @@ from services.importer.domain import (
     version_of,
 )
 from shared.consumer import Incoming, PoisonRecord
-from shared.events import CloudEvent, account_key, content_hash, deterministic_event_id
-from shared.kafka import EventPublisher
-from shared.logging import get_logger
-from shared.money import InvalidAmount, format_amount, parse_amount, to_amount
-from shared.schemas import (
+from shared.contract.envelope import CloudEvent, account_key, content_hash, deterministic_event_id
+from shared.contract.payloads import (
     AccountBalanceChecked,
     AccountSynced,
     Bank,
@@ -90,9 +87,12 @@ from shared.schemas import (
     Payload,
     TransactionObserved,
 )
+from shared.contract.topics import OPERATIONS
+from shared.kafka import EventPublisher
+from shared.logging import get_logger
+from shared.money import InvalidAmount, format_amount, parse_amount, to_amount
 from shared.sheets import Additions, SheetAddition, month_of
 from shared.text import search_keys
-from shared.topics import OPERATIONS
 
 SERVICE = "importer"
 log = get_logger(__name__)
@@ -199,17 +199,13 @@ class RawBalance:
 
 
 RawRecord = RawLine | RawBalance
+
+
 # the raw topic's event types the importer reads, and what their `data` validates with
-RAW_MODELS: dict[str, type[Payload]] = {
-    "transaction.observed": TransactionObserved,
-    "account.synced": AccountSynced,
-}
-
-
 def raw_record(
     event: CloudEvent, data: BaseModel, key: str, record: ConsumerRecord[bytes, bytes] | None = None
 ) -> RawRecord:
-    """The line or the balance a validated raw event is (its `data` validated with RAW_MODELS)."""
+    """The line or the balance a validated raw event is (its `data` validated with IMPORTER_RAW_READS)."""
     if isinstance(data, AccountSynced):
         return RawBalance(event, data, key, record)
     assert isinstance(data, TransactionObserved)

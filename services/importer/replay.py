@@ -24,13 +24,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
 from services.importer.adapters import AccountStore, OperationStore, StateStore
-from services.importer.handlers import RAW_MODELS, Importer, ImportStats, RawRecord, raw_record
-from shared.events import CloudEvent, account_key
+from services.importer.handlers import Importer, ImportStats, RawRecord, raw_record
+from shared.contract.catalog import IMPORTER_RAW_READS
+from shared.contract.envelope import CloudEvent, account_key
+from shared.contract.topics import TRANSACTIONS_RAW
 from shared.kafka import EventPublisher, make_broker, topic_partitions
 from shared.logging import get_logger
 from shared.mongo import make_client
 from shared.settings import ServiceSettings
-from shared.topics import TRANSACTIONS_RAW
 from shared.vault import VAULT_COLLECTION, EventSealer, KeyVault, NotOpened, Shredded
 
 log = get_logger(__name__)
@@ -87,7 +88,7 @@ def _parse(opened: CloudEvent | Exception, key: str) -> RawRecord | None:
     if isinstance(opened, Exception):
         return None
     try:
-        model = RAW_MODELS.get(opened.name)
+        model = IMPORTER_RAW_READS.get(opened.name)
         if model is None:
             return None
         return raw_record(opened, model.model_validate(opened.data), key)

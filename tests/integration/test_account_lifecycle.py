@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.devstack import Stack, ensure_dir, new_user, pipeline_stack
 from services.connector.domain import fingerprint
-from shared.devstack import Stack, ensure_dir, new_user, pipeline_stack
+from shared.contract.topics import CONNECTIONS, TRANSACTIONS_RAW
 from shared.mongo import make_client
-from shared.topics import CONNECTIONS, TRANSACTIONS_RAW
 from tests.faults import (
     TopicTail,
     bank_lines,

@@ -20,10 +20,10 @@ import httpx
 import pymongo
 import pytest
 
+from harness.devstack import ServiceProcess, new_user
 from services.importer.handlers import auto_account_id
-from shared.devstack import ServiceProcess, new_user
-from shared.events import CloudEvent, account_key, event_type
-from shared.topics import DLQ, OPERATIONS
+from shared.contract.envelope import CloudEvent, account_key, event_type
+from shared.contract.topics import DLQ, OPERATIONS
 from tests.kafka_helpers import opened
 from tests.polling import wait_for
 from tests.unit.importer.support import (

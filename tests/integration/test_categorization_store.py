@@ -11,7 +11,7 @@ import pytest
 
 from services.importer.adapters import CATEGORIZATION_DEFAULTS, CategorizationSheets, OperationStore
 from services.importer.handlers import Categorizations
-from shared.schemas import OperationCategorized
+from shared.contract.payloads import OperationCategorized
 
 USER = "user-1"
 

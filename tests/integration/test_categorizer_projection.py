@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
+from harness.devstack import Engines
 from services.categorizer.adapters import Doc, OperationsRepository, Seen, projection_sheet
 from services.categorizer.domain import Categorization
-from shared.devstack import Engines
 from shared.mongo import make_client
 
 USER = "user-1"

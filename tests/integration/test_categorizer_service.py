@@ -17,13 +17,13 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from harness.devstack import ServiceProcess
 from shared.auth import issue_token
-from shared.devstack import ServiceProcess
-from shared.events import CloudEvent, account_key
+from shared.contract.envelope import CloudEvent, account_key
+from shared.contract.payloads import Operation, OperationCategorized, OperationEvent
+from shared.contract.topics import CATEGORIZATIONS, OPERATIONS
 from shared.kafka import cloudevent_headers
-from shared.schemas import Operation, OperationCategorized, OperationEvent
 from shared.settings import DEV_JWT_SECRET
-from shared.topics import CATEGORIZATIONS, OPERATIONS
 from tests.kafka_helpers import opened
 from tests.unit.importer.support import categorizer_alone
 

@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from harness.devstack import fill_webview
 from sandbox.webhooks import sign, signed_headers
 from services.connector.repository import ConnectorRepository
 from services.connector.security import TokenCipher
-from shared.devstack import fill_webview
+from shared.contract.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from shared.mongo import make_client
 from shared.settings import DEV_TOKEN_KEY
-from shared.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from tests.kafka_helpers import events_where
 from tests.stack import WEBHOOK_SECRET, Stack, connector_stack, new_user
 

@@ -10,9 +10,9 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from shared.consumer import Incoming, TopicConsumer
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import DLQ, TopicSpec
 from shared.kafka import EventPublisher, ensure_topics, make_broker
-from shared.topics import DLQ, TopicSpec
 from tests.kafka_helpers import read_raw
 
 pytestmark = pytest.mark.engines

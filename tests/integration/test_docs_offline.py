@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from shared.devstack import ROOT, ensure_dir, free_port
+from harness.devstack import ROOT, ensure_dir, free_port
 from tests.integration.test_ops_dashboard import CHROMIUM, chromium_page
 
 APPS = {

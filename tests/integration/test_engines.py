@@ -11,10 +11,10 @@ from faststream.kafka import KafkaMessage
 from pymongo import ASCENDING, InsertOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.topics import TOPICS, TopicSpec
 from shared.kafka import EventPublisher, ensure_topics, make_broker
 from shared.mongo import is_duplicate_key_error, make_client
-from shared.topics import TOPICS, TopicSpec
 
 pytestmark = pytest.mark.engines
 

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from harness.devstack import ServiceProcess, running_service
 from shared.auth import issue_token
-from shared.devstack import ServiceProcess, running_service
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import ENTITLEMENTS
 from shared.settings import DEV_JWT_SECRET
-from shared.topics import ENTITLEMENTS
 from tests.kafka_helpers import opened
 
 pytestmark = pytest.mark.engines

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from bson import json_util
 
+from harness.devstack import Stack, ensure_dir, new_user, pipeline_stack
 from services.connector.security import TokenCipher
-from shared.devstack import Stack, ensure_dir, new_user, pipeline_stack
+from shared.contract.topics import DLQ, TOPICS, TRANSACTIONS_RAW
 from shared.mongo import make_client
 from shared.settings import DEV_TOKEN_KEY
-from shared.topics import DLQ, TOPICS, TRANSACTIONS_RAW
 from shared.vault import BlockingOpener, Shredded, is_sealed
 from tests.faults import bank_lines, operations_of, produce, run_async, settle, sync_completes
 from tests.kafka_helpers import read_raw

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from shared.devstack import Engines, Stack, ensure_dir, new_user, pipeline_stack
-from shared.topics import CATEGORIZATIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
+from harness.devstack import Engines, Stack, ensure_dir, new_user, pipeline_stack
+from shared.contract.topics import CATEGORIZATIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
 from tests.faults import (
     TopicTail,
     bank_lines,

@@ -43,10 +43,10 @@ from typing import Any
 
 import pytest
 
+from harness.devstack import Stack, ensure_dir, new_user, pipeline_stack
 from services.importer.handlers import auto_account_id
-from shared.devstack import Stack, ensure_dir, new_user, pipeline_stack
-from shared.events import CloudEvent
-from shared.topics import (
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import (
     CATEGORIZATIONS,
     CONNECTIONS,
     DLQ,

@@ -20,11 +20,11 @@ import pymongo
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from harness.devstack import Engines, ServiceProcess, free_port, private_consumer_groups
 from services.importer.replay import replay_account
-from shared.devstack import Engines, ServiceProcess, free_port, private_consumer_groups
-from shared.events import CloudEvent, event_type
+from shared.contract.envelope import CloudEvent, event_type
+from shared.contract.topics import OPERATIONS, TRANSACTIONS_RAW
 from shared.settings import ServiceSettings
-from shared.topics import OPERATIONS, TRANSACTIONS_RAW
 from tests.kafka_helpers import opened
 from tests.polling import wait_for
 from tests.unit.importer.support import RawProducer, Txn, history, read_topic

@@ -16,12 +16,12 @@ import httpx
 import pymongo
 import pytest
 
+from harness.devstack import ServiceProcess, new_user
 from services.importer.domain import operation_id
 from services.importer.handlers import auto_account_id
 from services.importer.replay import partition_for
-from shared.devstack import ServiceProcess, new_user
-from shared.events import CloudEvent, account_key, event_type
-from shared.topics import CATEGORIZATIONS, CONNECTIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
+from shared.contract.envelope import CloudEvent, account_key, event_type
+from shared.contract.topics import CATEGORIZATIONS, CONNECTIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
 from tests.kafka_helpers import dlq_origin, opened
 from tests.polling import wait_for
 from tests.unit.importer.support import (

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from shared.devstack import ServiceProcess, new_user
-from shared.events import account_key
-from shared.topics import DLQ, TRANSACTIONS_RAW
+from harness.devstack import ServiceProcess, new_user
+from shared.contract.envelope import account_key
+from shared.contract.topics import DLQ, TRANSACTIONS_RAW
 from tests.kafka_helpers import dlq_origin
 from tests.polling import wait_for
 from tests.unit.importer.support import (

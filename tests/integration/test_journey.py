@@ -17,7 +17,7 @@ from decimal import Decimal
 import pytest
 
 from deploy.local.journey import Endpoints, Journey, JourneyResult, PlainReporter, is_live
-from shared.devstack import Stack, pipeline_stack
+from harness.devstack import Stack, pipeline_stack
 from shared.settings import ServiceSettings
 
 # the whole journey runs in the first test's setup: under a minute on a quiet 2-core machine. Its waits

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.devstack import Stack, new_user, pipeline_stack
-from shared.events import CloudEvent
-from shared.topics import CATEGORIZATIONS, OPERATIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
+from harness.devstack import Stack, new_user, pipeline_stack
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import CATEGORIZATIONS, OPERATIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from tests.kafka_helpers import read_all
 
 pytestmark = pytest.mark.timeout(300)

@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.devstack import ServiceProcess, new_user
 from services.importer.adapters import OperationStore
 from services.importer.handlers import Categorizations
-from shared.devstack import ServiceProcess, new_user
-from shared.events import account_key, event_type
+from shared.contract.envelope import account_key, event_type
+from shared.contract.payloads import OperationCategorized, PayeeRef
+from shared.contract.topics import OPERATIONS
 from shared.mongo import make_client
-from shared.schemas import OperationCategorized, PayeeRef
-from shared.topics import OPERATIONS
 from tests.polling import wait_for
 from tests.unit.importer.support import (
     RawProducer,

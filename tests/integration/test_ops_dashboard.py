@@ -31,11 +31,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from websockets.asyncio.client import ClientConnection, connect
 
+from harness.devstack import ROOT, ServiceProcess, free_port
 from shared.auth import TokenPolicy
-from shared.devstack import ROOT, ServiceProcess, free_port
-from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
-from shared.schemas import Operation, OperationCategorized, OperationEvent
-from shared.topics import CATEGORIZATIONS, OPERATIONS
+from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.payloads import Operation, OperationCategorized, OperationEvent
+from shared.contract.topics import CATEGORIZATIONS, OPERATIONS
 from tests.stack import Stack, connector_stack, new_user
 
 pytestmark = pytest.mark.engines

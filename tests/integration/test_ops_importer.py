@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.devstack import ROOT, ServiceProcess, free_port, private_consumer_groups
 from shared.auth import issue_token
-from shared.devstack import ROOT, ServiceProcess, free_port, private_consumer_groups
-from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.topics import TRANSACTIONS_RAW
 from shared.kafka import EventPublisher, make_broker
 from shared.settings import DEV_JWT_SECRET
-from shared.topics import TRANSACTIONS_RAW
 
 pytestmark = pytest.mark.engines
 

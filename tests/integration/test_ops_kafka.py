@@ -14,12 +14,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from harness.devstack import DEPLOY, ROOT
 from shared.consumer import TopicConsumer
-from shared.devstack import DEPLOY, ROOT
-from shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
+from shared.contract.payloads import TransactionObserved
+from shared.contract.topics import TOPICS, TRANSACTIONS_RAW
 from shared.kafka import make_broker
-from shared.schemas import TransactionObserved
-from shared.topics import TOPICS, TRANSACTIONS_RAW
 from tests.kafka_helpers import opened, read_raw
 
 pytestmark = pytest.mark.engines

@@ -50,6 +50,7 @@ from bson import Binary
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from harness.devstack import DEPLOY, ROOT, Engines
 from services.categorizer.adapters import (
     OperationsRepository,
     RuleSetRepository,
@@ -60,7 +61,6 @@ from services.categorizer.adapters import (
 from services.connector.repository import ConnectorRepository
 from services.entitlements.adapters import EntitlementsRepository
 from services.importer.adapters import AccountStore, OperationStore
-from shared.devstack import DEPLOY, ROOT, Engines
 from shared.mongo import POINT_READS_UP_TO, find_by_ids, make_client
 from shared.text import search_keys
 

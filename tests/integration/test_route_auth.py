@@ -38,8 +38,8 @@ import httpx
 import jwt
 import pytest
 
+from harness.devstack import WEBHOOK_SECRET, Stack, new_user, pipeline_stack
 from shared.auth import issue_token
-from shared.devstack import WEBHOOK_SECRET, Stack, new_user, pipeline_stack
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import DEV_JWT_SECRET
 from tests.openapi_documents import SERVICES, built_documents, built_routes, one_of_everything, routes_of

@@ -40,8 +40,8 @@ from schemathesis import Case
 from schemathesis.checks import CheckContext
 from schemathesis.core.transport import Response
 
+from harness.devstack import Stack, new_user, pipeline_stack
 from shared.auth import issue_token
-from shared.devstack import Stack, new_user, pipeline_stack
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import DEV_JWT_SECRET
 from tests.openapi_documents import SERVICES, built_documents, one_of_everything, routes_of

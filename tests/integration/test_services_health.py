@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from shared.devstack import ServiceProcess, free_port
+from harness.devstack import ServiceProcess, free_port
 
 pytestmark = pytest.mark.engines
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.devstack import ServiceProcess, free_port
+from harness.devstack import ServiceProcess, free_port
+from shared.contract.topics import CATEGORIZATIONS, CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
 from shared.kafka import start_group_at_end
 from shared.mongo import make_client
-from shared.topics import CATEGORIZATIONS, CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
 from tests.faults import count_requests
 from tests.kafka_helpers import events_where
 from tests.polling import wait_for

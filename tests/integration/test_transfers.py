@@ -19,13 +19,13 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from harness.devstack import ServiceProcess, private_consumer_groups, running_service
 from shared.auth import issue_token
-from shared.devstack import ServiceProcess, private_consumer_groups, running_service
-from shared.events import CloudEvent, account_key
+from shared.contract.envelope import CloudEvent, account_key
+from shared.contract.payloads import Operation, OperationEvent
+from shared.contract.topics import OPERATIONS
 from shared.kafka import cloudevent_headers
-from shared.schemas import Operation, OperationEvent
 from shared.settings import DEV_JWT_SECRET
-from shared.topics import OPERATIONS
 from tests.polling import wait_for
 from tests.unit.importer.support import RawProducer, Txn, account_for, all_operations, api
 

@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from harness.devstack import ServiceProcess, free_port
 from sandbox.banks import bank_by_id
 from sandbox.generator import AccountKind, generate_connection
 from sandbox.webhooks import sign
-from shared.devstack import ServiceProcess, free_port
 
 TODAY = "2025-03-14"
 SECRET = "test-webhook-secret"

@@ -3,7 +3,7 @@ place: PostgreSQL, under FerretDB, refuses NUL in any stored text, and memos go 
 
 from __future__ import annotations
 
-from shared.schemas import AggregatorTransaction
+from shared.contract.payloads import AggregatorTransaction
 
 
 def line(**wording: str | None) -> AggregatorTransaction:

@@ -1,6 +1,6 @@
 import pytest
 
-from shared.events import CloudEvent, account_key, deterministic_event_id, event_name, event_type
+from shared.contract.envelope import CloudEvent, account_key, deterministic_event_id, event_name, event_type
 
 
 def test_event_type_round_trip():

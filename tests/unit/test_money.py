@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
+from shared.contract.payloads import AccountSynced, AggregatorTransaction
 from shared.money import (
     MINOR_UNITS,
     InvalidAmount,
@@ -16,7 +17,6 @@ from shared.money import (
     places_of,
     to_amount,
 )
-from shared.schemas import AccountSynced, AggregatorTransaction
 
 HOSTILE = [
     "-1.005",  # more places than EUR has: refused, never stored as "-1.00"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pymongo.errors import BulkWriteError
 
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import ENTITLEMENTS, TRANSACTIONS_RAW
 from shared.settings import DEV_TOKEN_KEY
-from shared.topics import ENTITLEMENTS, TRANSACTIONS_RAW
 from shared.vault import (
     EventSealer,
     KeyDoesNotUnwrap,

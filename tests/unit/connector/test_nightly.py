@@ -12,10 +12,10 @@ from services.connector.handlers import ConnectorConfig, ConnectorHandlers
 from services.connector.powens import PowensClient
 from services.connector.repository import ConnectorRepository
 from services.connector.security import StateSigner, TokenCipher
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.topics import SYNC_REQUESTS, SYNC_STATUS
 from shared.kafka import EventPublisher
 from shared.settings import DEV_TOKEN_KEY
-from shared.topics import SYNC_REQUESTS, SYNC_STATUS
 
 Doc = dict[str, Any]
 START = datetime(2026, 12, 7, 1, 0, tzinfo=UTC)

@@ -16,11 +16,11 @@ from services.connector.handlers import ConnectorConfig, ConnectorHandlers
 from services.connector.powens import AggregatorError, PowensClient
 from services.connector.repository import ConnectorRepository
 from services.connector.security import StateSigner, TokenCipher
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.payloads import SyncRequested
+from shared.contract.topics import CONNECTIONS, SYNC_STATUS, TRANSACTIONS_RAW
 from shared.kafka import EventPublisher
-from shared.schemas import SyncRequested
 from shared.settings import DEV_TOKEN_KEY
-from shared.topics import CONNECTIONS, SYNC_STATUS, TRANSACTIONS_RAW
 
 USER = "user-1"
 CONN = f"{USER}:77"

@@ -16,12 +16,12 @@ import httpx
 import pymongo
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from harness.devstack import Engines, ServiceProcess, private_consumer_groups, running_service
 from shared.auth import issue_token
-from shared.devstack import Engines, ServiceProcess, private_consumer_groups, running_service
-from shared.events import CloudEvent, account_key, deterministic_event_id
+from shared.contract.envelope import CloudEvent, account_key, deterministic_event_id
+from shared.contract.topics import TRANSACTIONS_RAW
 from shared.kafka import cloudevent_headers
 from shared.settings import DEV_JWT_SECRET
-from shared.topics import TRANSACTIONS_RAW
 
 MERCHANTS = (
     "CARREFOUR MARKET",

@@ -14,8 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ops.catalog import topic_doc
-from services.categorizer.app import OPERATION_MODELS
 from services.importer.adapters import balance_fields
 from services.importer.domain import (
     BalanceCheck,
@@ -29,7 +27,6 @@ from services.importer.domain import (
     segments,
 )
 from services.importer.handlers import (
-    RAW_MODELS,
     Importer,
     ImportStats,
     RawBalance,
@@ -42,9 +39,10 @@ from services.importer.handlers import (
 )
 from services.importer.replay import _parse
 from shared.consumer import TopicConsumer
-from shared.events import CloudEvent
-from shared.schemas import AccountBalanceChecked, AccountSynced, TransactionObserved
-from shared.topics import OPERATIONS, TRANSACTIONS_RAW
+from shared.contract.catalog import CATEGORIZER_OPERATION_READS, IMPORTER_RAW_READS, topic_doc
+from shared.contract.envelope import CloudEvent
+from shared.contract.payloads import AccountBalanceChecked, AccountSynced, TransactionObserved
+from shared.contract.topics import OPERATIONS, TRANSACTIONS_RAW
 from tests.unit.importer.support import Txn, raw_event, synced_event
 
 T0 = dt.datetime(2026, 10, 5, 3, tzinfo=dt.UTC)
@@ -255,9 +253,9 @@ def test_a_balance_record_reports_cents_and_its_time():
 
 
 def test_the_replay_and_the_consumer_read_the_same_two_types():
-    assert set(RAW_MODELS) == {"transaction.observed", "account.synced"}
+    assert set(IMPORTER_RAW_READS) == {"transaction.observed", "account.synced"}
     importer_reads = topic_doc(TRANSACTIONS_RAW).consumers[0]
-    assert dict(importer_reads.models) == RAW_MODELS
+    assert dict(importer_reads.models) == IMPORTER_RAW_READS
     line = raw_event("u1", "bnp", Txn(1, "7", dt.date(2026, 10, 5), Decimal("-1.00"), "CB X", "X"))
     assert isinstance(_parse(line, "u1:7"), RawLine)
     synced = synced_event("u1", "bnp", "7", sync_run="s1", balance="1.00")
@@ -325,7 +323,9 @@ def test_accounts_show_their_latest_check_or_nulls():
 
 
 async def test_the_categorizer_skips_the_check_event_without_a_dead_letter():
-    assert "account.balance_checked" not in OPERATION_MODELS  # as `account.created`: not its business
+    assert (
+        "account.balance_checked" not in CATEGORIZER_OPERATION_READS
+    )  # as `account.created`: not its business
     event = CloudEvent.new(
         service="importer",
         name="account.balance_checked",
@@ -343,7 +343,9 @@ async def test_the_categorizer_skips_the_check_event_without_a_dead_letter():
     async def handle(batch: list[Any]) -> None:
         handled.extend(batch)
 
-    consumer = Recording(cast(Any, None), "categorizer", OPERATIONS, dict(OPERATION_MODELS), handle)
+    consumer = Recording(
+        cast(Any, None), "categorizer", OPERATIONS, dict(CATEGORIZER_OPERATION_READS), handle
+    )
     record = ConsumerRecord(OPERATIONS, 0, 7, 0, 0, b"u1:acc-1", event.to_json_bytes(), None, 0, 0, [])
     await consumer.process([record])
     assert (handled, dead) == ([], [])

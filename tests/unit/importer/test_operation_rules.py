@@ -25,7 +25,7 @@ from services.importer.domain import (
     refusal_of_change,
     version_of,
 )
-from shared.schemas import Operation
+from shared.contract.payloads import Operation
 from shared.text import all_words_prefix, fold, words_of
 
 AKEY = "u1:acc-9"

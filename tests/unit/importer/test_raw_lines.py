@@ -13,9 +13,9 @@ from services.importer.api import decode_cursor, encode_cursor
 from services.importer.domain import AccountLines, Target, apply
 from services.importer.handlers import RawLine, auto_account_id, log_imported, observation_of, problem_with
 from services.importer.replay import partition_for
-from shared.events import CloudEvent
+from shared.contract.envelope import CloudEvent
+from shared.contract.payloads import TransactionObserved
 from shared.problems import Problem
-from shared.schemas import TransactionObserved
 from tests.unit.importer.support import Txn, history, raw_event
 
 

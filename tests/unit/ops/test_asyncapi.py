@@ -5,10 +5,10 @@ import json
 from typer.testing import CliRunner
 
 from ops.asyncapi import DOCUMENT_PATH, document, document_text, receive_operation
-from ops.catalog import CATALOG, event_names
 from ops.cli import app
-from shared.events import event_type
-from shared.topics import TOPICS
+from shared.contract.catalog import CATALOG, event_names
+from shared.contract.envelope import event_type
+from shared.contract.topics import TOPICS
 
 
 def test_the_committed_document_is_current():

@@ -4,10 +4,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from harness.devstack import free_port
 from ops import services
 from ops.cli import app, check_bootstrap
 from ops.errors import BadArgument
-from shared.devstack import free_port
 
 runner = CliRunner()
 

@@ -13,10 +13,10 @@ from ops.dashboard.auth import SESSION_COOKIE, SESSION_MAX_S
 from ops.dashboard.state import DashboardState
 from ops.lag import GroupSnapshot, all_rows
 from shared.auth import TokenPolicy
-from shared.events import event_type
+from shared.contract.envelope import event_type
+from shared.contract.topics import CATEGORIZATIONS, OPERATIONS, SYNC_STATUS, TRANSACTIONS_RAW
 from shared.problems import Problem
 from shared.settings import ServiceSettings
-from shared.topics import CATEGORIZATIONS, OPERATIONS, SYNC_STATUS, TRANSACTIONS_RAW
 
 NOW = datetime(2026, 3, 2, 10, 30, 30, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)

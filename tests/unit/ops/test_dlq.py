@@ -17,7 +17,7 @@ from ops.dlq import (
 )
 from ops.errors import BadArgument
 from shared.consumer import dlq_headers
-from shared.topics import DLQ, TRANSACTIONS_RAW
+from shared.contract.topics import DLQ, TRANSACTIONS_RAW
 
 VALUE = json.dumps({"type": "fr.budgetfacile.banksync.transaction.observed.v1", "data": {"bad": 1}}).encode()
 

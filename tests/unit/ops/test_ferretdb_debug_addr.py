@@ -6,7 +6,7 @@ import re
 import socket
 import subprocess
 
-from shared.devstack import DEPLOY
+from harness.devstack import DEPLOY
 
 FERRETDB_DEFAULT_DEBUG_PORT = 8088
 

@@ -4,7 +4,7 @@ import pytest
 
 from ops.textfmt import duration_ms, size_bytes, table
 from ops.topics import TopicInfo, contract_problems, format_topics
-from shared.topics import TOPICS, TRANSACTIONS_RAW
+from shared.contract.topics import TOPICS, TRANSACTIONS_RAW
 
 DAY = 86_400_000
 

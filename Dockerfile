@@ -1,6 +1,6 @@
-# Image of the aggregator sandbox, the Powens-compatible stand-in (port 8010).
-# Build context: the repository root (see docker-compose.yml). The Dockerfiles of entitlements,
-# connector, importer, categorizer and the sandbox share this shape and differ only in their last two lines.
+# The one image shape of every process: the four services and the aggregator sandbox.
+# Build context: the repository root; the process is a build argument (see docker-compose.yml):
+#   docker build --build-arg SERVICE_MODULE=services.importer --build-arg SERVICE_PORT=8003 .
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,5 +26,13 @@ COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e .
 USER 10001:10001
 
-EXPOSE 8010
-CMD ["python", "-m", "sandbox", "--port", "8010"]
+# Which process the image runs: services.entitlements (8001), services.connector (8002),
+# services.importer (8003), services.categorizer (8004) or sandbox (8010). Declared last, so every
+# layer above is shared by the five images.
+ARG SERVICE_MODULE
+ARG SERVICE_PORT
+RUN test -n "$SERVICE_MODULE" && test -n "$SERVICE_PORT" \
+ || { echo "build with --build-arg SERVICE_MODULE=... --build-arg SERVICE_PORT=..." >&2; exit 1; }
+ENV BANKSYNC_SERVICE_MODULE=${SERVICE_MODULE}
+EXPOSE ${SERVICE_PORT}
+CMD ["sh", "-c", "exec python -m \"$BANKSYNC_SERVICE_MODULE\""]

@@ -240,3 +240,144 @@ class UserErased(Payload):
     service: str
     documents_deleted: int
     erased_at: dt.datetime
+
+
+# The connector's connection, account and sync-status events.
+
+
+class ConnectionLinked(Payload):
+    """`connection.linked`: a bank was linked through the aggregator's webview."""
+
+    user_id: str
+    connection_id: str
+    bank: Bank
+    state: str | None = None
+
+
+class AccountView(Payload):
+    aggregator_account_id: str
+    name: str
+    iban: str | None = None
+    type: str | None = None
+    balance: str | None = None
+    coming: str | None = None
+    currency: str = "EUR"
+    selected: bool
+    closed: bool = False
+
+
+class AccountDiscovered(Payload):
+    """`account.discovered`: an account the aggregator declared for a linked bank."""
+
+    user_id: str
+    connection_id: str
+    bank: Bank
+    account: AccountView
+
+
+class AccountSelectionChanged(Payload):
+    """`account.selection_changed`: the accounts the user chose to sync, whole."""
+
+    user_id: str
+    connection_id: str
+    selected: list[str]
+
+
+class ConnectionStateChanged(Payload):
+    """`connection.state_changed`: paused or resumed (entitlement changes), or back from the reconnect
+    webview (`reconnected`: the bank let the user in; `state` is then `active`)."""
+
+    user_id: str
+    connection_id: str
+    state: str
+    paused: bool | None = None
+    reconnected: bool | None = None
+
+
+class AccountClosed(Payload):
+    """`account.closed`: the bank reports the account deleted (or no longer lists it): it is no longer
+    synced, and its operations stay."""
+
+    user_id: str
+    connection_id: str
+    aggregator_account_id: str
+
+
+class NightlyOverran(Payload):
+    """`nightly.overran` (key `nightly`): the night's window closed with syncs still queued or running."""
+
+    night: str
+    window_end: dt.datetime
+    unfinished_connections: int
+    overran: bool
+
+
+class ConnectionRemoved(Payload):
+    """`connection.removed`: the user unlinked a bank; what was imported stays."""
+
+    user_id: str
+    connection_id: str
+
+
+class SyncStatusBase(Payload):
+    user_id: str
+    connection_id: str
+    aggregator_account_id: str
+    sync_run_id: str
+    reason: str
+
+
+class SyncStarted(SyncStatusBase):
+    """`sync.started`: one account's sync began (`initial`: first sync, about a year of history)."""
+
+    started_at: dt.datetime
+    initial: bool = False
+
+
+class SyncSucceeded(SyncStatusBase):
+    """`sync.succeeded`: `transactions` lines were published on the raw topic."""
+
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    transactions: int
+    initial: bool = False
+
+
+class SyncFailed(SyncStatusBase):
+    """`sync.failed`: `code` is the aggregator's connection state where there is one."""
+
+    code: str
+    message: str
+    retryable: bool
+    finished_at: dt.datetime | None = None
+
+
+class AppAccount(Payload):
+    account_id: str
+    bank_id: str | None = None
+    name: str
+    iban: str | None = None
+    balance: str | None = None
+    currency: str = "EUR"
+    aggregator_account_id: str | None = None
+    # the latest balance check (see `account.balance_checked`): null before the first one
+    bank_balance: str | None = None
+    computed_balance: str | None = None
+    balance_gap: str | None = None
+
+
+class AccountCreated(Payload):
+    """`account.created`: the importer created an app account (first import of a bank account)."""
+
+    user_id: str
+    account: AppAccount
+    aggregator_account_id: str | None = None
+    generation: int = 1
+
+
+class AccountEventData(Payload):
+    """`account.*` on banksync.operations.v1 as the categorizer reads it: only the user and account
+    matter (else the key)."""
+
+    user_id: str | None = None
+    account_id: str | None = None

@@ -1,40 +1,39 @@
 """Every contract topic and the events on it, with the payload model of each event's `data`, who
-writes it and which consumer groups read it. The AsyncAPI document and the dashboard come from here.
-
-Payload models are the ones the services validate with (shared.schemas, the categorizer's own);
-for the events that are published from plain dicts (the connector's `sync.*`, `connection.*`,
-`account.*`), the models below restate what the connector's handlers publish, lenient like every
-payload (extra fields allowed).
+writes it and which consumer groups read it (and with which model: a consumer may read less than is
+written). Producers, consumers, the AsyncAPI document, the dashboard and the ops tools all take their
+names from here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
-from pydantic import BaseModel
-
-from services.categorizer.app import OPERATION_MODELS as CATEGORIZER_MODELS
-from services.categorizer.app import CategorizerSettings
-from services.connector.app import IMPORTER_EVENTS as CONNECTOR_IMPORTER_EVENTS
-from services.connector.app import ConnectorSettings
-from services.importer.app import ImporterSettings
-from services.importer.handlers import RAW_MODELS as IMPORTER_RAW_MODELS
-from shared.schemas import (
+from shared.contract.payloads import (
     AccountBalanceChecked,
+    AccountClosed,
+    AccountCreated,
     AccountDeleted,
+    AccountDiscovered,
+    AccountEventData,
+    AccountSelectionChanged,
     AccountSynced,
-    Bank,
+    ConnectionLinked,
+    ConnectionRemoved,
+    ConnectionStateChanged,
     EntitlementChanged,
+    NightlyOverran,
     OperationCategorized,
     OperationEvent,
     Payload,
+    SyncFailed,
     SyncRequested,
+    SyncStarted,
+    SyncSucceeded,
     TransactionObserved,
     UserErased,
     UserErasureRequested,
 )
-from shared.topics import (
+from shared.contract.topics import (
     CATEGORIZATIONS,
     CONNECTIONS,
     DLQ,
@@ -45,135 +44,34 @@ from shared.topics import (
     TRANSACTIONS_RAW,
 )
 
+# The consumer groups fixed by the contract (their default names: what `make up` runs; each service's
+# settings can rename its own).
+CONNECTOR_SYNC_GROUP = "connector-sync"
+CONNECTOR_ENTITLEMENTS_GROUP = "connector-entitlements"
+CONNECTOR_IMPORTER_EVENTS_GROUP = "connector-importer-events"
+IMPORTER_GROUP = "importer"
+IMPORTER_CATEGORIZATIONS_GROUP = "importer-categorizations"
+IMPORTER_CONNECTIONS_GROUP = "importer-connections"
+CATEGORIZER_GROUP = "categorizer"
 
-class ConnectionLinked(Payload):
-    """`connection.linked`: a bank was linked through the aggregator's webview."""
-
-    user_id: str
-    connection_id: str
-    bank: Bank
-    state: str | None = None
-
-
-class AccountView(Payload):
-    aggregator_account_id: str
-    name: str
-    iban: str | None = None
-    type: str | None = None
-    balance: str | None = None
-    coming: str | None = None
-    currency: str = "EUR"
-    selected: bool
-    closed: bool = False
-
-
-class AccountDiscovered(Payload):
-    """`account.discovered`: an account the aggregator declared for a linked bank."""
-
-    user_id: str
-    connection_id: str
-    bank: Bank
-    account: AccountView
-
-
-class AccountSelectionChanged(Payload):
-    """`account.selection_changed`: the accounts the user chose to sync, whole."""
-
-    user_id: str
-    connection_id: str
-    selected: list[str]
-
-
-class ConnectionStateChanged(Payload):
-    """`connection.state_changed`: paused or resumed (entitlement changes), or back from the reconnect
-    webview (`reconnected`: the bank let the user in; `state` is then `active`)."""
-
-    user_id: str
-    connection_id: str
-    state: str
-    paused: bool | None = None
-    reconnected: bool | None = None
-
-
-class AccountClosed(Payload):
-    """`account.closed`: the bank reports the account deleted (or no longer lists it): it is no longer
-    synced, and its operations stay."""
-
-    user_id: str
-    connection_id: str
-    aggregator_account_id: str
-
-
-class NightlyOverran(Payload):
-    """`nightly.overran` (key `nightly`): the night's window closed with syncs still queued or running."""
-
-    night: str
-    window_end: dt.datetime
-    unfinished_connections: int
-    overran: bool
-
-
-class ConnectionRemoved(Payload):
-    """`connection.removed`: the user unlinked a bank; what was imported stays."""
-
-    user_id: str
-    connection_id: str
-
-
-class SyncStatusBase(Payload):
-    user_id: str
-    connection_id: str
-    aggregator_account_id: str
-    sync_run_id: str
-    reason: str
-
-
-class SyncStarted(SyncStatusBase):
-    """`sync.started`: one account's sync began (`initial`: first sync, about a year of history)."""
-
-    started_at: dt.datetime
-    initial: bool = False
-
-
-class SyncSucceeded(SyncStatusBase):
-    """`sync.succeeded`: `transactions` lines were published on the raw topic."""
-
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    transactions: int
-    initial: bool = False
-
-
-class SyncFailed(SyncStatusBase):
-    """`sync.failed`: `code` is the aggregator's connection state where there is one."""
-
-    code: str
-    message: str
-    retryable: bool
-    finished_at: dt.datetime | None = None
-
-
-class AppAccount(Payload):
-    account_id: str
-    bank_id: str | None = None
-    name: str
-    iban: str | None = None
-    balance: str | None = None
-    currency: str = "EUR"
-    aggregator_account_id: str | None = None
-    # the latest balance check (see `account.balance_checked`): null before the first one
-    bank_balance: str | None = None
-    computed_balance: str | None = None
-    balance_gap: str | None = None
-
-
-class AccountCreated(Payload):
-    """`account.created`: the importer created an app account (first import of a bank account)."""
-
-    user_id: str
-    account: AppAccount
-    aggregator_account_id: str | None = None
-    generation: int = 1
+# What each consumer validates `data` with, by event name (events it does not name it leaves alone).
+IMPORTER_RAW_READS: dict[str, type[Payload]] = {
+    "transaction.observed": TransactionObserved,
+    "account.synced": AccountSynced,
+}
+IMPORTER_CONNECTION_READS: dict[str, type[Payload]] = {"account.discovered": AccountDiscovered}
+CATEGORIZER_OPERATION_READS: dict[str, type[Payload]] = {
+    "operation.imported": OperationEvent,
+    "operation.updated": OperationEvent,
+    "operation.reconciled": OperationEvent,
+    "operation.deleted": OperationEvent,
+    "account.deleted": AccountEventData,
+}
+# deletions (a whole re-import at the next sync), balance checks (the sync status shows the gap)
+CONNECTOR_OPERATION_READS: dict[str, type[Payload]] = {
+    "account.deleted": AccountDeleted,
+    "account.balance_checked": AccountBalanceChecked,
+}
 
 
 @dataclass(frozen=True)
@@ -193,11 +91,6 @@ class ConsumerDoc:
     @property
     def events(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.models)
-
-
-def _default(settings: type[BaseModel], name: str) -> str:
-    """A consumer group's default name, from the service's settings (what `make up` runs)."""
-    return str(settings.model_fields[name].default)
 
 
 def reads(service: str, group: str | None, models: dict[str, type[Payload]]) -> ConsumerDoc:
@@ -233,7 +126,7 @@ CATALOG: tuple[TopicDoc, ...] = (
         (
             reads(
                 "connector",
-                _default(ConnectorSettings, "entitlements_group"),
+                CONNECTOR_ENTITLEMENTS_GROUP,
                 {"entitlement.changed": EntitlementChanged},
             ),
             *(
@@ -252,7 +145,7 @@ CATALOG: tuple[TopicDoc, ...] = (
         (
             reads(
                 "connector",
-                _default(ConnectorSettings, "sync_workers_group"),
+                CONNECTOR_SYNC_GROUP,
                 {"sync.requested": SyncRequested},
             ),
         ),
@@ -270,6 +163,7 @@ CATALOG: tuple[TopicDoc, ...] = (
             EventDoc("account.closed", AccountClosed),
             EventDoc("account.selection_changed", AccountSelectionChanged),
         ),
+        (reads("importer", IMPORTER_CONNECTIONS_GROUP, IMPORTER_CONNECTION_READS),),
     ),
     TopicDoc(
         TRANSACTIONS_RAW,
@@ -282,7 +176,7 @@ CATALOG: tuple[TopicDoc, ...] = (
             EventDoc("transaction.observed", TransactionObserved),
             EventDoc("account.synced", AccountSynced),
         ),
-        (reads("importer", _default(ImporterSettings, "importer_group_id"), IMPORTER_RAW_MODELS),),
+        (reads("importer", IMPORTER_GROUP, IMPORTER_RAW_READS),),
     ),
     TopicDoc(
         SYNC_STATUS,
@@ -315,12 +209,12 @@ CATALOG: tuple[TopicDoc, ...] = (
             EventDoc("account.balance_checked", AccountBalanceChecked),
         ),
         (
-            reads("categorizer", _default(CategorizerSettings, "categorizer_group_id"), CATEGORIZER_MODELS),
+            reads("categorizer", CATEGORIZER_GROUP, CATEGORIZER_OPERATION_READS),
             # deletions (a whole re-import at the next sync), balance checks (the sync status shows the gap)
             reads(
                 "connector",
-                _default(ConnectorSettings, "importer_events_group"),
-                CONNECTOR_IMPORTER_EVENTS,
+                CONNECTOR_IMPORTER_EVENTS_GROUP,
+                CONNECTOR_OPERATION_READS,
             ),
         ),
     ),
@@ -333,7 +227,7 @@ CATALOG: tuple[TopicDoc, ...] = (
         (
             reads(
                 "importer",
-                _default(ImporterSettings, "importer_categorizations_group_id"),
+                IMPORTER_CATEGORIZATIONS_GROUP,
                 {"operation.categorized": OperationCategorized},
             ),
         ),

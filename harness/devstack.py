@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 
 from shared.auth import issue_token
+from shared.contract.topics import CATEGORIZATIONS, CONNECTIONS, ENTITLEMENTS, OPERATIONS, TRANSACTIONS_RAW
 from shared.kafka import start_group_at_end
 from shared.settings import DEV_JWT_SECRET
-from shared.topics import CATEGORIZATIONS, CONNECTIONS, ENTITLEMENTS, OPERATIONS, TRANSACTIONS_RAW
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "local"

@@ -1,0 +1,14 @@
+"""What one entitlements process is made of (built by `app.wire`, reached by the routes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.entitlements.erasure import Erasures
+from services.entitlements.handlers import EntitlementsHandlers
+
+
+@dataclass(frozen=True)
+class EntitlementsComponents:
+    handlers: EntitlementsHandlers
+    erasures: Erasures
