@@ -10,6 +10,7 @@ help:
 	@echo "make demo     set up everything, start the stack, run the demo journey"
 	@echo "make test     set up what is missing; lint, type checks and the whole suite on real engines"
 	@echo "make up | down | status   start, stop, report on the local stack"
+	@echo "make unit     unit tests and handler tests on in-memory fakes (seconds, no engine)"
 	@echo "make bench    benchmarks (JSON in bench/results/)"
 
 setup:
@@ -38,8 +39,9 @@ typecheck: setup
 test: lint typecheck
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
+# the unit tests and the handler tests on in-memory fakes (no engine started): seconds
 unit: setup
-	$(VENV)/bin/pytest -ra tests/unit $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -ra tests/unit -m "not engines" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)

@@ -34,23 +34,22 @@ from bench.documents import drop_stack_databases, history, seed_stores
 from bench.registry import Context, Limit, Measurement, benchmark, load_average
 from harness.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack, private_consumer_groups_of
 from ops.kafka import KafkaInspector, inspector
-from services.categorizer.adapters import OperationsRepository, RuleSetRepository, Seen, drop_all
-from services.categorizer.builtin import builtin_dictionary, places
-from services.categorizer.domain import (
+from services.categorizer.adapters.kafka import CategorizationPublisher
+from services.categorizer.adapters.mongo import OperationsRepository, RuleSetRepository, drop_all
+from services.categorizer.domain.dictionary import builtin_dictionary, places
+from services.categorizer.domain.matching import (
     Categorization,
     Dictionary,
     Matcher,
-    Memo,
-    Payee,
-    PayeeDraft,
     Rule,
     _rank,
-    add_payee,
-    analyse,
     categorize_memo,
 )
+from services.categorizer.domain.normalise import Memo, analyse
+from services.categorizer.domain.rules import Payee, PayeeDraft, add_payee
 from services.categorizer.handlers import CategorizerHandlers
-from services.importer.adapters import OperationStore
+from services.categorizer.ports import Seen
+from services.importer.adapters.mongo import OperationStore
 from shared.batch_publisher import BatchPublisher
 from shared.contract.topics import CATEGORIZATIONS
 from shared.mongo import make_client
@@ -218,8 +217,8 @@ async def categorizer_recategorize(ctx: Context) -> Measurement:
         rulesets, operations = RuleSetRepository(db), OperationsRepository(db)
         await rulesets.create_indexes()
         await operations.create_indexes()
-        handlers = CategorizerHandlers(
-            rulesets, operations, publisher, dictionary=builtin_dictionary(), places=places()
+        handlers = CategorizerHandlers.build(
+            rulesets, operations, CategorizationPublisher(publisher), builtin_dictionary(), places=places()
         )
         now = datetime.now(UTC)
         seen = [
@@ -244,9 +243,9 @@ async def categorizer_recategorize(ctx: Context) -> Measurement:
         def create(current: Any) -> Any:
             return add_payee(current, NEW_PAYEE, "p1")
 
-        _, _ = await handlers.change(user_id, create, "bench", reexamine=False)
+        _, _ = await handlers.rules.change(user_id, create, "bench", reexamine=False)
         started = time.perf_counter()
-        report = await handlers.reexamine(user_id)
+        report = await handlers.reexaminer.reexamine(user_id)
         elapsed = time.perf_counter() - started
     finally:
         await drop_all(db)

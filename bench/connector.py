@@ -16,6 +16,7 @@ from typing import Any
 from bench.linking import SyncWatcher, nightly_run_now, set_up_night
 from bench.registry import Context, Limit, Measurement, benchmark
 from harness.devstack import ROOT, Stack, connector_stack, ensure_dir, new_user
+from harness.waiting import wait_for_async
 from shared.mongo import make_client
 
 CONCURRENCY = 16
@@ -77,15 +78,17 @@ async def lines_published(stack: Stack, users: list[str]) -> int:
 async def wait_synced(
     stack: Stack, since: datetime, users: list[str], accounts: int, timeout_s: float
 ) -> float:
-    deadline = time.monotonic() + timeout_s
     # each poll scans the collection on FerretDB (over a second with 2,000 accounts on a busy engine):
     # polled often, the measurement would load the database it measures
     every = min(2.0, max(0.25, accounts / 1000))
-    while time.monotonic() < deadline:
-        if await synced_since(stack, since, users) >= accounts:
-            return time.monotonic()
-        await asyncio.sleep(every)
-    raise TimeoutError(f"only {await synced_since(stack, since, users)} of {accounts} accounts synced")
+    await wait_for_async(
+        lambda: synced_since(stack, since, users),
+        timeout_s,
+        f"{accounts} accounts synced (accounts synced so far)",
+        every,
+        until=lambda synced: synced >= accounts,
+    )
+    return time.monotonic()
 
 
 def bench_stack(ctx: Context, name: str, **common_env: str) -> Any:

@@ -1,8 +1,8 @@
 """Realistic documents of the importer's and the categorizer's collections, built without the pipeline.
 
 What a user's first sync leaves behind, shaped as the services write it (checked against
-`services.importer.handlers.BankOperationFactory`, `categorization_fields` and
-`services.categorizer.adapters.Seen`): one `operations` document per bank line (about 500 bytes of
+`services.importer.adapters.mongo.BankOperationFactory`, `categorization_fields` and
+`services.categorizer.adapters.mongo.seen_entry`): one `operations` document per bank line (about 500 bytes of
 BSON, with the categorisation the built-in dictionary gives it, as stored by the importer's write-back),
 the categorizer's projection of the same operations (`categorizer_sheets`, month sheets), and the app
 accounts.
@@ -25,15 +25,17 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.categorizer.adapters import OperationsRepository, Seen, projection_sheet
-from services.categorizer.builtin import builtin_dictionary
-from services.categorizer.domain import EMPTY_MATCHER, Categorization, analyse, categorize_memo, memo_text
-from services.importer.adapters import AccountStore, OperationStore
-from services.importer.domain import operation_id
-from services.importer.handlers import auto_account_id
+from services.categorizer.adapters.mongo import OperationsRepository, projection_sheet, seen_entry
+from services.categorizer.domain.dictionary import builtin_dictionary
+from services.categorizer.domain.matching import EMPTY_MATCHER, Categorization, categorize_memo, memo_text
+from services.categorizer.domain.normalise import analyse
+from services.categorizer.ports import Seen
+from services.importer.adapters.mongo import AccountStore, OperationStore
+from services.importer.domain.identities import auto_account_id, operation_id
 from shared.contract.envelope import account_key
 from shared.mongo import make_client
-from shared.sheets import month_of, packed
+from shared.periods import month_of
+from shared.sheets import packed
 
 Doc = dict[str, Any]
 # (memo shape, merchant, amount range in cents): {m} the merchant, {d} dd/mm, {D} ddmmyy
@@ -160,7 +162,7 @@ def projection_sheets(past: Iterable[PastOperation], at: datetime) -> Iterator[D
                 "ops": {},
             }
         seen = Seen(op.user_id, op.op_id, op.account_id, op.memo, op.label, 0, op.result)
-        sheet["ops"][op.op_id] = seen.entry(at)
+        sheet["ops"][op.op_id] = seen_entry(seen, at)
     return ({**sheet, "ops": packed(sheet["ops"])} for sheet in sheets.values())
 
 

@@ -34,7 +34,8 @@ from bench.connector import lines_published, synced_since
 from bench.documents import PastOperation, drop_stack_databases, history, seed_stores
 from bench.registry import Context, Limit, Measurement, benchmark, load_average
 from harness.devstack import DEPLOY, ROOT, Stack, ensure_dir, new_user, pipeline_stack
-from services.importer.adapters import OperationStore
+from harness.paging import operations_by_account
+from services.importer.adapters.mongo import OperationStore
 from shared.mongo import make_client
 
 Doc = dict[str, Any]
@@ -87,22 +88,8 @@ async def sync_runs(stack: Stack, user: str) -> list[Doc]:
 
 def api_operations(stack: Stack, user: str) -> list[dict[str, Any]]:
     """Every operation of the user through the importer's API (each account, every page)."""
-    found: list[dict[str, Any]] = []
     with stack.client("importer", user) as api:
-        accounts = api.get(f"/v1/users/{user}/accounts")
-        accounts.raise_for_status()
-        for account in accounts.json():
-            cursor: str | None = None
-            while True:
-                params: dict[str, str | int] = {"limit": PAGE, **({"cursor": cursor} if cursor else {})}
-                page = api.get(f"/v1/users/{user}/accounts/{account['account_id']}/operations", params=params)
-                page.raise_for_status()
-                body = page.json()
-                found += body["items"]
-                cursor = body["next_cursor"]
-                if not cursor:
-                    break
-    return found
+        return [op for _, ops in operations_by_account(api, user, limit=PAGE) for op in ops]
 
 
 def seconds(at: datetime | None, since: datetime) -> float | None:

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.registry import Context, Limit, Measurement, benchmark
 from harness.devstack import ROOT, ServiceProcess, ensure_dir, free_port
+from harness.waiting import wait_for_async
 from shared.contract.envelope import CloudEvent, account_key, event_type
 from shared.contract.topics import OPERATIONS, TRANSACTIONS_RAW
 from shared.kafka import cloudevent_headers, topic_partitions
@@ -118,11 +119,9 @@ class ImportedWatcher:
                         self.last_at = now
 
     async def wait_for(self, count: int, timeout_s: float) -> None:
-        deadline = time.perf_counter() + timeout_s
-        while self.count < count:
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"{self.count} of {count} operations stored after {timeout_s:g} s")
-            await asyncio.sleep(0.02)
+        await wait_for_async(
+            lambda: self.count, timeout_s, f"{count} operations stored", 0.02, until=lambda n: n >= count
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -23,11 +23,14 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from harness.devstack import Stack
-from services.connector.domain import bank_account_view
-from services.connector.repository import ConnectorRepository, connection_key
-from services.connector.security import TokenCipher
+from harness.waiting import wait_for_async
+from services.connector.adapters.mongo import ConnectorRepository, connection_document
+from services.connector.domain.accounts import bank_account_view
+from services.connector.domain.connections import Connection
+from services.connector.domain.secrets import TokenCipher
 from shared.auth import issue_token
 from shared.contract.envelope import CloudEvent
+from shared.contract.payloads import Bank
 from shared.contract.topics import SYNC_STATUS
 from shared.kafka import topic_partitions
 from shared.mongo import make_client
@@ -50,7 +53,7 @@ def connector_documents(
     user_id: str, made: dict[str, Any], bank_names: dict[str, str], cipher: TokenCipher, at: datetime
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The connector's `aggregator_users` and `connections` documents of one user the sandbox linked,
-    as `ConnectorHandlers.activate`, `callback` and `select_accounts` write them."""
+    as `Linking.activate`, `Linking.callback` and `Connections.select_accounts` write them."""
     connection = made["connection"]
     connection_id = str(connection["id"])
     bank_id = str(connection["id_connector"])
@@ -60,19 +63,14 @@ def connector_documents(
         "id_user": str(made["id_user"]),
         "created_at": at,
     }
-    linked = {
-        "_id": connection_key(user_id, connection_id),
-        "connection_id": connection_id,
-        "user_id": user_id,
-        "bank": {"id": bank_id, "name": bank_names.get(bank_id, f"Banque {bank_id}")},
-        "state": None,
-        "error": None,
-        "accounts": [bank_account_view(a) for a in connection["all_accounts"] if not a.get("deleted")],
-        "removed": False,
-        "paused": False,
-        "linked_at": at,
-    }
-    return aggregator_user, linked
+    linked = Connection(
+        user_id,
+        connection_id,
+        Bank(id=bank_id, name=bank_names.get(bank_id, f"Banque {bank_id}")),
+        tuple(bank_account_view(a) for a in connection["all_accounts"] if not a.get("deleted")),
+        linked_at=at,
+    )
+    return aggregator_user, connection_document(linked)
 
 
 async def entitle_all(stack: Stack, users: list[str]) -> None:
@@ -198,10 +196,10 @@ class SyncWatcher:
 
     async def wait(self, accounts: int, timeout_s: float) -> datetime:
         """Until `accounts` accounts have finished; returns when the last of them did."""
-        deadline = time.monotonic() + timeout_s
-        while await self.read() < accounts:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(self.finished)} of {accounts} accounts synced")
+        # no pause between reads: each one waits up to half a second for records
+        await wait_for_async(
+            self.read, timeout_s, f"{accounts} accounts synced", 0, until=lambda synced: synced >= accounts
+        )
         return max(self.finished.values())
 
 

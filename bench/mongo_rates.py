@@ -38,7 +38,7 @@ from pymongo.errors import BulkWriteError
 
 from bench.documents import history, importer_operation, insert_all, now
 from bench.registry import Context, Measurement, benchmark, load_average
-from services.importer.adapters import OperationStore
+from services.importer.adapters.mongo import OperationStore
 from shared.bulk import DEFAULT_CHUNK, bulk_write_chunked
 from shared.contract.envelope import account_key, content_hash
 from shared.mongo import is_duplicate_key_error, make_client

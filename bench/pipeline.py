@@ -28,8 +28,9 @@ import httpx
 from bench.linking import LinkedUser, SyncWatcher, consumer_since, nightly_run_now, set_up_night
 from bench.registry import Context, Limit, Measurement, benchmark
 from harness.devstack import ROOT, Stack, ensure_dir, new_user, pipeline_stack
+from harness.waiting import wait_for_async
 from ops.kafka import inspector
-from services.importer.adapters import OperationStore
+from services.importer.adapters.mongo import OperationStore
 from shared.contract.envelope import CloudEvent
 from shared.contract.topics import CATEGORIZATIONS, OPERATIONS, TRANSACTIONS_RAW
 from shared.mongo import make_client
@@ -104,14 +105,19 @@ async def wait_drained(stack: Stack, timeout_s: float) -> None:
         stack.processes["importer"].env[name]
         for name in ("IMPORTER_GROUP_ID", "IMPORTER_CATEGORIZATIONS_GROUP_ID")
     ] + [stack.processes["categorizer"].env["CATEGORIZER_GROUP_ID"]]
-    deadline = time.monotonic() + timeout_s
     async with inspector(stack.engines.kafka_bootstrap) as kafka:
-        while time.monotonic() < deadline:
+
+        async def lag() -> list[Any]:
             _, rows = await kafka.lag(groups)
-            if rows and all(row.lag == 0 for row in rows):
-                return
-            await asyncio.sleep(1)
-    raise TimeoutError("the pipeline did not drain")
+            return rows
+
+        await wait_for_async(
+            lag,
+            timeout_s,
+            "the pipeline drained (lag by group and partition)",
+            1,
+            until=lambda rows: rows and all(row.lag == 0 for row in rows),
+        )
 
 
 async def categorised_since(stack: Stack, since: datetime) -> list[dict[str, Any]]:
@@ -127,16 +133,16 @@ async def categorised_since(stack: Stack, since: datetime) -> list[dict[str, Any
 async def wait_categorised(
     stack: Stack, since: datetime, expected: int, timeout_s: float
 ) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
     found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        found = await categorised_since(stack, since)
-        if sum(1 for op in found if op.get("categorized_at")) >= expected:
-            return found
-        await asyncio.sleep(3)
-    raise TimeoutError(
-        f"{sum(1 for op in found if op.get('categorized_at'))} of {expected} lines categorised"
+
+    async def categorised() -> int:  # a count, not the lines: the timeout's message shows the last one
+        found[:] = await categorised_since(stack, since)
+        return sum(1 for op in found if op.get("categorized_at"))
+
+    await wait_for_async(
+        categorised, timeout_s, f"{expected} lines categorised (so far)", 3, until=lambda n: n >= expected
     )
+    return found
 
 
 async def event_times(

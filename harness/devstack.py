@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pymongo
 
+from harness.waiting import wait_for
 from shared.auth import issue_token
 from shared.contract.topics import CATEGORIZATIONS, CONNECTIONS, ENTITLEMENTS, OPERATIONS, TRANSACTIONS_RAW
 from shared.kafka import start_group_at_end
@@ -175,19 +176,24 @@ class ServiceProcess:
         return self
 
     def wait_until(self, path: str, status: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
+        def answered() -> int | httpx.HTTPError:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                last = httpx.get(self.url + path, timeout=5).status_code
-                if last == status:
-                    return
+                return httpx.get(self.url + path, timeout=5).status_code
             except httpx.HTTPError as exc:
-                last = exc
-            time.sleep(0.3)
-        raise TimeoutError(f"{self.module} {path} never answered {status} (last: {last}):\n{self.log_tail()}")
+                return exc
+
+        try:
+            wait_for(
+                answered,
+                timeout,
+                f"{self.module} {path} answering {status}",
+                0.3,
+                until=lambda got: got == status,
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -247,6 +253,16 @@ class WebviewForm(HTMLParser):
             self.banks.append(values["value"])
 
 
+def bearer(user: str, scopes: str = "") -> dict[str, str]:
+    """The Authorization header of a development token for `user` (with `scopes`)."""
+    return {"Authorization": f"Bearer {issue_token(DEV_JWT_SECRET, user, scopes=scopes)}"}
+
+
+def user_client(base_url: str, user: str, scopes: str = "", timeout: float = 30) -> httpx.Client:
+    """A client of one service calling as `user` (with `scopes`)."""
+    return httpx.Client(base_url=base_url, headers=bearer(user, scopes), timeout=timeout)
+
+
 @dataclass
 class Stack:
     engines: Engines
@@ -283,8 +299,7 @@ class Stack:
                 proc.stop()
 
     def client(self, name: str, user: str, scopes: str = "") -> httpx.Client:
-        token = issue_token(DEV_JWT_SECRET, user, scopes=scopes)
-        return httpx.Client(base_url=self.url(name), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        return user_client(self.url(name), user, scopes)
 
     def sandbox(self) -> httpx.Client:
         return httpx.Client(base_url=self.url("sandbox"), timeout=30)
@@ -343,17 +358,14 @@ class Stack:
 
     def wait_run(self, user: str, run_id: str, timeout: float = 90) -> list[dict[str, Any]]:
         """Until every selected account's last run is `run_id` and finished."""
-        deadline = time.monotonic() + timeout
-        status: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            status = self.status(user)
-            if status and all(
+
+        def finished(status: list[dict[str, Any]]) -> bool:
+            return bool(status) and all(
                 s["last_run"] and s["last_run"]["sync_run_id"] == run_id and s["state"] != "syncing"
                 for s in status
-            ):
-                return status
-            time.sleep(0.3)
-        raise TimeoutError(f"run {run_id} did not finish: {status}")
+            )
+
+        return wait_for(lambda: self.status(user), timeout, f"run {run_id} finished", 0.3, until=finished)
 
 
 def browse_webview(connect_url: str, login: str, password: str, bank_index: int | None) -> httpx.Response:
@@ -503,3 +515,30 @@ def pipeline_stack(
             CATEGORIZER_GROUP_ID=env["CATEGORIZER_GROUP_ID"],
         )
         yield stack
+
+
+@contextlib.contextmanager
+def importer_alone(
+    engines: Engines, log_dir: Any, database: str, groups_prefix: str
+) -> Iterator[ServiceProcess]:
+    """The importer as its own process on the real engines, with a fresh database and consumer groups of
+    its own (the tests publish what the connector would, and read what the importer says)."""
+    pymongo.MongoClient(engines.mongodb_url).drop_database(database)
+    groups = private_consumer_groups(engines, f"{groups_prefix}-{uuid.uuid4().hex[:6]}")
+    with running_service("services.importer", engines, log_dir, MONGODB_DATABASE=database, **groups) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def categorizer_alone(engines: Engines, log_dir: Any, prefix: str) -> Iterator[ServiceProcess]:
+    """The categorizer as its own process on the real engines, with a fresh database and consumer group."""
+    database = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    groups = private_consumer_groups(engines, database)
+    with running_service(
+        "services.categorizer",
+        engines,
+        log_dir,
+        MONGODB_DATABASE=database,
+        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
+    ) as proc:
+        yield proc

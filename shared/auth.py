@@ -28,8 +28,9 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.http_problems import problem_response
 from shared.logging import bind_context
-from shared.problems import Problem, problem_response
+from shared.problems import Problem
 from shared.text import CONTROL_CHARACTERS
 
 ALGORITHM = "HS256"

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.http_problems import problem_response
 from shared.metrics import ERRORS
-from shared.problems import Problem, problem_response
+from shared.problems import Problem
 from shared.settings import ServiceSettings
 
 # bodies that servers outside Budgetfacile send, which the services do not size

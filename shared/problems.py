@@ -1,20 +1,15 @@
-"""RFC 9457 problem details: every error any service answers is one of these, with a stable `code`."""
+"""RFC 9457 problem details: every error any service answers is one of these, with a stable `code`.
+
+Pure: handlers raise `Problem`; `shared.http_problems` turns it into the HTTP answer."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from shared.metrics import ERRORS
-
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://budgetfacile.fr/problems/"
 
-_TITLES = {
+TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -28,7 +23,7 @@ _TITLES = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
-_DEFAULT_CODES = {
+DEFAULT_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -60,7 +55,7 @@ class Problem(Exception):
         self.status = status
         self.code = code
         self.detail = detail
-        self.title = title or _TITLES.get(status, "Error")
+        self.title = title or TITLES.get(status, "Error")
         self.headers = headers
         self.extensions = extensions
 
@@ -73,15 +68,6 @@ class Problem(Exception):
             "code": self.code,
             **self.extensions,
         }
-
-
-def problem_response(problem: Problem) -> JSONResponse:
-    return JSONResponse(
-        problem.to_dict(),
-        status_code=problem.status,
-        media_type=PROBLEM_CONTENT_TYPE,
-        headers=problem.headers,
-    )
 
 
 # OpenAPI description of the error answers, for routes to declare in `responses=`.
@@ -101,67 +87,8 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         s: {
-            "description": _TITLES.get(s, "Error"),
+            "description": TITLES.get(s, "Error"),
             "content": {PROBLEM_CONTENT_TYPE: {"schema": PROBLEM_SCHEMA}},
         }
         for s in statuses
     }
-
-
-def install_problem_handlers(app: FastAPI, service: str = "") -> None:
-    def answer(problem: Problem) -> JSONResponse:
-        ERRORS.labels(service, "http", problem.code).inc()
-        return problem_response(problem)
-
-    async def on_problem(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, Problem)
-        return answer(exc)
-
-    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        errors = [
-            {
-                "loc": [str(p) for p in err.get("loc", ())],
-                "msg": err.get("msg", ""),
-                "type": err.get("type", ""),
-            }
-            for err in exc.errors()
-        ]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(first["loc"])
-        return answer(
-            Problem(
-                422,
-                "validation_error",
-                f"{where}: {first['msg']}" if where else str(first["msg"]),
-                errors=errors,
-            )
-        )
-
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            # FastAPI's answer to a body that is not even text: the same as to one that is not JSON
-            return answer(
-                Problem(
-                    422,
-                    "validation_error",
-                    "body: the body is not JSON (it is not UTF-8 text)",
-                    errors=[{"loc": ["body"], "msg": "The body is not UTF-8 text", "type": "json_invalid"}],
-                )
-            )
-        code = _DEFAULT_CODES.get(exc.status_code, "error")
-        detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
-        headers = dict(exc.headers) if exc.headers else None
-        return answer(Problem(exc.status_code, code, detail, headers=headers))
-
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        from shared.logging import get_logger
-
-        get_logger(__name__).exception("unhandled_error", error_type=type(exc).__name__)
-        return answer(Problem(500, "internal_error", "An unexpected error occurred."))
-
-    app.add_exception_handler(Problem, on_problem)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)

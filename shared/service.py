@@ -30,13 +30,14 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from shared.auth import install_auth_before_validation, only_known_query_parameters, plain_inputs
 from shared.consumer import SUBSCRIPTIONS
+from shared.http_problems import install_problem_handlers
 from shared.kafka import EventPublisher, make_broker
 from shared.kafka_offsets import offset_reader
 from shared.limits import BodyLimits, BodySizeLimit
 from shared.logging import bind_context, clear_context, configure_logging, get_logger
 from shared.metrics import CONSUMER_LAG, HTTP_LATENCY, HTTP_REQUESTS
 from shared.mongo import make_client, ping
-from shared.problems import PROBLEM_CONTENT_TYPE, install_problem_handlers, problem_responses
+from shared.problems import PROBLEM_CONTENT_TYPE, problem_responses
 from shared.settings import ServiceSettings
 from shared.vault import VAULT_COLLECTION, EventSealer, KeyVault
 

@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date
+from datetime import UTC
 from typing import Any
 
 import bson
@@ -45,11 +45,6 @@ from shared.mongo import POINT_READS_UP_TO
 Doc = dict[str, Any]
 # as shared.mongo.make_client decodes what the engine sends
 CODEC: CodecOptions[Doc] = CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC)
-
-
-def month_of(day: date) -> str:
-    """The month sheet a day belongs to (`YYYY-MM`)."""
-    return day.isoformat()[:7]
 
 
 def packed(entries: dict[str, Doc]) -> bytes:

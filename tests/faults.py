@@ -28,6 +28,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from harness.devstack import DEPLOY, Engines, Stack
+from harness.paging import operations_by_account
+from harness.waiting import wait_for
 from shared.contract.envelope import CloudEvent
 from shared.contract.topics import (
     CATEGORIZATIONS,
@@ -39,7 +41,6 @@ from shared.contract.topics import (
 )
 from shared.kafka import topic_partitions
 from tests.kafka_helpers import events_where, opened
-from tests.polling import wait_for
 
 # ---- the bank's truth and the app's operations --------------------------------------------------------
 
@@ -61,22 +62,7 @@ def operations_of(stack: Stack, user: str, page: int = 250) -> dict[str, list[di
     """Every operation the importer's API lists, per aggregator account (cursor paging)."""
     out: dict[str, list[dict[str, Any]]] = {}
     with stack.client("importer", user) as api:
-        accounts = api.get(f"/v1/users/{user}/accounts")
-        accounts.raise_for_status()
-        for account in accounts.json():
-            items: list[dict[str, Any]] = []
-            cursor: str | None = None
-            while True:
-                params: dict[str, Any] = {"limit": page, **({"cursor": cursor} if cursor else {})}
-                answer = api.get(
-                    f"/v1/users/{user}/accounts/{account['account_id']}/operations", params=params
-                )
-                answer.raise_for_status()
-                body = answer.json()
-                items += body["items"]
-                cursor = body["next_cursor"]
-                if not cursor:
-                    break
+        for account, items in operations_by_account(api, user, limit=page):
             out.setdefault(account["aggregator_account_id"] or account["account_id"], []).extend(items)
     return out
 
@@ -233,17 +219,13 @@ async def lags(bootstrap: str, groups: list[tuple[str, str]]) -> dict[str, int]:
 
 def wait_idle(bootstrap: str, groups: list[tuple[str, str]], timeout: float = 240) -> None:
     """Until every record on the pipeline's topics is handled and committed by its group."""
-    last: dict[str, int] = {}
-
-    def idle() -> bool:
-        nonlocal last
-        last = run_async(lags(bootstrap, groups))
-        return not any(last.values())
-
-    try:
-        wait_for(idle, timeout, "every consumer group caught up", every=1.0)
-    except TimeoutError:
-        raise TimeoutError(f"consumer groups still behind after {timeout} s: {last}") from None
+    wait_for(
+        lambda: run_async(lags(bootstrap, groups)),
+        timeout,
+        "every consumer group caught up (lag by group)",
+        every=1.0,
+        until=lambda lag: not any(lag.values()),
+    )
 
 
 def settle(stack: Stack, user: str, truth: dict[str, set[str]], timeout: float = 300) -> Outcome:
@@ -277,14 +259,21 @@ def sync_completes(stack: Stack, user: str, timeout: float = 150, re_request_aft
     lost (a run killed with its connector). Returns whether it had to ask again."""
     started = time.monotonic()
     asked = False
-    while time.monotonic() - started < timeout:
+
+    def settled() -> bool:
+        nonlocal asked
         if sync_settled(stack, user):
-            return asked
+            return True
         if not asked and time.monotonic() - started > re_request_after:
             stack.sync(user)
             asked = True
-        time.sleep(1)
-    raise TimeoutError(f"the sync of {user} did not end well: {stack.status(user)}")
+        return False
+
+    try:
+        wait_for(settled, timeout, f"the sync of {user} ending well", every=1)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}: {stack.status(user)}") from None
+    return asked
 
 
 def count_requests(stack: Stack, user: str) -> int:

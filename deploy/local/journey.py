@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from harness.devstack import WebviewForm
+from harness.paging import Page, Params, operations_path, pages
 from shared.auth import issue_token
 
 Json = dict[str, Any]
@@ -528,22 +529,13 @@ class Journey:
         return found
 
     def operations(self, account_id: str) -> dict[str, Json]:
-        ops: dict[str, Json] = {}
-        cursor: str | None = None
-        while True:
-            params: dict[str, str | int] = {"limit": PAGE}
-            if cursor:
-                params["cursor"] = cursor
-            page = self._json(
-                self.importer,
-                "GET",
-                f"/v1/users/{self.user_id}/accounts/{account_id}/operations",
-                params=params,
+        def fetch(params: Params) -> Page:
+            page: Page = self._json(
+                self.importer, "GET", operations_path(self.user_id, account_id), params=params
             )
-            ops.update({op["id"]: op for op in page["items"]})
-            cursor = page["next_cursor"]
-            if not cursor:
-                return ops
+            return page
+
+        return {op["id"]: op for page in pages(fetch, PAGE) for op in page["items"]}
 
     def operations_if_back(self, account_id: str) -> dict[str, Json]:
         """The operations of an account being rebuilt; none while it is not back yet (404)."""

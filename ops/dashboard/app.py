@@ -33,7 +33,8 @@ from ops.dashboard.follower import Follower, poll
 from ops.dashboard.state import DashboardState
 from shared.auth import TokenPolicy
 from shared.docs import serve_docs_locally
-from shared.problems import PROBLEM_CONTENT_TYPE, Problem, install_problem_handlers
+from shared.http_problems import install_problem_handlers
+from shared.problems import PROBLEM_CONTENT_TYPE, Problem
 from shared.settings import ServiceSettings
 
 PAGE = Path(__file__).resolve().parent / "index.html"

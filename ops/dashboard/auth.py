@@ -28,8 +28,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from shared.auth import ALGORITHM, OPS_SCOPE, TokenPolicy
+from shared.http_problems import problem_response
 from shared.logging import get_logger
-from shared.problems import Problem, problem_response
+from shared.problems import Problem
 
 SESSION_COOKIE = "banksync_dashboard_session"
 SESSION_AUDIENCE = "banksync-dashboard"

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.categorizer.components import CategorizerComponents
-from services.categorizer.domain import (
+from services.categorizer.domain.categories import default_tree
+from services.categorizer.domain.rules import (
     MAX_KEYWORDS,
     Payee,
     PayeeDraft,
@@ -18,11 +19,11 @@ from services.categorizer.domain import (
     RuleSet,
     add_category,
     add_payee,
-    default_tree,
     remove_payee,
     update_payee,
 )
-from services.categorizer.handlers import CategorizerHandlers, OperationNotFound
+from services.categorizer.handlers import CategorizerHandlers
+from services.categorizer.handlers.corrections import OperationNotFound
 from shared.auth import Principal, UserPrincipal, principal
 from shared.problems import Problem, problem_responses
 from shared.service import components, correlation_id_of
@@ -165,7 +166,7 @@ def problem_of(error: RuleError) -> Problem:
 
 async def _change(handlers: CategorizerHandlers, user_id: str, request: Request, command: Any) -> Any:
     try:
-        _, answer = await handlers.change(user_id, command, correlation_id_of(request))
+        _, answer = await handlers.rules.change(user_id, command, correlation_id_of(request))
     except RuleError as error:
         raise problem_of(error) from None
     return answer
@@ -179,7 +180,7 @@ async def get_default_categories(_: AnyUser) -> list[dict[str, object]]:
 
 @router.get("/v1/users/{user_id}/categories", response_model=list[CategoryOut])
 async def get_user_categories(user_id: str, _: UserPrincipal, handlers: Handlers) -> list[dict[str, Any]]:
-    ruleset = await handlers.ruleset(user_id)
+    ruleset = await handlers.rules.ruleset(user_id)
     return [{"id": c.id, "label": c.label, "parent": c.parent} for c in ruleset.categories]
 
 
@@ -193,7 +194,7 @@ async def post_user_category(
     user_id: str, body: CategoryIn, request: Request, _: UserPrincipal, handlers: Handlers
 ) -> dict[str, Any]:
     try:
-        _ruleset, category = await handlers.change(
+        _ruleset, category = await handlers.rules.change(
             user_id,
             lambda current: add_category(current, body.id, body.label),
             correlation_id_of(request),
@@ -206,7 +207,7 @@ async def post_user_category(
 
 @router.get("/v1/users/{user_id}/payees", response_model=list[PayeeOut])
 async def list_payees(user_id: str, _: UserPrincipal, handlers: Handlers) -> list[dict[str, Any]]:
-    ruleset = await handlers.ruleset(user_id)
+    ruleset = await handlers.rules.ruleset(user_id)
     return [payee_view(p) for p in sorted(ruleset.payees, key=lambda p: (p.name.casefold(), p.id))]
 
 
@@ -229,7 +230,7 @@ async def create_payee(
     "/v1/users/{user_id}/payees/{payee_id}", response_model=PayeeOut, responses=problem_responses(404)
 )
 async def get_payee(user_id: str, payee_id: str, _: UserPrincipal, handlers: Handlers) -> dict[str, Any]:
-    ruleset = await handlers.ruleset(user_id)
+    ruleset = await handlers.rules.ruleset(user_id)
     try:
         return payee_view(ruleset.payee(payee_id))
     except RuleError as error:
@@ -281,7 +282,7 @@ async def correct_operation(
             body.new_payee.name, body.new_payee.category, tuple(body.new_payee.keywords or ())
         )
     try:
-        answer = await handlers.correct(
+        answer = await handlers.corrections.correct(
             user_id,
             operation_id,
             correlation_id_of(request),
@@ -297,10 +298,16 @@ async def correct_operation(
         raise Problem(
             404, "unknown_operation", f"No operation {operation_id!r} is known for this user."
         ) from None
-    answer["payee"] = None if answer["payee"] is None else payee_view(answer["payee"])
-    if answer["transfer"] is not None:
-        answer["transfer"] = answer["transfer"].model_dump()
-    return answer
+    return {
+        "operation_id": answer.operation_id,
+        "payee": None if answer.payee is None else payee_view(answer.payee),
+        "category": answer.category,
+        "source": answer.source,
+        "rules_version": answer.rules_version,
+        "suggested_keywords": list(answer.suggested_keywords),
+        "matching_operations": answer.matching_operations,
+        "transfer": None if answer.transfer is None else answer.transfer.model_dump(),
+    }
 
 
 @router.post("/v1/users/{user_id}/categorize/preview", response_model=list[PreviewOut])
@@ -308,10 +315,22 @@ async def preview(
     user_id: str, body: PreviewIn, _: UserPrincipal, handlers: Handlers
 ) -> list[dict[str, Any]]:
     """How these memos would be recognised now; stores nothing."""
-    return await handlers.preview(user_id, body.memos)
+    return [
+        {
+            "memo": found.memo,
+            "payee": None
+            if found.result.payee_id is None
+            else {"id": found.result.payee_id, "name": found.result.payee_name},
+            "category": found.result.category,
+            "source": found.result.source,
+            "keyword": found.result.keyword,
+        }
+        for found in await handlers.rules.preview(user_id, body.memos)
+    ]
 
 
 @router.get("/v1/users/{user_id}/rules/status", response_model=RulesStatus)
 async def rules_status(user_id: str, _: UserPrincipal, handlers: Handlers) -> dict[str, Any]:
     """The version of the user's rules, and whether past operations are still being re-examined."""
-    return await handlers.rulesets.status(user_id)
+    status = await handlers.rules.status(user_id)
+    return {"rules_version": status.rules_version, "reexamination_pending": status.reexamination_pending}

@@ -1,18 +1,24 @@
-"""Wiring of the categorizer service: repositories, handlers, the operations consumer, the API and
-the background re-examination of past operations after rule changes."""
+"""The composition root of the categorizer: the MongoDB adapters, the Kafka publisher, the built-in
+dictionary, the handlers over them, the operations consumer, the erasure subscription, the API and the
+background re-examination of past operations after rule changes."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.categorizer.adapters import OperationsRepository, RuleSetRepository, TransferRepository
+from services.categorizer.adapters.kafka import CategorizationPublisher, operations_messages
+from services.categorizer.adapters.mongo import (
+    CategorizerEraser,
+    OperationsRepository,
+    RuleSetRepository,
+    TransferRepository,
+)
 from services.categorizer.api import router
-from services.categorizer.builtin import builtin_dictionary, places
 from services.categorizer.components import CategorizerComponents
-from services.categorizer.erasure import CategorizerEraser
+from services.categorizer.domain.dictionary import builtin_dictionary, places
 from services.categorizer.handlers import CategorizerHandlers
 from shared.batch_publisher import BatchPublisher
-from shared.consumer import TopicConsumer
+from shared.consumer import Incoming, TopicConsumer
 from shared.contract.catalog import CATEGORIZER_GROUP, CATEGORIZER_OPERATION_READS
 from shared.contract.topics import OPERATIONS
 from shared.erasure import subscribe_erasures
@@ -47,20 +53,24 @@ async def wire(runtime: Runtime) -> CategorizerComponents:
         runtime.settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-batch", SERVICE, runtime.sealer
     )
     await publisher.start()
-    handlers = CategorizerHandlers(
+    handlers = CategorizerHandlers.build(
         rulesets,
         operations,
-        publisher,
-        dictionary=builtin_dictionary(),
+        CategorizationPublisher(publisher),
+        builtin_dictionary(),
         places=places(),
         transfers=transfers,
     )
+
+    async def on_operations(batch: list[Incoming]) -> None:
+        await handlers.operations.on_operations(operations_messages(batch))
+
     TopicConsumer(
         runtime.broker,
         SERVICE,
         OPERATIONS,
         dict(CATEGORIZER_OPERATION_READS),
-        handlers.on_operations,
+        on_operations,
         sealer=runtime.sealer,
     ).subscribe(settings.categorizer_group_id)
     subscribe_erasures(runtime, CategorizerEraser(runtime.db).erase_user)
@@ -72,7 +82,7 @@ async def stop_publisher(components: CategorizerComponents) -> None:
 
 
 async def reexaminer(components: CategorizerComponents) -> None:
-    await components.handlers.run_reexaminer()
+    await components.handlers.reexaminer.run()
 
 
 def create_app(settings: CategorizerSettings | None = None) -> FastAPI:

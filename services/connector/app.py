@@ -1,4 +1,5 @@
-"""Wiring of the connector: aggregator client, gate, handlers, consumers and the nightly scheduler."""
+"""Wiring of the connector (its one composition root): adapters (MongoDB, Kafka, the aggregator and
+entitlements over HTTP), the handlers over them, the consumers and the nightly scheduler."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ from datetime import UTC, datetime, timedelta
 from fastapi import FastAPI
 from pydantic import Field, SecretStr
 
+from services.connector.adapters.entitlements import EntitlementsClient
+from services.connector.adapters.kafka import KafkaAnnouncer
+from services.connector.adapters.mongo import ConnectorRepository
+from services.connector.adapters.powens import PowensClient, RetryPolicy
 from services.connector.api import ops, public, users
 from services.connector.components import ConnectorComponents
-from services.connector.domain import NightlyWindow, spreading_span
-from services.connector.erasure import ConnectorEraser
-from services.connector.gate import SyncGate
-from services.connector.handlers import ConnectorConfig, ConnectorHandlers
-from services.connector.powens import PowensClient, RetryPolicy
-from services.connector.repository import ConnectorRepository
-from services.connector.security import StateSigner, TokenCipher
+from services.connector.domain.nightly import NightlyWindow, spreading_span
+from services.connector.domain.secrets import StateSigner, TokenCipher
+from services.connector.handlers import ConnectorConfig, connector_handlers
 from shared.batch_publisher import BatchPublisher
 from shared.consumer import Incoming, TopicConsumer, data_of
 from shared.contract.catalog import (
@@ -98,11 +99,12 @@ async def wire(runtime: Runtime) -> ConnectorComponents:
         settings.kafka_bootstrap_servers, f"banksync-{SERVICE}-lines", SERVICE, runtime.sealer
     )
     await lines_publisher.start()
-    handlers = ConnectorHandlers(
+    entitlements = EntitlementsClient(settings.entitlements_url, settings.token_policy())
+    handlers = connector_handlers(
         repository,
         powens,
-        SyncGate(repository, settings.entitlements_url, settings.token_policy()),
-        runtime.publisher,
+        entitlements,
+        KafkaAnnouncer(runtime.publisher, lines_publisher),
         cipher,
         StateSigner(jwt_secret),
         ConnectorConfig(
@@ -115,15 +117,16 @@ async def wire(runtime: Runtime) -> ConnectorComponents:
             nightly=NightlyWindow.parse(settings.nightly_window, settings.nightly_timezone),
             webhook_tolerance=timedelta(seconds=settings.aggregator_webhook_tolerance_s),
         ),
-        lines_publisher=lines_publisher,
     )
-    subscribe_erasures(runtime, ConnectorEraser(repository, powens, cipher).erase_user)
+    subscribe_erasures(runtime, handlers.eraser.erase_user)
 
     slots = asyncio.Semaphore(settings.sync_concurrency)
 
     async def sync_one(incoming: Incoming) -> None:
         async with slots:
-            await handlers.handle_sync_request(data_of(incoming, SyncRequested), incoming.event.correlationid)
+            await handlers.syncs.handle_sync_request(
+                data_of(incoming, SyncRequested), incoming.event.correlationid
+            )
 
     async def on_sync_requests(batch: list[Incoming]) -> None:
         # a failure cancels the rest and the batch is retried record by record: runs are idempotent
@@ -138,7 +141,7 @@ async def wire(runtime: Runtime) -> ConnectorComponents:
 
     async def on_entitlements(batch: list[Incoming]) -> None:
         for incoming in batch:
-            await handlers.on_entitlement_changed(
+            await handlers.pauses.on_entitlement_changed(
                 data_of(incoming, EntitlementChanged), incoming.event.correlationid
             )
 
@@ -155,7 +158,7 @@ async def wire(runtime: Runtime) -> ConnectorComponents:
     ).subscribe(settings.entitlements_group)
 
     async def on_importer_events(batch: list[Incoming]) -> None:
-        await handlers.on_importer_events(
+        await handlers.importer_events.on_importer_events(
             [
                 (i.event.id, i.data)
                 for i in batch
@@ -176,35 +179,37 @@ async def wire(runtime: Runtime) -> ConnectorComponents:
         settings.importer_events_group,
         auto_offset_reset="latest",
     )
-    return ConnectorComponents(handlers, settings.nightly_enabled)
+    return ConnectorComponents(
+        handlers,
+        repository,
+        settings.nightly_enabled,
+        closers=(powens.aclose, lines_publisher.stop, entitlements.aclose),
+    )
 
 
 async def close(components: ConnectorComponents) -> None:
-    handlers = components.handlers
-    await handlers.powens.aclose()
-    if isinstance(handlers.lines_publisher, BatchPublisher):
-        await handlers.lines_publisher.stop()
-    await handlers.gate.aclose()
+    for closer in components.closers:
+        await closer()
 
 
 async def nightly_scheduler(components: ConnectorComponents) -> None:
     """Sleeps until the window opens, then runs once per night (a claim makes one replica do it)."""
     if not components.nightly_enabled:
         return
-    handlers = components.handlers
-    window = handlers.config.nightly
+    nightly = components.handlers.nightly
+    window = components.handlers.config.nightly
     while True:
         wake = window.next_start(datetime.now(UTC))
         await asyncio.sleep(max(1.0, (wake - datetime.now(UTC)).total_seconds()))
         now = datetime.now(UTC)
         night = window.run_key(now)
-        if await handlers.repository.claim_nightly(night, now):
+        if await components.repository.claim_nightly(night, now):
             correlation_id = f"nightly-{night}-{uuid.uuid4().hex[:8]}"
             try:
-                await handlers.nightly_run(correlation_id, night=night, spread_over=spreading_span(window))
+                await nightly.nightly_run(correlation_id, night=night, spread_over=spreading_span(window))
                 window_end = wake + window.span()
                 await asyncio.sleep(max(0.0, (window_end - datetime.now(UTC)).total_seconds()))
-                await handlers.check_night(night, window_end, correlation_id)
+                await nightly.check_night(night, window_end, correlation_id)
             except Exception as exc:
                 log.error("nightly_run_failed", error=repr(exc))
 

@@ -9,10 +9,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from services.entitlements.components import EntitlementsComponents
-from services.entitlements.domain import Option, OptionIncludedInPlan, Plan, cancel, change_plan, subscribe
-from services.entitlements.erasure import Erasures, erasure_view
-from services.entitlements.handlers import EntitlementsHandlers, view
-from shared.auth import BillingPrincipal, OpsPrincipal, UserPrincipal, check_user_id
+from services.entitlements.domain.commands import OptionIncludedInPlan, cancel, change_plan, subscribe
+from services.entitlements.domain.erasure import Erasure
+from services.entitlements.domain.history import Actor, ChangeRecord
+from services.entitlements.domain.rights import Entitlements, Option, Plan, decide
+from services.entitlements.handlers import EntitlementsHandlers, ErasureHandlers
+from shared.auth import BillingPrincipal, OpsPrincipal, Principal, UserPrincipal, check_user_id
 from shared.problems import Problem, problem_responses
 from shared.service import components, correlation_id_of
 
@@ -29,6 +31,19 @@ class EntitlementsView(BaseModel):
     reason: str | None
     code: str
     version: int
+
+    @classmethod
+    def of(cls, entitlements: Entitlements) -> EntitlementsView:
+        decision = decide(entitlements)
+        return cls(
+            user_id=entitlements.user_id,
+            plan=entitlements.plan,
+            options=sorted(entitlements.options),
+            auto_sync_allowed=decision.allowed,
+            reason=decision.reason,
+            code=decision.code,
+            version=entitlements.version,
+        )
 
 
 class PlanChange(BaseModel):
@@ -47,6 +62,19 @@ class HistoryEntry(BaseModel):
     # who made the change: the token's `sub` and scope (absent on entries older than the billing scope)
     actor: dict[str, str] | None = None
 
+    @classmethod
+    def of(cls, record: ChangeRecord) -> HistoryEntry:
+        return cls(
+            version=record.version,
+            action=record.action.value,
+            plan=record.after.plan,
+            options=sorted(record.after.options),
+            detail=record.detail,
+            at=record.at,
+            request_id=record.request_id,
+            actor=record.actor.as_dict() if record.actor else None,
+        )
+
 
 def handlers_of(request: Request) -> EntitlementsHandlers:
     return components(request, EntitlementsComponents).handlers
@@ -55,11 +83,11 @@ def handlers_of(request: Request) -> EntitlementsHandlers:
 Handlers = Annotated[EntitlementsHandlers, Depends(handlers_of)]
 
 
-def erasures_of(request: Request) -> Erasures:
+def erasures_of(request: Request) -> ErasureHandlers:
     return components(request, EntitlementsComponents).erasures
 
 
-ErasuresDep = Annotated[Erasures, Depends(erasures_of)]
+Erasures = Annotated[ErasureHandlers, Depends(erasures_of)]
 ops_router = APIRouter(prefix="/v1/ops", tags=["erasure"], responses=problem_responses(401, 403, 422))
 
 
@@ -80,24 +108,41 @@ class ErasureView(BaseModel):
     # each service's answer; null until it has removed its documents of the user
     services: dict[str, ServiceErased | None]
 
+    @classmethod
+    def of(cls, erasure: Erasure) -> ErasureView:
+        return cls(
+            erase_id=erasure.erase_id,
+            user_id=erasure.user_id,
+            requested_at=erasure.requested_at,
+            state=erasure.state,
+            services={
+                name: None
+                if answer is None
+                else ServiceErased(erased_at=answer.erased_at, documents_deleted=answer.documents_deleted)
+                for name, answer in erasure.services.items()
+            },
+        )
+
+
+def actor_of(principal: Principal) -> Actor:
+    return Actor.of(principal.actor())
+
 
 @ops_router.post("/users/{user_id}/erase", status_code=202, response_model=EraseAccepted)
-async def erase_user(
-    user_id: str, request: Request, _: OpsPrincipal, erasures: ErasuresDep
-) -> dict[str, str]:
+async def erase_user(user_id: str, request: Request, _: OpsPrincipal, erasures: Erasures) -> EraseAccepted:
     """Erases the user from every service (RGPD art. 17): their data key is destroyed at once (their
     records in the event log no longer open), then each service removes its documents. Idempotent."""
     check_user_id(user_id)
-    doc = await erasures.request(user_id, correlation_id_of(request))
-    return {"erase_id": doc["_id"]}
+    erasure = await erasures.request(user_id, correlation_id_of(request))
+    return EraseAccepted(erase_id=erasure.erase_id)
 
 
 @ops_router.get("/erasures/{erase_id}", response_model=ErasureView, responses=problem_responses(404))
-async def get_erasure(erase_id: str, _: OpsPrincipal, erasures: ErasuresDep) -> dict[str, Any]:
-    doc = await erasures.registry.get(erase_id)
-    if doc is None:
+async def get_erasure(erase_id: str, _: OpsPrincipal, erasures: Erasures) -> ErasureView:
+    erasure = await erasures.get(erase_id)
+    if erasure is None:
         raise Problem(404, "unknown_erasure", f"No erasure {erase_id!r}.")
-    return erasure_view(doc)
+    return ErasureView.of(erasure)
 
 
 def known_option(option: str) -> Option:
@@ -109,28 +154,31 @@ def known_option(option: str) -> Option:
 
 
 @router.get("/entitlements", response_model=EntitlementsView)
-async def get_entitlements(user_id: str, _: UserPrincipal, handlers: Handlers) -> dict[str, Any]:
-    return view(await handlers.get(user_id))
+async def get_entitlements(user_id: str, _: UserPrincipal, handlers: Handlers) -> EntitlementsView:
+    return EntitlementsView.of(await handlers.get(user_id))
 
 
 @router.put("/plan", response_model=EntitlementsView)
 async def put_plan(
     user_id: str, body: PlanChange, request: Request, billing: BillingPrincipal, handlers: Handlers
-) -> dict[str, Any]:
+) -> EntitlementsView:
     state, _changed = await handlers.apply(
-        user_id, lambda current: change_plan(current, body.plan), correlation_id_of(request), billing.actor()
+        user_id,
+        lambda current: change_plan(current, body.plan),
+        correlation_id_of(request),
+        actor_of(billing),
     )
-    return view(state)
+    return EntitlementsView.of(state)
 
 
 @router.post("/options/{option}", response_model=EntitlementsView, responses=problem_responses(404, 409))
 async def subscribe_option(
     user_id: str, option: str, request: Request, billing: BillingPrincipal, handlers: Handlers
-) -> dict[str, Any]:
+) -> EntitlementsView:
     wanted = known_option(option)
     try:
         state, _changed = await handlers.apply(
-            user_id, lambda current: subscribe(current, wanted), correlation_id_of(request), billing.actor()
+            user_id, lambda current: subscribe(current, wanted), correlation_id_of(request), actor_of(billing)
         )
     except OptionIncludedInPlan:
         raise Problem(
@@ -138,22 +186,22 @@ async def subscribe_option(
             "option_included_in_plan",
             "L'abonnement Premium inclut déjà l'option Auto-Import : rien à souscrire.",
         ) from None
-    return view(state)
+    return EntitlementsView.of(state)
 
 
 @router.delete("/options/{option}", response_model=EntitlementsView, responses=problem_responses(404))
 async def cancel_option(
     user_id: str, option: str, request: Request, billing: BillingPrincipal, handlers: Handlers
-) -> dict[str, Any]:
+) -> EntitlementsView:
     wanted = known_option(option)
     state, _changed = await handlers.apply(
-        user_id, lambda current: cancel(current, wanted), correlation_id_of(request), billing.actor()
+        user_id, lambda current: cancel(current, wanted), correlation_id_of(request), actor_of(billing)
     )
-    return view(state)
+    return EntitlementsView.of(state)
 
 
 @router.get("/entitlements/history", response_model=list[HistoryEntry])
 async def get_history(
     user_id: str, _: UserPrincipal, handlers: Handlers, limit: Annotated[int, Query(ge=1, le=500)] = 100
-) -> list[dict[str, Any]]:
-    return await handlers.repository.list_history(user_id, limit)
+) -> list[HistoryEntry]:
+    return [HistoryEntry.of(record) for record in await handlers.history(user_id, limit)]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.entitlements.erasure import Erasures
-from services.entitlements.handlers import EntitlementsHandlers
+from services.entitlements.handlers import EntitlementsHandlers, ErasureHandlers
 
 
 @dataclass(frozen=True)
 class EntitlementsComponents:
     handlers: EntitlementsHandlers
-    erasures: Erasures
+    erasures: ErasureHandlers

@@ -3,13 +3,11 @@ edits of manual ones, undoing a reconciliation), replay."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -20,26 +18,25 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from services.importer import export
-from services.importer.adapters import Doc, to_operation
 from services.importer.components import ImporterComponents
-from services.importer.domain import ImportMode, OperationQuery
-from services.importer.handlers import (
+from services.importer.domain.accounts import Link
+from services.importer.domain.lines import ImportMode
+from services.importer.domain.operations import OperationPage, OperationQuery
+from services.importer.handlers.accounts import (
     AccountService,
     CurrencyMismatch,
-    Importer,
-    OperationRefused,
     UnknownAccount,
     UnknownOperation,
 )
-from services.importer.replay import ReplayResult, replay_into
+from services.importer.handlers.intake import OperationRefused
+from services.importer.replay import ReplayRun, Replays
 from shared.auth import OpsPrincipal, UserPrincipal
-from shared.contract.payloads import Operation
+from shared.contract.payloads import AppAccount, Operation
 from shared.logging import get_logger
 from shared.money import AMOUNT_PATTERN, MAX_AMOUNT_CHARS, InvalidAmount, parse_amount
 from shared.problems import Problem, problem_responses
 from shared.service import components, correlation_id_of
 from shared.text import words_of
-from shared.vault import EventSealer
 
 log = get_logger(__name__)
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
@@ -196,6 +193,33 @@ class ReplayView(BaseModel):
     error: str | None = None
 
 
+def account_out(view: AppAccount) -> AccountView:
+    return AccountView.model_validate(view.model_dump())
+
+
+def link_out(link: Link) -> LinkView:
+    return LinkView(
+        aggregator_account_id=link.aggregator_account_id,
+        target_account_id=link.target_account_id,
+        import_mode=link.import_mode,
+        updated_at=link.updated_at,
+    )
+
+
+def replay_out(run: ReplayRun) -> ReplayView:
+    return ReplayView(
+        replay_id=run.replay_id,
+        status=run.status,
+        user_id=run.user_id,
+        aggregator_account_id=run.aggregator_account_id,
+        since=run.since,
+        processed=run.processed,
+        total=run.total,
+        result=run.result,
+        error=run.error,
+    )
+
+
 # ---- dependencies --------------------------------------------------------------------------------------
 
 
@@ -297,31 +321,32 @@ def unknown_operation(op_id: str) -> Problem:
     return Problem(404, "unknown_operation", f"No operation {op_id!r} in this account of this user.")
 
 
-def page_view(items: list[Doc], next_after: tuple[str, str] | None) -> dict[str, Any]:
-    return {
-        "items": [to_operation(doc) for doc in items],
-        "next_cursor": encode_cursor(next_after) if next_after else None,
-    }
+def page_view(page: OperationPage) -> OperationsPage:
+    return OperationsPage(
+        items=page.items, next_cursor=encode_cursor(page.next_after) if page.next_after else None
+    )
 
 
 # ---- user routes ---------------------------------------------------------------------------------------
 
 
 @users.get("/banks", response_model=list[BankView])
-async def list_banks(user_id: str, _: UserPrincipal, service: Service) -> list[dict[str, Any]]:
-    return [{"id": doc["id"], "name": doc["name"]} for doc in await service.accounts.list_banks(user_id)]
+async def list_banks(user_id: str, _: UserPrincipal, service: Service) -> list[BankView]:
+    return [BankView(id=bank.id, name=bank.name) for bank in await service.list_banks(user_id)]
 
 
 @users.get("/accounts", response_model=list[AccountView])
-async def list_accounts(user_id: str, _: UserPrincipal, service: Service) -> list[dict[str, Any]]:
-    return await service.list_accounts(user_id)
+async def list_accounts(user_id: str, _: UserPrincipal, service: Service) -> list[AccountView]:
+    return [account_out(view) for view in await service.list_accounts(user_id)]
 
 
 @users.post("/accounts", response_model=AccountView, status_code=201)
 async def create_account(
     user_id: str, body: AccountIn, request: Request, _: UserPrincipal, service: Service
-) -> dict[str, Any]:
-    return await service.create_account(user_id, body.name, body.currency, correlation_id_of(request))
+) -> AccountView:
+    return account_out(
+        await service.create_account(user_id, body.name, body.currency, correlation_id_of(request))
+    )
 
 
 @users.delete("/accounts/{account_id}", status_code=204, responses=problem_responses(404))
@@ -338,7 +363,7 @@ async def delete_account(
 @users.put("/links/{aggregator_account_id}", response_model=LinkView, responses=problem_responses(404))
 async def put_link(
     user_id: str, aggregator_account_id: str, body: LinkIn, _: UserPrincipal, service: Service
-) -> dict[str, Any]:
+) -> LinkView:
     if body.import_mode is ImportMode.RECONCILE and body.target_account_id is None:
         raise Problem(
             422, "validation_error", "target_account_id: the reconcile mode needs a reconciliation account"
@@ -349,25 +374,12 @@ async def put_link(
         )
     except UnknownAccount:
         raise unknown_account(str(body.target_account_id)) from None
-    return {
-        "aggregator_account_id": link.aggregator_account_id,
-        "target_account_id": link.target_account_id,
-        "import_mode": link.import_mode,
-        "updated_at": link.updated_at,
-    }
+    return link_out(link)
 
 
 @users.get("/links", response_model=list[LinkView])
-async def list_links(user_id: str, _: UserPrincipal, service: Service) -> list[dict[str, Any]]:
-    return [
-        {
-            "aggregator_account_id": doc["aggregator_account_id"],
-            "target_account_id": doc.get("target_account_id"),
-            "import_mode": doc.get("import_mode", "create"),
-            "updated_at": doc.get("updated_at"),
-        }
-        for doc in await service.accounts.list_links(user_id)
-    ]
+async def list_links(user_id: str, _: UserPrincipal, service: Service) -> list[LinkView]:
+    return [link_out(link) for link in await service.list_links(user_id)]
 
 
 @users.post(
@@ -387,7 +399,7 @@ async def add_manual_operation(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Operation:
     try:
-        doc, created = await service.add_manual_operation(
+        operation, created = await service.add_manual_operation(
             user_id,
             account_id,
             date=body.date,
@@ -403,7 +415,7 @@ async def add_manual_operation(
         raise Problem(422, "currency_mismatch", str(exc)) from None
     if not created:
         response.status_code = 200
-    return to_operation(doc)
+    return operation
 
 
 @users.get(
@@ -419,7 +431,7 @@ async def list_operations(
     date_to: DateTo = None,
     limit: Limit = 50,
     cursor: Cursor = None,
-) -> dict[str, Any]:
+) -> OperationsPage:
     after = decode_cursor(cursor) if cursor else None
     try:
         page = await service.search_operations(
@@ -427,7 +439,7 @@ async def list_operations(
         )
     except UnknownAccount:
         raise unknown_account(account_id) from None
-    return page_view(page.items, page.next_after)
+    return page_view(page)
 
 
 @users.get("/operations", response_model=OperationsPage, responses=problem_responses(400))
@@ -440,14 +452,14 @@ async def list_all_operations(
     date_to: DateTo = None,
     limit: Limit = 50,
     cursor: Cursor = None,
-) -> dict[str, Any]:
+) -> OperationsPage:
     """The operations of every account of the user, newest first (date, then id), with the same filters
     and cursors as one account's."""
     after = decode_cursor(cursor) if cursor else None
     page = await service.search_operations(
         user_id, None, query, date_from=date_from, date_to=date_to, after=after, limit=limit
     )
-    return page_view(page.items, page.next_after)
+    return page_view(page)
 
 
 @users.get(
@@ -481,21 +493,15 @@ async def export_operations(
         yield export.head()
         after: tuple[str, str] | None = None
         while True:
-            page = await service.operations.search(
-                user_id,
-                [account],
-                query,
-                date_from=date_from,
-                date_to=date_to,
-                after=after,
-                limit=EXPORT_PAGE,
+            page = await service.operations_of(
+                account, query, date_from=date_from, date_to=date_to, after=after, limit=EXPORT_PAGE
             )
-            yield export.body(to_operation(doc) for doc in page.items)
+            yield export.body(page.items)
             if page.next_after is None:
                 return
             after = page.next_after
 
-    filename = export.filename_of(str(account.get("name") or ""), dt.datetime.now(dt.UTC).date())
+    filename = export.filename_of(account.name, dt.datetime.now(dt.UTC).date())
     return StreamingResponse(
         chunks(),
         media_type="text/csv; charset=utf-8",
@@ -520,7 +526,7 @@ async def edit_operation(
     """Changes a manual operation (the fields given). A bank operation: 409 `bank_operation`; the date
     or amount of one reconciled with a bank line: 409 `reconciled_operation` (undo the match first)."""
     try:
-        doc = await service.edit_manual_operation(
+        operation = await service.edit_manual_operation(
             user_id,
             account_id,
             operation_id,
@@ -540,7 +546,7 @@ async def edit_operation(
         raise Problem(422, "currency_mismatch", str(exc)) from None
     except OperationRefused as exc:
         raise Problem(409, exc.code, str(exc)) from None
-    return to_operation(doc)
+    return operation
 
 
 @users.delete(
@@ -571,7 +577,7 @@ async def delete_operation(
 )
 async def undo_reconciliation(
     user_id: str, account_id: str, operation_id: str, request: Request, _: UserPrincipal, service: Service
-) -> dict[str, Any]:
+) -> ReconciliationUndone:
     """Undoes the match of a manual operation with a bank line: the line becomes an operation of its own
     (categorised by the rules), the manual one is unreconciled, and reconcile mode never matches these
     two again. One not reconciled: 409 `not_reconciled`."""
@@ -585,79 +591,10 @@ async def undo_reconciliation(
         raise unknown_operation(operation_id) from None
     except OperationRefused as exc:
         raise Problem(409, exc.code, str(exc)) from None
-    return {
-        "operation": to_operation(manual),
-        "bank_operation": to_operation(bank) if bank is not None else None,
-    }
+    return ReconciliationUndone(operation=manual, bank_operation=bank)
 
 
 # ---- ops routes ----------------------------------------------------------------------------------------
-
-
-class Replays:
-    """Replays started through the API in this process, and how they ended (the last `KEEP`)."""
-
-    KEEP = 100
-
-    def __init__(self, importer: Importer, bootstrap_servers: str, sealer: EventSealer) -> None:
-        self.importer = importer
-        self.bootstrap_servers = bootstrap_servers
-        self.sealer = sealer
-        self.views: dict[str, ReplayView] = {}
-        self.running: dict[str, ReplayResult] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def start(self, body: ReplayIn) -> ReplayView:
-        replay_id = str(uuid.uuid4())
-        view = ReplayView(
-            replay_id=replay_id,
-            status="running",
-            user_id=body.user_id,
-            aggregator_account_id=body.aggregator_account_id,
-            since=body.since,
-        )
-        self.views[replay_id] = view
-        for old in [k for k, v in self.views.items() if v.status != "running"][: -self.KEEP]:
-            del self.views[old]  # the finished ones beyond the last KEEP
-        task = asyncio.create_task(self._run(view), name=f"replay-{replay_id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return view
-
-    def view(self, replay_id: str) -> ReplayView | None:
-        view = self.views.get(replay_id)
-        live = self.running.get(replay_id)
-        if view is not None and live is not None:
-            view.processed, view.total = live.processed, live.total if live.partition >= 0 else None
-        return view
-
-    async def _run(self, view: ReplayView) -> None:
-        live = self.running[view.replay_id] = ReplayResult(
-            view.user_id, view.aggregator_account_id, view.since
-        )
-        try:
-            await replay_into(
-                self.importer,
-                self.bootstrap_servers,
-                view.user_id,
-                view.aggregator_account_id,
-                view.since,
-                result=live,
-                sealer=self.sealer,
-            )
-        except Exception as exc:
-            log.exception("replay_failed", replay_id=view.replay_id)
-            view.status, view.error = "failed", f"{type(exc).__name__}: {exc}"
-        else:
-            view.status, view.result = "succeeded", live.as_dict()
-        finally:
-            view.processed, view.total = live.processed, live.total
-            del self.running[view.replay_id]
-
-    async def stop(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 def replays_of(request: Request) -> Replays:
@@ -668,16 +605,16 @@ def replays_of(request: Request) -> Replays:
 async def start_replay(
     body: ReplayIn, response: Response, _: OpsPrincipal, replays: Annotated[Replays, Depends(replays_of)]
 ) -> ReplayView:
-    view = replays.start(body)
-    response.headers["Location"] = f"/v1/ops/replays/{quote(view.replay_id, safe='')}"
-    return view
+    run = replays.start(body.user_id, body.aggregator_account_id, body.since)
+    response.headers["Location"] = f"/v1/ops/replays/{quote(run.replay_id, safe='')}"
+    return replay_out(run)
 
 
 @ops.get("/replays/{replay_id}", response_model=ReplayView, responses=problem_responses(404))
 async def get_replay(
     replay_id: str, _: OpsPrincipal, replays: Annotated[Replays, Depends(replays_of)]
 ) -> ReplayView:
-    view = replays.view(replay_id)
-    if view is None:
+    run = replays.view(replay_id)
+    if run is None:
         raise Problem(404, "unknown_replay", f"No replay {replay_id!r} in this process.")
-    return view
+    return replay_out(run)

@@ -1,29 +1,38 @@
-"""Wiring of the importer service: stores, the import path (lines and balances), its three consumers, the API
-and replays."""
+"""The importer's composition root: the adapters (MongoDB stores, Kafka announcements, the process's
+locks), the handlers over them, its three consumers, the API and replays."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from pydantic import Field
 
-from services.importer.adapters import AccountStore, OperationStore, StateStore
-from services.importer.api import Replays, ops, users
+from services.importer.adapters.kafka import KafkaAnnouncements
+from services.importer.adapters.locks import KeyLocks
+from services.importer.adapters.mongo import (
+    AccountStore,
+    ImporterEraser,
+    MongoCategorizations,
+    MongoOperations,
+    OperationStore,
+    StateStore,
+)
+from services.importer.api import ops, users
 from services.importer.components import ImporterComponents
-from services.importer.erasure import ImporterEraser
-from services.importer.handlers import (
-    SERVICE,
-    AccountDetails,
-    AccountDiscovered,
-    AccountService,
-    Categorizations,
+from services.importer.consumers import (
     CategorizedConsumerHandler,
     DiscoveredConsumerHandler,
-    Importer,
     RawConsumerHandler,
 )
+from services.importer.domain.events import SERVICE
+from services.importer.handlers.accounts import AccountService
+from services.importer.handlers.categorizations import Categorizations
+from services.importer.handlers.details import AccountDetails
+from services.importer.handlers.intake import Importer
+from services.importer.replay import Replays
 from shared.consumer import TopicConsumer
 from shared.contract.catalog import (
     IMPORTER_CATEGORIZATIONS_GROUP,
+    IMPORTER_CONNECTION_READS,
     IMPORTER_CONNECTIONS_GROUP,
     IMPORTER_GROUP,
     IMPORTER_RAW_READS,
@@ -61,7 +70,14 @@ async def wire(runtime: Runtime) -> ImporterComponents:
     if rewritten := await operations.add_search_keys():
         log.info("operations_given_search_keys", operations=rewritten)
     await accounts.create_indexes()
-    importer = Importer(state, operations, accounts, runtime.publisher)
+    importer = Importer(
+        state,
+        MongoOperations(operations),
+        accounts,
+        KafkaAnnouncements(runtime.publisher),
+        locks=KeyLocks(),
+        op_locks=KeyLocks(),
+    )
 
     # the gauge of accounts in balance alarm holds from the start, not from the first account that changes
     await importer.recount_gaps()
@@ -83,7 +99,7 @@ async def wire(runtime: Runtime) -> ImporterComponents:
         SERVICE,
         CATEGORIZATIONS,
         {"operation.categorized": OperationCategorized},
-        CategorizedConsumerHandler(Categorizations(operations)),
+        CategorizedConsumerHandler(Categorizations(MongoCategorizations(operations))),
         sealer=runtime.sealer,
     )
     categorized.subscribe(
@@ -95,7 +111,7 @@ async def wire(runtime: Runtime) -> ImporterComponents:
         runtime.broker,
         SERVICE,
         CONNECTIONS,
-        {"account.discovered": AccountDiscovered},
+        dict(IMPORTER_CONNECTION_READS),
         DiscoveredConsumerHandler(AccountDetails(accounts, importer.locks)),
         sealer=runtime.sealer,
     )

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from services.importer.handlers import AccountService, Importer
-
-if TYPE_CHECKING:
-    from services.importer.api import Replays
+from services.importer.handlers.accounts import AccountService
+from services.importer.handlers.intake import Importer
+from services.importer.replay import Replays
 
 
 @dataclass(frozen=True)

@@ -10,21 +10,27 @@ is idempotent: what is already known changes nothing, what was deleted (an app a
 user) comes back, balance checks included (a revived account fixes its opening balance again).
 
 `replay_account(settings, ...)` is the same thing as a function for an ops command: it opens its own
-Kafka and MongoDB clients and runs in the caller's process.
+Kafka and MongoDB clients and runs in the caller's process. `Replays` runs them in the service's own
+process, for the API (`POST /v1/ops/replay`), and keeps how they went.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
-from services.importer.adapters import AccountStore, OperationStore, StateStore
-from services.importer.handlers import Importer, ImportStats, RawRecord, raw_record
+from services.importer.adapters.kafka import KafkaAnnouncements
+from services.importer.adapters.locks import KeyLocks
+from services.importer.adapters.mongo import AccountStore, MongoOperations, OperationStore, StateStore
+from services.importer.domain.intake import ImportStats, RawRecord, raw_record
+from services.importer.handlers.intake import Importer
 from shared.contract.catalog import IMPORTER_RAW_READS
 from shared.contract.envelope import CloudEvent, account_key
 from shared.contract.topics import TRANSACTIONS_RAW
@@ -213,7 +219,12 @@ async def replay_account(
         )
         sealer = EventSealer(vault, "importer")
         importer = Importer(
-            StateStore(db), OperationStore(db), AccountStore(db), EventPublisher(broker, "importer", sealer)
+            StateStore(db),
+            MongoOperations(OperationStore(db)),
+            AccountStore(db),
+            KafkaAnnouncements(EventPublisher(broker, "importer", sealer)),
+            locks=KeyLocks(),
+            op_locks=KeyLocks(),
         )
         return await replay_into(
             importer, settings.kafka_bootstrap_servers, user_id, aggregator_account_id, since, sealer=sealer
@@ -221,3 +232,76 @@ async def replay_account(
     finally:
         await broker.stop()
         await mongo.close()
+
+
+@dataclass
+class ReplayRun:
+    """A replay started in this process, and how it went."""
+
+    replay_id: str
+    user_id: str
+    aggregator_account_id: str
+    since: dt.date | None
+    status: Literal["running", "succeeded", "failed"] = "running"
+    processed: int = 0  # records of the partition read so far
+    total: int | None = None  # records of the partition to read (None: not known yet)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Replays:
+    """Replays started through the API in this process, and how they ended (the last `KEEP`)."""
+
+    KEEP = 100
+
+    def __init__(self, importer: Importer, bootstrap_servers: str, sealer: EventSealer) -> None:
+        self.importer = importer
+        self.bootstrap_servers = bootstrap_servers
+        self.sealer = sealer
+        self.runs: dict[str, ReplayRun] = {}
+        self.running: dict[str, ReplayResult] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, user_id: str, aggregator_account_id: str, since: dt.date | None) -> ReplayRun:
+        replay_id = str(uuid.uuid4())
+        run = ReplayRun(replay_id, user_id, aggregator_account_id, since)
+        self.runs[replay_id] = run
+        for old in [k for k, v in self.runs.items() if v.status != "running"][: -self.KEEP]:
+            del self.runs[old]  # the finished ones beyond the last KEEP
+        task = asyncio.create_task(self._run(run), name=f"replay-{replay_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return run
+
+    def view(self, replay_id: str) -> ReplayRun | None:
+        run = self.runs.get(replay_id)
+        live = self.running.get(replay_id)
+        if run is not None and live is not None:
+            run.processed, run.total = live.processed, live.total if live.partition >= 0 else None
+        return run
+
+    async def _run(self, run: ReplayRun) -> None:
+        live = self.running[run.replay_id] = ReplayResult(run.user_id, run.aggregator_account_id, run.since)
+        try:
+            await replay_into(
+                self.importer,
+                self.bootstrap_servers,
+                run.user_id,
+                run.aggregator_account_id,
+                run.since,
+                result=live,
+                sealer=self.sealer,
+            )
+        except Exception as exc:
+            log.exception("replay_failed", replay_id=run.replay_id)
+            run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+        else:
+            run.status, run.result = "succeeded", live.as_dict()
+        finally:
+            run.processed, run.total = live.processed, live.total
+            del self.running[run.replay_id]
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)

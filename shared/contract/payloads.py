@@ -209,6 +209,14 @@ class OperationCategorized(Payload):
     choice_version: int = Field(default=0, ge=0)
 
 
+class EntitlementChange(Payload):
+    """What changed: the action, and the plan changed to or the option subscribed or cancelled."""
+
+    action: str  # plan_changed, option_subscribed, option_cancelled
+    plan: str | None = None
+    option: str | None = None
+
+
 class EntitlementChanged(Payload):
     """`entitlement.changed` on banksync.entitlements.v1: the resulting rights, whole."""
 
@@ -219,6 +227,8 @@ class EntitlementChanged(Payload):
     reason: str | None
     code: str
     version: int
+    change: EntitlementChange | None = None
+    changed_at: dt.datetime | None = None
     # who made the change: the billing backend or ops token's `sub` and scope (absent on older events)
     actor: dict[str, str] | None = None
 
@@ -262,7 +272,8 @@ class AccountView(Payload):
     balance: str | None = None
     coming: str | None = None
     currency: str = "EUR"
-    selected: bool
+    # the connector always writes it; a reader that has no use for it (the importer) takes a view without
+    selected: bool = True
     closed: bool = False
 
 

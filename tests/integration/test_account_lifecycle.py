@@ -6,15 +6,15 @@ and the balance check that proves nothing is lost (contract: "Account lifecycle"
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
-from harness.devstack import Stack, ensure_dir, new_user, pipeline_stack
-from services.connector.domain import fingerprint
+from harness.devstack import Stack, new_user
+from harness.waiting import wait_for
+from services.connector.domain.lines import fingerprint
 from shared.contract.topics import CONNECTIONS, TRANSACTIONS_RAW
 from shared.mongo import make_client
 from tests.faults import (
@@ -26,17 +26,10 @@ from tests.faults import (
     settle,
     sync_completes,
 )
-from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
 
 DATABASE = "lifecycle"
-
-
-@pytest.fixture(scope="module")
-def stack(engines, log_dir) -> Iterator[Stack]:
-    with pipeline_stack(engines, ensure_dir(log_dir / "lifecycle"), DATABASE) as running:
-        yield running
 
 
 def of_type(connection: dict[str, Any], kind: str) -> str:

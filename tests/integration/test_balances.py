@@ -9,10 +9,9 @@ warning in its log, and the opening balance it fixed in MongoDB.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -21,12 +20,11 @@ import pymongo
 import pytest
 
 from harness.devstack import ServiceProcess, new_user
-from services.importer.handlers import auto_account_id
+from harness.waiting import wait_for, wait_for_async
+from services.importer.domain.identities import auto_account_id
 from shared.contract.envelope import CloudEvent, account_key, event_type
 from shared.contract.topics import DLQ, OPERATIONS
-from tests.kafka_helpers import opened
-from tests.polling import wait_for
-from tests.unit.importer.support import (
+from tests.importer_support import (
     RawProducer,
     Txn,
     account_for,
@@ -34,11 +32,11 @@ from tests.unit.importer.support import (
     all_operations,
     api,
     history,
-    importer_alone,
     raw_event,
     read_topic,
     synced_event,
 )
+from tests.kafka_helpers import opened
 
 pytestmark = pytest.mark.engines
 
@@ -46,12 +44,6 @@ DATABASE = "importer_it_balances"
 DAY = dt.date(2026, 11, 20)
 LATER = dt.datetime(2026, 11, 23, 8, tzinfo=dt.UTC)
 CHECKED = event_type("account.balance_checked")
-
-
-@pytest.fixture(scope="module")
-def importer(engines, log_dir) -> Iterator[ServiceProcess]:
-    with importer_alone(engines, log_dir, DATABASE, "balances-it") as proc:
-        yield proc
 
 
 def total(txns: list[Txn]) -> Decimal:
@@ -102,10 +94,8 @@ async def checks(
     bootstrap: str, user: str, done: Callable[[list[dict[str, Any]]], bool], within_s: float = 90
 ) -> list[dict[str, Any]]:
     """The `account.balance_checked` events of `user` (data, with the event id), once `done` says so."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    found: list[dict[str, Any]] = []
-    while loop.time() < deadline:
+
+    async def found() -> list[dict[str, Any]]:
         records = await read_topic(
             bootstrap,
             OPERATIONS,
@@ -114,11 +104,9 @@ async def checks(
             quiet_s=0.5,
         )
         events = [opened(r.value) for r in records]
-        found = [{**e.data, "id": e.id} for e in events if e.type == CHECKED]
-        if done(found):
-            return found
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"balance checks of {user}: last {found}")
+        return [{**e.data, "id": e.id} for e in events if e.type == CHECKED]
+
+    return await wait_for_async(found, within_s, f"the balance checks of {user}", 0.5, until=done)
 
 
 def of_run(found: list[dict[str, Any]], run: str, generation: int = 1) -> list[dict[str, Any]]:

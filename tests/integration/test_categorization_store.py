@@ -9,8 +9,13 @@ from typing import Any
 
 import pytest
 
-from services.importer.adapters import CATEGORIZATION_DEFAULTS, CategorizationSheets, OperationStore
-from services.importer.handlers import Categorizations
+from services.importer.adapters.mongo import (
+    CATEGORIZATION_DEFAULTS,
+    CategorizationSheets,
+    MongoCategorizations,
+    OperationStore,
+)
+from services.importer.handlers.categorizations import Categorizations
 from shared.contract.payloads import OperationCategorized
 
 USER = "user-1"
@@ -56,7 +61,7 @@ def categorized(
 
 
 async def apply(store: OperationStore, *items: OperationCategorized) -> int:
-    return await Categorizations(store).apply(list(items))
+    return await Categorizations(MongoCategorizations(store)).apply(list(items))
 
 
 async def doc(store: OperationStore, op_id: str) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from harness.devstack import Engines
-from services.categorizer.adapters import Doc, OperationsRepository, Seen, projection_sheet
-from services.categorizer.domain import Categorization
+from services.categorizer.adapters.mongo import Doc, OperationsRepository, projection_sheet
+from services.categorizer.domain.matching import Categorization
+from services.categorizer.ports import Seen
 from shared.mongo import make_client
 
 USER = "user-1"

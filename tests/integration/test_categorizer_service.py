@@ -10,22 +10,20 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from harness.devstack import ServiceProcess
-from shared.auth import issue_token
+from harness.devstack import ServiceProcess, bearer
+from harness.waiting import wait_for_async
 from shared.contract.envelope import CloudEvent, account_key
 from shared.contract.payloads import Operation, OperationCategorized, OperationEvent
 from shared.contract.topics import CATEGORIZATIONS, OPERATIONS
 from shared.kafka import cloudevent_headers
-from shared.settings import DEV_JWT_SECRET
 from tests.kafka_helpers import opened
-from tests.unit.importer.support import categorizer_alone
 
 pytestmark = pytest.mark.engines
 
@@ -123,11 +121,8 @@ class Categorizations:
         return found[-1] if found else None
 
     async def wait_for(self, condition: Callable[[], bool], within_s: float = 30, what: str = "") -> None:
-        deadline = asyncio.get_running_loop().time() + within_s
-        while not condition():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what} ({len(self.events)} events so far)")
-            await asyncio.sleep(0.2)
+        """Until `condition()` holds, looked at every 0.2 s while the events come in."""
+        await wait_for_async(condition, within_s, f"{what} (among {self.user}'s categorisations)", 0.2)
 
 
 @contextlib.asynccontextmanager
@@ -159,24 +154,21 @@ async def categorizations(bootstrap: str, user: str) -> AsyncIterator[Categoriza
         await consumer.stop()
 
 
-@pytest.fixture(scope="module")
-def categorizer(engines, log_dir) -> Iterator[ServiceProcess]:
-    with categorizer_alone(engines, log_dir, "categorizer_test") as proc:
-        yield proc
-
-
 def api_for(proc: ServiceProcess, user: str) -> httpx.AsyncClient:
-    token = issue_token(DEV_JWT_SECRET, user)
-    return httpx.AsyncClient(base_url=proc.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return httpx.AsyncClient(base_url=proc.url, headers=bearer(user), timeout=30)
 
 
 async def wait_reexamined(api: httpx.AsyncClient, user: str, version: int) -> None:
-    for _ in range(150):
-        status = (await api.get(f"/v1/users/{user}/rules/status")).json()
-        if status["rules_version"] >= version and not status["reexamination_pending"]:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"re-examination of rules version {version} never finished: {status}")
+    async def status() -> dict:
+        return (await api.get(f"/v1/users/{user}/rules/status")).json()
+
+    await wait_for_async(
+        status,
+        30,
+        f"the re-examination of rules version {version}",
+        0.2,
+        until=lambda s: s["rules_version"] >= version and not s["reexamination_pending"],
+    )
 
 
 async def test_a_year_then_the_payee_journey(categorizer, engines):
@@ -455,10 +447,7 @@ async def test_validation_preview_and_categories(categorizer):
         }
         assert (await api.get(f"/v1/users/{user}/rules/status")).json()["rules_version"] == version
 
-    other = issue_token(DEV_JWT_SECRET, "someone-else")
-    forbidden = httpx.get(
-        f"{categorizer.url}/v1/users/{user}/payees", headers={"Authorization": f"Bearer {other}"}
-    )
+    forbidden = httpx.get(f"{categorizer.url}/v1/users/{user}/payees", headers=bearer("someone-else"))
     assert forbidden.status_code == 403
     assert httpx.get(f"{categorizer.url}/v1/categories").status_code == 401
 

@@ -12,15 +12,15 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from harness.devstack import fill_webview
+from harness.devstack import WEBHOOK_SECRET, Stack, connector_stack, fill_webview, new_user
+from harness.waiting import wait_for_async
 from sandbox.webhooks import sign, signed_headers
-from services.connector.repository import ConnectorRepository
-from services.connector.security import TokenCipher
+from services.connector.adapters.mongo import ConnectorRepository
+from services.connector.domain.secrets import TokenCipher
 from shared.contract.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from shared.mongo import make_client
 from shared.settings import DEV_TOKEN_KEY
 from tests.kafka_helpers import events_where
-from tests.stack import WEBHOOK_SECRET, Stack, connector_stack, new_user
 
 pytestmark = pytest.mark.engines
 
@@ -230,12 +230,9 @@ async def test_webhook_goes_through_the_same_path(stack, linked_user):
         ).raise_for_status()
         sandbox.post(f"/sandbox/connections/{connection['connection_id']}/sync").raise_for_status()
 
-    deadline = asyncio.get_running_loop().time() + 30
-    while (
-        len(runs := await webhook_runs(stack, user)) == before
-        and asyncio.get_running_loop().time() < deadline
-    ):
-        await asyncio.sleep(0.3)
+    runs = await wait_for_async(
+        lambda: webhook_runs(stack, user), 30, "the webhook's sync run", 0.3, until=lambda r: len(r) != before
+    )
     assert len(runs) == before + 1
     status = stack.wait_run(user, runs[-1][1].data["sync_run_id"])
     assert {s["state"] for s in status} == {"ok"}

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from harness.devstack import ROOT, ensure_dir, free_port
+from harness.waiting import wait_for
 from tests.integration.test_ops_dashboard import CHROMIUM, chromium_page
 
 APPS = {
@@ -63,17 +64,22 @@ def servers() -> Iterator[dict[str, str]]:
                     [sys.executable, "-c", SERVE, target, str(port)], cwd=ROOT, stdout=log, stderr=log
                 )
             started[name] = (process, f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60  # for them all
+
+        def answered(name: str, process: subprocess.Popen[bytes], url: str) -> bool:
+            assert process.poll() is None, f"{name} exited at start"
+            try:
+                return httpx.get(url + "/openapi.json", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
         for name, (process, url) in started.items():
-            while True:
-                assert process.poll() is None, f"{name} exited at start"
-                try:
-                    if httpx.get(url + "/openapi.json", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"{name} did not answer in 60 s"
-                time.sleep(0.2)
+            wait_for(
+                lambda n=name, p=process, u=url: answered(n, p, u),
+                max(0.0, deadline - time.monotonic()),
+                f"{name} answering",
+                0.2,
+            )
         yield {name: url for name, (_, url) in started.items()}
     finally:
         for process, _ in started.values():

@@ -10,11 +10,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from harness.devstack import ServiceProcess, running_service
-from shared.auth import issue_token
+from harness.devstack import ServiceProcess, bearer, running_service, user_client
+from harness.waiting import wait_for_async
 from shared.contract.envelope import CloudEvent
 from shared.contract.topics import ENTITLEMENTS
-from shared.settings import DEV_JWT_SECRET
 from tests.kafka_helpers import opened
 
 pytestmark = pytest.mark.engines
@@ -26,13 +25,8 @@ def entitlements(engines, log_dir) -> Iterator[ServiceProcess]:
         yield proc
 
 
-def own_token(user: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {issue_token(DEV_JWT_SECRET, user)}"}
-
-
 def client_for(proc: ServiceProcess, user: str, scopes: str = "") -> httpx.Client:
-    token = issue_token(DEV_JWT_SECRET, user, scopes=scopes)
-    return httpx.Client(base_url=proc.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    return user_client(proc.url, user, scopes, timeout=10)
 
 
 async def events_for(bootstrap: str, user: str, expected: int, within_s: float = 30) -> list[CloudEvent]:
@@ -45,12 +39,17 @@ async def events_for(bootstrap: str, user: str, expected: int, within_s: float =
     await consumer.start()
     found: list[CloudEvent] = []
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within_s
-        while len(found) < expected and loop.time() < deadline:
+
+        async def read() -> list[CloudEvent]:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
-                found += [opened(r.value) for r in records if r.key == user.encode()]
+                found.extend(opened(r.value) for r in records if r.key == user.encode())
+            return found
+
+        if expected:
+            await wait_for_async(
+                read, within_s, f"{expected} events of {user}", 0, until=lambda f: len(f) >= expected
+            )
         # read a little more to see that nothing extra follows
         for records in (await consumer.getmany(timeout_ms=1000)).values():
             found += [opened(r.value) for r in records if r.key == user.encode()]
@@ -124,9 +123,8 @@ async def test_only_billing_or_ops_change_plans_and_options(entitlements, engine
 
 async def test_concurrent_changes_keep_one_version_line(entitlements, engines):
     user = f"race-{uuid.uuid4().hex[:8]}"
-    token = issue_token(DEV_JWT_SECRET, "billing-backend", scopes="billing")
     async with httpx.AsyncClient(
-        base_url=entitlements.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        base_url=entitlements.url, headers=bearer("billing-backend", "billing"), timeout=30
     ) as api:
         calls = [
             api.post(f"/v1/users/{user}/options/auto_import")
@@ -136,7 +134,7 @@ async def test_concurrent_changes_keep_one_version_line(entitlements, engines):
         ]
         answers = await asyncio.gather(*calls)
         assert all(a.status_code == 200 for a in answers)
-        final = (await api.get(f"/v1/users/{user}/entitlements", headers=own_token(user))).json()
+        final = (await api.get(f"/v1/users/{user}/entitlements", headers=bearer(user))).json()
     events = await events_for(engines.kafka_bootstrap, user, expected=final["version"])
     assert [e.data["version"] for e in events] == list(range(1, final["version"] + 1))
     assert events[-1].data["auto_sync_allowed"] == final["auto_sync_allowed"]

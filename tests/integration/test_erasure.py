@@ -10,33 +10,26 @@ account exactly. A record of the erased user read again is skipped with a count,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from bson import json_util
 
-from harness.devstack import Stack, ensure_dir, new_user, pipeline_stack
-from services.connector.security import TokenCipher
+from harness.devstack import Stack, new_user
+from harness.waiting import wait_for
+from services.connector.domain.secrets import TokenCipher
 from shared.contract.topics import DLQ, TOPICS, TRANSACTIONS_RAW
 from shared.mongo import make_client
 from shared.settings import DEV_TOKEN_KEY
 from shared.vault import BlockingOpener, Shredded, is_sealed
 from tests.faults import bank_lines, operations_of, produce, run_async, settle, sync_completes
 from tests.kafka_helpers import read_raw
-from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
 
 DATABASE = "erasure"
 SERVICE_DATABASES = tuple(f"{DATABASE}_{suffix}" for suffix in ("ent", "conn", "imp", "cat"))
-
-
-@pytest.fixture(scope="module")
-def stack(engines, log_dir) -> Iterator[Stack]:
-    with pipeline_stack(engines, ensure_dir(log_dir / "erasure"), DATABASE) as running:
-        yield running
 
 
 def synced(stack: Stack, user: str) -> tuple[list[str], dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from harness.devstack import Engines, Stack, ensure_dir, new_user, pipeline_stack
+from harness.waiting import wait_for
 from shared.contract.topics import CATEGORIZATIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
 from tests.faults import (
     TopicTail,
@@ -39,7 +40,6 @@ from tests.faults import (
     sync_completes,
 )
 from tests.kafka_helpers import drop_vault, read_all, read_raw, use_vault
-from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
 

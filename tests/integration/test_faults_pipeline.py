@@ -38,13 +38,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from harness.devstack import Stack, ensure_dir, new_user, pipeline_stack
-from services.importer.handlers import auto_account_id
+from harness.devstack import Stack, new_user
+from harness.waiting import wait_for
+from services.importer.domain.identities import auto_account_id
 from shared.contract.envelope import CloudEvent
 from shared.contract.topics import (
     CATEGORIZATIONS,
@@ -66,17 +66,10 @@ from tests.faults import (
     sync_completes,
 )
 from tests.kafka_helpers import opened, read_raw
-from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
 
 DATABASE = "faults"
-
-
-@pytest.fixture(scope="module")
-def stack(engines, log_dir) -> Iterator[Stack]:
-    with pipeline_stack(engines, ensure_dir(log_dir / "faults-pipeline"), DATABASE) as running:
-        yield running
 
 
 def linked(stack: Stack, prefix: str, bank: int) -> tuple[str, dict[str, Any]]:

@@ -21,13 +21,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from harness.devstack import Engines, ServiceProcess, free_port, private_consumer_groups
+from harness.waiting import wait_for
 from services.importer.replay import replay_account
 from shared.contract.envelope import CloudEvent, event_type
 from shared.contract.topics import OPERATIONS, TRANSACTIONS_RAW
 from shared.settings import ServiceSettings
+from tests.importer_support import RawProducer, Txn, history, read_topic
 from tests.kafka_helpers import opened
-from tests.polling import wait_for
-from tests.unit.importer.support import RawProducer, Txn, history, read_topic
 
 pytestmark = pytest.mark.engines
 

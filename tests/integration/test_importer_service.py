@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -16,15 +15,13 @@ import httpx
 import pymongo
 import pytest
 
-from harness.devstack import ServiceProcess, new_user
-from services.importer.domain import operation_id
-from services.importer.handlers import auto_account_id
+from harness.devstack import new_user
+from harness.waiting import wait_for
+from services.importer.domain.identities import auto_account_id, operation_id
 from services.importer.replay import partition_for
 from shared.contract.envelope import CloudEvent, account_key, event_type
 from shared.contract.topics import CATEGORIZATIONS, CONNECTIONS, DLQ, OPERATIONS, TRANSACTIONS_RAW
-from tests.kafka_helpers import dlq_origin, opened
-from tests.polling import wait_for
-from tests.unit.importer.support import (
+from tests.importer_support import (
     RawProducer,
     Txn,
     account_for,
@@ -32,22 +29,16 @@ from tests.unit.importer.support import (
     all_operations,
     api,
     history,
-    importer_alone,
     raw_event,
     read_topic,
 )
+from tests.kafka_helpers import dlq_origin, opened
 
 pytestmark = pytest.mark.engines
 
 DATABASE = "importer_it_service"
 DAY = dt.date(2026, 10, 5)
 LATER = dt.datetime(2026, 10, 9, 8, tzinfo=dt.UTC)
-
-
-@pytest.fixture(scope="module")
-def importer(engines, log_dir) -> Iterator[ServiceProcess]:
-    with importer_alone(engines, log_dir, DATABASE, "importer-it") as proc:
-        yield proc
 
 
 def of_user(user: str) -> Any:

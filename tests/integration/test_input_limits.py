@@ -20,21 +20,19 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from harness.devstack import ServiceProcess, new_user
+from harness.devstack import new_user
+from harness.waiting import wait_for
 from shared.contract.envelope import account_key
 from shared.contract.topics import DLQ, TRANSACTIONS_RAW
-from tests.kafka_helpers import dlq_origin
-from tests.polling import wait_for
-from tests.unit.importer.support import (
+from tests.importer_support import (
     RawProducer,
     Txn,
     account_for,
     api,
-    categorizer_alone,
-    importer_alone,
     raw_event,
     read_topic,
 )
+from tests.kafka_helpers import dlq_origin
 
 pytestmark = pytest.mark.engines
 
@@ -47,18 +45,6 @@ BAD_AMOUNTS = [
     "1_000.00",  # was 1000.00
     "+1.50",  # was 1.50
 ]
-
-
-@pytest.fixture(scope="module")
-def importer(engines, log_dir) -> Iterator[ServiceProcess]:
-    with importer_alone(engines, log_dir, DATABASE, "importer-limits") as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def categorizer(engines, log_dir) -> Iterator[ServiceProcess]:
-    with categorizer_alone(engines, log_dir, "categorizer_limits") as proc:
-        yield proc
 
 
 def assert_problem(answer: httpx.Response, status: int, code: str) -> dict[str, Any]:

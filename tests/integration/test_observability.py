@@ -8,16 +8,15 @@ import asyncio
 import datetime as dt
 import json
 import re
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from harness.devstack import Stack, new_user, pipeline_stack
+from harness.devstack import new_user
+from harness.waiting import wait_for
 from shared.contract.envelope import CloudEvent
 from shared.contract.topics import CATEGORIZATIONS, OPERATIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from tests.kafka_helpers import read_all
@@ -27,32 +26,6 @@ pytestmark = pytest.mark.timeout(300)
 SERVICES = ("entitlements", "connector", "importer", "categorizer")
 # entitlements consumes no topic (it publishes through its outbox): no consumer lag of its own
 CONSUMING = ("connector", "importer", "categorizer")
-
-
-@pytest.fixture(scope="module")
-def stack(engines, log_dir) -> Iterator[Stack]:
-    with pipeline_stack(engines, log_dir, f"obs_{uuid.uuid4().hex[:6]}") as running:
-        yield running
-
-
-def wait_for(check: Any, timeout: float, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(every)
-
-
-def categorised_operations(stack: Stack, user: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    with stack.client("importer", user) as api:
-        for account in api.get(f"/v1/users/{user}/accounts").json():
-            page = api.get(
-                f"/v1/users/{user}/accounts/{account['account_id']}/operations", params={"limit": 500}
-            ).json()
-            found += [op for op in page["items"] if op.get("category")]
-    return found
 
 
 def log_lines_with(path: Path, correlation_id: str) -> list[dict[str, Any]]:
@@ -70,10 +43,11 @@ def test_one_correlation_id_follows_a_sync_from_the_request_to_the_categorisatio
     stack.select_all(user, connection)
     # the selection starts a first sync on its own: let it finish, the traced one is the next
     first_done = wait_for(
-        lambda: (lambda status: status and all(s["state"] == "ok" and s["last_run"] for s in status))(
-            stack.status(user)
-        ),
+        lambda: stack.status(user),
         timeout=120,
+        what="the first sync finished",
+        every=0.5,
+        until=lambda status: status and all(s["state"] == "ok" and s["last_run"] for s in status),
     )
     assert first_done, stack.status(user)
     correlation_id = f"trace-{uuid.uuid4().hex}"
@@ -105,10 +79,9 @@ def test_one_correlation_id_follows_a_sync_from_the_request_to_the_categorisatio
         }
         return by_topic
 
-    by_topic = wait_for(lambda: (lambda found: found if all(found.values()) else {})(traced()), 90, every=2)
-    if not by_topic:
-        missing = [topic for topic, events in traced().items() if not events]
-        pytest.fail(f"the correlation id never reached {missing}")
+    by_topic = wait_for(
+        traced, 90, "the correlation id on every topic", every=2, until=lambda found: all(found.values())
+    )
     names = {topic: {event.name for event in events} for topic, events in by_topic.items()}
     assert names[SYNC_REQUESTS] == {"sync.requested"}, names
     assert {"sync.started", "sync.succeeded"} <= names[SYNC_STATUS], names
@@ -120,7 +93,12 @@ def test_one_correlation_id_follows_a_sync_from_the_request_to_the_categorisatio
 
     # the JSON logs of the three services on the path carry it too: `grep <id>` tells the story
     for name in ("connector", "importer", "categorizer"):
-        lines = wait_for(lambda n=name: log_lines_with(stack.processes[n].log_path, correlation_id), 30)
+        lines = wait_for(
+            lambda n=name: log_lines_with(stack.processes[n].log_path, correlation_id),
+            30,
+            f"{name}'s log lines with the correlation id",
+            every=0.5,
+        )
         assert lines, f"{name} logged nothing with the correlation id"
         assert all(line.get("correlation_id") == correlation_id for line in lines), lines[:3]
         assert all(line["service"] == name for line in lines)
@@ -149,7 +127,7 @@ def test_every_service_exposes_throughput_latency_errors_by_code_and_its_consume
             lagging = [n for n in CONSUMING if not metric_samples(texts[n], "banksync_consumer_lag")]
             return {} if lagging else texts
 
-        texts = wait_for(scraped, timeout=60, every=2)
+        texts = wait_for(scraped, timeout=60, what="every consumer's lag in /metrics", every=2)
     assert texts, "a service never reported its consumer lag"
     for name, text in texts.items():
         lag = metric_samples(text, "banksync_consumer_lag")

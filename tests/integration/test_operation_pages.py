@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.importer.adapters import OperationStore, previous_month
-from shared.sheets import month_of
+from services.importer.adapters.mongo import OperationStore, previous_month
+from shared.periods import month_of
 
 USER, ACCOUNT = "user-1", "acc-1"
 FIRST = dt.date(2025, 10, 3)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -20,22 +19,22 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.devstack import ServiceProcess, new_user
-from services.importer.adapters import OperationStore
-from services.importer.handlers import Categorizations
+from harness.devstack import new_user
+from harness.paging import pages
+from harness.waiting import wait_for
+from services.importer.adapters.mongo import MongoCategorizations, OperationStore
+from services.importer.handlers.categorizations import Categorizations
 from shared.contract.envelope import account_key, event_type
 from shared.contract.payloads import OperationCategorized, PayeeRef
 from shared.contract.topics import OPERATIONS
 from shared.mongo import make_client
-from tests.polling import wait_for
-from tests.unit.importer.support import (
+from tests.importer_support import (
     RawProducer,
     Txn,
     account_for,
     accounts_of,
     all_operations,
     api,
-    importer_alone,
     read_topic,
     synced_event,
 )
@@ -47,26 +46,22 @@ DAY = dt.date(2026, 9, 2)
 FILLERS = 520  # more than a page of the export (500)
 
 
-@pytest.fixture(scope="module")
-def importer(engines, log_dir) -> Iterator[ServiceProcess]:
-    with importer_alone(engines, log_dir, DATABASE, "importer-opsapi") as proc:
-        yield proc
-
-
 def listing(client: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]:
     """Every page of a listing, checking each page's size."""
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    limit = int(params.get("limit", 50))
-    while True:
-        answer = client.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
+
+    def fetch(page_params: dict[str, Any]) -> dict[str, Any]:
+        answer = client.get(path, params=page_params)
         assert answer.status_code == 200, answer.text
-        body = answer.json()
+        body: dict[str, Any] = answer.json()
+        return body
+
+    items: list[dict[str, Any]] = []
+    limit = params.pop("limit", None)
+    for body in pages(fetch, limit, **params):
         items += body["items"]
-        cursor = body["next_cursor"]
-        if cursor is None:
-            return items
-        assert len(body["items"]) == limit
+        if body["next_cursor"] is not None:
+            assert len(body["items"]) == int(limit or 50)
+    return items
 
 
 def newest_first(ops: list[dict[str, Any]]) -> list[str]:
@@ -185,7 +180,7 @@ async def world(importer, engines) -> World:
 
     client = make_client(engines.mongodb_url)
     try:
-        categorizations = Categorizations(OperationStore(client[DATABASE]))
+        categorizations = Categorizations(MongoCategorizations(OperationStore(client[DATABASE])))
         await categorizations.apply(
             [
                 result("100", "energie/electricite", PayeeRef(id="p-edf", name="EDF")),

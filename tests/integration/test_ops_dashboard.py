@@ -18,10 +18,7 @@ import os
 import shutil
 import signal
 import struct
-import sys
-import time
 import uuid
-from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,12 +28,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from websockets.asyncio.client import ClientConnection, connect
 
-from harness.devstack import ROOT, ServiceProcess, free_port
+from harness.devstack import ROOT, ServiceProcess, Stack, connector_stack, free_port, new_user
+from harness.waiting import wait_for, wait_for_async
 from shared.auth import TokenPolicy
 from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.contract.payloads import Operation, OperationCategorized, OperationEvent
 from shared.contract.topics import CATEGORIZATIONS, OPERATIONS
-from tests.stack import Stack, connector_stack, new_user
+from tests.cli import run_banksync
 
 pytestmark = pytest.mark.engines
 
@@ -76,15 +74,14 @@ class Page:
 
     async def wait_for(self, expression: str, within_s: float = 30) -> Any:
         """Until `expression` is truthy (an exception, e.g. while the page loads, counts as not yet)."""
-        deadline = time.monotonic() + within_s
         guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
-        while time.monotonic() < deadline:
-            value = await self.eval(guarded)
-            if value:
-                return value
-            await asyncio.sleep(0.2)
-        body = await self.eval("document.body.innerText")
-        raise AssertionError(f"the page never satisfied {expression!r}; it shows:\n{body[:3000]}")
+        try:
+            return await wait_for_async(
+                lambda: self.eval(guarded), within_s, f"the page: {expression!r}", 0.2
+            )
+        except TimeoutError as exc:
+            body = await self.eval("document.body.innerText")
+            raise TimeoutError(f"{exc}; it shows:\n{body[:3000]}") from None
 
     async def screenshot(self) -> bytes:
         return base64.b64decode((await self.call("Page.captureScreenshot", format="png"))["data"])
@@ -117,16 +114,16 @@ async def chromium_page(url: str, profile: Path) -> AsyncIterator[Page]:
         start_new_session=True,
     )
     try:
-        target = None
-        deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=2) as http:
-            while target is None:
+
+            async def page_target() -> dict[str, Any] | None:
                 assert browser.returncode is None, "chromium exited at start"
-                assert time.monotonic() < deadline, "chromium's DevTools never answered"
                 with contextlib.suppress(httpx.HTTPError):
                     pages = (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
-                    target = next((p for p in pages if p["type"] == "page"), None)
-                await asyncio.sleep(0.1)
+                    return next((p for p in pages if p["type"] == "page"), None)
+                return None
+
+            target = await wait_for_async(page_target, 30, "chromium's DevTools page", 0.1)
         async with connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
             page = Page(ws)
             await page.call(
@@ -211,13 +208,16 @@ def link_savings(stack: Stack, user: str, bank_state: str | None = None) -> list
 
 
 def wait_synced(stack: Stack, user: str, accounts: list[str], within_s: float = 90) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        status = [s for s in stack.status(user) if s["aggregator_account_id"] in accounts]
-        if len(status) == len(accounts) and all(s["last_run"] and s["state"] != "syncing" for s in status):
-            return status
-        time.sleep(0.3)
-    raise TimeoutError(f"the first sync of {user} did not finish: {stack.status(user)}")
+    status: list[dict[str, Any]] = wait_for(
+        lambda: [s for s in stack.status(user) if s["aggregator_account_id"] in accounts],
+        within_s,
+        f"the first sync of {user} finished",
+        0.3,
+        until=lambda status: (
+            len(status) == len(accounts) and all(s["last_run"] and s["state"] != "syncing" for s in status)
+        ),
+    )
+    return status
 
 
 async def publish_operations(bootstrap: str, user: str, imported: int, categories: list[str | None]) -> None:
@@ -400,18 +400,19 @@ async def test_the_page_shows_syncs_appear_succeed_and_fail_across_a_connector_r
         )
         await page.wait_for("Number(document.getElementById('imported-min').textContent) >= 12")
         # events keep flowing: compare the page with a snapshot until both have caught up with each other
-        deadline = asyncio.get_running_loop().time() + 20
         async with httpx.AsyncClient(base_url=dashboard.url, headers=OPS_HEADERS) as http:
-            while True:
+
+            async def rates() -> tuple[dict[str, Any], str, str]:
                 categorization = (await http.get("/api/snapshot")).json()["categorization"]
                 shown_rate = await page.wait_for(
                     "document.getElementById('cat-rate').textContent.includes('%') && "
                     "document.getElementById('cat-rate').textContent"
                 )
-                expected = f"{round(categorization['rate'] * 1000) / 10:g} %"
-                if shown_rate == expected or asyncio.get_running_loop().time() > deadline:
-                    break
-                await asyncio.sleep(0.5)
+                return categorization, shown_rate, f"{round(categorization['rate'] * 1000) / 10:g} %"
+
+            categorization, shown_rate, expected = await wait_for_async(
+                rates, 20, "the page's rate, the snapshot's", 0.5, until=lambda r: r[1] == r[2]
+            )
         assert categorization["total"] >= 3
         assert shown_rate == expected
         assert await page.wait_for("Number(document.getElementById('dlq-waiting').textContent) >= 0")
@@ -449,12 +450,7 @@ async def test_status_shows_a_users_connections_accounts_and_last_syncs(stack, e
     env = engines.service_env(CONNECTOR_URL=stack.url("connector"))
 
     async def banksync(*args: str) -> tuple[int, str, str]:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ops.cli", *args, cwd=ROOT, env=env, stdout=PIPE, stderr=PIPE
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode is not None
-        return process.returncode, out.decode(), err.decode()
+        return await run_banksync(*args, env=env)
 
     code, out, err = await banksync("status", "--user", user)
     assert code == 0, err

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.devstack import ROOT, ServiceProcess, free_port, private_consumer_groups
-from shared.auth import issue_token
+from harness.devstack import ServiceProcess, free_port, private_consumer_groups, user_client
+from harness.paging import operations_by_account
+from harness.waiting import wait_for, wait_for_async
 from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.contract.topics import TRANSACTIONS_RAW
 from shared.kafka import EventPublisher, make_broker
-from shared.settings import DEV_JWT_SECRET
+from tests.cli import run_banksync
 
 pytestmark = pytest.mark.engines
 
@@ -45,8 +44,7 @@ def importer(engines, log_dir) -> Iterator[ServiceProcess]:
 
 
 def api(importer: ServiceProcess, user: str) -> httpx.Client:
-    token = issue_token(DEV_JWT_SECRET, user)
-    return httpx.Client(base_url=importer.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return user_client(importer.url, user)
 
 
 def line(user: str, account: str, n: int, **changes: Any) -> CloudEvent:
@@ -86,49 +84,28 @@ async def publish(bootstrap: str, items: list[tuple[str, CloudEvent]]) -> None:
 
 def operations_by_bank_account(importer: ServiceProcess, user: str) -> dict[str, list[dict[str, Any]]]:
     with api(importer, user) as http:
-        accounts = http.get(f"/v1/users/{user}/accounts")
-        accounts.raise_for_status()
-        found: dict[str, list[dict[str, Any]]] = {}
-        for account in accounts.json():
-            if not account.get("aggregator_account_id"):
-                continue
-            page = http.get(
-                f"/v1/users/{user}/accounts/{account['account_id']}/operations", params={"limit": 500}
-            )
-            page.raise_for_status()
-            found[account["aggregator_account_id"]] = page.json()["items"]
-        return found
+        return {
+            account["aggregator_account_id"]: ops
+            for account, ops in operations_by_account(http, user, limit=500)
+            if account.get("aggregator_account_id")
+        }
 
 
 def wait_operations(
     importer: ServiceProcess, user: str, counts: dict[str, int], within_s: float = 60
 ) -> dict:
-    deadline = time.monotonic() + within_s
-    found: dict[str, list[dict[str, Any]]] = {}
-    while time.monotonic() < deadline:
-        found = operations_by_bank_account(importer, user)
-        if {k: len(v) for k, v in found.items()} == counts:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(
-        f"expected {counts} operations, the importer has { ({k: len(v) for k, v in found.items()}) }"
+    found: dict[str, list[dict[str, Any]]] = wait_for(
+        lambda: operations_by_bank_account(importer, user),
+        within_s,
+        f"{counts} operations",
+        0.5,
+        until=lambda found: {k: len(v) for k, v in found.items()} == counts,
     )
+    return found
 
 
 async def banksync(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ops.cli",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 180)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_banksync(*args, env=env, within_s=180)
 
 
 async def test_replay_restores_one_account_and_leaves_the_others(engines, importer):
@@ -169,13 +146,12 @@ async def test_dlq_redrive_of_a_fixed_record_imports_it_once(engines, importer, 
     env = engines.service_env()
     bootstrap = ["--bootstrap", engines.kafka_bootstrap]
 
-    letter = None
-    deadline = time.monotonic() + 60
-    while letter is None and time.monotonic() < deadline:
+    async def listed() -> dict[str, Any] | None:
         code, out, err = await banksync("dlq", "list", "--json", *bootstrap, env=env)
         assert code == 0, err
-        letter = next((d for d in json.loads(out) if d["key"] == key), None)
-        await asyncio.sleep(0.5)
+        return next((d for d in json.loads(out) if d["key"] == key), None)
+
+    letter = await wait_for_async(listed, 60, "the broken line in `banksync dlq list`", 0.5)
     assert letter is not None, "the importer never dead-lettered the broken line"
     assert letter["service"] == "importer"
     assert letter["headers"]["content-type"] == CLOUDEVENTS_CONTENT_TYPE

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,12 +11,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from harness.devstack import DEPLOY, ROOT
 from shared.consumer import TopicConsumer
 from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.contract.payloads import TransactionObserved
 from shared.contract.topics import TOPICS, TRANSACTIONS_RAW
 from shared.kafka import make_broker
+from tests.cli import run_banksync
+from tests.faults import consumer_groups
 from tests.kafka_helpers import opened, read_raw
 
 pytestmark = pytest.mark.engines
@@ -29,20 +27,7 @@ DAY_MS = 86_400_000
 
 async def banksync(bootstrap: str, *args: str) -> tuple[int, str, str]:
     """Runs `banksync ARGS --bootstrap B` in its own process; (exit code, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ops.cli",
-        *args,
-        "--bootstrap",
-        bootstrap,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_banksync(*args, "--bootstrap", bootstrap)
 
 
 # --- topics --------------------------------------------------------------------------------------
@@ -129,36 +114,6 @@ def ours(rows_json: str) -> dict[tuple[str, str, int], tuple]:
     }
 
 
-async def kafka_tool(engines, *args: str) -> str:
-    if shutil.which("java") is None:
-        pytest.skip("java is not installed: Kafka's own ConsumerGroupCommand cannot run")
-    classpath = (
-        await asyncio.to_thread(
-            subprocess.run,
-            [str(DEPLOY / "kafka.sh"), "classpath"],
-            env=engines.env or None,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-    ).stdout.strip()
-    process = await asyncio.create_subprocess_exec(
-        "java",
-        "-cp",
-        classpath,
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        "--bootstrap-server",
-        engines.kafka_bootstrap,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, err.decode()
-    return out.decode()
-
-
 async def test_lag_matches_kafkas_consumer_group_command(engines, lag_groups):
     topic, idle, live = lag_groups
     mismatch = None
@@ -167,7 +122,9 @@ async def test_lag_matches_kafkas_consumer_group_command(engines, lag_groups):
             await asyncio.sleep(2)  # a group was moving or rebalancing: let it settle
         code, before, err = await banksync(engines.kafka_bootstrap, "lag", "--json")
         assert code == 0, err
-        tool = parse_consumer_group_command(await kafka_tool(engines, "--describe", "--all-groups"))
+        tool = parse_consumer_group_command(
+            await asyncio.to_thread(consumer_groups, engines, "--describe", "--all-groups")
+        )
         _, after, _ = await banksync(engines.kafka_bootstrap, "lag", "--json")
         if ours(before) != ours(after):
             continue  # something moved while the tool ran: measure again

@@ -17,7 +17,7 @@ collection every time, and its cost grows with it. Only shapes that read (nearly
 collection by design may scan, and they say why (`whole_collection`).
 
 When a service adds or changes a query, add or change its row in `SHAPES`. Inventory (HEAD of the
-services as of this file, after 2b97241): services/*/adapters.py, services/connector/repository.py and
+services as of this file, after 2b97241): services/*/adapters.py, services/connector/adapters/mongo.py and
 the filters the handlers build (services/*/handlers.py), with shared/mongo.py:find_by_ids (a find_one
 by `_id` per id, or one read of a scope for more than 64). services/importer/replay.py goes through the
 importer's stores (same shapes); ops/*.py reach the services over HTTP only and never MongoDB.
@@ -51,16 +51,16 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from harness.devstack import DEPLOY, ROOT, Engines
-from services.categorizer.adapters import (
+from services.categorizer.adapters.mongo import (
     OperationsRepository,
     RuleSetRepository,
     TransferRepository,
     leg_id,
     projection_sheet,
 )
-from services.connector.repository import ConnectorRepository
-from services.entitlements.adapters import EntitlementsRepository
-from services.importer.adapters import AccountStore, OperationStore
+from services.connector.adapters.mongo import ConnectorRepository
+from services.entitlements.adapters.mongo import EntitlementsRepository
+from services.importer.adapters.mongo import AccountStore, OperationStore
 from shared.mongo import POINT_READS_UP_TO, find_by_ids, make_client
 from shared.text import search_keys
 
@@ -413,7 +413,7 @@ def entitlements_docs() -> dict[str, list[Doc]]:
     }
 
 
-# the minute (connector/repository.py:signature_minute) of the first webhook signatures of the store
+# the minute (connector/adapters/mongo.py:signature_minute) of the first webhook signatures of the store
 SIGNATURE_MINUTE = int(NOW.timestamp()) // 60
 
 
@@ -449,58 +449,56 @@ RUN_REF = f"{akey(U, A)}:{tx_id(U, A, 3)}"
 # shared/mongo.py:find_by_ids sends `find_one({"_id": id})` per id, or, for more than POINT_READS_UP_TO ids
 # and a scope, one `find(scope)`: its callers have a row for each (test_find_by_ids_sends_these_shapes).
 SHAPES: tuple[Shape, ...] = (
-    # -- importer: services/importer/adapters.py, filters built in services/importer/handlers.py
-    Shape("importer/adapters.py:StateStore.load", IMP, "import_state", "find_one", {"_id": akey(U, A)}),
+    # -- importer: services/importer/adapters/mongo.py
+    Shape("importer/adapters/mongo.py:StateStore.load", IMP, "import_state", "find_one", {"_id": akey(U, A)}),
     Shape(
-        "importer/adapters.py:StateStore.save",
+        "importer/adapters/mongo.py:StateStore.save",
         IMP,
         "import_state",
         "replace_one",
         {"_id": akey(U, A), "rev": 3},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.get, get_many (find_by_ids without a scope: a find_one per id), "
-        "stored_many (without a scope, or up to 64 ids)",
+        "importer/adapters/mongo.py:OperationStore.get, get_many (find_by_ids without a scope: a find_one "
+        "per id), stored_many (without a scope, or up to 64 ids)",
         IMP,
         "operations",
         "find_one",
         {"_id": op_id(U, A, 7)},
     ),
     Shape(
-        "importer/handlers.py:BankOperationFactory.update (UpdateOne upsert), Importer._store (DeleteOne), "
-        "via importer/adapters.py:OperationStore.write; "
-        "importer/handlers.py:Importer._write_reconciliations (rereconcile: OperationStore.guarded_update, "
-        "empty guard)",
+        "importer/adapters/mongo.py:BankOperationFactory.update (UpdateOne upsert), "
+        "MongoOperations.write_bank (DeleteOne), via OperationStore.write; "
+        "MongoOperations.rereconcile (OperationStore.guarded_update, empty guard)",
         IMP,
         "operations",
         "bulk_write/update_one",
         {"_id": op_id(U, A, 7)},
     ),
     Shape(
-        "importer/handlers.py:Importer._write_reconciliations (claim) via "
-        "importer/adapters.py:OperationStore.guarded_update",
+        "importer/adapters/mongo.py:MongoOperations.reconcile (the claim), OperationStore.guarded_update",
         IMP,
         "operations",
         "update_one",
         {"_id": op_id(U, A, 7), "reconciled_by": {"$in": [None, RUN_REF]}},
     ),
     Shape(
-        "importer/handlers.py:Importer._write_reconciliations (release), _undo_once (the user undoes the "
-        "match) via importer/adapters.py:OperationStore.guarded_update",
+        "importer/adapters/mongo.py:MongoOperations.release (a line let go, or the user undoes the match), "
+        "OperationStore.guarded_update",
         IMP,
         "operations",
         "update_one",
         {"_id": op_id(U, A, 7), "reconciled_by": RUN_REF},
     ),
     Shape(
-        "importer/adapters.py:CategorizationSheets.of; shared/sheets.py:Sheets.read, fold",
+        "importer/adapters/mongo.py:CategorizationSheets.of; shared/sheets.py:Sheets.read, fold",
         IMP,
         "categorizations",
         "find",
         {"sheet": f"{account(U, A)}:{day(9)[:7]}"},
     ),
     Shape(
-        "shared/sheets.py:Sheets.fold (DeleteOne of each document it merged, importer/adapters.py:"
+        "shared/sheets.py:Sheets.fold (DeleteOne of each document it merged, importer/adapters/mongo.py:"
         "CategorizationSheets)",
         IMP,
         "categorizations",
@@ -508,60 +506,60 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": f"{account(U, A)}:{day(9)[:7]}:0"},
     ),
     Shape(
-        "importer/adapters.py:CategorizationSheets.delete_account",
+        "importer/adapters/mongo.py:CategorizationSheets.delete_account",
         IMP,
         "categorizations",
         "delete_many",
         {"account_id": account(U, A)},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.stored_many (find_by_ids, more than 64 ids of an account: "
-        "Categorizations._sheets_named)",
+        "importer/adapters/mongo.py:OperationStore.stored_many (find_by_ids, more than 64 ids of an account: "
+        "MongoCategorizations.filed_in)",
         IMP,
         "operations",
         "find",
         {"user_id": user(U), "account_id": account(U, A)},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.delete_account",
+        "importer/adapters/mongo.py:OperationStore.delete_account",
         IMP,
         "operations",
         "delete_many",
         {"account_id": account(U, A)},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.search (a month of one account: page, the listing and the CSV "
-        "export of an account; the search filters are applied to what it returns)",
+        "importer/adapters/mongo.py:OperationStore.search (a month of one account: page, the listing and "
+        "the CSV export of an account; the search filters are applied to what it returns)",
         IMP,
         "operations",
         "find",
         {"account_id": account(U, A), "user_id": user(U), "month": day(9)[:7]},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.search (a month of every account of a user: the listing of all "
-        "accounts, index user_month)",
+        "importer/adapters/mongo.py:OperationStore.search (a month of every account of a user: the listing "
+        "of all accounts, index user_month)",
         IMP,
         "operations",
         "find",
         {"user_id": user(U), "month": day(9)[:7]},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.search (an account from before months were kept)",
+        "importer/adapters/mongo.py:OperationStore.search (an account from before months were kept)",
         IMP,
         "operations",
         "find",
         {"account_id": account(U, A), "user_id": user(U)},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.search (`q`: the user's operations with the longest wanted "
-        "word's beginning, every account and month at once, index user_words)",
+        "importer/adapters/mongo.py:OperationStore.search (`q`: the user's operations with the longest "
+        "wanted word's beginning, every account and month at once, index user_words)",
         IMP,
         "operations",
         "find",
         {"user_id": user(U), "words": "carref"},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.add_search_keys (whether the one-off rewrite was done)",
+        "importer/adapters/mongo.py:OperationStore.add_search_keys (whether the one-off rewrite was done)",
         IMP,
         "migrations",
         "find_one",
@@ -569,7 +567,8 @@ SHAPES: tuple[Shape, ...] = (
         whole_collection="one document per migration ever run",
     ),
     Shape(
-        "importer/adapters.py:OperationStore.add_search_keys (the operations stored before search keys)",
+        "importer/adapters/mongo.py:OperationStore.add_search_keys (the operations stored before search "
+        "keys)",
         IMP,
         "operations",
         "find",
@@ -578,15 +577,15 @@ SHAPES: tuple[Shape, ...] = (
         "(a marker in `migrations` says it was done)",
     ),
     Shape(
-        "importer/adapters.py:OperationStore.edit_manual (a manual operation's label, or what a reconciled "
-        "one may change)",
+        "importer/adapters/mongo.py:OperationStore.edit_manual (a manual operation's label, or what a "
+        "reconciled one may change)",
         IMP,
         "operations",
         "update_one",
         {"_id": op_id(U, A, 7), "source": "manual"},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.edit_manual (its date or amount: only unreconciled), "
+        "importer/adapters/mongo.py:OperationStore.edit_manual (its date or amount: only unreconciled), "
         "delete_manual (delete_one)",
         IMP,
         "operations",
@@ -594,22 +593,22 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": op_id(U, A, 7), "source": "manual", "reconciled_by": None},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.refuse_line (the undone match, $addToSet)",
+        "importer/adapters/mongo.py:OperationStore.refuse_line (the undone match, $addToSet)",
         IMP,
         "operations",
         "update_one",
         {"_id": op_id(U, A, 7)},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.find_shown (the benchmarks' filter of a user; bench/pipeline.py "
-        "also reads the night's operations by `created_at`, a scan it makes once at the end)",
+        "importer/adapters/mongo.py:OperationStore.find_shown (the benchmarks' filter of a user; bench/"
+        "pipeline.py also reads the night's operations by `created_at`, a scan it makes once at the end)",
         IMP,
         "operations",
         "find",
         {"user_id": user(U)},
     ),
     Shape(
-        "importer/adapters.py:OperationStore.balances (index by_user)",
+        "importer/adapters/mongo.py:OperationStore.balances (index by_user)",
         IMP,
         "operations",
         "aggregate",
@@ -620,7 +619,7 @@ SHAPES: tuple[Shape, ...] = (
         ],
     ),
     Shape(
-        "importer/adapters.py:OperationStore.booked_cents (index account_date; status and the $or are "
+        "importer/adapters/mongo.py:OperationStore.booked_cents (index account_date; status and the $or are "
         "evaluated on the account's rows)",
         IMP,
         "operations",
@@ -638,7 +637,7 @@ SHAPES: tuple[Shape, ...] = (
         ],
     ),
     Shape(
-        "importer/adapters.py:OperationStore.count (count_documents; no service calls it)",
+        "importer/adapters/mongo.py:OperationStore.count (count_documents; no service calls it)",
         IMP,
         "operations",
         "count_documents",
@@ -646,43 +645,44 @@ SHAPES: tuple[Shape, ...] = (
         pipeline=[{"$match": {"account_id": account(U, A)}}, {"$group": {"_id": 1, "n": {"$sum": 1}}}],
     ),
     Shape(
-        "importer/adapters.py:AccountStore.get, mark_announced, add_sources, add_manual, remove_manual, "
-        "set_fields",
+        "importer/adapters/mongo.py:AccountStore.get, mark_announced, add_sources, add_manual, "
+        "remove_manual, rename",
         IMP,
         "accounts",
         "find_one/update_one",
         {"_id": account(U, A)},
     ),
     Shape(
-        "importer/adapters.py:AccountStore.list_accounts",
+        "importer/adapters/mongo.py:AccountStore.list_accounts",
         IMP,
         "accounts",
         "find",
         {"user_id": user(U), "deleted": False},
     ),
     Shape(
-        "importer/adapters.py:AccountStore.revive",
+        "importer/adapters/mongo.py:AccountStore.revive",
         IMP,
         "accounts",
         "update_one",
         {"_id": account(U, A), "deleted": True, "generation": 1},
     ),
     Shape(
-        "importer/adapters.py:AccountStore.store_balance (a check after others)",
+        "importer/adapters/mongo.py:AccountStore.store_balance (a check after others)",
         IMP,
         "accounts",
         "update_one",
         {"_id": account(U, A), "generation": 1, "balance_rev": 3},
     ),
     Shape(
-        "importer/adapters.py:AccountStore.store_balance (the first check)",
+        "importer/adapters/mongo.py:AccountStore.store_balance (the first check)",
         IMP,
         "accounts",
         "update_one",
         {"_id": account(U, A), "generation": 1, "balance_rev": {"$exists": False}},
     ),
     Shape(
-        "importer/adapters.py:AccountStore.count_balance_gaps (count_documents, index by_balance_alarm)",
+        "importer/adapters/mongo.py:AccountStore.count_balance_gaps (count_documents, index "
+        "by_balance_alarm)",
         IMP,
         "accounts",
         "count_documents",
@@ -690,81 +690,81 @@ SHAPES: tuple[Shape, ...] = (
         pipeline=[{"$match": {"balance_alarm": True}}, {"$group": {"_id": 1, "n": {"$sum": 1}}}],
     ),
     Shape(
-        "importer/adapters.py:AccountStore.add_months",
+        "importer/adapters/mongo.py:AccountStore.add_months",
         IMP,
         "accounts",
         "update_one",
         {"_id": account(U, A), "months": {"$exists": True}},
     ),
     Shape(
-        "importer/adapters.py:AccountStore.mark_deleted",
+        "importer/adapters/mongo.py:AccountStore.mark_deleted",
         IMP,
         "accounts",
         "update_one",
         {"_id": account(U, A), "deleted": False},
     ),
     Shape(
-        "importer/adapters.py:AccountStore.put_details, get_details",
+        "importer/adapters/mongo.py:AccountStore.put_details, get_details",
         IMP,
         "aggregator_accounts",
         "replace_one/find_one",
         {"_id": akey(U, A)},
     ),
     Shape(
-        "importer/adapters.py:AccountStore.ensure_bank",
+        "importer/adapters/mongo.py:AccountStore.ensure_bank",
         IMP,
         "banks",
         "find_one",
         {"_id": f"{user(U)}:bank-2"},
     ),
-    Shape("importer/adapters.py:AccountStore.list_banks", IMP, "banks", "find", {"user_id": user(U)}),
+    Shape("importer/adapters/mongo.py:AccountStore.list_banks", IMP, "banks", "find", {"user_id": user(U)}),
     Shape(
-        "importer/adapters.py:AccountStore.get_link, put_link",
+        "importer/adapters/mongo.py:AccountStore.get_link, put_link",
         IMP,
         "links",
         "find_one/replace_one",
         {"_id": akey(U, A)},
     ),
-    Shape("importer/adapters.py:AccountStore.list_links", IMP, "links", "find", {"user_id": user(U)}),
-    # -- categorizer: services/categorizer/adapters.py
+    Shape("importer/adapters/mongo.py:AccountStore.list_links", IMP, "links", "find", {"user_id": user(U)}),
+    # -- categorizer: services/categorizer/adapters/mongo.py
     Shape(
-        "categorizer/adapters.py:RuleSetRepository.stored, get, status, correlation_id, reexamination_done, "
-        "versions (find_by_ids without a scope: a find_one per user)",
+        "categorizer/adapters/mongo.py:RuleSetRepository.stored, get, status, correlation_id, "
+        "reexamination_done, versions (find_by_ids without a scope: a find_one per user)",
         CAT,
         "categorizer_rulesets",
         "find_one",
         {"_id": user(U)},
     ),
     Shape(
-        "categorizer/adapters.py:RuleSetRepository.save, reexamination_done (guard on version)",
+        "categorizer/adapters/mongo.py:RuleSetRepository.save, reexamination_done (guard on version)",
         CAT,
         "categorizer_rulesets",
         "update_one",
         {"_id": user(U), "version": 4},
     ),
     Shape(
-        "categorizer/adapters.py:RuleSetRepository.reexamination_done (examined_version)",
+        "categorizer/adapters/mongo.py:RuleSetRepository.reexamination_done (examined_version)",
         CAT,
         "categorizer_rulesets",
         "update_one",
         {"_id": user(U), "examined_version": {"$lt": 4}},
     ),
     Shape(
-        "categorizer/adapters.py:RuleSetRepository.pending_since",
+        "categorizer/adapters/mongo.py:RuleSetRepository.pending_since",
         CAT,
         "categorizer_rulesets",
         "find",
         {"retro_pending": True, "retro_requested_at": {"$lt": NOW}},
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository.get_many; shared/sheets.py:Sheets.read, fold",
+        "categorizer/adapters/mongo.py:OperationsRepository.get_many; shared/sheets.py:Sheets.read, fold",
         CAT,
         "categorizer_sheets",
         "find",
         {"sheet": projection_sheet(user(U), account(U, A), day(9)[:7])},
     ),
     Shape(
-        "shared/sheets.py:Sheets.fold (DeleteOne of each document it merged, categorizer/adapters.py:"
+        "shared/sheets.py:Sheets.fold (DeleteOne of each document it merged, categorizer/adapters/mongo.py:"
         "ProjectionSheets)",
         CAT,
         "categorizer_sheets",
@@ -772,14 +772,14 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": f"{projection_sheet(user(U), account(U, A), day(9)[:7])}:0"},
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository._of_user (of_user, get)",
+        "categorizer/adapters/mongo.py:OperationsRepository._of_user (of_user, get)",
         CAT,
         "categorizer_sheets",
         "find",
         {"user_id": user(U)},
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository.adopt_legacy (a batch of what is left of the "
+        "categorizer/adapters/mongo.py:OperationsRepository.adopt_legacy (a batch of what is left of the "
         "projection kept one document each before the sheets; DeleteOne by _id after)",
         CAT,
         "categorizer_operations",
@@ -789,80 +789,81 @@ SHAPES: tuple[Shape, ...] = (
         "(empty once moved)",
     ),
     Shape(
-        "categorizer/adapters.py:OperationsRepository.delete_account",
+        "categorizer/adapters/mongo.py:OperationsRepository.delete_account",
         CAT,
         "categorizer_sheets",
         "delete_many",
         {"user_id": user(U), "account_id": account(U, A)},
     ),
     Shape(
-        "categorizer/adapters.py:TransferRepository.put (UpdateOne upsert per leg), get, write (UpdateOne "
-        "and DeleteOne per leg)",
+        "categorizer/adapters/mongo.py:TransferRepository.put (UpdateOne upsert per leg), get, write "
+        "(UpdateOne and DeleteOne per leg)",
         CAT,
         "categorizer_transfers",
         "find_one/bulk_write",
         {"_id": leg_id(user(U), op_id(U, A, 3))},
     ),
     Shape(
-        "categorizer/adapters.py:TransferRepository.of_user (index by_user: a user's legs, a few a month)",
+        "categorizer/adapters/mongo.py:TransferRepository.of_user (index by_user: a user's legs, a few a "
+        "month)",
         CAT,
         "categorizer_transfers",
         "find",
         {"user_id": user(U)},
     ),
     Shape(
-        "categorizer/adapters.py:TransferRepository.delete_account",
+        "categorizer/adapters/mongo.py:TransferRepository.delete_account",
         CAT,
         "categorizer_transfers",
         "delete_many",
         {"user_id": user(U), "account_id": account(U, A)},
     ),
-    # -- connector: services/connector/repository.py
+    # -- connector: services/connector/adapters/mongo.py
     Shape(
-        "connector/repository.py:ConnectorRepository.aggregator_user, save_aggregator_user",
+        "connector/adapters/mongo.py:ConnectorRepository.aggregator_user, save_aggregator_user",
         CON,
         "aggregator_users",
         "find_one",
         {"_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.connection_for_webhook",
+        "connector/adapters/mongo.py:ConnectorRepository.connection_for_webhook",
         CON,
         "aggregator_users",
         "find",
         {"id_user": agg_user(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.use_activation",
+        "connector/adapters/mongo.py:ConnectorRepository.use_activation",
         CON,
         "activations",
         "update_one",
         {"_id": uuid.UUID(int=U * 2 + 1).hex, "user_id": user(U), "used": False},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.connection, connection_for_webhook, upsert_connection, "
-        "set_connection_fields, set_paused (UpdateOne per connection)",
+        "connector/adapters/mongo.py:ConnectorRepository.connection, connection_for_webhook, "
+        "save_connection, update_connection, set_paused (UpdateOne per connection)",
         CON,
         "connections",
         "find_one/update_one/bulk_write",
         {"_id": connection(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.user_connections, set_paused",
+        "connector/adapters/mongo.py:ConnectorRepository._user_connections (user_connections, set_paused)",
         CON,
         "connections",
         "find",
         {"user_id": user(U), "removed": False},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.user_connections (include_removed=True)",
+        "connector/adapters/mongo.py:ConnectorRepository._user_connections (include_removed=True)",
         CON,
         "connections",
         "find",
         {"user_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.live_connections",
+        "connector/adapters/mongo.py:ConnectorRepository.live_connections",
         CON,
         "connections",
         "find",
@@ -871,7 +872,7 @@ SHAPES: tuple[Shape, ...] = (
         "but removed ones), which no index would make cheaper, on MongoDB either",
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.all_projected_rights",
+        "connector/adapters/mongo.py:ConnectorRepository.all_projected_rights",
         CON,
         "entitlement_projection",
         "find",
@@ -880,22 +881,22 @@ SHAPES: tuple[Shape, ...] = (
         "instead of one per user",
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.account_states",
+        "connector/adapters/mongo.py:ConnectorRepository.account_states",
         CON,
         "account_sync",
         "find",
         {"user_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.update_account_states, set_account_states (UpdateOne "
-        "upsert per account), set_states_of_many (UpdateOne per account)",
+        "connector/adapters/mongo.py:ConnectorRepository._set_account_states (mark_syncing, mark_closed, "
+        "record_outcomes: UpdateOne upsert per account), note_importer_facts (UpdateOne per account)",
         CON,
         "account_sync",
         "find_one/bulk_write",
         {"_id": akey(U, A)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.set_account_states (clear_reimport: lift the mark "
+        "connector/adapters/mongo.py:ConnectorRepository._set_account_states (clear_reimport: lift the mark "
         "the sync honoured, on the `_id` row)",
         CON,
         "account_sync",
@@ -903,31 +904,31 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": akey(U, A), "reimport": f"deleted-{U}"},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.known_fingerprints (up to 64 lines: a find_one each), "
-        "remember_fingerprints (UpdateOne)",
+        "connector/adapters/mongo.py:ConnectorRepository.known_fingerprints (up to 64 lines: a find_one "
+        "each), remember_fingerprints (UpdateOne)",
         CON,
         "seen_transactions",
         "find_one/bulk_write",
         {"_id": f"{akey(U, A)}:{tx_id(U, A, 3)}"},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.known_fingerprints (more than 64 lines: find_by_ids' "
-        "scope, index on account)",
+        "connector/adapters/mongo.py:ConnectorRepository.known_fingerprints (more than 64 lines: "
+        "find_by_ids' scope, index on account)",
         CON,
         "seen_transactions",
         "find",
         {"account": akey(U, A)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository._take_run (claim_run, claim_runs, renew_run: renew the "
-        "run's own lease or take an expired one; the $or is evaluated on the `_id` row)",
+        "connector/adapters/mongo.py:ConnectorRepository._take_run (claim_run, claim_runs, renew_run: renew "
+        "the run's own lease or take an expired one; the $or is evaluated on the `_id` row)",
         CON,
         "active_runs",
         "update_one",
         {"_id": connection(U), "$or": [{"run_id": f"run-{U}"}, {"expires_at": {"$lt": NOW}}]},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository._run_holder (claim_run, claim_runs, renew_run: the "
+        "connector/adapters/mongo.py:ConnectorRepository._run_holder (claim_run, claim_runs, renew_run: the "
         "holder)",
         CON,
         "active_runs",
@@ -935,49 +936,49 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": connection(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.active_run",
+        "connector/adapters/mongo.py:ConnectorRepository.active_run",
         CON,
         "active_runs",
         "find_one",
         {"_id": connection(U), "expires_at": {"$gte": NOW}},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.extend_run, release_run",
+        "connector/adapters/mongo.py:ConnectorRepository.extend_run, release_run",
         CON,
         "active_runs",
         "update_one/delete_one",
         {"_id": connection(U), "run_id": f"run-{U}"},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.unfinished_night",
+        "connector/adapters/mongo.py:ConnectorRepository.unfinished_night",
         CON,
         "active_runs",
         "count_documents",
         {"night": "2026-12-07"},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.projected_rights",
+        "connector/adapters/mongo.py:ConnectorRepository.projected_rights",
         CON,
         "entitlement_projection",
         "find_one",
         {"_id": user(U)},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.project_rights",
+        "connector/adapters/mongo.py:ConnectorRepository.project_rights",
         CON,
         "entitlement_projection",
         "update_one",
         {"_id": user(U), "version": {"$lt": 4}},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository.activation (the callback reads its state's record)",
+        "connector/adapters/mongo.py:ConnectorRepository.activation (the callback reads its state's record)",
         CON,
         "activations",
         "find_one",
         {"_id": uuid.UUID(int=U * 2 + 1).hex},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository._prune_webhook_signatures (index by_minute: each "
+        "connector/adapters/mongo.py:ConnectorRepository._prune_webhook_signatures (index by_minute: each "
         "minute that went by, by equality)",
         CON,
         "webhook_signatures",
@@ -985,8 +986,8 @@ SHAPES: tuple[Shape, ...] = (
         {"minute": SIGNATURE_MINUTE + 3},
     ),
     Shape(
-        "connector/repository.py:ConnectorRepository._prune_webhook_signatures (a fresh process, or after "
-        "a quiet spell: one range)",
+        "connector/adapters/mongo.py:ConnectorRepository._prune_webhook_signatures (a fresh process, or "
+        "after a quiet spell: one range)",
         CON,
         "webhook_signatures",
         "delete_many",
@@ -994,32 +995,30 @@ SHAPES: tuple[Shape, ...] = (
         whole_collection="once per process start, or after more than 30 quiet minutes: the collection then "
         "holds only the last minutes' signatures (every accepted webhook prunes what is older)",
     ),
-    # -- entitlements: services/entitlements/adapters.py, services/entitlements/handlers.py
+    # -- entitlements: services/entitlements/adapters/mongo.py
     Shape(
-        "entitlements/adapters.py:EntitlementsRepository.get, mark_sent; "
-        "entitlements/handlers.py:EntitlementsHandlers.relay_user",
+        "entitlements/adapters/mongo.py:EntitlementsRepository.get, outbox, mark_sent",
         ENT,
         "entitlements",
         "find_one",
         {"_id": user(U)},
     ),
     Shape(
-        "entitlements/adapters.py:EntitlementsRepository.save, mark_sent (guard on version)",
+        "entitlements/adapters/mongo.py:EntitlementsRepository.save, mark_sent (guard on version)",
         ENT,
         "entitlements",
         "update_one",
         {"_id": user(U), "version": 3},
     ),
     Shape(
-        "entitlements/adapters.py:EntitlementsRepository.pending",
+        "entitlements/adapters/mongo.py:EntitlementsRepository.pending",
         ENT,
         "entitlements",
         "find",
         {"has_outbox": True},
     ),
     Shape(
-        "entitlements/adapters.py:EntitlementsRepository.list_history; "
-        "entitlements/erasure.py:Erasures.erase_own (delete_many)",
+        "entitlements/adapters/mongo.py:EntitlementsRepository.list_history, erase (delete_many)",
         ENT,
         "entitlement_history",
         "find",
@@ -1029,125 +1028,135 @@ SHAPES: tuple[Shape, ...] = (
     Shape(
         "shared/vault.py:KeyVault.for_reading, for_writing (find_by_ids without a scope: a find_one per id), "
         "destroy (replace_one), BlockingOpener.open (tests and tools); "
-        "entitlements/erasure.py:Erasures.erase_own (delete_many on entitlements)",
+        "entitlements/adapters/mongo.py:EntitlementsRepository.erase (delete_many on entitlements)",
         ENT,
         "user_keys",
         "find_one",
         {"_id": user(U)},
     ),
     Shape(
-        "entitlements/erasure.py:ErasureRegistry.requested, answered (update_one), get",
+        "entitlements/adapters/mongo.py:ErasureRegistry.requested, answered (update_one), get",
         ENT,
         "erasures",
         "find_one",
         {"_id": f"erase-{user(U)}"},
     ),
     Shape(
-        "importer/erasure.py:ImporterEraser.erase_user (find, then delete_many on operations, links, banks, "
-        "accounts)",
+        "importer/adapters/mongo.py:ImporterEraser.erase_user (find, then delete_many on operations, links, "
+        "banks, accounts)",
         IMP,
         "accounts",
         "find",
         {"user_id": user(U)},
     ),
-    Shape("importer/erasure.py:ImporterEraser.erase_user", IMP, "links", "find", {"user_id": user(U)}),
+    Shape("importer/adapters/mongo.py:ImporterEraser.erase_user", IMP, "links", "find", {"user_id": user(U)}),
     Shape(
-        "importer/erasure.py:ImporterEraser.erase_user",
+        "importer/adapters/mongo.py:ImporterEraser.erase_user",
         IMP,
         "operations",
         "delete_many",
         {"user_id": user(U)},
     ),
     Shape(
-        "importer/erasure.py:ImporterEraser.erase_user",
+        "importer/adapters/mongo.py:ImporterEraser.erase_user",
         IMP,
         "categorizations",
         "delete_many",
         {"account_id": account(U, A)},
     ),
     Shape(
-        "importer/erasure.py:ImporterEraser.erase_user",
+        "importer/adapters/mongo.py:ImporterEraser.erase_user",
         IMP,
         "import_state",
         "delete_many",
         {"_id": akey(U, A)},
     ),
     Shape(
-        "importer/erasure.py:ImporterEraser.erase_user",
+        "importer/adapters/mongo.py:ImporterEraser.erase_user",
         IMP,
         "aggregator_accounts",
         "delete_many",
         {"user_id": user(U)},
     ),
-    Shape("importer/erasure.py:ImporterEraser.erase_user", IMP, "banks", "delete_many", {"user_id": user(U)}),
     Shape(
-        "categorizer/erasure.py:CategorizerEraser.erase_user",
+        "importer/adapters/mongo.py:ImporterEraser.erase_user",
+        IMP,
+        "banks",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
         CAT,
         "categorizer_rulesets",
         "delete_many",
         {"_id": user(U)},
     ),
     Shape(
-        "categorizer/erasure.py:CategorizerEraser.erase_user",
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
         CAT,
         "categorizer_sheets",
         "delete_many",
         {"user_id": user(U)},
     ),
     Shape(
-        "categorizer/erasure.py:CategorizerEraser.erase_user",
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
         CAT,
         "categorizer_operations",
         "delete_many",
         {"user_id": user(U)},
     ),
     Shape(
-        "categorizer/erasure.py:CategorizerEraser.erase_user",
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
         CAT,
         "categorizer_transfers",
         "delete_many",
         {"user_id": user(U)},
     ),
     Shape(
-        "connector/erasure.py:ConnectorEraser.erase_user, _erase_at_aggregator (aggregator_users find_one)",
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user",
         CON,
         "connections",
         "find",
         {"user_id": user(U)},
     ),
     Shape(
-        "connector/erasure.py:ConnectorEraser.erase_user", CON, "account_sync", "find", {"user_id": user(U)}
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user",
+        CON,
+        "account_sync",
+        "find",
+        {"user_id": user(U)},
     ),
     Shape(
-        "connector/erasure.py:ConnectorEraser.erase_user",
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user",
         CON,
         "seen_transactions",
         "delete_many",
         {"account": akey(U, A)},
     ),
     Shape(
-        "connector/erasure.py:ConnectorEraser.erase_user",
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user",
         CON,
         "active_runs",
         "delete_many",
         {"_id": connection(U)},
     ),
     Shape(
-        "connector/erasure.py:ConnectorEraser.erase_user",
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user",
         CON,
         "activations",
         "delete_many",
         {"user_id": user(U)},
     ),
     Shape(
-        "connector/erasure.py:ConnectorEraser.erase_user",
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user",
         CON,
         "entitlement_projection",
         "delete_many",
         {"_id": user(U)},
     ),
     Shape(
-        "connector/erasure.py:ConnectorEraser.erase_user",
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user",
         CON,
         "aggregator_users",
         "delete_many",
@@ -1344,10 +1353,12 @@ QUERY_CALLS = frozenset(
 INVENTORY = sorted(
     [
         *(ROOT / "services").glob("*/adapters.py"),
+        *(ROOT / "services").glob("*/adapters/*.py"),
         *(ROOT / "services").glob("*/handlers.py"),
+        *(ROOT / "services").glob("*/handlers/*.py"),
         *(ROOT / "services").glob("*/erasure.py"),
         ROOT / "shared" / "vault.py",
-        ROOT / "services" / "connector" / "repository.py",
+        ROOT / "services" / "connector" / "adapters" / "mongo.py",
     ]
 )
 

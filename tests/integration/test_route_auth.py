@@ -31,14 +31,13 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 
-from harness.devstack import WEBHOOK_SECRET, Stack, new_user, pipeline_stack
+from harness.devstack import WEBHOOK_SECRET, Stack, new_user
 from shared.auth import issue_token
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import DEV_JWT_SECRET
@@ -185,12 +184,6 @@ TABLE = [
 
 
 # ---- the running stack, and a victim with real resources -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def stack(engines, log_dir) -> Iterator[Stack]:
-    with pipeline_stack(engines, log_dir, "routeauth") as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -385,7 +378,7 @@ def state_payload(user: str) -> str:
 
 
 def state_signed_with(secret: str, user: str) -> str:
-    from services.connector.security import StateSigner
+    from services.connector.domain.secrets import StateSigner
 
     state, _ = StateSigner(secret).issue(user)
     return state

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.importer.adapters import OperationStore
-from services.importer.domain import OperationQuery
+from services.importer.adapters.mongo import OperationStore
+from services.importer.domain.operations import OperationQuery
 from shared.text import search_keys, words_of
 
 pytestmark = pytest.mark.engines

@@ -34,13 +34,13 @@ import pytest
 from bson import json_util
 
 from harness.devstack import CLIENT_SECRET, WEBHOOK_SECRET, Stack, WebviewForm, new_user, pipeline_stack
-from services.connector.security import StateSigner, TokenCipher
+from harness.waiting import wait_for
+from services.connector.domain.secrets import StateSigner, TokenCipher
 from shared.auth import issue_token
 from shared.contract.topics import CATEGORIZATIONS, DLQ, TOPICS
 from shared.mongo import make_client
 from shared.settings import DEV_JWT_SECRET
 from tests.kafka_helpers import events_where, read_raw, use_vault
-from tests.polling import wait_for
 
 pytestmark = pytest.mark.engines
 

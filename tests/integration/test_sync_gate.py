@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from harness.devstack import ServiceProcess, free_port
+from harness.devstack import ServiceProcess, Stack, connector_stack, free_port, new_user
+from harness.paging import operations_by_account
+from harness.waiting import wait_for, wait_for_async
 from shared.contract.topics import CATEGORIZATIONS, CONNECTIONS, SYNC_REQUESTS, TRANSACTIONS_RAW
 from shared.kafka import start_group_at_end
 from shared.mongo import make_client
 from tests.faults import count_requests
 from tests.kafka_helpers import events_where
-from tests.polling import wait_for
-from tests.stack import Stack, connector_stack, new_user
 
 pytestmark = pytest.mark.engines
 
@@ -46,20 +45,8 @@ def stack(engines, log_dir) -> Iterator[Stack]:
 
 
 def operations_of(stack: Stack, user: str) -> int:
-    total = 0
     with stack.client("importer", user) as api:
-        for account in api.get(f"/v1/users/{user}/accounts").json():
-            cursor: str | None = None
-            while True:
-                params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
-                page = api.get(
-                    f"/v1/users/{user}/accounts/{account['account_id']}/operations", params=params
-                ).json()
-                total += len(page["items"])
-                cursor = page["next_cursor"]
-                if not cursor:
-                    break
-    return total
+        return sum(len(ops) for _, ops in operations_by_account(api, user, limit=500))
 
 
 def test_standard_user_refused_then_subscribes_cancels_and_comes_back(stack):
@@ -185,9 +172,7 @@ async def test_replaying_the_entitlements_topic_rebuilds_the_same_projection(sta
             found = await projected(original)
             return len(found) == 3 and found[users[2]][2] >= 2
 
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not await all_projected():
-            await asyncio.sleep(0.3)
+        await wait_for_async(all_projected, 30, "the three users' entitlements projected", 0.3)
         expected = await projected(original)
         assert expected[users[0]][0] is True
         assert expected[users[1]][0] is True
@@ -209,9 +194,9 @@ async def test_replaying_the_entitlements_topic_rebuilds_the_same_projection(sta
         ).start()
         try:
             rebuilt = client[rebuilt_db]["entitlement_projection"]
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and await projected(rebuilt) != expected:
-                await asyncio.sleep(0.5)
+            await wait_for_async(
+                lambda: projected(rebuilt), 60, "the rebuilt projection", 0.5, until=expected.__eq__
+            )
             assert await projected(rebuilt) == expected
         finally:
             fresh.stop()

@@ -19,15 +19,14 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from harness.devstack import ServiceProcess, private_consumer_groups, running_service
-from shared.auth import issue_token
+from harness.devstack import ServiceProcess, private_consumer_groups, running_service, user_client
+from harness.paging import every_item, operations_path
+from harness.waiting import wait_for
 from shared.contract.envelope import CloudEvent, account_key
 from shared.contract.payloads import Operation, OperationEvent
 from shared.contract.topics import OPERATIONS
 from shared.kafka import cloudevent_headers
-from shared.settings import DEV_JWT_SECRET
-from tests.polling import wait_for
-from tests.unit.importer.support import RawProducer, Txn, account_for, all_operations, api
+from tests.importer_support import RawProducer, Txn, account_for
 
 pytestmark = pytest.mark.engines
 
@@ -91,11 +90,6 @@ LATER = ("s9", "c10")
 LINKED = {"c1": "s1", "c2": "s2"}
 
 
-def token_client(url: str, user: str, scopes: str = "") -> httpx.Client:
-    token = issue_token(DEV_JWT_SECRET, user, scopes=scopes)
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-
-
 class Shown:
     """The user's operations as the importer shows them, by the name of their bank line."""
 
@@ -114,7 +108,7 @@ class Shown:
         by_txid = {
             op["aggregator_transaction_id"]: op
             for account_id in self.accounts().values()
-            for op in all_operations(self.client, self.user, account_id)
+            for op in every_item(self.client, operations_path(self.user, account_id))
         }
         return {name: by_txid[str(txn.id)] for name, txn in LINES.items() if str(txn.id) in by_txid}
 
@@ -198,9 +192,9 @@ async def test_transfers_between_own_accounts(stack, engines):
     async with RawProducer(engines.kafka_bootstrap) as producer:
         await producer.send(user, "bnp", first, sync_run="run-1")
     with (
-        api(importer.url, user) as client,
-        token_client(categorizer.url, user) as cat,
-        api(importer.url, "ops", scopes="ops") as ops_client,
+        user_client(importer.url, user) as client,
+        user_client(categorizer.url, user) as cat,
+        user_client(importer.url, "ops", scopes="ops") as ops_client,
     ):
         shown = Shown(client, user)
         ops = shown.wait(

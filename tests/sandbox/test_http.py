@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from harness.devstack import ServiceProcess, free_port
+from harness.waiting import wait_for
 from sandbox.banks import bank_by_id
 from sandbox.generator import AccountKind, generate_connection
 from sandbox.webhooks import sign
@@ -52,14 +53,18 @@ class Receiver:
 
     def wait_for(self, connection_id: int, count: int, timeout: float = 10):
         """The first `count` webhooks about one connection: (headers, body, status answered)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def mine() -> list[tuple[dict[str, str], dict[str, Any], int]]:
             with self.lock:
-                mine = [item for item in self.received if item[1]["connection"]["id"] == connection_id]
-            if len(mine) >= count:
-                return mine
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} webhooks for connection {connection_id}, got {len(mine)}")
+                return [item for item in self.received if item[1]["connection"]["id"] == connection_id]
+
+        return wait_for(
+            mine,
+            timeout,
+            f"{count} webhooks for connection {connection_id}",
+            0.05,
+            until=lambda m: len(m) >= count,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -416,9 +421,7 @@ def test_sync_sends_connection_synced_until_acknowledged(http: httpx.Client, rec
     assert status == 200
     assert len(body["connection"]["accounts"][0]["transactions"]) == len(account["transactions"])
     # the acknowledgement is recorded when the webhook call returns, after the receiver saw it
-    deadline = time.monotonic() + 10
-    while connection_of(http, auth, connection_id)["last_push"] is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: connection_of(http, auth, connection_id)["last_push"], 10, "the acknowledgement", 0.05)
     http.post(f"/2.0/users/me/connections/{connection_id}", headers=auth).raise_for_status()
     _headers, body, _status = receiver.wait_for(connection_id, 4)[3]
     assert body["connection"]["accounts"][0]["transactions"] == []  # acknowledged: not sent again

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
 from shared.auth import OpsPrincipal, TokenPolicy, UserPrincipal, issue_token
-from shared.problems import PROBLEM_CONTENT_TYPE, Problem, install_problem_handlers
+from shared.http_problems import install_problem_handlers
+from shared.problems import PROBLEM_CONTENT_TYPE, Problem
 
 SECRET = "unit-test-secret-unit-test-secret-0123"
 

@@ -14,7 +14,7 @@ from shared.auth import (
     install_auth_before_validation,
     issue_token,
 )
-from shared.problems import install_problem_handlers
+from shared.http_problems import install_problem_handlers
 
 SECRET = "unit-test-secret-0123456789abcdef0123"
 

@@ -18,8 +18,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.categorizer.builtin import builtin_dictionary
-from services.categorizer.domain import DEFAULT_CATEGORY_IDS, EMPTY_MATCHER, ROOT_IDS, categorize
+from services.categorizer.domain.categories import DEFAULT_CATEGORY_IDS, ROOT_IDS
+from services.categorizer.domain.dictionary import builtin_dictionary
+from services.categorizer.domain.matching import EMPTY_MATCHER, categorize
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "labelled_memos.csv"
 

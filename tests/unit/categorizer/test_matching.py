@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from services.categorizer.builtin import builtin_dictionary
-from services.categorizer.domain import (
+from services.categorizer.domain.dictionary import builtin_dictionary
+from services.categorizer.domain.matching import (
     EMPTY_DICTIONARY,
     EMPTY_MATCHER,
     Dictionary,
     Matcher,
-    Payee,
     Rule,
     categorize,
 )
+from services.categorizer.domain.rules import Payee
 
 
 def user(*payees: Payee) -> Matcher:
@@ -21,7 +21,7 @@ def user(*payees: Payee) -> Matcher:
 
 
 def global_rule(keyword: str, category: str, name: str | None = None, **flags: object) -> Rule:
-    from services.categorizer.domain import normalise
+    from services.categorizer.domain.normalise import normalise
 
     payee_id = None if name is None else f"global:{name.lower()}"
     return Rule(keyword, normalise(keyword), category, "global", payee_id, name, **flags)  # type: ignore[arg-type]

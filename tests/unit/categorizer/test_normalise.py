@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.categorizer.domain import analyse, fold, normalise
+from services.categorizer.domain.normalise import analyse, normalise
+from shared.text import fold
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.categorizer.builtin import DictionaryError, builtin_dictionary, parse_merchants, places
-from services.categorizer.domain import (
-    DEFAULT_CATEGORIES,
+from services.categorizer.domain.categories import DEFAULT_CATEGORIES, default_tree
+from services.categorizer.domain.dictionary import (
+    DictionaryError,
+    builtin_dictionary,
+    parse_merchants,
+    places,
+)
+from services.categorizer.domain.rules import (
     DuplicateCategory,
     DuplicateKeyword,
     DuplicatePayee,
@@ -18,11 +23,10 @@ from services.categorizer.domain import (
     UnknownCategory,
     add_category,
     add_payee,
-    default_tree,
     remove_payee,
-    suggest_keywords,
     update_payee,
 )
+from services.categorizer.domain.suggestions import suggest_keywords
 
 
 def test_default_tree_is_the_contract_one():
@@ -119,7 +123,7 @@ def test_the_dictionary_is_big_and_checked():
 
 
 def test_stored_rules_keep_the_payees_of_every_version_since_the_last_reexamination():
-    from services.categorizer.adapters import StoredRules
+    from services.categorizer.adapters.mongo import snapshots_doc, stored_rules_of
 
     doc = {
         "version": 4,
@@ -131,13 +135,13 @@ def test_stored_rules_keep_the_payees_of_every_version_since_the_last_reexaminat
             {"version": 3, "payees": []},
         ],
     }
-    stored = StoredRules.of(doc, "u")
+    stored = stored_rules_of(doc, "u")
     assert stored.ruleset.version == 4
     assert stored.payees_at(0) == ()
     assert stored.payees_at(2)[0].keywords == ("OLD",)  # type: ignore[index]
     assert stored.payees_at(3) == ()
     assert stored.payees_at(4)[0].keywords == ("NEW",)  # type: ignore[index]
     assert stored.payees_at(1) is None  # forgotten: a re-examination then publishes today's result
-    assert [s["version"] for s in stored.kept_snapshots(since=3)] == [3]
-    assert [s["version"] for s in stored.kept_snapshots(since=2)] == [2, 3]
-    assert StoredRules.of(None, "u").ruleset.version == 0
+    assert [s["version"] for s in snapshots_doc(stored, since=3)] == [3]
+    assert [s["version"] for s in snapshots_doc(stored, since=2)] == [2, 3]
+    assert stored_rules_of(None, "u").ruleset.version == 0

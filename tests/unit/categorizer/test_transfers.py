@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.categorizer.domain import (
+from services.categorizer.domain.matching import Categorization
+from services.categorizer.domain.transfers import (
     TRANSFER_RESULT,
-    Categorization,
     TransferLeg,
     is_transfer_memo,
     match_transfers,

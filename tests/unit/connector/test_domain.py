@@ -3,18 +3,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.connector.domain import (
-    NightlyWindow,
+from services.connector.domain.failures import (
     SyncState,
     backoff_delays,
-    changed_lines,
     classify_connection_error,
     classify_http_status,
-    fetch_window,
-    fingerprint,
-    spread_offset,
 )
-from services.connector.security import InvalidState, StateSigner, TokenCipher
+from services.connector.domain.lines import changed_lines, fingerprint
+from services.connector.domain.nightly import NightlyWindow, spread_offset
+from services.connector.domain.secrets import InvalidState, StateSigner, TokenCipher
+from services.connector.domain.sync_run import fetch_window
 from shared.settings import DEV_TOKEN_KEY
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from sandbox.webhooks import sign, signed_headers
 from services.connector.api import MAX_WEBHOOK_DEPTH, nesting_depth, webhook_body
-from services.connector.security import InvalidWebhook, WebhookVerifier, parse_signature_date
+from services.connector.domain.secrets import InvalidWebhook, WebhookVerifier, parse_signature_date
 from shared.problems import Problem
 
 SECRET = "webhook-secret-for-the-unit-tests"

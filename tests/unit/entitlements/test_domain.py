@@ -1,16 +1,17 @@
+from datetime import UTC, datetime
+
 import pytest
 
-from services.entitlements.domain import (
+from services.entitlements.domain.commands import (
     Action,
-    Entitlements,
-    Option,
     OptionIncludedInPlan,
-    Plan,
     cancel,
     change_plan,
-    decide,
     subscribe,
 )
+from services.entitlements.domain.erasure import ERASING_SERVICES, Erasure, ServiceErased, erase_id_of
+from services.entitlements.domain.history import Actor, ChangeRecord
+from services.entitlements.domain.rights import Entitlements, Option, Plan, decide
 
 
 def test_unknown_user_is_standard_without_sync():
@@ -65,3 +66,31 @@ def test_downgrade_keeps_a_paid_option_and_loses_premium_rights():
 def test_premium_cannot_buy_what_it_includes():
     with pytest.raises(OptionIncludedInPlan):
         subscribe(Entitlements("u", Plan.PREMIUM), Option.AUTO_IMPORT)
+
+
+def test_a_change_record_names_what_the_command_named():
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    up = change_plan(Entitlements.unknown_user("u"), Plan.PREMIUM)
+    assert up is not None
+    record = ChangeRecord.of(up, at=at, request_id="r", actor=Actor.of({"sub": "ops-alice", "scope": "ops"}))
+    assert (record.user_id, record.version, record.detail) == ("u", 1, {"plan": "premium"})
+    assert record.actor is not None
+    assert record.actor.as_dict() == {"sub": "ops-alice", "scope": "ops"}
+    sub = subscribe(Entitlements.unknown_user("u"), Option.AUTO_IMPORT)
+    assert sub is not None
+    assert ChangeRecord.of(sub, at=at, request_id="r", actor=record.actor).detail == {"option": "auto_import"}
+
+
+def test_an_erasure_is_done_when_every_erasing_service_answered():
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    assert erase_id_of("u") == erase_id_of("u") != erase_id_of("v")
+    asked = Erasure(erase_id_of("u"), "u", at)
+    assert asked.state == "in_progress"
+    assert asked.services == dict.fromkeys(ERASING_SERVICES)
+    answered = {name: ServiceErased(at, 1) for name in ERASING_SERVICES[:-1]} | {
+        "retired": ServiceErased(at, 0)
+    }
+    assert Erasure(asked.erase_id, "u", at, answered).state == "in_progress"
+    done = Erasure(asked.erase_id, "u", at, answered | {ERASING_SERVICES[-1]: ServiceErased(at, 2)})
+    assert done.state == "done"
+    assert "retired" not in done.services

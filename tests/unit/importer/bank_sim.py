@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from services.importer.domain import Observation, version_of
+from services.importer.domain.lines import Observation, version_of
 
 BASE_DAY = dt.date(2025, 3, 1)
 BASE_TIME = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
@@ -168,7 +168,7 @@ class Bank:
         )
         if delete_old or look_alikes:
             # a pending line that vanishes silently next to a look-alike cannot be told apart: the
-            # model keeps that case out (the known limit in services/importer/domain.py)
+            # model keeps that case out (the known limit in services/importer/domain/lines.py)
             old.removed = True
             self._touch(old)
         else:

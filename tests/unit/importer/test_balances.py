@@ -14,8 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.importer.adapters import balance_fields
-from services.importer.domain import (
+from services.importer.adapters.locks import KeyLocks
+from services.importer.adapters.mongo import account_of, balance_fields
+from services.importer.domain import accounts, balances, events
+from services.importer.domain.balances import (
     BalanceCheck,
     BalanceState,
     BankBalance,
@@ -26,24 +28,22 @@ from services.importer.domain import (
     in_key_order,
     segments,
 )
-from services.importer.handlers import (
-    Importer,
+from services.importer.domain.intake import (
     ImportStats,
     RawBalance,
     RawLine,
     RawRecord,
-    account_view,
-    balance_checked_event,
     problem_with,
     raw_record,
 )
+from services.importer.handlers.intake import Importer
 from services.importer.replay import _parse
 from shared.consumer import TopicConsumer
 from shared.contract.catalog import CATEGORIZER_OPERATION_READS, IMPORTER_RAW_READS, topic_doc
 from shared.contract.envelope import CloudEvent
 from shared.contract.payloads import AccountBalanceChecked, AccountSynced, TransactionObserved
 from shared.contract.topics import OPERATIONS, TRANSACTIONS_RAW
-from tests.unit.importer.support import Txn, raw_event, synced_event
+from tests.importer_support import Txn, raw_event, synced_event
 
 T0 = dt.datetime(2026, 10, 5, 3, tzinfo=dt.UTC)
 
@@ -52,6 +52,19 @@ def report(
     sync: str, balance: int | None, *, hours: int = 0, coming: int | None = None, checked: bool = True
 ) -> BankBalance:
     return BankBalance(sync, T0 + dt.timedelta(hours=hours), balance, coming, checked)
+
+
+def account_view(doc: dict[str, Any], balance_cents: int | None = None) -> dict[str, Any]:
+    """An account document as the API shows it (the document read by the MongoDB adapter)."""
+    return accounts.account_view(account_of(doc), balance_cents).model_dump()
+
+
+def balance_checked_event(raw: RawBalance, doc: dict[str, Any], check: BalanceCheck) -> CloudEvent:
+    return events.balance_checked_event(raw, account_of(doc), check)
+
+
+def unchanged_since_check(doc: dict[str, Any], reports: list[BankBalance], lines_rev: int | None) -> bool:
+    return balances.unchanged_since_check(account_of({"_id": "a", **doc}).balance, reports, lines_rev)
 
 
 def check_balances(
@@ -358,7 +371,14 @@ class Dispatching(Importer):
     """The import path with the stores out of the way: records what it would import and check."""
 
     def __init__(self) -> None:
-        super().__init__(cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None))
+        super().__init__(
+            cast(Any, None),
+            cast(Any, None),
+            cast(Any, None),
+            cast(Any, None),
+            locks=KeyLocks(),
+            op_locks=KeyLocks(),
+        )
         self.calls: list[tuple[str, str, list[str]]] = []
 
     async def import_account(self, akey: str, lines: Any) -> ImportStats:
@@ -424,9 +444,6 @@ async def test_a_balance_that_cannot_be_applied_is_rejected_and_its_key_goes_on(
 
 def test_a_check_is_skipped_only_when_balance_and_lines_are_as_checked() -> None:
     import datetime as dt
-
-    from services.importer.domain import BankBalance
-    from services.importer.handlers import unchanged_since_check
 
     at = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     checked = {

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.importer.domain import categorization_rank, last_word_per_operation
+from services.importer.domain.categorizations import categorization_rank, last_word_per_operation
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.importer.domain import categorization_rank, last_word_per_operation
+from services.importer.domain.categorizations import categorization_rank, last_word_per_operation
 
 
 @dataclass(frozen=True)

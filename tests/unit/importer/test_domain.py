@@ -5,19 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from services.importer.domain import (
+from services.importer.domain.identities import line_ref, operation_id
+from services.importer.domain.lines import (
     AccountLines,
     ImportMode,
     ManualCandidate,
     Observation,
     Target,
     apply,
-    line_ref,
-    memo_similarity,
-    memo_tokens,
-    operation_id,
     version_of,
 )
+from services.importer.domain.memos import memo_similarity, memo_tokens
 
 AKEY = "u1:acc-9"
 CREATE = Target(AKEY, "account-1")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from services.importer.domain import AccountLines, Observation, Target, apply
+from services.importer.domain.lines import AccountLines, Observation, Target, apply
 from tests.unit.importer.bank_sim import ACTIONS, Bank, play
 
 TARGET = Target(akey="u1:acc-1", account_id="account-1")

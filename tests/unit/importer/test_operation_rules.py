@@ -8,23 +8,19 @@ from decimal import Decimal
 import pytest
 
 from services.importer import export
-from services.importer.adapters import searchable
-from services.importer.domain import (
+from services.importer.adapters.mongo import searchable
+from services.importer.domain.identities import line_ref, operation_id
+from services.importer.domain.lines import (
     AccountLines,
     ImportMode,
     ManualCandidate,
     Observation,
-    OperationQuery,
-    Searchable,
     Target,
     apply,
     diff,
-    in_category,
-    line_ref,
-    operation_id,
-    refusal_of_change,
     version_of,
 )
+from services.importer.domain.operations import OperationQuery, Searchable, in_category, refusal_of_change
 from shared.contract.payloads import Operation
 from shared.text import all_words_prefix, fold, words_of
 

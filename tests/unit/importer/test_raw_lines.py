@@ -8,15 +8,17 @@ from decimal import Decimal
 import pytest
 from structlog.testing import capture_logs
 
-from services.importer.adapters import decode_lines, encode_lines
+from services.importer.adapters.mongo import decode_lines, encode_lines
 from services.importer.api import decode_cursor, encode_cursor
-from services.importer.domain import AccountLines, Target, apply
-from services.importer.handlers import RawLine, auto_account_id, log_imported, observation_of, problem_with
+from services.importer.domain.identities import auto_account_id
+from services.importer.domain.intake import RawLine, observation_of, problem_with
+from services.importer.domain.lines import AccountLines, Target, apply
+from services.importer.handlers.intake import log_imported
 from services.importer.replay import partition_for
 from shared.contract.envelope import CloudEvent
 from shared.contract.payloads import TransactionObserved
 from shared.problems import Problem
-from tests.unit.importer.support import Txn, history, raw_event
+from tests.importer_support import Txn, history, raw_event
 
 
 def raw(txn: Txn, *, user: str = "u1", key: str | None = None, **data: object) -> RawLine:
