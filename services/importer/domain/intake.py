@@ -4,12 +4,13 @@ what a line says as an observation, and the counts of an import: pure rules, no 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
 from services.importer.domain.balances import BankBalance, balance_is_checked, cents
-from services.importer.domain.lines import Observation, version_of
+from services.importer.domain.lines import AccountLines, Observation, version_of
 from shared.contract.envelope import CloudEvent, account_key, content_hash
 from shared.contract.payloads import AccountSynced, TransactionObserved
 
@@ -121,6 +122,22 @@ def observation_of(raw: RawLine) -> Observation:
         seen=raw.event.time.date(),
         sync=raw.data.sync_run_id,
     )
+
+
+def causes(observations: Sequence[Observation], runs: Sequence[str], after: AccountLines) -> dict[str, str]:
+    """Transaction id -> the sync run (correlation id, in `runs` beside `observations`) whose observation
+    gave the line the version it has in `after`: a batch may hold a newer sync and an older one sent
+    again, and the older one changes nothing. A line `after` does not hold keeps its last run."""
+    found: dict[str, str] = {}
+    settled: set[str] = set()
+    for obs, run in zip(observations, runs, strict=True):
+        if obs.txid in settled:
+            continue
+        found[obs.txid] = run
+        line = after.lines.get(obs.txid)
+        if line is not None and line.version == obs.version:
+            settled.add(obs.txid)
+    return found
 
 
 @dataclass

@@ -51,6 +51,7 @@ from services.importer.domain.intake import (
     RawBalance,
     RawLine,
     RawRecord,
+    causes,
     is_balance,
     observation_of,
     problem_with,
@@ -208,13 +209,11 @@ class Importer:
         stored = await self.states.load(akey)
         target, account = await self._target(first)
         observations = [observation_of(raw) for raw in lines]
-        correlation = {
-            obs.txid: raw.event.correlationid for obs, raw in zip(observations, lines, strict=True)
-        }
         work = stored.account_lines()
         if target.mode is ImportMode.RECONCILE:
             work.manual = await self._manual_candidates(account, observations)
         after, changes = apply(work, observations, target)
+        correlation = causes(observations, [raw.event.correlationid for raw in lines], after)
         after.forget(self.today() - FORGET_AFTER)
         stats = ImportStats(
             lines=len(lines),

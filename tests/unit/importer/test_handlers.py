@@ -229,6 +229,32 @@ async def test_a_booking_takes_its_pending_line_over_and_a_deleted_line_goes(wor
     assert [(op.id, op.status) for op in await shown(world, user)] == [(pending.id, "booked")]
 
 
+async def test_an_older_sync_sent_again_in_the_same_batch_changes_nothing_and_is_not_blamed(
+    world: World,
+) -> None:
+    user = a_user()
+    first = [line(user, 211, "-30.00", pending=True), line(user, 212, "-8.00", memo="PRLV SEPA EDF")]
+    await world.importer.import_records(first)
+    later = T0 + dt.timedelta(days=1)
+    second = [
+        line(user, 213, "-30.00", day=DAY + dt.timedelta(days=1), sync="sync-2", at=later),
+        line(user, 211, "-30.00", pending=True, deleted=True, sync="sync-2", at=later),
+        line(user, 212, "-8.00", memo="PRLV SEPA EDF", deleted=True, sync="sync-2", at=later),
+    ]
+    # the second sync, then the first one again (its older versions), in one batch
+    result = await world.importer.import_records([*second, *first])
+    assert (result.stats.updated, result.stats.deleted, result.stats.imported) == (1, 1, 0)
+
+    changed = [
+        (event.name, event.correlationid)
+        for _, event in await world.announced(user)
+        if event.name in ("operation.updated", "operation.deleted")
+    ]
+    assert sorted(changed) == [("operation.deleted", "sync-2"), ("operation.updated", "sync-2")]
+    [op] = await shown(world, user)
+    assert (op.aggregator_transaction_id, op.status) == ("213", "booked")
+
+
 async def test_records_that_cannot_be_imported_are_rejected(world: World) -> None:
     user = a_user()
     good, bad = line(user, 301, "-1.00"), line(user, 302, "-2.00")
