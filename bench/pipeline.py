@@ -16,6 +16,7 @@ account. Measured from `POST
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Callable
@@ -57,6 +58,34 @@ def peak_rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time every process of the machine has used so far (all cores, idle and I/O wait excluded)."""
+    try:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+        )
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_used(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float]:
+    return {
+        name: round(end - start, 1)
+        for name, end in after.items()
+        if end is not None and (start := before.get(name)) is not None
+    }
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -252,6 +281,11 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
         setup_s = time.monotonic() - setup_started
         new_lines = await book_day(stack, linked)
 
+        def cpu_now() -> dict[str, float | None]:
+            used = {name: cpu_seconds(p.process.pid) for name, p in stack.processes.items() if p.process}
+            return {**used, "machine": machine_busy_seconds()}
+
+        cpu_before = cpu_now()
         night_at = datetime.now(UTC)
         started = time.monotonic()
         async with SyncWatcher(ctx.engines.kafka_bootstrap, night_at, set(users)) as night:
@@ -265,6 +299,7 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
         # the night ends when its last line's category is stored, not when this poll noticed it
         last_stored = max(op["categorized_at"] for op in operations if op.get("categorized_at"))
         wall = (last_stored.replace(tzinfo=UTC) - night_at).total_seconds()
+        night_cpu = cpu_used(cpu_before, cpu_now())
         peaks = {
             name: peak_rss_mb(proc.process.pid) for name, proc in stack.processes.items() if proc.process
         }
@@ -315,6 +350,10 @@ async def pipeline_nightly(ctx: Context) -> Measurement:
                 sum(1 for op in operations if op.get("category")) / max(1, len(operations)), 3
             ),
             "peak_rss_mb": peaks,
+            # CPU seconds of the night (to the last line's category stored and read), per service
+            # process and for the whole machine (2 cores: at most twice the night); what the machine
+            # used beyond the services is the engines' (Kafka, FerretDB, PostgreSQL) and the bench's
+            "night_cpu_s": night_cpu,
             "setup_s": round(setup_s, 1),
             "limits": limits_met(
                 wall,

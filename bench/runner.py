@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -144,6 +145,26 @@ def compared(result: Result) -> str:
 # ---- machine, engines, output ---------------------------------------------------------------------------
 
 
+def cpu_calibration_s() -> float:
+    """Seconds a fixed pure-Python workload takes (best of 3): how fast this machine's processor is
+    right now. A shared virtual machine's speed moves from hour to hour; figures of two runs compare
+    only as far as their calibrations do."""
+
+    def once() -> float:
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i * i % 7
+        table = {str(i): i for i in range(100_000)}
+        json.loads(json.dumps(table))
+        digest = hashlib.sha256()
+        for _ in range(100_000):
+            digest.update(b"x" * 64)
+        return time.perf_counter() - started
+
+    return round(min(once() for _ in range(3)), 3)
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
@@ -155,6 +176,7 @@ def machine_info() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu_calibration_s": cpu_calibration_s(),
     }
     with contextlib.suppress(OSError):
         match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
@@ -293,7 +315,11 @@ def run(benches: list[Benchmark], quick: bool, argv: list[str], users: int | Non
         "finished_at": datetime.now(UTC).isoformat(),
         "quick": quick,
         "argv": argv,
-        "machine": {**machine, "load_average_1m_end": machine_info()["load_average_1m"]},
+        "machine": {
+            **machine,
+            "load_average_1m_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "cpu_calibration_s_end": cpu_calibration_s(),
+        },
         "git": {**git_info(), "at_start": git_at_start},
         "engines": engines_used,
         "peak_rss": "per benchmark: the bench process's VmHWM, reset before each benchmark "
