@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 import uuid
@@ -82,6 +83,9 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--replication-factor", type=int, default=1)
     args = parser.parse_args()
+    # until the engine is up every attempt fails by design: aiokafka would log each one; the probe
+    # says the last error itself when it gives up
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.what == "kafka":
         return 0 if asyncio.run(retry(lambda: kafka_round_trip(args.address), args.timeout)) else 1
     if args.what == "mongodb":
