@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.registry import Benchmark, Context, Result
+from bench.registry import Benchmark, Context, Result, load_average
 from harness.devstack import DEPLOY, ROOT, Engines
 from shared.mongo import make_client
 
@@ -171,7 +171,7 @@ def machine_info() -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_model": None,
         "memory_gb": None,
-        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_average_1m": load_average(),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -317,7 +317,7 @@ def run(benches: list[Benchmark], quick: bool, argv: list[str], users: int | Non
         "argv": argv,
         "machine": {
             **machine,
-            "load_average_1m_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "load_average_1m_end": load_average(),
             "cpu_calibration_s_end": cpu_calibration_s(),
         },
         "git": {**git_info(), "at_start": git_at_start},
