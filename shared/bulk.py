@@ -43,11 +43,11 @@ async def bulk_write_chunked(
     ordered: bool = False,
 ) -> int:
     """Sends `writes` in commands of at most `chunk` statements, in order; returns how many matched,
-    were upserted or were inserted. `ordered` also stops at the first failed statement."""
+    were upserted, inserted or deleted. `ordered` also stops at the first failed statement."""
     touched = 0
     for start in range(0, len(writes), chunk):
         result: BulkWriteResult
         async with _command_slots():
             result = await collection.bulk_write(list(writes[start : start + chunk]), ordered=ordered)
-        touched += result.matched_count + result.upserted_count + result.inserted_count
+        touched += result.matched_count + result.upserted_count + result.inserted_count + result.deleted_count
     return touched

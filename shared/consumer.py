@@ -8,8 +8,16 @@
   (`banksync_shredded_records_total`): neither a DLQ entry nor an error.
 - The engines being unreachable (MongoDB down, Kafka away) is not a bad record: the batch is retried
   until they answer, and nothing is committed meanwhile, so nothing is lost.
-Offsets are committed only after the batch is handled (faststream AckPolicy.NACK_ON_ERROR with
-auto-commit off), so a killed process re-reads what it had not finished: handlers are idempotent.
+Offsets are committed only after the batch is handled (auto-commit off, the batch acknowledged by
+hand once handled, or rewound when it fails), so a killed process re-reads what it had not finished:
+handlers are idempotent.
+
+Replicas share a topic's partitions through the consumer group. When partitions move (a replica
+joins, leaves or is presumed dead), `HandOver` holds the rebalance until the batch in hand is done:
+Kafka lets no member take a partition before every member has given its partitions up, so the new
+owner never starts on records the old one is still writing. A replica paused past the session timeout
+is not waited for (the group goes on without it); what it writes after it wakes is refused by the
+fencing of the writes themselves (see the importer's `src_rev`).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -70,6 +78,53 @@ class PoisonRecord(Exception):
 
 
 BatchHandler = Callable[[list[Incoming]], Awaitable[None]]
+
+# how long a rebalance may wait for the batch in hand: a batch stuck on an engine that does not answer
+# must not hold every member of the group (Kafka's own bound is the rebalance timeout, 5 minutes)
+HAND_OVER_WAIT_S = 30.0
+
+
+class HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions given up only once the batch in hand is handled; each change of ownership logged."""
+
+    def __init__(self, service: str, topic: str, group_id: str, wait_s: float = HAND_OVER_WAIT_S) -> None:
+        self.service = service
+        self.topic = topic
+        self.group_id = group_id
+        self.wait_s = wait_s
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.idle.wait(), self.wait_s)
+        except TimeoutError:
+            log.warning(
+                "partitions_handed_over_mid_batch",
+                topic=self.topic,
+                group=self.group_id,
+                partitions=sorted(tp.partition for tp in revoked),
+                waited_s=self.wait_s,
+            )
+            return
+        log.info(
+            "partitions_revoked",
+            topic=self.topic,
+            group=self.group_id,
+            partitions=sorted(tp.partition for tp in revoked),
+            waited_s=round(time.perf_counter() - started, 3),
+        )
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info(
+            "partitions_assigned",
+            topic=self.topic,
+            group=self.group_id,
+            partitions=sorted(tp.partition for tp in assigned),
+        )
 
 
 def dlq_headers(record: ConsumerRecord[bytes, bytes], service: str, error: str) -> dict[str, str]:
@@ -124,9 +179,19 @@ class TopicConsumer:
         auto_offset_reset: Literal["latest", "earliest", "none"] = "earliest",
     ) -> None:
         SUBSCRIPTIONS.setdefault(group_id, set()).add(self.topic)
+        hand_over = HandOver(self.service, self.topic, group_id)
 
         async def on_batch(body: Any, message: KafkaMessage) -> None:
-            await self.process(_records_of(message.raw_message))
+            hand_over.idle.clear()
+            try:
+                await self.process(_records_of(message.raw_message))
+                # committed before the partitions can be handed over: the next owner starts after it
+                await message.ack()
+            except Exception:
+                await message.nack()  # back to the batch's first records: read again, never skipped
+                raise
+            finally:
+                hand_over.idle.set()
 
         self.broker.subscriber(
             self.topic,
@@ -135,10 +200,11 @@ class TopicConsumer:
             max_records=max_records,
             batch_timeout_ms=200,
             auto_offset_reset=auto_offset_reset,
-            ack_policy=AckPolicy.NACK_ON_ERROR,
+            ack_policy=AckPolicy.MANUAL,
             # raw values through: faststream's own decoding (by content-type) would raise on a poison
             # record before this wrapper sees it, and the batch would be redelivered forever
             decoder=_raw_values,
+            listener=hand_over,
             title=f"{self.service}:{self.topic}",
         )(on_batch)
 

@@ -17,6 +17,7 @@ from services.importer.domain.events import Keyed
 from services.importer.domain.lines import Line, ManualCandidate, StoredState
 from services.importer.domain.operations import (
     BankOrigin,
+    BankWrite,
     LineMatch,
     ManualEdit,
     OperationPage,
@@ -118,9 +119,9 @@ class Operations(Protocol):
         updated: Sequence[Line],
         before: Mapping[str, StoredOperation],
         deleted: Sequence[str],
-    ) -> None:
-        """The bank's side of changed operations (created if missing; `before`: as they were), and
-        deletions, in order, in small commands."""
+    ) -> BankWrite:
+        """The bank's side of changed operations (`before`: as they were), and deletions, in order, in
+        small commands; each one only where no revision at or after `origin.rev` wrote it (see BankWrite)."""
         ...
 
     async def reconcile(self, manual_id: str, match: LineMatch, label: str) -> bool:

@@ -467,13 +467,19 @@ SHAPES: tuple[Shape, ...] = (
         {"_id": op_id(U, A, 7)},
     ),
     Shape(
-        "importer/adapters/mongo.py:BankOperationFactory.update (UpdateOne upsert), "
-        "MongoOperations.write_bank (DeleteOne), via OperationStore.write; "
-        "MongoOperations.rereconcile (OperationStore.guarded_update, empty guard)",
+        "importer/adapters/mongo.py:MongoOperations.rereconcile (OperationStore.guarded_update, empty guard)",
         IMP,
         "operations",
-        "bulk_write/update_one",
+        "update_one",
         {"_id": op_id(U, A, 7)},
+    ),
+    Shape(
+        "importer/adapters/mongo.py:BankOperationFactory.update, fenced (UpdateOne), "
+        "MongoOperations.write_bank (DeleteOne, fenced), via OperationStore.write",
+        IMP,
+        "operations",
+        "bulk_write",
+        {"_id": op_id(U, A, 7), "src_rev": {"$not": {"$gte": 4}}},
     ),
     Shape(
         "importer/adapters/mongo.py:MongoOperations.reconcile (the claim), OperationStore.guarded_update",

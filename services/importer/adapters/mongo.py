@@ -13,6 +13,9 @@ new documents in bulk and sends updates in small commands:
   no transaction needed), after the operations and events it implies are written.
 - `operations`: one document per operation the app shows (`_id` = operation id, deterministic for
   bank lines), its bank fields; categorisations stored before the sheets below existed stay on it.
+  A bank operation carries `src_rev`, the state revision that last wrote it: changes and deletions are
+  fenced on it in their filter, so a writer that decided on an older state (a replica paused past its
+  session timeout, whose partition another replica took) never replaces a later revision's work.
 - `categorizations`: the categorizer's payee and category of operations, in "sheets": one per account
   and month (`sheet` = `<account>:<YYYY-MM>`), each a few documents of entries (operation id →
   categorisation) that batches of results added, folded into one now and then. A batch of results is
@@ -64,6 +67,7 @@ from services.importer.domain.categorizations import categorization_rank, sheet_
 from services.importer.domain.lines import ImportMode, Line, ManualCandidate, StoredState
 from services.importer.domain.operations import (
     BankOrigin,
+    BankWrite,
     LineMatch,
     ManualEdit,
     OperationPage,
@@ -415,7 +419,7 @@ class OperationStore:
         return result.inserted_count
 
     async def write(self, requests: Sequence[UpdateOne | DeleteOne]) -> int:
-        """In order, in small commands (shared.bulk); returns how many documents matched."""
+        """In order, in small commands (shared.bulk); returns how many documents matched or went."""
         return await bulk_write_chunked(self.coll, requests, ordered=True)
 
     async def guarded_update(self, op_id: str, guard: Doc, update: Doc) -> bool:
@@ -626,18 +630,28 @@ class BankOperationFactory:
             **bank_fields(line),
             "filed": sheet_id(line.account_id, month_of(line.date)),
             **CATEGORIZATION_DEFAULTS,
+            "src_rev": origin.rev,
             "created_at": now,
             "updated_at": now,
         }
 
     def update(self, line: Line, before: StoredOperation | None) -> UpdateOne:
-        """The bank's side of an existing operation (its categorization and its sheet stay); created if
-        missing. One stored before sheets existed is filed where it was (`before`, as stored)."""
-        changed = {**bank_fields(line), "account_id": line.account_id, "updated_at": dt.datetime.now(dt.UTC)}
+        """The bank's side of an existing operation (its categorization and its sheet stay), fenced. One
+        stored before sheets existed is filed where it was (`before`, as stored)."""
+        changed = {
+            **bank_fields(line),
+            "account_id": line.account_id,
+            "src_rev": self.origin.rev,
+            "updated_at": dt.datetime.now(dt.UTC),
+        }
         if before is not None and before.filed is not None:
             changed["filed"] = before.filed
-        rest = {k: v for k, v in self.new(line).items() if k not in changed and k != "_id"}
-        return UpdateOne({"_id": line.op_id}, {"$set": changed, "$setOnInsert": rest}, upsert=True)
+        return UpdateOne(self.fenced(line.op_id), {"$set": changed})
+
+    def fenced(self, op_id: str | None) -> Doc:
+        """The operation, unless a revision of its account's state at or after this one wrote it (`src_rev`:
+        the revision that last wrote a bank operation; one stored before it existed has none)."""
+        return {"_id": op_id, "src_rev": {"$not": {"$gte": self.origin.rev}}}
 
 
 def reconciled_fields(match: LineMatch, label: str) -> Doc:
@@ -752,11 +766,32 @@ class MongoOperations:
         updated: Sequence[Line],
         before: Mapping[str, StoredOperation],
         deleted: Sequence[str],
-    ) -> None:
+    ) -> BankWrite:
         factory = BankOperationFactory(origin)
-        await self.store.write(
+        touched = await self.store.write(
             [factory.update(line, before.get(line.op_id or "")) for line in updated]
-            + [DeleteOne({"_id": op_id}) for op_id in deleted]
+            + [DeleteOne(factory.fenced(op_id)) for op_id in deleted]
+        )
+        if touched == len(updated) + len(deleted):
+            return BankWrite()
+        # some write was refused or found nothing (rare): which, and why, from what is stored now
+        wanted = {line.op_id: bank_fields(line) for line in updated if line.op_id}
+        found = await self.store.stored_many([*wanted, *deleted])
+
+        def kept_by_another(op_id: str) -> bool:
+            doc = found[op_id]
+            rev = int(doc.get("src_rev") or 0)
+            # the same revision is another writer's decision on the same state, unless it wrote the same
+            return rev > origin.rev or (
+                rev == origin.rev and any(doc.get(k) != v for k, v in wanted[op_id].items())
+            )
+
+        return BankWrite(
+            superseded=tuple(
+                [op_id for op_id in wanted if op_id in found and kept_by_another(op_id)]
+                + [op_id for op_id in deleted if op_id in found]
+            ),
+            missing=tuple(op_id for op_id in wanted if op_id not in found),
         )
 
     async def reconcile(self, manual_id: str, match: LineMatch, label: str) -> bool:

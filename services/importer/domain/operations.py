@@ -43,12 +43,15 @@ class StoredOperation:
 
 @dataclass(frozen=True)
 class BankOrigin:
-    """Where one aggregator account's lines come from: whose they are and in which currency."""
+    """Where one aggregator account's lines come from: whose they are and in which currency; `rev` is
+    the dedup-state revision the writes make (the fencing token of the account's writers: a write never
+    replaces what a later revision wrote, see `BankWrite`)."""
 
     user_id: str
     currency: str
     akey: str
     aggregator_account_id: str
+    rev: int = 0
 
     def operation(self, line: Line, shown: Operation | None = None) -> Operation:
         """The operation a line holds, with the categorisation of `shown` (the operation as it was)."""
@@ -73,6 +76,19 @@ class BankOrigin:
 
     def stored(self, line: Line) -> StoredOperation:
         return StoredOperation(self.operation(line), self.user_id, self.aggregator_account_id)
+
+
+@dataclass(frozen=True)
+class BankWrite:
+    """What the fenced writes of changed and deleted bank operations found.
+
+    `superseded`: operations a later revision of the account's state wrote (or kept) meanwhile: this
+    writer decided on an old state (a replica that lost its partition while paused) and must decide
+    again before it announces anything. `missing`: changed operations that are not there (deleted with
+    their account meanwhile, or never written): created again only while the state has not moved."""
+
+    superseded: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

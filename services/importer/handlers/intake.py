@@ -56,7 +56,15 @@ from services.importer.domain.intake import (
     observation_of,
     problem_with,
 )
-from services.importer.domain.lines import Changes, ImportMode, ManualCandidate, Observation, Target, apply
+from services.importer.domain.lines import (
+    Changes,
+    ImportMode,
+    Line,
+    ManualCandidate,
+    Observation,
+    Target,
+    apply,
+)
 from services.importer.domain.operations import (
     BankOrigin,
     StoredOperation,
@@ -226,7 +234,7 @@ class Importer:
             stats.unchanged = len(lines)
             return stats  # a redelivery or a replay of what is known: nothing to do
 
-        await self._store(first, target, account, changes, correlation)
+        await self._store(first, target, account, changes, correlation, stored.rev + 1)
         accounts = set(stored.accounts) | {line.account_id for line in after.lines.values()}
         for account_id in sorted(accounts - stored.accounts):
             await self.accounts.add_sources(account_id, [akey])
@@ -353,11 +361,19 @@ class Importer:
     # -- storing and announcing what changed
 
     async def _store(
-        self, raw: RawLine, target: Target, account: Account, changes: Changes, correlation: dict[str, str]
+        self,
+        raw: RawLine,
+        target: Target,
+        account: Account,
+        changes: Changes,
+        correlation: dict[str, str],
+        rev: int,
     ) -> None:
-        """Writes what changed to the operations, then announces it (the state is stored after)."""
+        """Writes what changed to the operations, then announces it (the state, revision `rev`, is stored
+        after). A write a later revision superseded means this decision was made on an old state: decide
+        again (`Conflict`) rather than announce it."""
         data = raw.data
-        origin = BankOrigin(data.user_id, data.currency, target.akey, data.aggregator_account_id)
+        origin = BankOrigin(data.user_id, data.currency, target.akey, data.aggregator_account_id, rev)
         updated_ids = [line.op_id for line in changes.updated if line.op_id]
         deleted_ids = [op_id for op_id, _ in changes.deleted]
         manual_ids = [m for m, _ in (*changes.reconciled, *changes.rereconciled, *changes.unreconciled)]
@@ -372,7 +388,13 @@ class Importer:
                 await self.accounts.add_months(account_id, wanted)
         await self.operations.insert_bank(origin, changes.imported)
         async with self.op_locks.hold(*updated_ids, *deleted_ids, *manual_ids):
-            await self.operations.write_bank(origin, changes.updated, existing, deleted_ids)
+            written = await self.operations.write_bank(origin, changes.updated, existing, deleted_ids)
+            if written.superseded:
+                raise Conflict(f"{target.akey}: operations written by a later revision: {written.superseded}")
+            if written.missing:
+                await self._recreate(
+                    origin, [line for line in changes.updated if line.op_id in written.missing]
+                )
             manual_after = await self._write_reconciliations(target.akey, changes, existing)
 
         generations = await self._generations(
@@ -406,6 +428,13 @@ class Importer:
                 if manual is not None:  # else the manual operation went meanwhile (its account was deleted)
                     announcer.add(name, manual, line.txid, line_ref(target.akey, line.txid), line.version)
         await self.announcements.publish(announcer.events)
+
+    async def _recreate(self, origin: BankOrigin, lines: Sequence[Line]) -> None:
+        """Changed operations that are not there are written anew, unless the account's state has moved
+        since this decision (their deletion was a later revision's: they stay deleted)."""
+        if (await self.states.load(origin.akey)).rev != origin.rev - 1:
+            raise Conflict(f"{origin.akey}: the state moved while its operations were written")
+        await self.operations.insert_bank(origin, lines)
 
     async def _write_reconciliations(
         self, akey: str, changes: Changes, existing: Mapping[str, StoredOperation]
@@ -475,7 +504,7 @@ class Importer:
             line = held if held is not None and held.op_id is not None else None
         bank: StoredOperation | None = None
         if line is not None:
-            origin = BankOrigin(user_id, account.currency, akey, akey[len(user_id) + 1 :])
+            origin = BankOrigin(user_id, account.currency, akey, akey[len(user_id) + 1 :], stored.rev + 1)
             bank = origin.stored(line)
             await self.accounts.add_months(line.account_id, [month_of(line.date)])
             await self.operations.insert_bank(origin, [line])

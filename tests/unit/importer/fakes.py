@@ -15,6 +15,7 @@ from services.importer.domain.events import Keyed
 from services.importer.domain.lines import Line, ManualCandidate, StoredState
 from services.importer.domain.operations import (
     BankOrigin,
+    BankWrite,
     LineMatch,
     ManualEdit,
     OperationPage,
@@ -194,6 +195,7 @@ class _Stored:
     op: StoredOperation
     bank_status: str | None = None
     refused: set[str] = field(default_factory=set)
+    src_rev: int = 0
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ class MemoryOperations:
         for line in lines:
             assert line.op_id is not None
             if line.op_id not in self.stored:
-                self.stored[line.op_id] = _Stored(self._filed(origin.stored(line)))
+                self.stored[line.op_id] = _Stored(self._filed(origin.stored(line)), src_rev=origin.rev)
 
     async def write_bank(
         self,
@@ -282,19 +284,29 @@ class MemoryOperations:
         updated: Sequence[Line],
         before: Mapping[str, StoredOperation],
         deleted: Sequence[str],
-    ) -> None:
+    ) -> BankWrite:
+        superseded: list[str] = []
+        missing: list[str] = []
         for line in updated:
             assert line.op_id is not None
             current = self.stored.get(line.op_id)
+            bank = origin.operation(line).model_dump(
+                exclude={"payee", "category", "categorized_by", "transfer"}
+            )
             if current is None:
-                self.stored[line.op_id] = _Stored(self._filed(origin.stored(line)))
-            else:
-                bank = origin.operation(line).model_dump(
-                    exclude={"payee", "category", "categorized_by", "transfer"}
-                )
+                missing.append(line.op_id)
+            elif current.src_rev < origin.rev:
                 current.op = replace(current.op, operation=current.op.operation.model_copy(update=bank))
+                current.src_rev = origin.rev
+            elif current.src_rev > origin.rev or current.op.operation.model_dump(include=set(bank)) != bank:
+                superseded.append(line.op_id)
         for op_id in deleted:
-            self.stored.pop(op_id, None)
+            gone = self.stored.get(op_id)
+            if gone is not None and gone.src_rev >= origin.rev:
+                superseded.append(op_id)
+            else:
+                self.stored.pop(op_id, None)
+        return BankWrite(tuple(superseded), tuple(missing))
 
     def _match(self, manual_id: str, match: LineMatch) -> None:
         stored = self.stored[manual_id]

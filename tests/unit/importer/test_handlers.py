@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -28,7 +28,7 @@ from services.importer.adapters.mongo import (
 from services.importer.domain.accounts import Link
 from services.importer.domain.identities import auto_account_id, operation_id
 from services.importer.domain.intake import RawRecord, raw_record
-from services.importer.domain.lines import ImportMode
+from services.importer.domain.lines import ImportMode, Line, StoredState
 from services.importer.domain.operations import OperationQuery
 from services.importer.handlers.accounts import AccountService, CurrencyMismatch, UnknownAccount
 from services.importer.handlers.categorizations import Categorizations
@@ -253,6 +253,77 @@ async def test_an_older_sync_sent_again_in_the_same_batch_changes_nothing_and_is
     assert sorted(changed) == [("operation.deleted", "sync-2"), ("operation.updated", "sync-2")]
     [op] = await shown(world, user)
     assert (op.aggregator_transaction_id, op.status) == ("213", "booked")
+
+
+class StaleStates:
+    """The dedup states as a replica that read one of them long ago sees them: its first load of that
+    account returns the old state (it was paused between its read and its writes, past its session
+    timeout, while the partition's new owner moved on), later loads the store's."""
+
+    def __init__(self, states: LineStates, old: StoredState) -> None:
+        self.states = states
+        self.old: StoredState | None = old
+
+    async def load(self, akey: str) -> StoredState:
+        if self.old is not None and self.old.akey == akey:
+            old, self.old = self.old, None
+            return old
+        return await self.states.load(akey)
+
+    async def save(self, state: StoredState, user_id: str, lines: Iterable[Line], accounts: set[str]) -> bool:
+        return await self.states.save(state, user_id, lines, accounts)
+
+
+def woken_replica(world: World, old: StoredState) -> Importer:
+    """Another importer on the same stores that decides its next batch on `old`."""
+    importer = world.importer
+    return Importer(
+        StaleStates(importer.states, old),
+        importer.operations,
+        importer.accounts,
+        importer.announcements,
+        locks=KeyLocks(),
+        op_locks=KeyLocks(),
+        today=lambda: DAY,
+    )
+
+
+async def test_a_replica_that_decided_on_an_old_state_overwrites_nothing_and_announces_nothing(
+    world: World,
+) -> None:
+    user = a_user()
+    await world.importer.import_records([line(user, 221, "-30.00", pending=True)])
+    old = await world.importer.states.load(account_key(user, "7"))
+    # the partition's new owner books the line; then the paused replica wakes with an older version of it
+    booked_at, seen_at = T0 + dt.timedelta(days=2), T0 + dt.timedelta(days=1)
+    await world.importer.import_records([line(user, 221, "-31.00", sync="sync-3", at=booked_at)])
+    before = await world.announced(user)
+
+    late = await woken_replica(world, old).import_records(
+        [line(user, 221, "-30.50", pending=True, sync="sync-2", at=seen_at)]
+    )
+
+    assert late.stats.unchanged == 1, "decided again on the newer state, it finds an older version"
+    [op] = await shown(world, user)
+    assert (op.amount, op.status) == ("-31.00", "booked")
+    assert await world.announced(user) == before
+
+
+async def test_a_replica_that_decided_on_an_old_state_brings_no_deleted_operation_back(world: World) -> None:
+    user = a_user()
+    await world.importer.import_records([line(user, 231, "-9.00"), line(user, 232, "-4.00")])
+    old = await world.importer.states.load(account_key(user, "7"))
+    gone_at, seen_at = T0 + dt.timedelta(days=2), T0 + dt.timedelta(days=1)
+    await world.importer.import_records([line(user, 231, "-9.00", deleted=True, sync="sync-3", at=gone_at)])
+    before = await world.announced(user)
+
+    late = await woken_replica(world, old).import_records(
+        [line(user, 231, "-9.50", sync="sync-2", at=seen_at)]
+    )
+
+    assert late.stats.unchanged == 1
+    assert [op.aggregator_transaction_id for op in await shown(world, user)] == ["232"]
+    assert await world.announced(user) == before
 
 
 async def test_records_that_cannot_be_imported_are_rejected(world: World) -> None:
