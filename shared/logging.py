@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 
+from shared.kafka_noise import KafkaOutageLog
+
 REDACTED = "[REDACTED]"
 SECRET_KEY_PATTERN = re.compile(
     r"(pass(word)?|secret|token|authorization|auth_code|api[_-]?key|jwt|credential|cookie|iban_full)",
@@ -51,8 +53,12 @@ def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
     return event_dict
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """JSON lines on stdout; stdlib loggers (uvicorn, aiokafka, faststream) go through the same pipeline."""
+def configure_logging(service: str, level: str = "INFO") -> KafkaOutageLog:
+    """JSON lines on stdout; stdlib loggers (uvicorn, aiokafka, faststream) go through the same pipeline.
+
+    aiokafka's connection errors while Kafka is down become one warning per outage (shared.kafka_noise);
+    the filter is returned so that a service can give it its way to ask Kafka (`probe`).
+    """
     shared_processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -80,11 +86,14 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)
+    kafka_outages = KafkaOutageLog(service)
+    handler.addFilter(kafka_outages)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "pymongo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return kafka_outages
 
 
 def _add_service(service: str) -> Any:

@@ -134,9 +134,10 @@ def create_service_app(
     background: Sequence[Callable[[C], Coroutine[Any, Any, None]]] = (),
     description: str = "",
 ) -> FastAPI:
-    configure_logging(service, settings.log_level)
+    kafka_outages = configure_logging(service, settings.log_level)
     refuse_weak_secrets(service, settings)
     broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"banksync-{service}")
+    kafka_outages.probe = lambda: broker.ping(settings.readiness_timeout_s)
     mongo = make_client(settings.mongodb_url)
     vault = KeyVault(
         mongo[settings.banksync_vault_database][VAULT_COLLECTION],
@@ -253,6 +254,7 @@ async def report_consumer_lag(runtime: Runtime) -> None:
     stuck, which a figure computed inside the consumer would not show.
     """
     interval = runtime.settings.consumer_lag_interval_s
+    failing_since: float | None = None  # one warning per stretch of failures (Kafka down: one outage)
     while True:
         await asyncio.sleep(interval)
         groups = sorted(SUBSCRIPTIONS)
@@ -262,8 +264,13 @@ async def report_consumer_lag(runtime: Runtime) -> None:
             async with offset_reader(runtime.settings.kafka_bootstrap_servers, runtime.service) as kafka:
                 lags = {group: await kafka.committed_lag(group) for group in groups}
         except Exception as exc:
-            log.warning("consumer_lag_unavailable", error=f"{type(exc).__name__}: {exc}")
+            if failing_since is None:
+                failing_since = time.monotonic()
+                log.warning("consumer_lag_unavailable", error=f"{type(exc).__name__}: {exc}")
             continue
+        if failing_since is not None:
+            log.info("consumer_lag_available_again", after_s=round(time.monotonic() - failing_since, 1))
+            failing_since = None
         for group, partitions in lags.items():
             for (topic, partition), lag in partitions.items():
                 if topic in SUBSCRIPTIONS.get(group, ()):
