@@ -1,4 +1,12 @@
-"""One writer at a time per key in this process (the Locks port)."""
+"""One writer at a time per key in this process (the Locks port).
+
+Nothing across replicas rests on these locks. Between replicas, an aggregator account has one writer
+because its records are on one partition and a partition has one owner (shared.consumer.HandOver waits
+for the batch in hand before the partition moves); a replica that wakes after its partition moved is
+refused by the fencing of the writes (`src_rev`, see adapters/mongo.py); the ops' replay runs on the
+partition's owner. What the locks still do is keep this process from sending two updates of one
+document at once, which FerretDB v1 (read, change in Go, write back) could merge into one.
+"""
 
 from __future__ import annotations
 
