@@ -27,7 +27,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from harness.devstack import DEPLOY, Engines, Stack
+from harness.devstack import DEPLOY, Engines, Stack, new_user
 from harness.paging import operations_by_account
 from harness.waiting import wait_for
 from shared.contract.envelope import CloudEvent
@@ -287,6 +287,37 @@ def count_requests(stack: Stack, user: str) -> int:
 def set_faults(stack: Stack, **faults: Any) -> None:
     with stack.sandbox() as sandbox:
         sandbox.post("/sandbox/faults", json=faults).raise_for_status()
+
+
+# ---- users, their banks and what was announced ---------------------------------------------------------
+
+
+def linked(stack: Stack, prefix: str, bank: int) -> tuple[str, dict[str, Any]]:
+    user = new_user(prefix)
+    stack.entitle(user)
+    return user, stack.link_bank(user, bank_index=bank)
+
+
+def account_ids(connection: dict[str, Any], *types: str) -> list[str]:
+    return [a["aggregator_account_id"] for a in connection["accounts"] if not types or a["type"] in types]
+
+
+def select(stack: Stack, user: str, connection: dict[str, Any], accounts: list[str]) -> None:
+    """The user's choice of accounts: the first sync of each starts at once."""
+    with stack.client("connector", user) as api:
+        api.put(
+            f"/v1/users/{user}/connections/{connection['connection_id']}/accounts",
+            json={"selected": accounts},
+        ).raise_for_status()
+
+
+def announced_once(tail: TopicTail, user: str, operations: int) -> None:
+    """Every operation announced, a re-sent announcement under the same event id."""
+    imported = tail.events(OPERATIONS, user, "operation.imported")
+    assert len({e.data["operation"]["id"] for e in imported}) == operations
+    assert len({e.id for e in imported}) == operations
+    categorized = tail.events(CATEGORIZATIONS, user, "operation.categorized")
+    assert len({e.data["operation_id"] for e in categorized}) == operations
 
 
 # ---- following topics live ------------------------------------------------------------------------------

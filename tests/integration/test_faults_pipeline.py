@@ -57,10 +57,14 @@ from shared.contract.topics import (
 )
 from tests.faults import (
     TopicTail,
+    account_ids,
+    announced_once,
     bank_lines,
     faults_cleared,
+    linked,
     produce,
     run_async,
+    select,
     set_faults,
     settle,
     sync_completes,
@@ -70,34 +74,6 @@ from tests.kafka_helpers import opened, read_raw
 pytestmark = pytest.mark.engines
 
 DATABASE = "faults"
-
-
-def linked(stack: Stack, prefix: str, bank: int) -> tuple[str, dict[str, Any]]:
-    user = new_user(prefix)
-    stack.entitle(user)
-    return user, stack.link_bank(user, bank_index=bank)
-
-
-def account_ids(connection: dict[str, Any], *types: str) -> list[str]:
-    return [a["aggregator_account_id"] for a in connection["accounts"] if not types or a["type"] in types]
-
-
-def select(stack: Stack, user: str, connection: dict[str, Any], accounts: list[str]) -> None:
-    """The user's choice of accounts: the first sync of each starts at once."""
-    with stack.client("connector", user) as api:
-        api.put(
-            f"/v1/users/{user}/connections/{connection['connection_id']}/accounts",
-            json={"selected": accounts},
-        ).raise_for_status()
-
-
-def announced_once(tail: TopicTail, user: str, operations: int) -> None:
-    """Every operation announced, a re-sent announcement under the same event id."""
-    imported = tail.events(OPERATIONS, user, "operation.imported")
-    assert len({e.data["operation"]["id"] for e in imported}) == operations
-    assert len({e.id for e in imported}) == operations
-    categorized = tail.events(CATEGORIZATIONS, user, "operation.categorized")
-    assert len({e.data["operation_id"] for e in categorized}) == operations
 
 
 # ---- SIGKILL of each service in the middle of a sync ----------------------------------------------------
