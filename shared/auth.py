@@ -131,6 +131,10 @@ def decode_token(secret: str, token: str) -> Principal:
     return TokenPolicy(secret).decode(token)
 
 
+# where shared.ratelimit leaves the token it verified and its principal, so that it is verified once
+VERIFIED_TOKEN_KEY = "banksync.verified_token"
+
+
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="banksync"'})
 
@@ -142,7 +146,11 @@ async def principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("A bearer token is required.")
     policy: TokenPolicy = request.app.state.token_policy
-    found = policy.decode(credentials.credentials)
+    verified = request.scope.get(VERIFIED_TOKEN_KEY)
+    if verified is not None and verified[0] == credentials.credentials:
+        found: Principal = verified[1]
+    else:
+        found = policy.decode(credentials.credentials)
     bind_context(principal=found.subject)
     return found
 

@@ -52,6 +52,26 @@ class ServiceSettings(BaseSettings):
     max_request_body_bytes: int = Field(default=1024 * 1024, ge=1)
     # the same for the aggregator's webhooks, whose bodies carry the lines a sync changed
     max_webhook_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    # per-caller token buckets on the `/v1/` routes (shared.ratelimit), each replica its own: a user's
+    # token (by its verified subject), and a caller without a valid token (by its address)...
+    rate_limit_per_s: float = Field(default=200.0, gt=0)
+    rate_limit_burst: int = Field(default=2000, ge=1)
+    # ...and Budgetfacile's own callers: tokens with the `ops` or `billing` scope, the aggregator's
+    # webhooks (by their source address)
+    rate_limit_service_per_s: float = Field(default=2000.0, gt=0)
+    rate_limit_service_burst: int = Field(default=20000, ge=1)
+    # the buckets a replica keeps (the least recently used goes first; a full bucket is dropped anyway)
+    rate_limit_max_buckets: int = Field(default=10_000, ge=1)
+    # a request not answered within this is stopped: 503 `request_timeout` (shared.limits); above the
+    # connector's aggregator calls (60 s of retries plus one 20 s call) and the slowest export
+    request_timeout_s: float = Field(default=90.0, gt=0)
+    # uvicorn (shared.serve): an idle connection is closed after this (longer than the 60 s idle timeout of
+    # usual load balancers and httpx's 5 s, so that the server is never the side that closes a connection
+    # a client is about to reuse); at most this many connections and requests at once, past it a 503 (0:
+    # no limit); the listening socket's queue of connections not yet accepted
+    http_keep_alive_s: int = Field(default=75, ge=1)
+    http_limit_concurrency: int = Field(default=1000, ge=0)
+    http_backlog: int = Field(default=2048, ge=1)
 
     def token_policy(self) -> TokenPolicy:
         return TokenPolicy(

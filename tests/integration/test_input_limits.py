@@ -1,7 +1,8 @@
 """Hostile input on the running services (issue #17, points 5 and 7): amounts that are not exact ASCII
 decimals of their currency are 422 `invalid_amount` and store nothing; an aggregator line with more places
 than its currency goes to the DLQ with the reason; bodies past the limit are 413 `payload_too_large`
-before any route runs; free text past its field's limit is 422 `validation_error`.
+before any route runs; free text past its field's limit is 422 `validation_error`. And too many requests
+(issue #16): a token past its burst is 429 `rate_limited` with `Retry-After`, other callers still served.
 
 The importer and the categorizer run as their own processes on the real engines (Kafka + FerretDB), with
 databases and consumer groups of their own, as in test_operations_api and test_categorizer_service.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import time
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -20,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from harness.devstack import new_user
+from harness.devstack import Engines, ServiceProcess, new_user, private_consumer_groups, running_service
 from harness.waiting import wait_for
 from shared.contract.envelope import account_key
 from shared.contract.topics import DLQ, TRANSACTIONS_RAW
@@ -251,3 +254,61 @@ def test_importer_text_fields_are_bounded(importer):
         link = client.put(f"/v1/users/{user}/links/1", json={"target_account_id": "a" * 5000})
         assert_problem(link, 422, "validation_error")
         assert operations(client, path) == []
+
+
+# ---- rates ------------------------------------------------------------------------------------------------
+RATE_PER_S = 0.25  # one request back every 4 s: no refill between the steps of the test
+RATE_BURST = 5
+
+
+@pytest.fixture(scope="module")
+def limited_categorizer(engines: Engines, log_dir: Any) -> Iterator[ServiceProcess]:
+    """A categorizer whose rate limit is low enough to reach in a few requests."""
+    database = f"limited_{uuid.uuid4().hex[:6]}"
+    groups = private_consumer_groups(engines, database)
+    with running_service(
+        "services.categorizer",
+        engines,
+        log_dir,
+        MONGODB_DATABASE=database,
+        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
+        RATE_LIMIT_PER_S=str(RATE_PER_S),
+        RATE_LIMIT_BURST=str(RATE_BURST),
+    ) as proc:
+        yield proc
+
+
+def rate_limited_count(client: httpx.Client) -> float:
+    metrics = client.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("banksync_errors_total{") and 'code="rate_limited"' in line
+    )
+
+
+def test_a_token_past_its_burst_is_429_with_retry_after_and_others_are_served(limited_categorizer):
+    alice, bob = new_user("alice"), new_user("bob")
+    url = limited_categorizer.url
+    with api(url, alice) as client, api(url, alice) as alice_again, api(url, bob) as other:
+        before = rate_limited_count(client)
+        payees = f"/v1/users/{alice}/payees"
+        assert [client.get(payees).status_code for _ in range(RATE_BURST)] == [200] * RATE_BURST
+        refused = client.get(payees)
+        problem = assert_problem(refused, 429, "rate_limited")
+        retry_after = int(refused.headers["retry-after"])
+        assert 1 <= retry_after <= 1 / RATE_PER_S
+        assert problem["retry_after"] == retry_after
+        # refused before the route and before its body: a body past the size limit is not even looked at
+        preview = f"/v1/users/{alice}/categorize/preview"
+        assert_problem(client.post(preview, json={"memos": ["X" * (2 * MIB)]}), 429, "rate_limited")
+        # another token of alice's is alice: the same bucket
+        assert_problem(alice_again.get(payees), 429, "rate_limited")
+        # bob is served, and so are the health, readiness and metrics routes
+        assert other.get(f"/v1/users/{bob}/payees").status_code == 200
+        assert {client.get(path).status_code for path in ("/healthz", "/readyz", "/metrics") * 5} == {200}
+        assert rate_limited_count(client) == before + 3
+        # once Retry-After has passed, alice has one more request
+        time.sleep(retry_after)
+        assert client.get(payees).status_code == 200
+        assert_problem(client.get(payees), 429, "rate_limited")
