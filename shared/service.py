@@ -178,6 +178,8 @@ def create_service_app(
         description=description,
         lifespan=lifespan,
         dependencies=[Depends(only_known_query_parameters), Depends(plain_inputs)],
+        # what any route may answer before it runs: shed by the rate limit, or stopped by the timeout
+        responses=problem_responses(429, 503),
         docs_url=None,  # served by shared.docs, without a CDN
         redoc_url=None,
     )
