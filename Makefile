@@ -10,6 +10,7 @@ help:
 	@echo "make demo     set up everything, start the stack, run the demo journey"
 	@echo "make test     set up what is missing; lint, type checks and the whole suite on real engines"
 	@echo "make up | down | status   start, stop, report on the local stack"
+	@echo "make up REPLICAS=2   two processes of each service (replica k on port + 100*(k-1))"
 	@echo "make unit     unit tests and handler tests on in-memory fakes (seconds, no engine)"
 	@echo "make bench    benchmarks (JSON in bench/results/)"
 

@@ -13,12 +13,13 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -149,17 +150,28 @@ def ensure_dir(path: Path) -> Path:
 
 @dataclass
 class ServiceProcess:
-    """One service run as its own process, as `make up` runs it (`python -m services.<name>`)."""
+    """One service run as its own process, as `make up` runs it (`python -m services.<name>`).
+
+    Fault tests can pause it (SIGSTOP: it keeps its sockets but answers nothing and sends no heartbeat, so
+    Kafka's session timeout runs), resume it (SIGCONT), and kill it (`stop(kill=True)`: SIGKILL, nothing
+    committed, no goodbye); `start()` again runs a new process on the same port with the same environment.
+    """
 
     module: str
     port: int
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    paused: bool = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited (a paused process is running)."""
+        return self.process is not None and self.process.poll() is None
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> ServiceProcess:
         log = self.log_path.open("ab")
@@ -170,6 +182,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        self.paused = False
         log.close()
         if wait_ready:
             self.wait_until("/readyz", 200, timeout)
@@ -201,18 +214,48 @@ class ServiceProcess:
         except OSError:
             return ""
 
+    def pause(self) -> None:
+        """SIGSTOP: frozen where it stands, until `resume`."""
+        self._signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT: it goes on from where it was frozen (its group may have moved its partitions since)."""
+        self._signal(signal.SIGCONT)
+        self.paused = False
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if not self.running:
+            raise RuntimeError(f"{self.module} on port {self.port} is not running")
+        assert self.process is not None
+        self.process.send_signal(signum)
+
     def stop(self, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
+        self.request_stop(kill)
+        self.wait_stopped()
+
+    def request_stop(self, kill: bool = False) -> None:
+        """SIGTERM (SIGKILL with `kill`) without waiting for the process to end."""
+        if not self.running:
             return
+        assert self.process is not None
         if kill:
             self.process.kill()
-        else:
-            self.process.terminate()
+            return
+        if self.paused:
+            self.resume()  # a stopped process keeps a SIGTERM pending until it is continued
+        self.process.terminate()
+
+    def wait_stopped(self) -> None:
+        """Until the process has ended: 20 s after a SIGTERM, then SIGKILL."""
+        if self.process is None:
+            return
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+        self.paused = False
 
 
 @contextlib.contextmanager
@@ -276,9 +319,11 @@ class Stack:
         return self.processes[name].url
 
     def start(self, name: str, module: str, port: int | None = None, **env: str) -> ServiceProcess:
+        """The first process of a service (more of it: `add_replica`)."""
         port = port or free_port()
         if module.startswith("services.") and "ERASURES_GROUP_ID" not in env:
-            # erasure requests of this stack only, from now on (the topic holds every earlier run's)
+            # erasure requests of this stack only, from now on (the topic holds every earlier run's); one
+            # group per service, as in production (`<service>-erasures`): its replicas share it
             env["ERASURES_GROUP_ID"] = f"{name}-erasures-{self.database}"
             start_groups_at_end(self.engines, {env["ERASURES_GROUP_ID"]: ENTITLEMENTS})
         proc = ServiceProcess(
@@ -290,13 +335,58 @@ class Stack:
             proc.wait_until("/2.0/connectors", 200)
         return proc
 
+    def add_replica(self, name: str, *, wait_ready: bool = True) -> ServiceProcess:
+        """One more process of the service started as `name`, registered as `f"{name}-{k}"` (k = 2, 3...)
+        on a port of its own, with the first one's environment: the same databases and consumer groups
+        (erasures included), so the replicas split the partitions. `SERVICE_REPLICA` is k."""
+        first = self.processes[name]
+        if not first.module.startswith("services."):
+            raise ValueError(f"{name} runs {first.module}: only services run as replicas")
+        k = max((replica_number(name, key) or 1 for key in self.processes), default=1) + 1
+        port = free_port()
+        replica = f"{name}-{k}"
+        proc = ServiceProcess(
+            first.module,
+            port,
+            {**first.env, "SERVICE_REPLICA": str(k)},
+            self.log_dir / f"{replica}-{port}.log",
+        )
+        self.processes[replica] = proc
+        proc.start(wait_ready=wait_ready)
+        return proc
+
+    def replica_names(self, name: str) -> list[str]:
+        """`name` and its replicas' names, in the order they were added (stopped ones included)."""
+        numbered = sorted((k, key) for key in self.processes if (k := replica_number(name, key)) is not None)
+        return [name, *(key for _, key in numbered)]
+
+    def replicas(self, name: str) -> list[ServiceProcess]:
+        """Every process of the service started as `name`, the first one first (stopped ones included)."""
+        return [self.processes[key] for key in self.replica_names(name)]
+
+    def scale(self, names: Iterable[str], replicas: int, timeout: float = 120) -> list[ServiceProcess]:
+        """Each service of `names` brought to `replicas` processes (stopped ones count): the new ones
+        started at once, then waited for until ready. Returns the new processes."""
+        added = [
+            self.add_replica(name, wait_ready=False)
+            for name in names
+            for _ in range(replicas - len(self.replica_names(name)))
+        ]
+        for proc in added:
+            proc.wait_until("/readyz", 200, timeout)
+        return added
+
     def stop(self, name: str, kill: bool = False) -> None:
         self.processes[name].stop(kill=kill)
 
     def stop_all(self) -> None:
+        """Every process asked to stop at once, then each waited for."""
         for proc in self.processes.values():
             with contextlib.suppress(Exception):
-                proc.stop()
+                proc.request_stop()
+        for proc in self.processes.values():
+            with contextlib.suppress(Exception):
+                proc.wait_stopped()
 
     def client(self, name: str, user: str, scopes: str = "") -> httpx.Client:
         return user_client(self.url(name), user, scopes)
@@ -304,22 +394,36 @@ class Stack:
     def sandbox(self) -> httpx.Client:
         return httpx.Client(base_url=self.url("sandbox"), timeout=30)
 
-    def billing(self) -> httpx.Client:
+    def billing(self, entitlements: str = "entitlements") -> httpx.Client:
         """Entitlements as Budgetfacile's billing backend calls it (the only caller that changes plans)."""
-        return self.client("entitlements", "billing-backend", scopes="billing")
+        return self.client(entitlements, "billing-backend", scopes="billing")
 
-    def entitle(self, user: str, plan: str = "standard", auto_import: bool = True) -> None:
-        with self.billing() as api:
+    def entitle(
+        self,
+        user: str,
+        plan: str = "standard",
+        auto_import: bool = True,
+        *,
+        entitlements: str = "entitlements",
+    ) -> None:
+        with self.billing(entitlements) as api:
             if plan != "standard":
                 api.put(f"/v1/users/{user}/plan", json={"plan": plan}).raise_for_status()
             if auto_import:
                 api.post(f"/v1/users/{user}/options/auto_import").raise_for_status()
 
     def link_bank(
-        self, user: str, login: str = "demo", bank_index: int = 0, password: str = "secret-pw"
+        self,
+        user: str,
+        login: str = "demo",
+        bank_index: int = 0,
+        password: str = "secret-pw",
+        *,
+        connector: str = "connector",
     ) -> dict[str, Any]:
-        """Activation, then the webview as a browser would fill it, then the callback."""
-        with self.client("connector", user) as api:
+        """Activation (at the `connector` replica), then the webview as a browser would fill it, then the
+        callback (the sandbox's redirect URI: the first connector's)."""
+        with self.client(connector, user) as api:
             activation = api.post(f"/v1/users/{user}/sync/activate")
             activation.raise_for_status()
         linked = browse_webview(activation.json()["connect_url"], login, password, bank_index)
@@ -334,16 +438,16 @@ class Stack:
             offered.raise_for_status()
         return browse_webview(offered.json()["connect_url"], login, "new-secret-pw", None)
 
-    def select_all(self, user: str, connection: dict[str, Any]) -> list[str]:
+    def select_all(self, user: str, connection: dict[str, Any], *, connector: str = "connector") -> list[str]:
         ids = [a["aggregator_account_id"] for a in connection["accounts"]]
-        with self.client("connector", user) as api:
+        with self.client(connector, user) as api:
             api.put(
                 f"/v1/users/{user}/connections/{connection['connection_id']}/accounts", json={"selected": ids}
             ).raise_for_status()
         return ids
 
-    def sync(self, user: str) -> str:
-        with self.client("connector", user) as api:
+    def sync(self, user: str, *, connector: str = "connector") -> str:
+        with self.client(connector, user) as api:
             answer = api.post(f"/v1/users/{user}/sync")
             assert answer.status_code == 202, answer.text
             run_id: str = answer.json()["sync_run_id"]
@@ -366,6 +470,12 @@ class Stack:
             )
 
         return wait_for(lambda: self.status(user), timeout, f"run {run_id} finished", 0.3, until=finished)
+
+
+def replica_number(name: str, key: str) -> int | None:
+    """k when `key` names replica k of `name` (`f"{name}-{k}"`, k ≥ 2); None otherwise."""
+    match = re.fullmatch(rf"{re.escape(name)}-([2-9]|[1-9][0-9]+)", key)
+    return int(match.group(1)) if match else None
 
 
 def browse_webview(connect_url: str, login: str, password: str, bank_index: int | None) -> httpx.Response:
@@ -404,45 +514,54 @@ def connector_stack(
     database: str,
     *,
     common_env: dict[str, str] | None = None,
+    replicas: int = 1,
     **connector_env: str,
 ) -> Iterator[Stack]:
+    """The sandbox, entitlements and the connector; `replicas` processes of each service."""
     stack = Stack(engines, log_dir, database, env=dict(common_env or {}))
-    importer_events_group = f"connector-importer-events-{database}"
-    start_groups_at_end(engines, {importer_events_group: OPERATIONS})
     try:
-        connector_port = free_port()
-        sandbox = stack.start(
-            "sandbox",
-            "sandbox",
-            SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{connector_port}/v1/webhooks/aggregator",
-            SANDBOX_WEBHOOK_SECRET=WEBHOOK_SECRET,
-            SANDBOX_CLIENT_ID=CLIENT_ID,
-            SANDBOX_CLIENT_SECRET=CLIENT_SECRET,
-            SANDBOX_REDIRECT_URIS=f"http://127.0.0.1:{connector_port}/v1/callback",
-        )
-        stack.start("entitlements", "services.entitlements", MONGODB_DATABASE=f"{database}_ent")
-        stack.start(
-            "connector",
-            "services.connector",
-            port=connector_port,
-            MONGODB_DATABASE=f"{database}_conn",
-            AGGREGATOR_BASE_URL=sandbox.url,
-            ENTITLEMENTS_URL=stack.url("entitlements"),
-            CONNECTOR_URL=f"http://127.0.0.1:{connector_port}",
-            AGGREGATOR_WEBHOOK_SECRET=WEBHOOK_SECRET,
-            AGGREGATOR_CLIENT_ID=CLIENT_ID,
-            AGGREGATOR_CLIENT_SECRET=CLIENT_SECRET,
-            AGGREGATOR_RETRY_BUDGET_S="6",
-            AGGREGATOR_RETRY_BASE_S="0.05",
-            SYNC_WORKERS_GROUP=f"connector-sync-{database}",
-            ENTITLEMENTS_GROUP=f"connector-entitlements-{database}",
-            IMPORTER_EVENTS_GROUP=importer_events_group,
-            NIGHTLY_ENABLED="false",
-            **connector_env,
-        )
+        start_connector_side(stack, connector_env)
+        stack.scale(["entitlements", "connector"], replicas)
         yield stack
     finally:
         stack.stop_all()
+
+
+def start_connector_side(stack: Stack, connector_env: dict[str, str]) -> None:
+    """The sandbox, entitlements and the connector of `connector_stack` (one process each)."""
+    database = stack.database
+    importer_events_group = f"connector-importer-events-{database}"
+    start_groups_at_end(stack.engines, {importer_events_group: OPERATIONS})
+    connector_port = free_port()
+    sandbox = stack.start(
+        "sandbox",
+        "sandbox",
+        SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{connector_port}/v1/webhooks/aggregator",
+        SANDBOX_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        SANDBOX_CLIENT_ID=CLIENT_ID,
+        SANDBOX_CLIENT_SECRET=CLIENT_SECRET,
+        SANDBOX_REDIRECT_URIS=f"http://127.0.0.1:{connector_port}/v1/callback",
+    )
+    stack.start("entitlements", "services.entitlements", MONGODB_DATABASE=f"{database}_ent")
+    stack.start(
+        "connector",
+        "services.connector",
+        port=connector_port,
+        MONGODB_DATABASE=f"{database}_conn",
+        AGGREGATOR_BASE_URL=sandbox.url,
+        ENTITLEMENTS_URL=stack.url("entitlements"),
+        CONNECTOR_URL=f"http://127.0.0.1:{connector_port}",
+        AGGREGATOR_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        AGGREGATOR_CLIENT_ID=CLIENT_ID,
+        AGGREGATOR_CLIENT_SECRET=CLIENT_SECRET,
+        AGGREGATOR_RETRY_BUDGET_S="6",
+        AGGREGATOR_RETRY_BASE_S="0.05",
+        SYNC_WORKERS_GROUP=f"connector-sync-{database}",
+        ENTITLEMENTS_GROUP=f"connector-entitlements-{database}",
+        IMPORTER_EVENTS_GROUP=importer_events_group,
+        NIGHTLY_ENABLED="false",
+        **connector_env,
+    )
 
 
 def private_consumer_groups(engines: Engines, prefix: str) -> dict[str, str]:
@@ -491,14 +610,18 @@ def pipeline_stack(
     database: str,
     *,
     common_env: dict[str, str] | None = None,
+    replicas: int = 1,
     **connector_env: str,
 ) -> Iterator[Stack]:
-    """The whole pipeline: sandbox, entitlements, connector, importer and categorizer.
+    """The whole pipeline: sandbox, entitlements, connector, importer and categorizer, `replicas`
+    processes of each service (`Stack.replicas`; the sandbox stays single).
 
     Databases and consumer groups are private to `database`; the importer's and the categorizer's
     groups start at the topics' current ends, so earlier runs on the same Kafka are not read again.
     """
-    with connector_stack(engines, log_dir, database, common_env=common_env, **connector_env) as stack:
+    stack = Stack(engines, log_dir, database, env=dict(common_env or {}))
+    try:
+        start_connector_side(stack, connector_env)
         env = private_consumer_groups(engines, database)
         stack.start(
             "importer",
@@ -514,7 +637,11 @@ def pipeline_stack(
             MONGODB_DATABASE=f"{database}_cat",
             CATEGORIZER_GROUP_ID=env["CATEGORIZER_GROUP_ID"],
         )
+        # the replicas of the four services at once: a process joining its groups waits for their members
+        stack.scale(["entitlements", "connector", "importer", "categorizer"], replicas)
         yield stack
+    finally:
+        stack.stop_all()
 
 
 @contextlib.contextmanager

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # The whole local stack: Kafka, FerretDB, the contract's topics, and the four services.
-# usage: stack.sh up|down|status
+# usage: [REPLICAS=N] stack.sh up|down|status
 # The caller's environment passes through to every process; documented development defaults fill
 # only what is unset.
+# REPLICAS (1 to 9, default 1) runs that many processes of each service: replica 1 on the service's port
+# below with `<name>.pid` / `<name>.log`, replica k on port + 100*(k-1) with `<name>-k.pid` / `<name>-k.log`,
+# each with SERVICE_REPLICA=k. The replicas of a service share its database and consumer groups (they
+# split the partitions). The sandbox and the dashboard stay single; the sandbox's webhooks and the
+# webview's redirect go to replica 1 of the connector (production puts a load balancer there).
 source "$(dirname "$0")/lib.sh"
 
 SERVICES=(entitlements:8001 connector:8002 importer:8003 categorizer:8004)
+REPLICAS="${REPLICAS:-1}"
+[[ "$REPLICAS" =~ ^[1-9]$ ]] || { say "ERROR: REPLICAS must be 1 to 9, not '$REPLICAS'"; exit 2; }
 SANDBOX_PORT="${AGGREGATOR_SANDBOX_PORT:-8010}"
 DASHBOARD_PORT="${DASHBOARD_PORT:-8090}"
 LOG_DIR="$RUN_DIR/logs"
@@ -29,15 +36,63 @@ export SANDBOX_CLIENT_ID="${SANDBOX_CLIENT_ID:-$AGGREGATOR_CLIENT_ID}"
 export SANDBOX_CLIENT_SECRET="${SANDBOX_CLIENT_SECRET:-$AGGREGATOR_CLIENT_SECRET}"
 export SANDBOX_REDIRECT_URIS="${SANDBOX_REDIRECT_URIS:-$CONNECTOR_URL/v1/callback}"
 
-service_up() {  # service_up NAME PORT [MODULE]
-  local name="$1" port="$2" module="${3:-services.$1}" pidfile="$RUN_DIR/$1.pid"
+replica_name() {  # replica_name SERVICE K: the first replica is the service's own name, then SERVICE-K
+  if [ "$2" -eq 1 ]; then echo "$1"; else echo "$1-$2"; fi
+}
+
+replica_port() {  # replica_port BASE_PORT K
+  echo $(($1 + 100 * ($2 - 1)))
+}
+
+replica_pidfiles() {  # replica_pidfiles SERVICE: the pid files of every replica started, whatever REPLICAS is now
+  local name="$1" pidfile
+  [ -f "$RUN_DIR/$name.pid" ] && echo "$RUN_DIR/$name.pid"
+  for pidfile in "$RUN_DIR/$name"-*.pid; do
+    [[ "$pidfile" =~ -[0-9]+\.pid$ ]] && [ -f "$pidfile" ] && echo "$pidfile"
+  done
+  return 0
+}
+
+service_up() {  # service_up NAME PORT MODULE [VAR=VALUE...]: NAME names the pid and log files
+  local name="$1" port="$2" module="$3" pidfile="$RUN_DIR/$1.pid"
+  shift 3
   if pid_alive "$pidfile"; then
     say "$name already running (pid $(cat "$pidfile"))"
     return 0
   fi
   port_in_use "$port" && { say "ERROR: port $port ($name) is taken by another process"; exit 1; }
-  (cd "$ROOT" && exec "$PYTHON" -m "$module" --port "$port") >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  (cd "$ROOT" && exec env "$@" "$PYTHON" -m "$module" --port "$port") >"$LOG_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
+}
+
+each_replica() {  # each_replica COMMAND: COMMAND SERVICE NAME PORT K for every replica of every service
+  local entry k
+  for entry in "${SERVICES[@]}"; do
+    for k in $(seq 1 "$REPLICAS"); do
+      "$1" "${entry%%:*}" "$(replica_name "${entry%%:*}" "$k")" "$(replica_port "${entry##*:}" "$k")" "$k"
+    done
+  done
+}
+
+replica_up() {  # replica_up SERVICE NAME PORT K
+  service_up "$2" "$3" "services.$1" "SERVICE_REPLICA=$4"
+}
+
+replica_ready() {  # replica_ready SERVICE NAME PORT K
+  wait_ready "$2" "$3"
+}
+
+warn_extra_replicas() {  # replicas left running by an earlier `up` with a larger REPLICAS
+  local entry pidfile k
+  for entry in "${SERVICES[@]}"; do
+    while read -r pidfile; do
+      k="$(basename "$pidfile" .pid)"
+      k="${k##*-}"
+      if [[ "$k" =~ ^[0-9]+$ ]] && [ "$k" -gt "$REPLICAS" ] && pid_alive "$pidfile"; then
+        say "note: $(basename "$pidfile" .pid) is still running from an earlier up with more replicas ('make down' stops it)"
+      fi
+    done < <(replica_pidfiles "${entry%%:*}")
+  done
 }
 
 wait_ready() {  # wait_ready NAME PORT
@@ -59,12 +114,13 @@ up() {
   "$ROOT/deploy/local/ferretdb.sh" start
   "$PYTHON" "$ROOT/deploy/local/probe.py" topics "$KAFKA_BOOTSTRAP_SERVERS" --partitions "$KAFKA_TOPIC_PARTITIONS"
   service_up sandbox "$SANDBOX_PORT" sandbox
-  for entry in "${SERVICES[@]}"; do service_up "${entry%%:*}" "${entry##*:}"; done
+  each_replica replica_up
   service_up dashboard "$DASHBOARD_PORT" ops.dashboard
   wait_ready sandbox "$SANDBOX_PORT"
-  for entry in "${SERVICES[@]}"; do wait_ready "${entry%%:*}" "${entry##*:}"; done
+  each_replica replica_ready
   wait_ready dashboard "$DASHBOARD_PORT"
-  say "stack is up; logs in $LOG_DIR"
+  warn_extra_replicas
+  say "stack is up ($REPLICAS of each service); logs in $LOG_DIR"
   print_addresses
 }
 
@@ -80,31 +136,55 @@ print_addresses() {
   ops dashboard http://127.0.0.1:$DASHBOARD_PORT   (AsyncAPI: /asyncapi.json)
                 log in with an ops token: .venv/bin/python -m ops.dashboard --print-token
 TXT
+  if [ "$REPLICAS" -gt 1 ]; then
+    echo "  replica k of each service: its port + 100*(k-1) (8101-8104, 8201-8204...); make status lists them"
+  fi
 }
 
 down() {
-  for entry in "${SERVICES[@]}"; do stop_pidfile "$RUN_DIR/${entry%%:*}.pid" "${entry%%:*}"; done
+  local entry pidfile
+  # every replica that has a pid file, at once (each waits for its own process)
+  for entry in "${SERVICES[@]}"; do
+    while read -r pidfile; do
+      stop_pidfile "$pidfile" "$(basename "$pidfile" .pid)" &
+    done < <(replica_pidfiles "${entry%%:*}")
+  done
+  wait
   stop_pidfile "$RUN_DIR/sandbox.pid" "sandbox"
   stop_pidfile "$RUN_DIR/dashboard.pid" "dashboard"
   "$ROOT/deploy/local/ferretdb.sh" stop
   "$ROOT/deploy/local/kafka.sh" stop
 }
 
+process_status() {  # process_status NAME PORT: one line; fails when the process is not running
+  local name="$1" port="$2" ready
+  if pid_alive "$RUN_DIR/$name.pid"; then
+    ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)"
+    printf '%-14s running  pid %s  http://127.0.0.1:%s  readyz %s\n' "$name" "$(cat "$RUN_DIR/$name.pid")" "$port" "$ready"
+  else
+    printf '%-14s stopped\n' "$name"
+    return 3
+  fi
+}
+
 status() {
-  local rc=0
+  local rc=0 entry k top pidfile
   "$ROOT/deploy/local/kafka.sh" status || rc=3
   "$ROOT/deploy/local/ferretdb.sh" status || rc=3
-  for entry in "sandbox:$SANDBOX_PORT" "${SERVICES[@]}" "dashboard:$DASHBOARD_PORT"; do
-    local name="${entry%%:*}" port="${entry##*:}"
-    if pid_alive "$RUN_DIR/$name.pid"; then
-      local ready
-      ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)"
-      printf '%-12s running  pid %s  http://127.0.0.1:%s  readyz %s\n' "$name" "$(cat "$RUN_DIR/$name.pid")" "$port" "$ready"
-    else
-      printf '%-12s stopped\n' "$name"
-      rc=3
-    fi
+  process_status sandbox "$SANDBOX_PORT" || rc=3
+  for entry in "${SERVICES[@]}"; do
+    # REPLICAS of each, and any further replica that has a pid file
+    top="$REPLICAS"
+    while read -r pidfile; do
+      k="$(basename "$pidfile" .pid)"
+      k="${k##*-}"
+      [[ "$k" =~ ^[0-9]+$ ]] && [ "$k" -gt "$top" ] && top="$k"
+    done < <(replica_pidfiles "${entry%%:*}")
+    for k in $(seq 1 "$top"); do
+      process_status "$(replica_name "${entry%%:*}" "$k")" "$(replica_port "${entry##*:}" "$k")" || rc=3
+    done
   done
+  process_status dashboard "$DASHBOARD_PORT" || rc=3
   return $rc
 }
 
