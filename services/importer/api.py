@@ -29,7 +29,8 @@ from services.importer.handlers.accounts import (
     UnknownOperation,
 )
 from services.importer.handlers.intake import OperationRefused
-from services.importer.replay import ReplayRun, Replays
+from services.importer.ports import ReplayState, ReplayStatus
+from services.importer.replay import ReplayNotRequested, Replays
 from shared.auth import OpsPrincipal, UserPrincipal
 from shared.contract.payloads import AppAccount, Operation
 from shared.logging import get_logger
@@ -183,7 +184,9 @@ class ReplayIn(BaseModel):
 
 class ReplayView(BaseModel):
     replay_id: str
-    status: Literal["running", "succeeded", "failed"]
+    status: Literal["running", "succeeded", "failed"] = Field(
+        description="`running` until it ends (`state` says whether it has started)"
+    )
     user_id: str
     aggregator_account_id: str
     since: dt.date | None
@@ -191,6 +194,16 @@ class ReplayView(BaseModel):
     total: int | None = Field(default=None, description="Records of the partition to read")
     result: dict[str, Any] | None = None
     error: str | None = None
+    state: ReplayState = Field(
+        default="requested",
+        description="`requested`: published on the account's partition, which its importer has not "
+        "reached yet; then `running`, `succeeded` or `failed`",
+    )
+    requested_at: dt.datetime | None = None
+    started_at: dt.datetime | None = Field(default=None, description="When its latest run started")
+    finished_at: dt.datetime | None = None
+    runner: str | None = Field(default=None, description="The importer process that runs or ran it")
+    attempts: int = Field(default=0, description="Runs started (a request read again runs again)")
 
 
 def account_out(view: AppAccount) -> AccountView:
@@ -206,17 +219,23 @@ def link_out(link: Link) -> LinkView:
     )
 
 
-def replay_out(run: ReplayRun) -> ReplayView:
+def replay_out(status: ReplayStatus) -> ReplayView:
     return ReplayView(
-        replay_id=run.replay_id,
-        status=run.status,
-        user_id=run.user_id,
-        aggregator_account_id=run.aggregator_account_id,
-        since=run.since,
-        processed=run.processed,
-        total=run.total,
-        result=run.result,
-        error=run.error,
+        replay_id=status.replay_id,
+        status="running" if status.state == "requested" else status.state,
+        user_id=status.user_id,
+        aggregator_account_id=status.aggregator_account_id,
+        since=status.since,
+        processed=status.processed,
+        total=status.total,
+        result=dict(status.result) if status.result is not None else None,
+        error=status.error,
+        state=status.state,
+        requested_at=status.requested_at,
+        started_at=status.started_at,
+        finished_at=status.finished_at,
+        runner=status.runner,
+        attempts=status.attempts,
     )
 
 
@@ -601,20 +620,31 @@ def replays_of(request: Request) -> Replays:
     return components(request, ImporterComponents).replays
 
 
-@ops.post("/replay", response_model=ReplayView, status_code=202)
+@ops.post("/replay", response_model=ReplayView, status_code=202, responses=problem_responses(503))
 async def start_replay(
-    body: ReplayIn, response: Response, _: OpsPrincipal, replays: Annotated[Replays, Depends(replays_of)]
+    body: ReplayIn,
+    request: Request,
+    response: Response,
+    _: OpsPrincipal,
+    replays: Annotated[Replays, Depends(replays_of)],
 ) -> ReplayView:
-    run = replays.start(body.user_id, body.aggregator_account_id, body.since)
-    response.headers["Location"] = f"/v1/ops/replays/{quote(run.replay_id, safe='')}"
-    return replay_out(run)
+    """Publishes the request on the account's partition of the raw topic; the importer that owns the
+    partition runs it in order with the account's lines. Its status is the same on every replica."""
+    try:
+        status = await replays.request(
+            body.user_id, body.aggregator_account_id, body.since, correlation_id_of(request)
+        )
+    except ReplayNotRequested as exc:
+        raise Problem(503, "replay_not_requested", str(exc)) from None
+    response.headers["Location"] = f"/v1/ops/replays/{quote(status.replay_id, safe='')}"
+    return replay_out(status)
 
 
 @ops.get("/replays/{replay_id}", response_model=ReplayView, responses=problem_responses(404))
 async def get_replay(
     replay_id: str, _: OpsPrincipal, replays: Annotated[Replays, Depends(replays_of)]
 ) -> ReplayView:
-    run = replays.view(replay_id)
-    if run is None:
-        raise Problem(404, "unknown_replay", f"No replay {replay_id!r} in this process.")
-    return replay_out(run)
+    status = await replays.view(replay_id)
+    if status is None:
+        raise Problem(404, "unknown_replay", f"No replay {replay_id!r}.")
+    return replay_out(status)

@@ -1,5 +1,6 @@
 """The importer's composition root: the adapters (MongoDB stores, Kafka announcements, the process's
-locks), the handlers over them, its three consumers, the API and replays."""
+locks), the handlers over them, its three consumers, the API and replays (requested by the API, run by
+the raw consumer that owns the account's partition, their status in MongoDB)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from services.importer.adapters.mongo import (
     OperationStore,
     StateStore,
 )
+from services.importer.adapters.replays import KafkaReplayRequests, MongoReplayStatuses
 from services.importer.api import ops, users
 from services.importer.components import ImporterComponents
 from services.importer.consumers import (
@@ -28,7 +30,7 @@ from services.importer.handlers.accounts import AccountService
 from services.importer.handlers.categorizations import Categorizations
 from services.importer.handlers.details import AccountDetails
 from services.importer.handlers.intake import Importer
-from services.importer.replay import Replays
+from services.importer.replay import ReplayRunner, Replays, kafka_partition_replay
 from shared.consumer import TopicConsumer
 from shared.contract.catalog import (
     IMPORTER_CATEGORIZATIONS_GROUP,
@@ -40,6 +42,7 @@ from shared.contract.catalog import (
 from shared.contract.payloads import OperationCategorized
 from shared.contract.topics import CATEGORIZATIONS, CONNECTIONS, TRANSACTIONS_RAW
 from shared.erasure import subscribe_erasures
+from shared.kafka import EventPublisher
 from shared.logging import get_logger
 from shared.service import Runtime, create_service_app
 from shared.settings import ServiceSettings
@@ -82,7 +85,12 @@ async def wire(runtime: Runtime) -> ImporterComponents:
     # the gauge of accounts in balance alarm holds from the start, not from the first account that changes
     await importer.recount_gaps()
 
-    raw_handler = RawConsumerHandler(importer)
+    replay_statuses = MongoReplayStatuses(runtime.db)
+    await replay_statuses.create_indexes()
+    replay_runner = ReplayRunner(
+        replay_statuses, kafka_partition_replay(importer, settings.kafka_bootstrap_servers, runtime.sealer)
+    )
+    raw_handler = RawConsumerHandler(importer, replay_runner)
     raw = TopicConsumer(
         runtime.broker,
         SERVICE,
@@ -116,16 +124,15 @@ async def wire(runtime: Runtime) -> ImporterComponents:
         sealer=runtime.sealer,
     )
     discovered.subscribe(settings.importer_connections_group_id)
-    subscribe_erasures(runtime, ImporterEraser(runtime.db).erase_user)
-    return ImporterComponents(
-        importer,
-        AccountService(importer),
-        Replays(importer, settings.kafka_bootstrap_servers, runtime.sealer),
-    )
+    eraser = ImporterEraser(runtime.db)
 
+    async def erase_user(user_id: str) -> int:
+        return await eraser.erase_user(user_id) + await replay_statuses.erase_user(user_id)
 
-async def stop_replays(components: ImporterComponents) -> None:
-    await components.replays.stop()
+    subscribe_erasures(runtime, erase_user)
+    # a replay request carries no bank data: published in clear (see services.importer.adapters.replays)
+    requests = KafkaReplayRequests(EventPublisher(runtime.broker, SERVICE))
+    return ImporterComponents(importer, AccountService(importer), Replays(replay_statuses, requests))
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -134,6 +141,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         settings or ImporterSettings(),
         routers=[users, ops],
         wire=wire,
-        on_shutdown=[stop_replays],
         description="Deduplication, account mapping and operations.",
     )

@@ -1,15 +1,16 @@
 """What the importer's handlers need from the world, over typed records: its stores (the dedup state of
-aggregator accounts, app accounts, operations, categorisation sheets), the announcement of events, and
-one writer at a time per key in this process. `adapters/` implements them on MongoDB and Kafka;
-tests/unit/importer/fakes.py in memory."""
+aggregator accounts, app accounts, operations, categorisation sheets, replay statuses), the announcement
+of events and replay requests, and one writer at a time per key in this process. `adapters/` implements
+them on MongoDB and Kafka; tests/unit/importer/fakes.py in memory."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Literal, Protocol
 
 from services.importer.domain.accounts import Account, AccountNaming, BankAccountDetails, Link
 from services.importer.domain.balances import BalanceStored
@@ -24,7 +25,7 @@ from services.importer.domain.operations import (
     OperationQuery,
     StoredOperation,
 )
-from shared.contract.payloads import Bank, OperationCategorized
+from shared.contract.payloads import Bank, OperationCategorized, ReplayRequested
 
 
 class LineStates(Protocol):
@@ -204,3 +205,75 @@ class Locks(Protocol):
     """One holder at a time per key in this process; several keys are taken in order."""
 
     def hold(self, *keys: str) -> AbstractAsyncContextManager[None]: ...
+
+
+ReplayState = Literal["requested", "running", "succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class ReplayStatus:
+    """How one replay request goes: `requested` (published, its partition's owner has not reached it),
+    `running` (by `runner`, the `attempts`-th run), then `succeeded` (with `result`) or `failed` (`error`).
+    `processed` of `total`: offsets of the partition read so far, of those to read."""
+
+    replay_id: str
+    user_id: str
+    aggregator_account_id: str
+    since: dt.date | None
+    state: ReplayState = "requested"
+    requested_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    processed: int = 0
+    total: int | None = None
+    result: Mapping[str, object] | None = None
+    error: str | None = None
+    # the process that runs or ran it (`<host>:<pid>`), and where its request record is
+    runner: str | None = None
+    attempts: int = 0
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True)
+class ReplayClaim:
+    """One run of a replay request: `run` fences the status updates (a run another one took over from
+    stops writing the status), `runner` says which process."""
+
+    run: str
+    runner: str
+    partition: int
+    offset: int
+    at: dt.datetime
+
+
+class ReplayStatuses(Protocol):
+    """The status of every replay request, one document each, which any replica reads."""
+
+    async def requested(self, status: ReplayStatus) -> bool:
+        """Records a new request; False when one with its id is there already."""
+        ...
+
+    async def get(self, replay_id: str) -> ReplayStatus | None: ...
+
+    async def claim(self, request: ReplayRequested, claim: ReplayClaim) -> ReplayStatus | None:
+        """Marks the request `running` by `claim` (created if missing, attempts + 1), unless it
+        succeeded: then None, and nothing changes."""
+        ...
+
+    async def progress(self, replay_id: str, run: str, processed: int, total: int | None) -> bool:
+        """False when another run has taken the request over."""
+        ...
+
+    async def finish(self, replay_id: str, run: str | None, outcome: ReplayStatus) -> bool:
+        """Stores the end of `run` (None: of a request no run has claimed) from `outcome` (state,
+        finished_at, counts, result, error); False when another run holds the request."""
+        ...
+
+    async def erase_user(self, user_id: str) -> int: ...
+
+
+class ReplayRequests(Protocol):
+    """Publishes `replay.requested` on banksync.transactions.raw.v1, keyed by the account."""
+
+    async def publish(self, request: ReplayRequested, correlation_id: str) -> None: ...

@@ -4,23 +4,36 @@ The raw topic is the source of truth for what the bank said. Everything about on
 is keyed `<user>:<aggregator account>`, so it sits on one partition: the one the producer's default
 partitioner chose (murmur2 of the key, as Kafka's and aiokafka's `DefaultPartitioner`). A replay reads
 only that partition, from its start or from the first record at or after a date (`offsets_for_times`),
-up to the end it had when the replay began, keeps the records of that key, and imports them in
-batches like the consumer does (lines, and the balances of `account.synced` in their order). The import
-is idempotent: what is already known changes nothing, what was deleted (an app account deleted by its
-user) comes back, balance checks included (a revived account fixes its opening balance again).
+up to an end, keeps the records of that key, and imports them in batches like the consumer does (lines,
+and the balances of `account.synced` in their order). The import is idempotent: what is already known
+changes nothing, what was deleted (an app account deleted by its user) comes back, balance checks
+included (a revived account fixes its opening balance again).
 
-`replay_account(settings, ...)` is the same thing as a function for an ops command: it opens its own
-Kafka and MongoDB clients and runs in the caller's process. `Replays` runs them in the service's own
-process, for the API (`POST /v1/ops/replay`), and keeps how they went.
+Two ways in:
+- The API (`POST /v1/ops/replay`, `Replays`, any replica) records the request's status in MongoDB and
+  publishes `replay.requested` keyed by the account, so it lands on the account's partition. The raw
+  consumer that owns that partition meets it in order with the lines (`ReplayRunner`, called from
+  `services.importer.consumers`) and replays the partition up to the request's own offset: everything
+  after it is consumed as usual afterwards. So the account has one writer at a time, the partition's
+  owner, and the status (`GET /v1/ops/replays/{id}`) is the same on every replica. A request read again
+  (a crash, a rebalance: at-least-once) runs again unless it succeeded; each run claims the status with a
+  token of its own, and a run whose token was replaced (its partition moved to another replica, which
+  claimed it) stops at its next progress write.
+- `replay_account(settings, ...)` is the same replay as a function for an ops command (`banksync replay
+  --direct`): it opens its own Kafka and MongoDB clients and runs in the caller's process, up to the
+  partition's end, beside whatever consumer runs: it is for when the importers are stopped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
+import os
+import socket
+import time
 import uuid
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -31,8 +44,11 @@ from services.importer.adapters.locks import KeyLocks
 from services.importer.adapters.mongo import AccountStore, MongoOperations, OperationStore, StateStore
 from services.importer.domain.intake import ImportStats, RawRecord, raw_record
 from services.importer.handlers.intake import Importer
-from shared.contract.catalog import IMPORTER_RAW_READS
+from services.importer.ports import ReplayClaim, ReplayRequests, ReplayStatus, ReplayStatuses
+from shared.consumer import TRANSIENT_ERRORS
+from shared.contract.catalog import IMPORTER_RAW_LINE_READS
 from shared.contract.envelope import CloudEvent, account_key
+from shared.contract.payloads import ReplayRequested
 from shared.contract.topics import TRANSACTIONS_RAW
 from shared.kafka import EventPublisher, make_broker, topic_partitions
 from shared.logging import get_logger
@@ -44,6 +60,12 @@ log = get_logger(__name__)
 BATCH = 500
 # offsets without a record (transaction markers) must not make a replay wait forever
 MAX_IDLE_POLLS = 10
+# how often a running replay writes its progress to its status (and learns whether it was taken over)
+PROGRESS_EVERY_S = 2.0
+# a request read this long after it was made is not run: a consumer group reset to the earliest offset, or
+# a new deployment reading the topic from its start, must not run again every replay of 400 days
+REQUEST_EXPIRES_AFTER = dt.timedelta(days=1)
+REQUEST = "replay.requested"
 
 
 @dataclass
@@ -56,6 +78,7 @@ class ReplayResult:
     end_offset: int = 0
     position: int = 0
     records_read: int = 0
+    # the account's records in the range (its replay requests aside)
     records_matched: int = 0
     records_rejected: int = 0
     # records of an erased user: their key is gone, they are skipped (shared.vault)
@@ -82,6 +105,9 @@ class ReplayResult:
         return data
 
 
+Progress = Callable[[ReplayResult], Awaitable[None]]
+
+
 def partition_for(key: str, partitions: list[int]) -> int:
     """The partition the producers' default partitioner puts `key` on."""
     ordered = sorted(partitions)
@@ -94,7 +120,7 @@ def _parse(opened: CloudEvent | Exception, key: str) -> RawRecord | None:
     if isinstance(opened, Exception):
         return None
     try:
-        model = IMPORTER_RAW_READS.get(opened.name)
+        model = IMPORTER_RAW_LINE_READS.get(opened.name)
         if model is None:
             return None
         return raw_record(opened, model.model_validate(opened.data), key)
@@ -127,8 +153,13 @@ async def replay_into(
     batch: int = BATCH,
     result: ReplayResult | None = None,
     sealer: EventSealer | None = None,
+    partition: int | None = None,
+    end_offset: int | None = None,
+    on_progress: Progress | None = None,
 ) -> ReplayResult:
-    """Replays into `importer`; `result` (updated as it goes) lets a caller follow the progress."""
+    """Replays into `importer`; `result` (updated as it goes) and `on_progress` (awaited after each read)
+    let a caller follow the progress. `partition` (default: the key's) is read up to `end_offset`
+    (exclusive; default: its end when the replay begins)."""
     key = account_key(user_id, aggregator_account_id)
     result = result or ReplayResult(user_id, aggregator_account_id, since)
     consumer = AIOKafkaConsumer(
@@ -140,17 +171,21 @@ async def replay_into(
     )
     await consumer.start()
     try:
-        partitions = await topic_partitions(bootstrap_servers, topic)
-        tp = TopicPartition(topic, partition_for(key, partitions))
+        if partition is None:
+            partition = partition_for(key, await topic_partitions(bootstrap_servers, topic))
+        tp = TopicPartition(topic, partition)
         result.partition = tp.partition
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
+        if end_offset is not None:
+            end = min(end, end_offset)
         if since is None:
             start = (await consumer.beginning_offsets([tp]))[tp]
         else:
             moment = dt.datetime.combine(since, dt.time(), tzinfo=dt.UTC)
             found = (await consumer.offsets_for_times({tp: int(moment.timestamp() * 1000)}))[tp]
             start = found.offset if found is not None else end
+        start = min(start, end)
         result.start_offset, result.end_offset = start, end
         result.position = start
         consumer.seek(tp, start)
@@ -163,15 +198,17 @@ async def replay_into(
             idle_polls = 0 if records else idle_polls + 1
             values: list[bytes | None] = []
             for record in records:
-                position = result.position = record.offset + 1
                 if record.offset >= end:
+                    position = result.position = end
                     break
+                position = result.position = record.offset + 1
                 result.records_read += 1
-                if record.key is None or record.key.decode(errors="replace") != key:
-                    continue
-                result.records_matched += 1
-                values.append(record.value)
+                if record.key is not None and record.key.decode(errors="replace") == key:
+                    values.append(record.value)
             for opened in await _opened(sealer, topic, values):
+                if isinstance(opened, CloudEvent) and opened.name == REQUEST:
+                    continue  # an earlier replay request of the account: nothing the bank said
+                result.records_matched += 1
                 if isinstance(opened, Shredded):
                     result.records_shredded += 1
                     continue
@@ -185,6 +222,8 @@ async def replay_into(
             if len(pending) >= batch or (position >= end and pending):
                 await _import(importer, pending, result)
                 pending = []
+            if on_progress is not None:
+                await on_progress(result)
         if pending:
             await _import(importer, pending, result)
     finally:
@@ -234,74 +273,214 @@ async def replay_account(
         await mongo.close()
 
 
-@dataclass
-class ReplayRun:
-    """A replay started in this process, and how it went."""
+# ---- replays requested through the API, run by the partition's owner ----------------------------------
 
-    replay_id: str
-    user_id: str
-    aggregator_account_id: str
-    since: dt.date | None
-    status: Literal["running", "succeeded", "failed"] = "running"
-    processed: int = 0  # records of the partition read so far
-    total: int | None = None  # records of the partition to read (None: not known yet)
-    result: dict[str, Any] | None = None
-    error: str | None = None
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def this_process() -> str:
+    """`<host>:<pid>`: the replica a replay ran on (a pod's host name is the pod's)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ReplayNotRequested(Exception):
+    """The request could not be published: nothing will run it (its status says failed)."""
 
 
 class Replays:
-    """Replays started through the API in this process, and how they ended (the last `KEEP`)."""
+    """The API's side: records a request's status, publishes it, and reads statuses (any replica)."""
 
-    KEEP = 100
+    def __init__(
+        self,
+        statuses: ReplayStatuses,
+        requests: ReplayRequests,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self.statuses = statuses
+        self.requests = requests
+        self.clock = clock
 
-    def __init__(self, importer: Importer, bootstrap_servers: str, sealer: EventSealer) -> None:
-        self.importer = importer
-        self.bootstrap_servers = bootstrap_servers
-        self.sealer = sealer
-        self.runs: dict[str, ReplayRun] = {}
-        self.running: dict[str, ReplayResult] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def start(self, user_id: str, aggregator_account_id: str, since: dt.date | None) -> ReplayRun:
-        replay_id = str(uuid.uuid4())
-        run = ReplayRun(replay_id, user_id, aggregator_account_id, since)
-        self.runs[replay_id] = run
-        for old in [k for k, v in self.runs.items() if v.status != "running"][: -self.KEEP]:
-            del self.runs[old]  # the finished ones beyond the last KEEP
-        task = asyncio.create_task(self._run(run), name=f"replay-{replay_id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return run
-
-    def view(self, replay_id: str) -> ReplayRun | None:
-        run = self.runs.get(replay_id)
-        live = self.running.get(replay_id)
-        if run is not None and live is not None:
-            run.processed, run.total = live.processed, live.total if live.partition >= 0 else None
-        return run
-
-    async def _run(self, run: ReplayRun) -> None:
-        live = self.running[run.replay_id] = ReplayResult(run.user_id, run.aggregator_account_id, run.since)
+    async def request(
+        self, user_id: str, aggregator_account_id: str, since: dt.date | None, correlation_id: str
+    ) -> ReplayStatus:
+        now = self.clock()
+        status = ReplayStatus(str(uuid.uuid4()), user_id, aggregator_account_id, since, requested_at=now)
+        await self.statuses.requested(status)
+        request = ReplayRequested(
+            replay_id=status.replay_id,
+            user_id=user_id,
+            aggregator_account_id=aggregator_account_id,
+            since=since,
+            requested_at=now,
+        )
         try:
-            await replay_into(
-                self.importer,
-                self.bootstrap_servers,
-                run.user_id,
-                run.aggregator_account_id,
-                run.since,
-                result=live,
-                sealer=self.sealer,
-            )
+            await self.requests.publish(request, correlation_id)
         except Exception as exc:
-            log.exception("replay_failed", replay_id=run.replay_id)
-            run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
-        else:
-            run.status, run.result = "succeeded", live.as_dict()
-        finally:
-            run.processed, run.total = live.processed, live.total
-            del self.running[run.replay_id]
+            error = f"the request could not be published: {type(exc).__name__}: {exc}"
+            log.error("replay_not_requested", replay_id=status.replay_id, error=error)
+            # unless a run claimed it meanwhile (the record was written after all)
+            await self.statuses.finish(
+                status.replay_id, None, replace(status, state="failed", finished_at=self.clock(), error=error)
+            )
+            raise ReplayNotRequested(error) from exc
+        log.info(
+            "replay_requested",
+            replay_id=status.replay_id,
+            user_id=user_id,
+            aggregator_account_id=aggregator_account_id,
+            since=since.isoformat() if since else None,
+        )
+        return status
 
-    async def stop(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+    async def view(self, replay_id: str) -> ReplayStatus | None:
+        return await self.statuses.get(replay_id)
+
+
+class PartitionReplay(Protocol):
+    """Replays the request's account from `partition`, up to `end_offset` (exclusive), into `result`."""
+
+    async def __call__(
+        self,
+        request: ReplayRequested,
+        partition: int,
+        end_offset: int,
+        result: ReplayResult,
+        on_progress: Progress,
+    ) -> ReplayResult: ...
+
+
+def kafka_partition_replay(
+    importer: Importer, bootstrap_servers: str, sealer: EventSealer
+) -> PartitionReplay:
+    """`replay_into` the consumer's own importer, reading the raw topic with a consumer of its own."""
+
+    async def replay(
+        request: ReplayRequested,
+        partition: int,
+        end_offset: int,
+        result: ReplayResult,
+        on_progress: Progress,
+    ) -> ReplayResult:
+        return await replay_into(
+            importer,
+            bootstrap_servers,
+            request.user_id,
+            request.aggregator_account_id,
+            request.since,
+            result=result,
+            sealer=sealer,
+            partition=partition,
+            end_offset=end_offset,
+            on_progress=on_progress,
+        )
+
+    return replay
+
+
+class ReplayTakenOver(Exception):
+    """Another run claimed the request (its partition moved to another replica): this one stops."""
+
+
+def request_problem(request: ReplayRequested, event_user: str, key: str) -> str | None:
+    """Why a valid `replay.requested` record still cannot run (it goes to the DLQ), or None."""
+    expected = account_key(request.user_id, request.aggregator_account_id)
+    if key != expected:
+        return f"key {key!r} is not <user>:<aggregator account> {expected!r}"
+    if event_user != request.user_id:
+        return f"event user {event_user!r} differs from data user {request.user_id!r}"
+    return None
+
+
+class ReplayRunner:
+    """The raw consumer's side: runs a replay request where it lies in its partition, and keeps its
+    status. Errors of the engines (TRANSIENT_ERRORS) go up, so the consumer retries the batch and the
+    request with it; any other error ends the run `failed`. A request read more than `expires_after`
+    after it was made is not run: `failed` (expired) if it has a status that did not succeed, nothing
+    at all if it has none (nothing of an erased user comes back)."""
+
+    def __init__(
+        self,
+        statuses: ReplayStatuses,
+        replay: PartitionReplay,
+        *,
+        runner: str | None = None,
+        progress_every_s: float = PROGRESS_EVERY_S,
+        expires_after: dt.timedelta = REQUEST_EXPIRES_AFTER,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self.statuses = statuses
+        self.replay = replay
+        self.runner = runner or this_process()
+        self.progress_every_s = progress_every_s
+        self.expires_after = expires_after
+        self.clock = clock
+
+    async def run(self, request: ReplayRequested, partition: int, offset: int) -> ReplayStatus | None:
+        """The run's end; None when there was nothing to run (it had succeeded, or expired without a
+        status) or another run took it."""
+        context = {"replay_id": request.replay_id, "partition": partition, "offset": offset}
+        claim = ReplayClaim(uuid.uuid4().hex, self.runner, partition, offset, self.clock())
+        late = claim.at - request.requested_at
+        if late > self.expires_after:
+            return await self._expire(request, claim, late, context)
+        claimed = await self.statuses.claim(request, claim)
+        if claimed is None:
+            log.info("replay_already_succeeded", **context)
+            return None
+        log.info("replay_started", attempt=claimed.attempts, runner=self.runner, **context)
+        result = ReplayResult(request.user_id, request.aggregator_account_id, request.since)
+        written_at = time.monotonic()
+
+        async def progress(now: ReplayResult) -> None:
+            nonlocal written_at
+            if time.monotonic() - written_at < self.progress_every_s:
+                return
+            written_at = time.monotonic()
+            if not await self.statuses.progress(request.replay_id, claim.run, now.processed, now.total):
+                raise ReplayTakenOver(request.replay_id)
+
+        try:
+            await self.replay(request, partition, offset, result, progress)
+        except ReplayTakenOver:
+            log.warning("replay_taken_over", **context)
+            return None
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("replay_failed", **context)
+            outcome = replace(
+                claimed,
+                state="failed",
+                finished_at=self.clock(),
+                processed=result.processed,
+                total=result.total if result.partition >= 0 else None,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        else:
+            outcome = replace(
+                claimed,
+                state="succeeded",
+                finished_at=self.clock(),
+                processed=result.processed,
+                total=result.total,
+                result=result.as_dict(),
+            )
+        if not await self.statuses.finish(request.replay_id, claim.run, outcome):
+            log.warning("replay_taken_over", **context)
+            return None
+        return outcome
+
+    async def _expire(
+        self, request: ReplayRequested, claim: ReplayClaim, late: dt.timedelta, context: dict[str, Any]
+    ) -> ReplayStatus | None:
+        log.warning("replay_request_expired", late_s=round(late.total_seconds()), **context)
+        if await self.statuses.get(request.replay_id) is None:
+            return None
+        claimed = await self.statuses.claim(request, claim)
+        if claimed is None:
+            return None
+        error = f"expired: read {late} after it was requested (more than {self.expires_after}); ask again"
+        outcome = replace(claimed, state="failed", finished_at=self.clock(), error=error)
+        return outcome if await self.statuses.finish(request.replay_id, claim.run, outcome) else None

@@ -25,6 +25,7 @@ from shared.contract.payloads import (
     OperationCategorized,
     OperationEvent,
     Payload,
+    ReplayRequested,
     SyncFailed,
     SyncRequested,
     SyncStarted,
@@ -55,9 +56,15 @@ IMPORTER_CONNECTIONS_GROUP = "importer-connections"
 CATEGORIZER_GROUP = "categorizer"
 
 # What each consumer validates `data` with, by event name (events it does not name it leaves alone).
-IMPORTER_RAW_READS: dict[str, type[Payload]] = {
+# the bank's records of the raw topic (lines, and the balance after them): what a replay imports again
+IMPORTER_RAW_LINE_READS: dict[str, type[Payload]] = {
     "transaction.observed": TransactionObserved,
     "account.synced": AccountSynced,
+}
+# the importer's raw consumer: the bank's records, and the replays to run in order with them
+IMPORTER_RAW_READS: dict[str, type[Payload]] = {
+    **IMPORTER_RAW_LINE_READS,
+    "replay.requested": ReplayRequested,
 }
 IMPORTER_CONNECTION_READS: dict[str, type[Payload]] = {"account.discovered": AccountDiscovered}
 CATEGORIZER_OPERATION_READS: dict[str, type[Payload]] = {
@@ -78,6 +85,8 @@ CONNECTOR_OPERATION_READS: dict[str, type[Payload]] = {
 class EventDoc:
     name: str
     model: type[Payload]
+    # who writes it, where not the topic's producer
+    producer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,10 +180,13 @@ CATALOG: tuple[TopicDoc, ...] = (
         "connector",
         "What the bank said, line by line, as the aggregator sent it, and after the lines of each account's "
         "successful sync its balance (`account.synced`): the source of truth for replay (kept at least "
-        "400 days).",
+        "400 days). The importer's API adds `replay.requested` (ops asks to rebuild one account, not "
+        "sealed): on the account's partition, the importer that owns it runs the replay in order with the "
+        "lines.",
         (
             EventDoc("transaction.observed", TransactionObserved),
             EventDoc("account.synced", AccountSynced),
+            EventDoc("replay.requested", ReplayRequested, producer="importer"),
         ),
         (reads("importer", IMPORTER_GROUP, IMPORTER_RAW_READS),),
     ),

@@ -99,6 +99,21 @@ class AccountSynced(FromAccountSync):
         return None if value is None else to_amount(value)
 
 
+class ReplayRequested(Payload):
+    """`replay.requested` on banksync.transactions.raw.v1, written by the importer's API: ops asks to
+    rebuild one aggregator account from this topic. Keyed `<user id>:<aggregator account id>` like the
+    account's lines, it lands on their partition: the importer that owns the partition reads it in order
+    with them and imports again the account's records from the partition's start (or from the first
+    record at or after `since`) up to this record; what comes after it is consumed as usual. Its status is
+    `GET /v1/ops/replays/{replay_id}` on any importer. It carries no bank data: its `data` is not sealed."""
+
+    replay_id: str = Field(min_length=1, max_length=200)
+    user_id: str = Field(min_length=1)
+    aggregator_account_id: str = Field(min_length=1)
+    since: dt.date | None = None
+    requested_at: dt.datetime
+
+
 class AccountDeleted(Payload):
     """`account.deleted` on banksync.operations.v1: the user deleted an app account and its operations (a
     replay or a re-sync brings a synced one back, as a new generation; the connector re-imports the bank

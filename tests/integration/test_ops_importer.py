@@ -124,7 +124,10 @@ async def test_replay_restores_one_account_and_leaves_the_others(engines, import
     env = engines.service_env(IMPORTER_URL=importer.url)
     code, out, err = await banksync("replay", "--user", user, "--account", "r1", env=env)
     assert code == 0, err
-    assert json.loads(out)  # the importer's answer, as JSON
+    final = json.loads(out)  # the replay's status, followed until it ended
+    assert (final["status"], final["state"], final["attempts"]) == ("succeeded", "succeeded", 1)
+    assert (final["result"]["records_matched"], final["result"]["stats"]["imported"]) == (6, 6)
+    assert final["runner"]  # the importer that owns the account's partition ran it
     after = await asyncio.to_thread(wait_operations, importer, user, {"r1": 6, "r2": 3})
     assert sorted(o["aggregator_transaction_id"] for o in after["r1"]) == sorted(
         o["aggregator_transaction_id"] for o in before["r1"]

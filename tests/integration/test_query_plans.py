@@ -61,6 +61,7 @@ from services.categorizer.adapters.mongo import (
 from services.connector.adapters.mongo import ConnectorRepository
 from services.entitlements.adapters.mongo import EntitlementsRepository
 from services.importer.adapters.mongo import AccountStore, OperationStore
+from services.importer.adapters.replays import MongoReplayStatuses
 from shared.mongo import POINT_READS_UP_TO, find_by_ids, make_client
 from shared.text import search_keys
 
@@ -233,6 +234,21 @@ def importer_docs() -> dict[str, list[Doc]]:
         ],
         # one marker per one-off migration done (a handful in life; as many as make a scan mean something)
         "migrations": [{"_id": f"migration-{n}", "at": NOW} for n in range(MIN_ROWS)],
+        # replay requests of ops: a few a day, kept (as many as make a scan mean something)
+        "replays": [
+            {
+                "_id": f"replay-{u:04d}",
+                "user_id": user(u),
+                "aggregator_account_id": agg_account(u, 0),
+                "since": None,
+                "status": "succeeded",
+                "requested_at": NOW,
+                "run": f"run-{u:04d}",
+                "runner": "importer-0:1",
+                "attempts": 1,
+            }
+            for u in range(USERS)
+        ],
         "aggregator_accounts": [
             {
                 "_id": akey(u, a),
@@ -1113,6 +1129,34 @@ SHAPES: tuple[Shape, ...] = (
         {"user_id": user(U)},
     ),
     Shape(
+        "importer/adapters/replays.py:MongoReplayStatuses.get, claim (what it claims)",
+        IMP,
+        "replays",
+        "find_one",
+        {"_id": f"replay-{U:04d}"},
+    ),
+    Shape(
+        "importer/adapters/replays.py:MongoReplayStatuses.claim (guarded on the status and run it read)",
+        IMP,
+        "replays",
+        "update_one",
+        {"_id": f"replay-{U:04d}", "status": "running", "run": f"run-{U:04d}"},
+    ),
+    Shape(
+        "importer/adapters/replays.py:MongoReplayStatuses.progress, finish (fenced on the run)",
+        IMP,
+        "replays",
+        "update_one",
+        {"_id": f"replay-{U:04d}", "run": f"run-{U:04d}"},
+    ),
+    Shape(
+        "importer/adapters/replays.py:MongoReplayStatuses.erase_user",
+        IMP,
+        "replays",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
         "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
         CAT,
         "categorizer_transfers",
@@ -1244,6 +1288,7 @@ async def store(engines: Engines) -> AsyncIterator[Store]:
         # the services' own index definitions, as their apps create them at start-up
         await OperationStore(built.db(IMP)).create_indexes()
         await AccountStore(built.db(IMP)).create_indexes()
+        await MongoReplayStatuses(built.db(IMP)).create_indexes()
         await RuleSetRepository(built.db(CAT)).create_indexes()
         await OperationsRepository(built.db(CAT)).create_indexes()
         await TransferRepository(built.db(CAT)).create_indexes()

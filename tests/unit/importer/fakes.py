@@ -26,7 +26,8 @@ from services.importer.domain.operations import (
     reconciled,
     released,
 )
-from shared.contract.payloads import Bank, CategorizedBy, OperationCategorized
+from services.importer.ports import ReplayClaim, ReplayStatus
+from shared.contract.payloads import Bank, CategorizedBy, OperationCategorized, ReplayRequested
 from shared.money import format_amount
 from shared.periods import month_of
 from shared.text import words_of
@@ -458,3 +459,89 @@ class MemoryAnnouncements:
 
     async def publish(self, events: Sequence[Keyed]) -> None:
         self.published.extend(events)
+
+
+class MemoryReplayStatuses:
+    """ReplayStatuses: one ReplayStatus per replay id, with the run that holds it."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, ReplayStatus] = {}
+        self.runs: dict[str, str | None] = {}
+
+    async def requested(self, status: ReplayStatus) -> bool:
+        if status.replay_id in self.statuses:
+            return False
+        self.statuses[status.replay_id] = status
+        self.runs[status.replay_id] = None
+        return True
+
+    async def get(self, replay_id: str) -> ReplayStatus | None:
+        return self.statuses.get(replay_id)
+
+    async def claim(self, request: ReplayRequested, claim: ReplayClaim) -> ReplayStatus | None:
+        found = self.statuses.get(request.replay_id) or ReplayStatus(
+            request.replay_id,
+            request.user_id,
+            request.aggregator_account_id,
+            request.since,
+            requested_at=request.requested_at,
+        )
+        if found.state == "succeeded":
+            return None
+        claimed = replace(
+            found,
+            state="running",
+            runner=claim.runner,
+            started_at=claim.at,
+            finished_at=None,
+            processed=0,
+            total=None,
+            result=None,
+            error=None,
+            partition=claim.partition,
+            offset=claim.offset,
+            attempts=found.attempts + 1,
+        )
+        self.statuses[request.replay_id] = claimed
+        self.runs[request.replay_id] = claim.run
+        return claimed
+
+    async def progress(self, replay_id: str, run: str, processed: int, total: int | None) -> bool:
+        if replay_id not in self.statuses or self.runs.get(replay_id) != run:
+            return False
+        self.statuses[replay_id] = replace(self.statuses[replay_id], processed=processed, total=total)
+        return True
+
+    async def finish(self, replay_id: str, run: str | None, outcome: ReplayStatus) -> bool:
+        if replay_id not in self.statuses or self.runs.get(replay_id) != run:
+            return False
+        self.statuses[replay_id] = replace(
+            self.statuses[replay_id],
+            state=outcome.state,
+            finished_at=outcome.finished_at,
+            processed=outcome.processed,
+            total=outcome.total,
+            result=outcome.result,
+            error=outcome.error,
+        )
+        return True
+
+    async def erase_user(self, user_id: str) -> int:
+        gone = [k for k, status in self.statuses.items() if status.user_id == user_id]
+        for replay_id in gone:
+            del self.statuses[replay_id]
+            del self.runs[replay_id]
+        return len(gone)
+
+
+class MemoryReplayRequests:
+    """ReplayRequests: what was published, with its correlation id; `fail` makes the next publish fail."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[ReplayRequested, str]] = []
+        self.fail: Exception | None = None
+
+    async def publish(self, request: ReplayRequested, correlation_id: str) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.published.append((request, correlation_id))

@@ -39,9 +39,19 @@ from services.importer.domain.intake import (
 from services.importer.handlers.intake import Importer
 from services.importer.replay import _parse
 from shared.consumer import TopicConsumer
-from shared.contract.catalog import CATEGORIZER_OPERATION_READS, IMPORTER_RAW_READS, topic_doc
+from shared.contract.catalog import (
+    CATEGORIZER_OPERATION_READS,
+    IMPORTER_RAW_LINE_READS,
+    IMPORTER_RAW_READS,
+    topic_doc,
+)
 from shared.contract.envelope import CloudEvent
-from shared.contract.payloads import AccountBalanceChecked, AccountSynced, TransactionObserved
+from shared.contract.payloads import (
+    AccountBalanceChecked,
+    AccountSynced,
+    ReplayRequested,
+    TransactionObserved,
+)
 from shared.contract.topics import OPERATIONS, TRANSACTIONS_RAW
 from tests.importer_support import Txn, raw_event, synced_event
 
@@ -265,8 +275,10 @@ def test_a_balance_record_reports_cents_and_its_time():
     assert balance(balance=None).report().balance_cents is None
 
 
-def test_the_replay_and_the_consumer_read_the_same_two_types():
-    assert set(IMPORTER_RAW_READS) == {"transaction.observed", "account.synced"}
+def test_the_replay_imports_the_two_types_the_consumer_imports():
+    assert set(IMPORTER_RAW_LINE_READS) == {"transaction.observed", "account.synced"}
+    # the consumer also reads the replay requests, which it runs and never imports
+    assert {**IMPORTER_RAW_LINE_READS, "replay.requested": ReplayRequested} == IMPORTER_RAW_READS
     importer_reads = topic_doc(TRANSACTIONS_RAW).consumers[0]
     assert dict(importer_reads.models) == IMPORTER_RAW_READS
     line = raw_event("u1", "bnp", Txn(1, "7", dt.date(2026, 10, 5), Decimal("-1.00"), "CB X", "X"))
@@ -275,6 +287,11 @@ def test_the_replay_and_the_consumer_read_the_same_two_types():
     assert isinstance(_parse(synced, "u1:7"), RawBalance)
     other = CloudEvent.new(service="connector", name="sync.started", data={}, user_id="u1", correlation_id="")
     assert _parse(other, "u1:7") is None
+    asked = {"replay_id": "r1", "user_id": "u1", "aggregator_account_id": "7", "requested_at": T0.isoformat()}
+    request = CloudEvent.new(
+        service="importer", name="replay.requested", data=asked, user_id="u1", correlation_id=""
+    )
+    assert _parse(request, "u1:7") is None
 
 
 def test_the_check_event_restates_one_account_sync_and_life_and_is_what_the_catalog_says():
