@@ -4,10 +4,16 @@ Entitlements destroys the user's data key (shared.vault) and publishes `user.era
 service consumes it here, forgets the key it may have cached, removes every document of the user it
 holds (its own `erase_user`), and answers `user.erased` with its name and how many documents went.
 Running it twice is harmless: a second request finds nothing left and answers again.
+
+With several replicas, only the one that consumes the request forgets the key at once; the others hold it
+in their cache for up to `KeyVault.CACHE_TTL_S` and may still import the user's records already in flight.
+So the removal runs once more after that time (`SECOND_SWEEP_S`), in the background: what such a replica
+wrote meanwhile goes too. A process stopped before its second sweep leaves that window open.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -17,9 +23,20 @@ from shared.contract.payloads import UserErased, UserErasureRequested
 from shared.contract.topics import ENTITLEMENTS
 from shared.logging import get_logger
 from shared.service import Runtime
+from shared.vault import KeyVault
 
 log = get_logger(__name__)
 EraseUser = Callable[[str], Awaitable[int]]
+
+SECOND_SWEEP_S = KeyVault.CACHE_TTL_S + 5
+_sweeps: set[asyncio.Task[None]] = set()
+
+
+async def sweep_again(erase_user: EraseUser, user_id: str, erase_id: str, after_s: float) -> None:
+    """The user's documents removed once more, once every replica's cached key has expired."""
+    await asyncio.sleep(after_s)
+    documents = await erase_user(user_id)
+    log.info("user_erased_second_sweep", user_id=user_id, erase_id=erase_id, documents=documents)
 
 
 def erased_event(
@@ -65,6 +82,11 @@ def subscribe_erasures(runtime: Runtime, erase_user: EraseUser) -> None:
                 request.user_id,
                 erased_event(service, request, documents, incoming.event.correlationid),
             )
+            sweep = asyncio.create_task(
+                sweep_again(erase_user, request.user_id, request.erase_id, SECOND_SWEEP_S)
+            )
+            _sweeps.add(sweep)
+            sweep.add_done_callback(_sweeps.discard)
 
     TopicConsumer(
         runtime.broker,

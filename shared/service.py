@@ -137,7 +137,8 @@ def create_service_app(
 ) -> FastAPI:
     kafka_outages = configure_logging(service, settings.log_level)
     refuse_weak_secrets(service, settings)
-    broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"banksync-{service}")
+    replica = "" if settings.service_replica == 1 else f"-{settings.service_replica}"
+    broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"banksync-{service}{replica}")
     kafka_outages.probe = lambda: broker.ping(settings.readiness_timeout_s)
     mongo = make_client(settings.mongodb_url)
     vault = KeyVault(

@@ -44,6 +44,9 @@ class ServiceSettings(BaseSettings):
     categorizer_url: str = "http://localhost:8004"
     kafka_topic_partitions: int = Field(default=6, ge=1)
     log_level: str = "INFO"
+    # which process of the service this is (deploy/local/stack.sh and the harness set it): it names the
+    # process's Kafka clients (`banksync-<service>-<k>`), so that Kafka's group listings tell replicas apart
+    service_replica: int = Field(default=1, ge=1)
     # how long /readyz waits for each engine before it answers 503
     readiness_timeout_s: float = 2.0
     # how often /metrics' consumer lag is read from the broker

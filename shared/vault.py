@@ -24,8 +24,9 @@ import binascii
 import hashlib
 import json
 import os
+import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,14 +83,27 @@ def _unb64(text: str) -> bytes:
 
 
 class KeyVault:
-    """The users' data keys, with a bounded cache (keys never change; an erasure is told by `forget`)."""
+    """The users' data keys, with a bounded cache.
+
+    Keys never change, but an erasure destroys one, and only the replica that handles the erasure is told
+    (`forget`): every other replica reads its cached keys again after `CACHE_TTL_S`, so a key destroyed
+    elsewhere stops opening and sealing records here within that time (see shared.erasure's second sweep).
+    """
 
     CACHED_KEYS = 100_000
+    CACHE_TTL_S = 30.0
 
-    def __init__(self, collection: AsyncCollection[Doc], token_key_b64: str) -> None:
+    def __init__(
+        self,
+        collection: AsyncCollection[Doc],
+        token_key_b64: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.coll = collection
         self.wrapping = KeyWrapping(token_key_b64)
-        self._cache: OrderedDict[str, UserKey] = OrderedDict()
+        self.clock = clock
+        self._cache: OrderedDict[str, tuple[UserKey, float]] = OrderedDict()
 
     # -- reading and creating
 
@@ -150,17 +164,18 @@ class KeyVault:
     def _cached(self, user_ids: Iterable[str]) -> tuple[dict[str, UserKey], set[str]]:
         found: dict[str, UserKey] = {}
         missing: set[str] = set()
+        fresh_since = self.clock() - self.CACHE_TTL_S
         for user in user_ids:
-            key = self._cache.get(user)
-            if key is None:
+            cached = self._cache.get(user)
+            if cached is None or cached[1] < fresh_since:
                 missing.add(user)
             else:
                 self._cache.move_to_end(user)
-                found[user] = key
+                found[user] = cached[0]
         return found, missing
 
     def _remember(self, key: UserKey) -> UserKey:
-        self._cache[key.user_id] = key
+        self._cache[key.user_id] = (key, self.clock())
         self._cache.move_to_end(key.user_id)
         while len(self._cache) > self.CACHED_KEYS:
             self._cache.popitem(last=False)

@@ -145,7 +145,8 @@ def test_every_replica_is_a_member_of_its_services_groups_and_they_split_the_par
     found = stable_memberships(stack)
     for service, groups in service_groups(stack.database).items():
         for group in groups:
-            assert found[group].client_ids == {f"banksync-{service}"}, found[group]
+            # each replica's clients say which replica it is (SERVICE_REPLICA)
+            assert found[group].client_ids == {f"banksync-{service}", f"banksync-{service}-2"}, found[group]
             shares = [len(p) for p in found[group].partitions_by_member.values()]
             assert max(shares) - min(shares) <= 1, f"{group}: {found[group].partitions_by_member}"
     # replicas share their service's groups: no group of a replica's own (erasures included)

@@ -137,6 +137,22 @@ async def test_an_erased_user_is_shredded_and_never_gets_a_new_key():
     assert "wrapped" not in keys.docs["frank"]
 
 
+async def test_a_key_destroyed_by_another_replica_stops_working_here_after_the_cache_ttl():
+    keys = FakeKeys()
+    now = [1000.0]
+    here = KeyVault(keys, DEV_TOKEN_KEY, clock=lambda: now[0])  # type: ignore[arg-type]
+    elsewhere = KeyVault(keys, DEV_TOKEN_KEY)  # type: ignore[arg-type]
+    sealer = EventSealer(here, "test")
+    [value] = await sealer.encode_many(TRANSACTIONS_RAW, [event("heidi")])
+    await elsewhere.destroy("heidi")  # the erasure is handled by the other replica
+    now[0] += KeyVault.CACHE_TTL_S / 2
+    assert isinstance((await sealer.open_many(TRANSACTIONS_RAW, [value]))[0], CloudEvent), "still cached"
+    now[0] += KeyVault.CACHE_TTL_S
+    [opened] = await sealer.open_many(TRANSACTIONS_RAW, [value])
+    assert isinstance(opened, Shredded)
+    assert await sealer.encode_many(TRANSACTIONS_RAW, [event("heidi")]) == [None]
+
+
 async def test_a_tampered_or_moved_payload_is_a_bad_record_not_a_shredded_one():
     keys_vault, _ = vault()
     key = (await keys_vault.for_writing(["henri"]))["henri"]
