@@ -177,7 +177,10 @@ class TopicConsumer:
         *,
         max_records: int = 500,
         auto_offset_reset: Literal["latest", "earliest", "none"] = "earliest",
+        max_poll_interval_s: float = 300,
     ) -> None:
+        """`max_poll_interval_s`: how long one batch may take before Kafka gives the partitions to another
+        member (a process that stops answering at all is noticed sooner, by the session timeout)."""
         SUBSCRIPTIONS.setdefault(group_id, set()).add(self.topic)
         hand_over = HandOver(self.service, self.topic, group_id)
 
@@ -200,6 +203,7 @@ class TopicConsumer:
             max_records=max_records,
             batch_timeout_ms=200,
             auto_offset_reset=auto_offset_reset,
+            max_poll_interval_ms=int(max_poll_interval_s * 1000),
             ack_policy=AckPolicy.MANUAL,
             # raw values through: faststream's own decoding (by content-type) would raise on a poison
             # record before this wrapper sees it, and the batch would be redelivered forever

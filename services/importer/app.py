@@ -57,6 +57,9 @@ class ImporterSettings(ServiceSettings):
     importer_categorizations_group_id: str = IMPORTER_CATEGORIZATIONS_GROUP
     importer_connections_group_id: str = IMPORTER_CONNECTIONS_GROUP
     importer_max_records: int = Field(default=500, ge=1, le=10_000)
+    # how long a batch of the raw topic may take (one that holds a replay request lasts as long as the
+    # replay: about 46,000 records of the partition a second) before Kafka moves its partitions
+    importer_max_batch_s: float = Field(default=1800, gt=0)
     # results are written a sheet (an account's month) at a time: the larger the batch, the fewer writes
     importer_categorizations_max_records: int = Field(default=2_000, ge=1, le=10_000)
 
@@ -100,7 +103,12 @@ async def wire(runtime: Runtime) -> ImporterComponents:
         sealer=runtime.sealer,
     )
     raw_handler.dead_letter = raw.dead_letter
-    raw.subscribe(settings.importer_group_id, max_records=settings.importer_max_records)
+    raw.subscribe(
+        settings.importer_group_id,
+        max_records=settings.importer_max_records,
+        # a replay request is handled inside its batch: the batch lasts as long as the replay
+        max_poll_interval_s=settings.importer_max_batch_s,
+    )
 
     categorized = TopicConsumer(
         runtime.broker,
