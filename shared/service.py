@@ -166,10 +166,12 @@ def create_service_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # the consumers first: a batch in hand still has the publishers and clients the hooks close
+            # (closed under it, it would fail and be dead-lettered instead of handed over)
+            await broker.stop()
             if wire is not None:
                 for hook in on_shutdown:
                     await hook(wired)
-            await broker.stop()
             await mongo.close()
             log.info("service_stopped")
 

@@ -24,6 +24,7 @@ from services.categorizer.domain.rules import (
 )
 from services.categorizer.handlers import CategorizerHandlers
 from services.categorizer.handlers.corrections import OperationNotFound
+from services.categorizer.ports import ConcurrentUpdate
 from shared.auth import Principal, UserPrincipal, principal
 from shared.problems import Problem, problem_responses
 from shared.service import components, correlation_id_of
@@ -164,11 +165,23 @@ def problem_of(error: RuleError) -> Problem:
     return Problem(error.status, error.code, str(error))
 
 
+def busy() -> Problem:
+    """Another replica kept the user's rules (or the operation's choice) for longer than a change waits."""
+    return Problem(
+        409,
+        "concurrent_update",
+        "Another change of these rules is being saved: try again.",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _change(handlers: CategorizerHandlers, user_id: str, request: Request, command: Any) -> Any:
     try:
         _, answer = await handlers.rules.change(user_id, command, correlation_id_of(request))
     except RuleError as error:
         raise problem_of(error) from None
+    except ConcurrentUpdate:
+        raise busy() from None
     return answer
 
 
@@ -202,6 +215,8 @@ async def post_user_category(
         )
     except RuleError as error:
         raise problem_of(error) from None
+    except ConcurrentUpdate:
+        raise busy() from None
     return {"id": category.id, "label": category.label, "parent": category.parent}
 
 
@@ -235,6 +250,8 @@ async def get_payee(user_id: str, payee_id: str, _: UserPrincipal, handlers: Han
         return payee_view(ruleset.payee(payee_id))
     except RuleError as error:
         raise problem_of(error) from None
+    except ConcurrentUpdate:
+        raise busy() from None
 
 
 @router.put(
@@ -294,6 +311,8 @@ async def correct_operation(
         )
     except RuleError as error:
         raise problem_of(error) from None
+    except ConcurrentUpdate:
+        raise busy() from None
     except OperationNotFound:
         raise Problem(
             404, "unknown_operation", f"No operation {operation_id!r} is known for this user."

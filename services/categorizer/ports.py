@@ -2,9 +2,11 @@
 
 - `RuleSets`: one rule set per user, changed with compare-and-set on its version, with the payees of
   every version since its past operations were last re-examined (`StoredRules`) and whether a
-  re-examination is pending.
+  re-examination is pending; the lease a re-examination of a user's past operations holds
+  (`reexamining`: one replica at a time).
 - `Projection`: what this service knows of each operation (`Projected`), written as what each event
-  or decision says of it (`Seen`, results, choices, deletions).
+  or decision says of it (`Seen`, results, choices, deletions), and the numbers of the user's choices
+  (`next_choice`: claimed, never two alike).
 - `Transfers`: the operations whose wording is a transfer's (`StoredLeg`) and the links between them,
   with the lease a pairing of a user's legs holds (`pairing`).
 - `Categorizations`: the announce port, `operation.categorized` on banksync.categorizations.v1.
@@ -36,7 +38,19 @@ def operation_key(user_id: str, operation_id: str) -> str:
 
 
 class ConcurrentUpdate(Exception):
-    """Too many writers raced on one user's rules."""
+    """Too many writers raced on one user's rules (or on one operation's choice number)."""
+
+
+class LeaseLost(Exception):
+    """Another replica took over a lease this process held (it stalled past the lease's end): stop."""
+
+
+class Hold(Protocol):
+    """A lease this process holds."""
+
+    async def keep(self) -> None:
+        """Renews it; LeaseLost when another holder has it now."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -192,6 +206,11 @@ class RuleSets(Protocol):
         """The correlation id of the last change of the user's rules."""
         ...
 
+    def reexamining(self, user_id: str) -> AbstractAsyncContextManager[Hold | None]:
+        """Held while the user's past operations are re-examined: one replica at a time (None: another
+        one is at it now)."""
+        ...
+
 
 class Projection(Protocol):
     async def get(self, user_id: str, operation_id: str) -> Projected | None: ...
@@ -223,6 +242,11 @@ class Projection(Protocol):
         seen: tuple[int, Categorization] | None = None,
     ) -> None:
         """The user's choice (`manual`), or none any more (then `seen`: the rules' version and result)."""
+        ...
+
+    async def next_choice(self, op: Projected, at: datetime) -> int:
+        """The operation's next choice number (above `op.choice`), claimed: two corrections of one
+        operation made at once (on two replicas) never get the same, so the later number wins."""
         ...
 
     async def delete(

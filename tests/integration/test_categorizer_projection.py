@@ -1,6 +1,8 @@
 """The categorizer's projection in month sheets, on the real engine: each write adds entries, entries of
-an operation apply in the order written, deletions stick, a moved operation is where it was written
-last, a long sheet folds into one document, and operations kept one document each are adopted."""
+an operation apply in the order written (except the user's choice and the rules' result, ranked by
+choice number and rules version whatever order writers from several replicas land in), deletions
+stick, a moved operation is where it was written last, a long sheet folds into one document, and
+operations kept one document each are adopted."""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ async def test_corrections_and_catch_up_add_to_what_is_there(projection: Operati
     assert op is not None
     assert op.manual is None
     # the same instant for every write: the process's own order still decides
-    await projection.set_manual(op, MANUAL, T0)
+    await projection.set_choice(op, MANUAL, op.choice + 1, T0)
     await projection.set_seen_version([(seen("a"), 3, Categorization())], T0)
     after = await projection.get(USER, "a")
     assert after is not None
@@ -156,3 +158,58 @@ async def test_deleting_an_account_deletes_its_sheets_only(projection: Operation
     await projection.write_seen([seen("a"), Seen(USER, "z", "other", "CB", "", 1, RULE, None, "2026-11")], T0)
     assert await projection.delete_account(USER, "acc") == 1
     assert [op.operation_id async for op in projection.of_user(USER)] == ["z"]
+
+
+OTHER = Categorization("p2", "Chez Pierre", "loisirs", "manual", None)
+
+
+async def test_a_choice_read_before_a_correction_never_comes_back(projection: OperationsRepository) -> None:
+    """What the user chose is ranked by its number, not by which write lands last: a batch of another
+    replica (or one that lost its partition, or whose clock is behind) restating what it read before a
+    correction never brings the older choice back, before a fold or after it."""
+    await projection.write_seen([seen("a")], T0)
+    op = await projection.get(USER, "a")
+    assert op is not None
+    await projection.set_choice(op, MANUAL, 1, T0 + timedelta(seconds=1))
+    # a batch that read the operation before the correction: no choice of its own, written later
+    await projection.write_seen([seen("a", memo="CB CARREFOUR 2")], T0 + timedelta(seconds=2))
+    # one that read the importer's older manual choice (number 0), written later still
+    restated = replace(seen("a", memo="CB CARREFOUR 2", version=None), manual=OTHER, choice=0)
+    await projection.write_seen([restated], T0 + timedelta(seconds=3))
+    now = await projection.get(USER, "a")
+    assert now is not None
+    assert (now.manual, now.choice, now.memo) == (MANUAL, 1, "CB CARREFOUR 2")
+    # forgotten (number 2): a batch restating choice 1, written after, does not bring it back either
+    await projection.set_choice(now, None, 2, T0 + timedelta(seconds=4), seen=(5, RULE))
+    await projection.write_seen(
+        [replace(seen("a", memo="CB CARREFOUR 2", version=None), manual=MANUAL, choice=1)],
+        T0 + timedelta(seconds=5),
+    )
+    for _ in range(2):
+        after = await projection.get(USER, "a")
+        assert after is not None
+        assert (after.manual, after.choice, after.seen_version) == (None, 2, 5)
+        await projection.sheets.fold(projection_sheet(USER, "acc", "2026-11"))
+
+
+async def test_an_older_rules_result_written_later_does_not_replace_a_newer_one(
+    projection: OperationsRepository,
+) -> None:
+    """The rules' result kept is the newest rules version's (as the importer ranks them), whichever write
+    lands last; among equals, the later one (a memo that changed)."""
+    await projection.write_seen([seen("a", version=3)], T0 + timedelta(seconds=1))
+    # a pairing on another replica that read version 2 writes its result after
+    op = await projection.get(USER, "a")
+    assert op is not None
+    await projection.set_results([(op, 2, Categorization())], T0 + timedelta(seconds=2))
+    # written earlier (a clock behind), arriving after a fold: still ranked
+    await projection.sheets.fold(projection_sheet(USER, "acc", "2026-11"))
+    await projection.write_seen([seen("a", version=1)], T0)
+    after = await projection.get(USER, "a")
+    assert after is not None
+    assert (after.seen_version, after.result) == (3, RULE)
+    await projection.write_seen([seen("a", memo="CB CARREFOUR CITY", version=3)], T0 + timedelta(seconds=3))
+    await projection.set_results([(after, 3, Categorization())], T0 + timedelta(seconds=4))
+    last = await projection.get(USER, "a")
+    assert last is not None
+    assert (last.seen_version, last.result, last.memo) == (3, Categorization(), "CB CARREFOUR CITY")

@@ -298,6 +298,28 @@ def categorizer_docs() -> dict[str, list[Doc]]:
             }
             for u, a, n in lines(MIRRORED_PER_ACCOUNT)
         ],
+        # choice numbers claimed by corrections (one an account here; a few per corrected operation)
+        "categorizer_choices": [
+            {
+                "_id": f"{user(u)}:{op_id(u, a, 0)}:1",
+                "user_id": user(u),
+                "account_id": account(u, a),
+                "at": NOW,
+            }
+            for u, a in accounts()
+        ],
+        # leases of rule writes, pairings and re-examinations (let go when done: a few live at a time)
+        "categorizer_leases": [
+            {"_id": f"{kind}:{user(u)}", "holder": f"holder-{u}", "claimed_at": NOW, "expires_at": NOW}
+            for u in range(USERS)
+            for kind in ("rules", "pairing")
+        ],
+        # one per take-over of a lease that ended (after a crash)
+        "categorizer_lease_takeovers": [
+            {"_id": f"rules:{user(u)}|holder-{u}|{n}|0", "lease": f"rules:{user(u)}", "at": NOW}
+            for u in range(USERS)
+            for n in range(2)
+        ],
         # what is left of the projection kept one document each, before the sheets (adopt_legacy)
         "categorizer_operations": [
             {
@@ -383,6 +405,12 @@ def connector_docs() -> dict[str, list[Doc]]:
                 "expires_at": NOW + dt.timedelta(minutes=(u % 3 - 1) * 10),
             }
             for u in range(USERS)
+        ],
+        # one per take-over of a run's lease that ended (after a crash)
+        "active_run_takeovers": [
+            {"_id": f"{connection(u)}|run-{u}|{n}|0", "lease": connection(u), "at": NOW}
+            for u in range(USERS)
+            for n in range(2)
         ],
         "entitlement_projection": [
             {"_id": user(u), "plan": "premium", "options": [], "entitled": True, "version": 3}
@@ -840,6 +868,43 @@ SHAPES: tuple[Shape, ...] = (
         "delete_many",
         {"user_id": user(U), "account_id": account(U, A)},
     ),
+    Shape(
+        "categorizer/adapters/mongo.py:OperationsRepository.delete_account (index by_user: the account's "
+        "choice numbers)",
+        CAT,
+        "categorizer_choices",
+        "delete_many",
+        {"user_id": user(U), "account_id": account(U, A)},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._settle, release (categorizer/adapters/mongo.py:"
+        "CategorizerLeases.held, if_free; LeaseHold.keep: a user's `rules:`, `pairing:` or `reexamine:`)",
+        CAT,
+        "categorizer_leases",
+        "find_one",
+        {"_id": f"rules:{user(U)}"},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._settle, release (the holder renews or lets go its live lease)",
+        CAT,
+        "categorizer_leases",
+        "update_one/delete_one",
+        {"_id": f"rules:{user(U)}", "holder": f"holder-{U}"},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._replace (the winner of a lease instance's ticket replaces it)",
+        CAT,
+        "categorizer_leases",
+        "update_one/delete_one",
+        {"_id": f"rules:{user(U)}", "holder": f"holder-{U}", "expires_at": NOW},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._replace (a ticket another writer holds: when it was taken)",
+        CAT,
+        "categorizer_lease_takeovers",
+        "find_one",
+        {"_id": f"rules:{user(U)}|holder-{U}|0|0"},
+    ),
     # -- connector: services/connector/adapters/mongo.py
     Shape(
         "connector/adapters/mongo.py:ConnectorRepository.aggregator_user, save_aggregator_user",
@@ -942,20 +1007,33 @@ SHAPES: tuple[Shape, ...] = (
         {"account": akey(U, A)},
     ),
     Shape(
-        "connector/adapters/mongo.py:ConnectorRepository._take_run (claim_run, claim_runs, renew_run: renew "
-        "the run's own lease or take an expired one; the $or is evaluated on the `_id` row)",
-        CON,
-        "active_runs",
-        "update_one",
-        {"_id": connection(U), "$or": [{"run_id": f"run-{U}"}, {"expires_at": {"$lt": NOW}}]},
-    ),
-    Shape(
-        "connector/adapters/mongo.py:ConnectorRepository._run_holder (claim_run, claim_runs, renew_run: the "
-        "holder)",
+        "shared/leases.py:LeaseStore._settle, release (a lease by name: connector/adapters/mongo.py:"
+        "ConnectorRepository.claim_run, claim_runs, renew_run, release_run)",
         CON,
         "active_runs",
         "find_one",
         {"_id": connection(U)},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._settle, release (the holder renews or lets go its live lease)",
+        CON,
+        "active_runs",
+        "update_one/delete_one",
+        {"_id": connection(U), "run_id": f"run-{U}"},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._replace (the winner of a lease instance's ticket replaces it)",
+        CON,
+        "active_runs",
+        "update_one/delete_one",
+        {"_id": connection(U), "run_id": f"run-{U}", "expires_at": NOW},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._replace (a ticket another writer holds: when it was taken)",
+        CON,
+        "active_run_takeovers",
+        "find_one",
+        {"_id": f"{connection(U)}|run-{U}|0|0"},
     ),
     Shape(
         "connector/adapters/mongo.py:ConnectorRepository.active_run",
@@ -963,13 +1041,6 @@ SHAPES: tuple[Shape, ...] = (
         "active_runs",
         "find_one",
         {"_id": connection(U), "expires_at": {"$gte": NOW}},
-    ),
-    Shape(
-        "connector/adapters/mongo.py:ConnectorRepository.extend_run, release_run",
-        CON,
-        "active_runs",
-        "update_one/delete_one",
-        {"_id": connection(U), "run_id": f"run-{U}"},
     ),
     Shape(
         "connector/adapters/mongo.py:ConnectorRepository.unfinished_night",
@@ -1108,27 +1179,6 @@ SHAPES: tuple[Shape, ...] = (
         {"user_id": user(U)},
     ),
     Shape(
-        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
-        CAT,
-        "categorizer_rulesets",
-        "delete_many",
-        {"_id": user(U)},
-    ),
-    Shape(
-        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
-        CAT,
-        "categorizer_sheets",
-        "delete_many",
-        {"user_id": user(U)},
-    ),
-    Shape(
-        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
-        CAT,
-        "categorizer_operations",
-        "delete_many",
-        {"user_id": user(U)},
-    ),
-    Shape(
         "importer/adapters/replays.py:MongoReplayStatuses.get, claim (what it claims)",
         IMP,
         "replays",
@@ -1159,9 +1209,53 @@ SHAPES: tuple[Shape, ...] = (
     Shape(
         "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
         CAT,
+        "categorizer_rulesets",
+        "delete_many",
+        {"_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
+        CAT,
+        "categorizer_sheets",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
+        CAT,
+        "categorizer_operations",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user",
+        CAT,
         "categorizer_transfers",
         "delete_many",
         {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user (index by_user)",
+        CAT,
+        "categorizer_choices",
+        "delete_many",
+        {"user_id": user(U)},
+    ),
+    Shape(
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user (CategorizerLeases.forget_user); "
+        "shared/leases.py:LeaseStore.forget",
+        CAT,
+        "categorizer_leases",
+        "delete_many",
+        {"_id": f"pairing:{user(U)}"},
+    ),
+    Shape(
+        "categorizer/adapters/mongo.py:CategorizerEraser.erase_user (CategorizerLeases.forget_user); "
+        "shared/leases.py:LeaseStore.forget (index by_lease)",
+        CAT,
+        "categorizer_lease_takeovers",
+        "delete_many",
+        {"lease": f"pairing:{user(U)}"},
     ),
     Shape(
         "connector/adapters/mongo.py:ConnectorRepository.erase_user",
@@ -1185,11 +1279,33 @@ SHAPES: tuple[Shape, ...] = (
         {"account": akey(U, A)},
     ),
     Shape(
-        "connector/adapters/mongo.py:ConnectorRepository.erase_user",
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user; shared/leases.py:LeaseStore.forget",
         CON,
         "active_runs",
         "delete_many",
         {"_id": connection(U)},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._replace (a lease's tickets older than `stale`: its few, by_lease)",
+        CON,
+        "active_run_takeovers",
+        "delete_many",
+        {"lease": connection(U), "at": {"$lt": NOW}},
+    ),
+    Shape(
+        "shared/leases.py:LeaseStore._replace (a lease's tickets older than `stale`: its few, by_lease)",
+        CAT,
+        "categorizer_lease_takeovers",
+        "delete_many",
+        {"lease": f"rules:{user(U)}", "at": {"$lt": NOW}},
+    ),
+    Shape(
+        "connector/adapters/mongo.py:ConnectorRepository.erase_user; shared/leases.py:LeaseStore.forget "
+        "(index by_lease)",
+        CON,
+        "active_run_takeovers",
+        "delete_many",
+        {"lease": connection(U)},
     ),
     Shape(
         "connector/adapters/mongo.py:ConnectorRepository.erase_user",
@@ -1409,6 +1525,7 @@ INVENTORY = sorted(
         *(ROOT / "services").glob("*/handlers/*.py"),
         *(ROOT / "services").glob("*/erasure.py"),
         ROOT / "shared" / "vault.py",
+        ROOT / "shared" / "leases.py",
         ROOT / "services" / "connector" / "adapters" / "mongo.py",
     ]
 )

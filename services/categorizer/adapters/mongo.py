@@ -15,12 +15,28 @@ one. It is kept in month sheets (`categorizer_sheets`, shared.sheets: one per us
 a few documents of entries) because the local engine pays per document: a batch of operation events
 is one insert per month it touches, and a re-examination reads a user's 20,000 operations as a few
 dozen documents (one document each read about 6,000 a second). Entries are never rewritten: each says
-what one write set, and they apply in the order written (`projection_state`). Every read is an
-equality on `_id` or on an indexed field (FerretDB serves those from an index and scans the collection
-for `$in`: see shared.mongo.find_by_ids). Rule sets are written with compare-and-set on their version;
-FerretDB v1 applies an update to the document as its query read it, so the handlers never run two
-updates of one rule set at once in a process: `RuleSetRepository` serialises its own writes per user,
-and `OperationsRepository` its writes of the projection (the handlers know nothing of it).
+what one write set; they apply in the order written, except the user's choice and the rules' result,
+which are ranked (`projection_state`). Every read is an equality on `_id` or on an indexed field
+(FerretDB serves those from an index and scans the collection for `$in`: see shared.mongo.find_by_ids).
+
+Across replicas (issue #16) nothing here rests on a lock of one process. FerretDB v1 applies an update
+by reading the document and writing it back by `_id` (two writers filtering on one version both
+"win" in 15 to 32 of 200 rounds of two clients at once; two rule changes of one user made at once on
+two replicas lost one in 43 of 100 rounds with the compare-and-set alone), so every document that more
+than one replica may write has one writer at a time by construction:
+- a rule set is written with compare-and-set on its version (MongoDB's guard) by the holder of the
+  user's `rules:<user>` lease only (shared.leases: an insert, or a take-over ticket after the lease
+  ended), which the re-examination's bookkeeping (`reexamination_done`) takes too; the holder renews
+  it right before it writes (`LeaseHold.keep`), so one that stalled past it stops (LeaseLost);
+- the projection is append-only (inserts; a fold deletes only what it merged), and what the user
+  chose, and the rules said, is ranked at read time, never decided by which write came last;
+- a correction's number is claimed by an insert (`categorizer_choices`), so two corrections of one
+  operation never share one;
+- a user's transfer legs are written only by the holder of the user's `pairing:<user>` lease
+  (renewed before each write, as above);
+- a user's past operations are re-examined by the holder of `reexamine:<user>` only.
+The locks of one process that remain only spare it from asking the store for a lease it is already
+waiting for; correctness does not depend on them.
 
 The documents stay here: the handlers and the ports speak the typed records of ports.py, which this
 module turns into documents and back.
@@ -30,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -44,6 +61,7 @@ from services.categorizer.domain.rules import Payee, RuleSet, UserCategory
 from services.categorizer.domain.transfers import TransferLeg
 from services.categorizer.ports import (
     ConcurrentUpdate,
+    LeaseLost,
     Projected,
     RulesStatus,
     Seen,
@@ -53,12 +71,103 @@ from services.categorizer.ports import (
 )
 from shared.bulk import bulk_write_chunked
 from shared.contract.payloads import TransferRef
+from shared.leases import LeaseStore
 from shared.mongo import find_by_ids
 from shared.sheets import Additions, SheetAddition, Sheets, entries_by_item
 
 Doc = dict[str, Any]
 T = TypeVar("T")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# a correction looks this many numbers up for a free one (each a claim another correction made)
+CHOICE_ATTEMPTS = 100
+# the leases of a user's rule set, pairing and re-examination (see `CategorizerLeases`)
+LEASE_KINDS = ("rules", "pairing", "reexamine")
+
+
+class LeaseBusy(TimeoutError):
+    """A lease stayed another holder's for longer than the caller would wait (a timeout: a consumer waits
+    and tries its batch again, never dead-letters it for that)."""
+
+
+class CategorizerLeases:
+    """Per-user leases across replicas (`categorizer_leases`, take-over tickets in
+    `categorizer_lease_takeovers`; see shared.leases), named `<kind>:<user>` (LEASE_KINDS)."""
+
+    POLL_S = (0.01, 0.2)  # first and longest pause between two looks at a busy lease
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.store = LeaseStore(db["categorizer_leases"], db["categorizer_lease_takeovers"])
+
+    async def create_indexes(self) -> None:
+        await self.store.create_indexes()
+
+    @contextlib.asynccontextmanager
+    async def held(self, name: str, ttl: timedelta, wait_s: float) -> AsyncIterator[LeaseHold]:
+        """Holds the lease `name` (waiting up to `wait_s` for it; LeaseBusy after), let go at the end."""
+        holder = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait_s
+        pause = self.POLL_S[0]
+        while await self.store.take(name, holder, datetime.now(UTC), ttl) != holder:
+            if loop.time() >= give_up:
+                raise LeaseBusy(name)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.POLL_S[1])
+        try:
+            yield LeaseHold(self.store, name, holder, ttl)
+        finally:
+            await self.store.release(name, holder, datetime.now(UTC))
+
+    @contextlib.asynccontextmanager
+    async def held_all(
+        self, names: Sequence[str], ttl: timedelta, wait_s: float
+    ) -> AsyncIterator[list[LeaseHold]]:
+        """`held` for several leases (in the order of `names`): all taken at once when they are free,
+        else let go and taken one after the other in that order (two replicas wanting the same leases
+        then never wait for each other in a circle)."""
+        holder = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        taken = await asyncio.gather(*(self.store.take(name, holder, now, ttl) for name in names))
+        if all(got == holder for got in taken):
+            try:
+                yield [LeaseHold(self.store, name, holder, ttl) for name in names]
+            finally:
+                await self._release(names, holder)
+            return
+        await self._release([name for name, got in zip(names, taken, strict=True) if got == holder], holder)
+        async with contextlib.AsyncExitStack() as stack:
+            yield [await stack.enter_async_context(self.held(name, ttl, wait_s)) for name in names]
+
+    async def _release(self, names: Sequence[str], holder: str) -> None:
+        now = datetime.now(UTC)
+        await asyncio.gather(*(self.store.release(name, holder, now) for name in names))
+
+    @contextlib.asynccontextmanager
+    async def if_free(self, name: str, ttl: timedelta) -> AsyncIterator[LeaseHold | None]:
+        """Holds the lease `name` if nobody else does (None: another holder has it), let go at the end."""
+        holder = uuid.uuid4().hex
+        if await self.store.take(name, holder, datetime.now(UTC), ttl) != holder:
+            yield None
+            return
+        try:
+            yield LeaseHold(self.store, name, holder, ttl)
+        finally:
+            await self.store.release(name, holder, datetime.now(UTC))
+
+    async def forget_user(self, user_id: str) -> int:
+        """Deletes the user's leases and their tickets; returns how many documents went."""
+        return sum([await self.store.forget(f"{kind}:{user_id}") for kind in LEASE_KINDS])
+
+
+class LeaseHold:
+    """A lease held (ports.Hold)."""
+
+    def __init__(self, store: LeaseStore, name: str, holder: str, ttl: timedelta) -> None:
+        self.store, self.name, self.holder, self.ttl = store, name, holder, ttl
+
+    async def keep(self) -> None:
+        if await self.store.renew(self.name, self.holder, datetime.now(UTC), self.ttl) != self.holder:
+            raise LeaseLost(self.name)
 
 
 def payees_doc(payees: Iterable[Payee]) -> list[Doc]:
@@ -125,13 +234,21 @@ def legacy_projected(doc: Doc) -> Projected:
 
 
 class RuleSetRepository:
-    """`categorizer_rulesets`: one document per user (`_id`), written with compare-and-set on its version.
-    This process never runs two writes of one user's document at once (see the module's docstring)."""
+    """`categorizer_rulesets`: one document per user (`_id`), written with compare-and-set on its version
+    by the holder of the user's `rules:` lease only (see the module's docstring)."""
 
     ATTEMPTS = 10
+    # a write of the rules holds the lease for milliseconds; one left by a crash is taken over when it
+    # ends, so a change waits a little longer than that at most
+    RULES_LEASE = timedelta(seconds=10)
+    RULES_WAIT_S = 15.0
+    # renewed as the re-examination announces (every ANNOUNCE_EVERY operations, about a second)
+    REEXAMINATION_LEASE = timedelta(seconds=30)
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.rulesets: AsyncCollection[Doc] = db["categorizer_rulesets"]
+        self.leases = CategorizerLeases(db)
+        # this process's writers of one user's rules wait here rather than poll the store's lease
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, user_id: str) -> asyncio.Lock:
@@ -142,6 +259,21 @@ class RuleSetRepository:
 
     async def create_indexes(self) -> None:
         await self.rulesets.create_index([("retro_pending", ASCENDING)])
+        await self.leases.create_indexes()
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, user_id: str) -> AsyncIterator[LeaseHold]:
+        """The only writer of the user's rule set while held (the `rules:` lease); a writer renews it
+        (`keep`) right before it writes, so one that stalled past it learns so (LeaseLost) instead."""
+        async with self._lock(user_id):
+            try:
+                async with self.leases.held(f"rules:{user_id}", self.RULES_LEASE, self.RULES_WAIT_S) as hold:
+                    yield hold
+            except LeaseBusy:
+                raise ConcurrentUpdate(user_id) from None
+
+    def reexamining(self, user_id: str) -> contextlib.AbstractAsyncContextManager[LeaseHold | None]:
+        return self.leases.if_free(f"reexamine:{user_id}", self.REEXAMINATION_LEASE)
 
     async def stored(self, user_id: str) -> StoredRules:
         return stored_rules_of(await self.rulesets.find_one({"_id": user_id}), user_id)
@@ -164,12 +296,14 @@ class RuleSetRepository:
         *,
         reexamine: bool,
     ) -> tuple[RuleSet, T]:
-        """Reads, applies `command`, saves with compare-and-set; again when another writer got there
-        first (another replica: this process's own writers wait for each other)."""
-        async with self._lock(user_id):
+        """Reads, applies `command`, saves with compare-and-set (MongoDB's guard); again when another
+        writer got there first. The `rules:` lease makes it the only writer meanwhile, which is what
+        holds on the local engine."""
+        async with self._writing(user_id) as hold:
             for _ in range(self.ATTEMPTS):
                 current = await self.stored(user_id)
                 after, answer = command(current.ruleset)
+                await hold.keep()
                 if await self.save(current, after, at, correlation_id, reexamine=reexamine):
                     return after, answer
         raise ConcurrentUpdate(user_id)
@@ -207,7 +341,7 @@ class RuleSetRepository:
     async def reexamination_done(self, user_id: str, version: int) -> None:
         """Records that past operations now reflect `version` (never going back), clears the pending
         flag unless the rules changed again meanwhile, and drops the snapshots no longer needed."""
-        async with self._lock(user_id):
+        async with self._writing(user_id) as hold:
             await self.rulesets.update_one(
                 {"_id": user_id, "examined_version": {"$lt": version}},
                 {"$set": {"examined_version": version}},
@@ -217,6 +351,7 @@ class RuleSetRepository:
                 return
             stored = stored_rules_of(doc, user_id)
             since = max(stored.examined_version, version)
+            await hold.keep()
             # guarded by the version: a change saved meanwhile keeps its own snapshots and pending flag
             await self.rulesets.update_one(
                 {"_id": user_id, "version": stored.ruleset.version},
@@ -248,12 +383,13 @@ class RuleSetRepository:
 
 
 def seen_entry(seen: Seen, at: datetime) -> Doc:
-    """An operation's entry in its projection sheet (what it sets; the rest stays as it was)."""
+    """An operation's entry in its projection sheet (what it sets; the rest stays as it was). A manual
+    choice it restates carries the choice number it was read with, which ranks it (`projection_state`)."""
     found: Doc = {"memo": seen.memo, "label": seen.label, "at": at}
     if seen.seen_version is not None and seen.result is not None:
         found |= {"seen_version": seen.seen_version, "result": result_doc(seen.result)}
     if seen.manual is not None:
-        found["manual"] = result_doc(seen.manual)
+        found |= {"manual": result_doc(seen.manual), "choice": seen.choice}
     return found
 
 
@@ -269,16 +405,36 @@ def month_of_sheet(sheet: str) -> str | None:
     return None if month == NO_MONTH else month
 
 
+def _choice_of(entry: Doc) -> int:
+    return int(entry.get("choice") or 0)
+
+
 def projection_state(entries: Iterable[Doc]) -> Doc | None:
     """What an operation's entries leave, applied in the order they were written (`at`): each sets
-    the fields it has; a deletion (`gone`) forgets what came before. The state names an operation
-    only with a memo (see `projected_of`)."""
+    the fields it has; a deletion (`gone`) forgets what came before. Two things are ranked instead,
+    as the importer ranks the categorisations it shows: the user's choice (`manual`, `choice`) is the
+    entry's with the highest choice number, and the rules' result (`seen_version`, `result`) the one of
+    the newest rules version; the later among equals. So a write that read the operation before a
+    correction (another replica, a writer that lost its partition, a clock behind) never brings back
+    an older choice, whenever it lands. The state names an operation only with a memo (`projected_of`)."""
+    ordered = sorted(entries, key=lambda entry: entry["at"])
     state: Doc = {}
-    for entry in sorted(entries, key=lambda entry: entry["at"]):
+    chosen: Doc | None = None
+    ruled: Doc | None = None
+    for entry in ordered:
         if entry.get("gone"):
-            state = {"gone": True, "at": entry["at"]}
-        else:
-            state = {**({} if state.get("gone") else state), **entry}
+            state, chosen, ruled = {"gone": True, "at": entry["at"]}, None, None
+            continue
+        state = {**({} if state.get("gone") else state), **entry}
+        if ("manual" in entry or "choice" in entry) and (
+            chosen is None or _choice_of(entry) >= _choice_of(chosen)
+        ):
+            chosen = entry
+        if "seen_version" in entry and (ruled is None or entry["seen_version"] >= ruled["seen_version"]):
+            ruled = entry
+    for kept, fields in ((chosen, ("manual", "choice")), (ruled, ("seen_version", "result"))):
+        if kept is not None:
+            state |= {field: kept[field] for field in fields if field in kept}
     return state or None
 
 
@@ -315,15 +471,20 @@ class OperationsRepository:
     rules version it was categorised with and that result, the user's manual choice), kept in month
     sheets (`ProjectionSheets`): a batch of operation events is one insert per sheet it touches, and a
     re-examination reads a user's thousands of operations as a few dozen documents. The operations
-    of an account are written by the consumer of its partition (corrections add entries; nothing is
-    rewritten, so concurrent writers lose nothing)."""
+    of an account are written by the consumer of its partition, corrections (any replica) and the
+    pairing of transfers (the replica of the other leg's partition) add entries too: nothing is
+    rewritten, and what counts is ranked at read time (`projection_state`), so concurrent writers, on
+    one replica or several, lose nothing. Choice numbers are claimed in `categorizer_choices`
+    (`_id` = user, operation and number: one insert)."""
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.sheets = ProjectionSheets(db["categorizer_sheets"])
         # where operations were kept, one document each, before the sheets (`adopt_legacy` moves them)
         self.legacy: AsyncCollection[Doc] = db["categorizer_operations"]
+        self.choices: AsyncCollection[Doc] = db["categorizer_choices"]
         self._last_stamp = EPOCH
-        # FerretDB v1: never two writes of the projection at once in this process
+        # Not what keeps the projection right (inserts, ranked at read time): it only keeps this process
+        # from folding one sheet twice at once (wasted work, and its entries twice until the next fold).
         self._writing = asyncio.Lock()
 
     def _stamp(self, at: datetime) -> datetime:
@@ -337,6 +498,8 @@ class OperationsRepository:
         await self.sheets.create_indexes()
         # what is left of the older projection: an erasure finds it by user
         await self.legacy.create_index([("user_id", ASCENDING)], name="by_user")
+        # an erasure and a deleted account find their choice numbers
+        await self.choices.create_index([("user_id", ASCENDING), ("account_id", ASCENDING)], name="by_user")
 
     async def adopt_legacy(self, batch: int = 5_000) -> int:
         """Moves the operations kept one document each (before the sheets) into the sheets, a batch at
@@ -412,9 +575,24 @@ class OperationsRepository:
                 }
             await self.sheets.append(additions.all())
 
-    async def set_manual(self, op: Projected, result: Categorization, at: datetime) -> None:
-        """The user's choice for an operation (the next `choice`)."""
-        await self.set_choice(op, result, op.choice + 1, at)
+    async def next_choice(self, op: Projected, at: datetime) -> int:
+        """The next choice number above `op.choice` that no other correction has claimed: claimed here
+        with an insert (which the local engine applies atomically, as MongoDB does)."""
+        number = op.choice + 1
+        for _ in range(CHOICE_ATTEMPTS):
+            try:
+                await self.choices.insert_one(
+                    {
+                        "_id": f"{op.user_id}:{op.operation_id}:{number}",
+                        "user_id": op.user_id,
+                        "account_id": op.account_id,
+                        "at": at,
+                    }
+                )
+                return number
+            except DuplicateKeyError:
+                number += 1
+        raise ConcurrentUpdate(f"{op.user_id}:{op.operation_id}")
 
     async def set_choice(
         self,
@@ -485,8 +663,9 @@ class OperationsRepository:
         await self.sheets.append([SheetAddition(sid, user_id, account_id, gone)])
 
     async def delete_account(self, user_id: str, account_id: str) -> int:
-        """Returns how many sheet documents went."""
+        """Returns how many sheet documents went (the account's choice numbers go too)."""
         result = await self.sheets.coll.delete_many({"user_id": user_id, "account_id": account_id})
+        await self.choices.delete_many({"user_id": user_id, "account_id": account_id})
         return result.deleted_count
 
 
@@ -515,32 +694,64 @@ class TransferRepository:
     (`_id` = `<user>:<operation>`), with its account, currency, signed cents, date and month, and the
     other leg it is linked to (`partner`). A user's documents are read at once by `user_id` (an index):
     transfers are a few a month, so the read is small and its cost is the user's, never the
-    collection's. The pairing (`domain.transfers.match_transfers`) is a function of the user's legs;
-    each batch writes its legs first and reads after, so of two batches racing with the two legs of one
-    transfer the later reader sees both; in this process, one pairing of a user's legs at a time
-    (`pairing`)."""
+    collection's. The pairing (`domain.transfers.match_transfers`) is a function of the user's legs.
+    The two legs of a transfer are two accounts, so two partitions, often two replicas: every write of
+    a user's legs (the batch's own, the links) is made while holding the user's `pairing:` lease, so
+    one replica at a time reads, pairs, announces and writes them, and the next one reads what it
+    wrote (on the local engine two writers of one leg document would lose one's change)."""
+
+    # a pairing holds it for a batch's read, publish and write (well under a second), renewing it before
+    # each write; one left by a crash (SIGKILL) holds the user's batches up until it ends
+    PAIRING_LEASE = timedelta(seconds=15)
+    PAIRING_WAIT_S = 60.0
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.coll: AsyncCollection[Doc] = db["categorizer_transfers"]
+        self.leases = CategorizerLeases(db)
+        # this process's pairings of one user wait here rather than poll the store's lease
         self._locks: dict[str, asyncio.Lock] = {}
+        # the `pairing:` lease this process holds for each user being paired (its writes renew it first)
+        self._holds: dict[str, LeaseHold] = {}
+
+    async def _fence(self, user_ids: Iterable[str]) -> None:
+        """Renews the pairing leases of the users about to be written: LeaseLost when this process stalled
+        past one and another replica pairs that user now (it must not write what it decided before)."""
+        for user_id in set(user_ids):
+            hold = self._holds.get(user_id)
+            if hold is not None:
+                await hold.keep()
 
     @contextlib.asynccontextmanager
     async def pairing(self, user_ids: Sequence[str]) -> AsyncIterator[None]:
-        """Held while the users' legs are paired (read, pair, publish, write): one lock per user, taken
-        in the order of the users' ids."""
+        """Held while the users' legs are paired (read, pair, publish, write): each user's `pairing:`
+        lease, all at once when free, else in the order of the users' ids (`CategorizerLeases.held_all`);
+        LeaseBusy when one stays another's for PAIRING_WAIT_S (the consumer waits and tries again)."""
+        users = sorted(set(user_ids))
         async with contextlib.AsyncExitStack() as held:
-            for user_id in sorted(set(user_ids)):
+            for user_id in users:
                 lock = self._locks.get(user_id)
                 if lock is None:
                     lock = self._locks[user_id] = asyncio.Lock()
                 await held.enter_async_context(lock)
-            yield
+            holds = await held.enter_async_context(
+                self.leases.held_all(
+                    [f"pairing:{user_id}" for user_id in users], self.PAIRING_LEASE, self.PAIRING_WAIT_S
+                )
+            )
+            self._holds.update(zip(users, holds, strict=True))
+            try:
+                yield
+            finally:
+                for user_id in users:
+                    self._holds.pop(user_id, None)
 
     async def create_indexes(self) -> None:
         await self.coll.create_index([("user_id", ASCENDING), ("account_id", ASCENDING)], name="by_user")
+        await self.leases.create_indexes()
 
     async def put(self, legs: Sequence[tuple[str, TransferLeg, str]], at: datetime) -> None:
         """(user, leg, month): stored or updated (the link they had stays)."""
+        await self._fence(user_id for user_id, _, _ in legs)
         await bulk_write_chunked(
             self.coll,
             [
@@ -577,6 +788,7 @@ class TransferRepository:
         self, user_id: str, links: dict[str, TransferRef | None], gone: Iterable[str], at: datetime
     ) -> None:
         """Sets the links that changed (operation id → the other leg, or None) and forgets legs that went."""
+        await self._fence([user_id])
         writes: list[UpdateOne | DeleteOne] = [
             UpdateOne(
                 {"_id": leg_id(user_id, op_id)},
@@ -594,7 +806,15 @@ class TransferRepository:
 
 async def drop_all(db: AsyncDatabase[Doc]) -> None:
     """Tests and benchmarks only."""
-    names = ("categorizer_rulesets", "categorizer_sheets", "categorizer_operations", "categorizer_transfers")
+    names = (
+        "categorizer_rulesets",
+        "categorizer_sheets",
+        "categorizer_operations",
+        "categorizer_transfers",
+        "categorizer_choices",
+        "categorizer_leases",
+        "categorizer_lease_takeovers",
+    )
     for name in names:
         with contextlib.suppress(Exception):
             await db.drop_collection(name)
@@ -608,6 +828,7 @@ class CategorizerEraser:
         self.rulesets = RuleSetRepository(db)
         self.operations = OperationsRepository(db)
         self.transfers = TransferRepository(db)
+        self.leases = CategorizerLeases(db)
 
     async def erase_user(self, user_id: str) -> int:
         """Deletes every document of the user; returns how many."""
@@ -615,5 +836,7 @@ class CategorizerEraser:
         deleted = (await self.rulesets.rulesets.delete_many({"_id": user_id})).deleted_count
         deleted += (await self.operations.sheets.coll.delete_many(mine)).deleted_count
         deleted += (await self.operations.legacy.delete_many(mine)).deleted_count
+        deleted += (await self.operations.choices.delete_many(mine)).deleted_count
         deleted += (await self.transfers.coll.delete_many(mine)).deleted_count  # transfer legs (by_user)
+        deleted += await self.leases.forget_user(user_id)
         return deleted

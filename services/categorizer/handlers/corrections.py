@@ -1,7 +1,12 @@
 """The user's choice for one operation (`correct`): a payee, a category alone, or forgetting the choice
 (`clear`). Each raises the operation's `choice` number, which every later categorisation of it carries
 (`choice_version`): the importer keeps the highest, and manual over rules among equals, so a forgotten
-choice gives way to the rules' result and a choice is never overwritten by rules."""
+choice gives way to the rules' result and a choice is never overwritten by rules.
+
+That rank, applied where results are read (the importer's sheets, this service's projection), is what
+keeps a choice: an automatic categorisation decided from a read made before the correction (another
+replica's batch, a re-examination) carries the older number and loses, whenever it is written. The
+checks of `manual` in the handlers only spare announcements that would lose anyway."""
 
 from __future__ import annotations
 
@@ -129,7 +134,9 @@ class Corrections:
             created = True
         leg = None if self.transfers is None else await self.transfers.get(user_id, operation_id)
         link = None if leg is None else leg.partner
-        choice = op.choice + 1
+        # claimed: a correction made at the same time on another replica gets another number, and the
+        # higher one wins here and at the importer (whatever order the two are written in)
+        choice = await self.projection.next_choice(op, self.clock())
         if rules_seen is not None:
             result = shown(rules_seen[1], None, link is not None)
             await self.projection.set_choice(op, None, choice, self.clock(), seen=rules_seen)

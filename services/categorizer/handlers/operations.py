@@ -182,7 +182,18 @@ class OperationHandlers:
                 link = links.get(step.key)
                 if not (step.publish or step.key in moved):
                     seen.append(
-                        Seen(user, op.id, op.account_id, op.memo, op.label, None, None, step.manual, month)
+                        Seen(
+                            user,
+                            op.id,
+                            op.account_id,
+                            op.memo,
+                            op.label,
+                            None,
+                            None,
+                            step.manual,
+                            month,
+                            choice=step.choice,
+                        )
                     )
                     continue
                 version, matcher = rules[user]

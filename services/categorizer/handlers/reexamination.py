@@ -8,7 +8,11 @@ as it finds them, then records that past operations reflect today's version. It 
 operation.
 
 `run` is the background job: it re-examines users one at a time as their rules change
-(`request`, from this process), and recovers what a crash or another replica left pending.
+(`request`, from this process), and recovers what a crash or another replica left pending. Every
+replica runs it; a user's re-examination holds the user's lease (`RuleSets.reexamining`), so two
+replicas never re-examine one user at once: the second one leaves it and looks again shortly (the
+holder may be re-examining an older version). A holder that stalls past its lease stops at its next
+renewal (LeaseLost) without recording anything; its successor does the work again.
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ from datetime import datetime, timedelta
 from services.categorizer.domain.matching import categorize_memo, memo_text
 from services.categorizer.domain.normalise import analyse
 from services.categorizer.handlers.common import Announcing, Pending, Recognition
-from services.categorizer.ports import Projection, RuleSets, Transfers
+from services.categorizer.ports import Hold, Projection, RuleSets, Transfers
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
 # announced as found, this many at a time: the importer stores them while the rest is read
 ANNOUNCE_EVERY = 2000
+# a user another replica is re-examining is looked at again after this long
+ELSEWHERE_RETRY_S = 1.0
+
+
+class ReexaminingElsewhere(Exception):
+    """Another replica holds the user's re-examination now."""
 
 
 @dataclass
@@ -67,11 +77,23 @@ class Reexaminer:
         self._wake.set()
 
     async def reexamine(self, user_id: str) -> ReexaminationReport:
-        """Announces a new categorisation for each past operation whose result changed (never manual)."""
+        """Announces a new categorisation for each past operation whose result changed (never manual).
+        ReexaminingElsewhere when another replica is re-examining the user now."""
+        async with self.rulesets.reexamining(user_id) as hold:
+            if hold is None:
+                raise ReexaminingElsewhere(user_id)
+            return await self._reexamine(user_id, hold)
+
+    async def _reexamine(self, user_id: str, hold: Hold) -> ReexaminationReport:
         loop = asyncio.get_running_loop()
         started = loop.time()
         stored = await self.rulesets.stored(user_id)
         ruleset = stored.ruleset
+        if stored.examined_version >= ruleset.version:
+            # done already (by another replica, say): nothing to read; only a stale mark to lift
+            if (await self.rulesets.status(user_id)).reexamination_pending:
+                await self.rulesets.reexamination_done(user_id, ruleset.version)
+            return ReexaminationReport(user_id, ruleset.version)
         today = self.recognition.cache.of(ruleset)
         dictionary = self.recognition.dictionary
         correlation_id = await self.rulesets.correlation_id(user_id) or f"rules:{user_id}"
@@ -107,8 +129,10 @@ class Reexaminer:
                     await self.announcing.announce(pending)
                     report.changed += len(pending)
                     pending = []
+                    await hold.keep()
         await self.announcing.announce(pending)
         report.changed += len(pending)
+        await hold.keep()
         await self.rulesets.reexamination_done(user_id, ruleset.version)
         report.seconds = loop.time() - started
         log.info(
@@ -141,6 +165,10 @@ class Reexaminer:
                             # a read older than the change that asked for it: again, shortly
                             self.request(user_id, wanted)
                             await asyncio.sleep(0.05)
+                    except ReexaminingElsewhere:
+                        # another replica is at it: look again shortly (what it read may be older)
+                        log.info("reexamination_elsewhere", user_id=user_id)
+                        loop.call_later(ELSEWHERE_RETRY_S, self.request, user_id, wanted)
                     except Exception as exc:
                         log.warning("reexamination_failed", user_id=user_id, error=repr(exc))
                         # still pending in storage: the next recovery scan retries it

@@ -6,7 +6,8 @@ queries and indexes, and the typed records (services/connector/domain) they are 
 - connections: linked banks with their aggregator accounts and which ones sync
 - account_sync: per aggregator account, the cursor, the status and the last run
 - seen_transactions: the fingerprint last published for each aggregator line (change detection)
-- active_runs: at most one running sync per connection (a second request joins it)
+- active_runs: at most one running sync per connection (a second request joins it), a lease
+  (shared.leases); active_run_takeovers: the tickets of the leases taken over after they ended
 - entitlement_projection: the rights read from banksync.entitlements.v1 (or asked over HTTP)
 - nightly_runs: one nightly run per night across replicas
 - webhook_signatures: digests of the webhook signatures accepted lately (a replay is refused), by minute
@@ -35,6 +36,7 @@ from services.connector.domain.states import AccountSyncState, BalanceCheck, Imp
 from services.connector.domain.sync_run import AccountOutcome
 from shared.bulk import bulk_write_chunked
 from shared.contract.payloads import Bank
+from shared.leases import LeaseStore
 from shared.mongo import find_by_ids, is_duplicate_key_error
 
 Doc = dict[str, Any]
@@ -61,6 +63,7 @@ class ConnectorRepository:
         self.account_sync: AsyncCollection[Doc] = db["account_sync"]
         self.seen: AsyncCollection[Doc] = db["seen_transactions"]
         self.active_runs: AsyncCollection[Doc] = db["active_runs"]
+        self.run_leases = LeaseStore(self.active_runs, db["active_run_takeovers"], holder_field="run_id")
         self.projection: AsyncCollection[Doc] = db["entitlement_projection"]
         self.nightly_runs: AsyncCollection[Doc] = db["nightly_runs"]
         self.webhook_signatures: AsyncCollection[Doc] = db["webhook_signatures"]
@@ -75,6 +78,7 @@ class ConnectorRepository:
         await self.account_sync.create_index([("user_id", ASCENDING)])
         await self.seen.create_index([("account", ASCENDING)])
         await self.active_runs.create_index([("night", ASCENDING)])
+        await self.run_leases.create_indexes()
         # `_id` (unique) is the signature's digest; `minute` serves the pruning
         await self.webhook_signatures.create_index([("minute", ASCENDING)], name="by_minute")
 
@@ -106,10 +110,16 @@ class ConnectorRepository:
         return Activation(str(found["_id"]), str(found.get("user_id", "")), bool(found.get("used")))
 
     async def use_activation(self, nonce: str, user_id: str, now: datetime) -> bool:
+        """Uses the state up; False when another attempt did. The arbiter is the insert of a marker (the
+        local engine lets two concurrent filtered updates both match); the flag is for readers."""
+        try:
+            await self.activations.insert_one({"_id": f"{nonce}:used", "user_id": user_id, "created_at": now})
+        except DuplicateKeyError:
+            return False
         result = await self.activations.update_one(
             {"_id": nonce, "user_id": user_id, "used": False}, {"$set": {"used": True, "used_at": now}}
         )
-        return result.modified_count == 1
+        return result.matched_count == 1
 
     # connections ------------------------------------------------------------------------------
     async def save_connection(self, conn: Connection) -> None:
@@ -261,78 +271,33 @@ class ConnectorRepository:
             await bulk_write_chunked(self.seen, updates)
 
     # one sync at a time per connection -------------------------------------------------------------
+    # A lease per connection (shared.leases: inserts and take-over tickets, so that two replicas never
+    # both win a connection, on MongoDB or on the local engine); the holder is the run id.
     async def claim_runs(
         self, wanted: dict[str, str], now: datetime, lease: timedelta, *, night: str | None = None
     ) -> dict[str, str]:
         """`claim_run` for many connections (connection → run id) in one insert; the connections whose
-        run is already there are taken over one by one when expired. Returns each connection's holder.
-        `night` tags the claims of a nightly run: those still there when its window closes are late."""
-        if not wanted:
-            return {}
-        tag = {"night": night} if night else {}
-        docs = [
-            {"_id": conn, "run_id": run_id, "claimed_at": now, "expires_at": now + lease, **tag}
-            for conn, run_id in wanted.items()
-        ]
-        taken: set[str] = set()
-        try:
-            await self.active_runs.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            if not is_duplicate_key_error(exc):
-                raise
-            taken = {docs[e["index"]]["_id"] for e in exc.details.get("writeErrors", [])}
-        holders = {conn: run_id for conn, run_id in wanted.items() if conn not in taken}
-        for conn in taken:
-            doc = {"run_id": wanted[conn], "claimed_at": now, "expires_at": now + lease, **tag}
-            taken_over = await self._take_run(conn, doc, now)
-            holders[conn] = wanted[conn] if taken_over else await self._run_holder(conn, wanted[conn])
-        return holders
+        run is already there are looked at one by one (taken over when ended). Returns each
+        connection's holder. `night` tags the claims of a nightly run: those still there when its
+        window closes are late."""
+        return await self.run_leases.take_many(wanted, now, lease, {"night": night} if night else None)
 
     async def claim_run(self, connection_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
         """Makes `run_id`, a new run, the connection's active run unless another is live; returns the
         holder."""
-        doc = {"run_id": run_id, "claimed_at": now, "expires_at": now + lease}
-        with contextlib.suppress(DuplicateKeyError):
-            await self.active_runs.insert_one({"_id": connection_id, **doc})
-            return run_id
-        if await self._take_run(connection_id, doc, now):
-            return run_id
-        return await self._run_holder(connection_id, run_id)
+        return await self.run_leases.take(connection_id, run_id, now, lease)
 
     async def renew_run(self, connection_id: str, run_id: str, now: datetime, lease: timedelta) -> str:
-        """`claim_run` for a run claimed when it was requested: one write when it still holds the
-        connection (its lease starts again) or the lease has expired; returns the holder."""
-        doc = {"run_id": run_id, "claimed_at": now, "expires_at": now + lease}
-        if await self._take_run(connection_id, doc, now):
-            return run_id
-        with contextlib.suppress(DuplicateKeyError):
-            await self.active_runs.insert_one({"_id": connection_id, **doc})
-            return run_id
-        return await self._run_holder(connection_id, run_id)
-
-    async def _take_run(self, connection_id: str, doc: Doc, now: datetime) -> bool:
-        """Gives the connection to `doc`'s run if that run holds it already or the lease has expired."""
-        taken = await self.active_runs.update_one(
-            {"_id": connection_id, "$or": [{"run_id": doc["run_id"]}, {"expires_at": {"$lt": now}}]},
-            {"$set": doc},
-        )
-        return taken.matched_count == 1
-
-    async def _run_holder(self, connection_id: str, run_id: str) -> str:
-        current = await self.active_runs.find_one({"_id": connection_id})
-        return str(current["run_id"]) if current else run_id
+        """For a run claimed when it was requested, and while it reads: its lease starts again (taken
+        anew when it was let go or has ended and nobody else took it); returns the holder."""
+        return await self.run_leases.renew(connection_id, run_id, now, lease)
 
     async def active_run(self, connection_id: str, now: datetime) -> str | None:
         doc = await self.active_runs.find_one({"_id": connection_id, "expires_at": {"$gte": now}})
         return str(doc["run_id"]) if doc else None
 
-    async def extend_run(self, connection_id: str, run_id: str, until: datetime) -> None:
-        await self.active_runs.update_one(
-            {"_id": connection_id, "run_id": run_id}, {"$set": {"expires_at": until}}
-        )
-
-    async def release_run(self, connection_id: str, run_id: str) -> None:
-        await self.active_runs.delete_one({"_id": connection_id, "run_id": run_id})
+    async def release_run(self, connection_id: str, run_id: str, now: datetime) -> None:
+        await self.run_leases.release(connection_id, run_id, now)
 
     async def unfinished_night(self, night: str) -> int:
         """Connections of that night's run still claimed: their sync is queued or running."""
@@ -406,7 +371,7 @@ class ConnectorRepository:
         for account in accounts:
             deleted += (await self.seen.delete_many({"account": account["_id"]})).deleted_count
         for connection in connections:
-            deleted += (await self.active_runs.delete_many({"_id": connection["_id"]})).deleted_count
+            deleted += await self.run_leases.forget(connection["_id"])
         for collection in (self.account_sync, self.connections, self.activations):
             deleted += (await collection.delete_many(mine)).deleted_count
         for collection in (self.projection, self.users):

@@ -40,6 +40,10 @@ async def _all(steps: Sequence[Awaitable[Any]]) -> None:
             raise result
 
 
+class RunLeaseLost(Exception):
+    """Another run took the connection over while this one was reading (it had stalled past its lease)."""
+
+
 def request_event(run: SyncRun, at: datetime) -> CloudEvent:
     """The `sync.requested` of a run: its id is the run's (a request published twice is one)."""
     return event_of(
@@ -117,7 +121,7 @@ class Syncs:
         if not answer.allowed:
             log.info("sync_skipped_not_entitled", user_id=run.user_id, reason=run.reason, code=answer.code)
             for conn in await self.store.user_connections(run.user_id):
-                await self.store.release_run(conn.key, run.run_id)
+                await self.store.release_run(conn.key, run.run_id, self.clock())
             await self.pauses.pause(run.user_id, True, correlation_id)
             return
         log.info("sync_run_started", user_id=run.user_id, sync_run_id=run.run_id, reason=run.reason)
@@ -146,7 +150,7 @@ class Syncs:
                 await self._sync_connection(run, conn, token, known)
             finally:
                 # the request may have claimed this connection when it was made: always let it go
-                await self.store.release_run(conn.key, run.run_id)
+                await self.store.release_run(conn.key, run.run_id, self.clock())
 
     async def _refresh(self, run: SyncRun, conn: Connection, token: str) -> AggregatorConnection:
         if run.reads_only:
@@ -181,8 +185,11 @@ class Syncs:
         finally:
             # "syncing" is written while the aggregator refreshes, and always before the run's outcome
             await marking
+        keep_lease = self._lease_keeper(conn.key, run.run_id, started)
         if failure is not None or refreshed is None:
             assert failure is not None
+            if not await self._still_holds(run, conn, keep_lease):
+                return
             await _all(
                 [
                     self._save_connection(conn, conn.with_failure(failure)),
@@ -226,7 +233,6 @@ class Syncs:
                 ),
             ]
         )
-        keep_lease = self._lease_keeper(conn.key, run.run_id, begun)
         prelude, *results = await asyncio.gather(
             announced,
             *(self._sync_account(part, token, keep_lease) for part in parts),
@@ -235,12 +241,36 @@ class Syncs:
         if isinstance(prelude, BaseException):
             # nothing moved a cursor: the whole request is tried again
             raise prelude
+        lost = any(isinstance(result, RunLeaseLost) for result in results)
+        if lost or not await self._still_holds(run, conn, keep_lease):
+            if lost:
+                self._lease_lost(run, conn)
+            return
         # one account's unexpected failure loses neither the others' outcomes nor itself: the request is
         # tried again (fingerprints and deterministic event ids make that idempotent)
         await self._finish(run, [r for r in results if isinstance(r, AccountOutcome)])
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def _still_holds(
+        self, run: SyncRun, conn: Connection, keep_lease: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """Before the outcomes are written: False when another run took the connection over (this one
+        stalled past its lease; the renewal is only asked once a quarter lease has gone by)."""
+        try:
+            await keep_lease()
+        except RunLeaseLost:
+            self._lease_lost(run, conn)
+            return False
+        return True
+
+    def _lease_lost(self, run: SyncRun, conn: Connection) -> None:
+        # another run holds the connection now: it syncs these accounts and writes their outcomes; this
+        # run writes nothing more
+        log.warning(
+            "sync_lease_lost", user_id=run.user_id, connection_id=conn.connection_id, sync_run_id=run.run_id
+        )
 
     async def _save_connection(self, before: Connection, after: Connection) -> None:
         """Writes what differs from the connection as read: most runs change nothing."""
@@ -249,7 +279,9 @@ class Syncs:
             await self.store.update_connection(after, changed)
 
     def _lease_keeper(self, connection: str, run_id: str, since: datetime) -> Callable[[], Awaitable[None]]:
-        """What the accounts of a connection call after each page: one extension per quarter lease."""
+        """What the accounts of a connection call after each page: one renewal per quarter lease, which
+        raises RunLeaseLost when another run has taken the connection over (this one stalled past its
+        lease: it must stop publishing)."""
         extended_at = since
 
         async def keep() -> None:
@@ -257,7 +289,9 @@ class Syncs:
             if self.clock() - extended_at > self.config.run_lease / 4:
                 # a long first sync keeps its connection; a short one does not write for it
                 extended_at = self.clock()
-                await self.store.extend_run(connection, run_id, extended_at + self.config.run_lease)
+                holder = await self.store.renew_run(connection, run_id, extended_at, self.config.run_lease)
+                if holder != run_id:
+                    raise RunLeaseLost(connection, holder)
 
         return keep
 

@@ -35,11 +35,29 @@ class _Rules:
     correlation_id: str | None = None
 
 
+class _Held:
+    async def keep(self) -> None:
+        return None
+
+
 class MemoryRuleSets:
-    """RuleSets: one record per user; a change keeps the payees of the version it replaces."""
+    """RuleSets: one record per user; a change keeps the payees of the version it replaces; one
+    re-examination of a user at a time."""
 
     def __init__(self) -> None:
         self.users: dict[str, _Rules] = {}
+        self.reexamined: set[str] = set()  # users whose re-examination is held now
+
+    @contextlib.asynccontextmanager
+    async def reexamining(self, user_id: str) -> AsyncIterator[_Held | None]:
+        if user_id in self.reexamined:
+            yield None
+            return
+        self.reexamined.add(user_id)
+        try:
+            yield _Held()
+        finally:
+            self.reexamined.discard(user_id)
 
     async def stored(self, user_id: str) -> StoredRules:
         found = self.users.get(user_id)
@@ -102,10 +120,12 @@ class MemoryRuleSets:
 
 class MemoryProjection:
     """Projection: the state each operation's writes leave (a write sets what it says; a deletion
-    forgets everything before it)."""
+    forgets everything before it), the user's choice and the rules' result ranked as the adapter ranks
+    them (the highest choice number, the newest rules version)."""
 
     def __init__(self) -> None:
         self.operations: dict[str, Projected] = {}  # operation_key -> the operation
+        self.choices: set[tuple[str, str, int]] = set()  # (user, operation, number) claimed
 
     async def get(self, user_id: str, operation_id: str) -> Projected | None:
         return self.operations.get(operation_key(user_id, operation_id))
@@ -130,15 +150,19 @@ class MemoryProjection:
                 item.user_id, item.operation_id, item.account_id, "", "", 0, None, None, item.month
             )
             op = replace(op, account_id=item.account_id, memo=item.memo, label=item.label, month=item.month)
-            if item.seen_version is not None and item.result is not None:
+            if (
+                item.seen_version is not None
+                and item.result is not None
+                and item.seen_version >= op.seen_version
+            ):
                 op = replace(op, seen_version=item.seen_version, result=item.result)
-            if item.manual is not None:
-                op = replace(op, manual=item.manual)
+            if item.manual is not None and item.choice >= op.choice:
+                op = replace(op, manual=item.manual, choice=item.choice)
             self.operations[key] = op
 
     def _set_result(self, user_id: str, operation_id: str, version: int, result: Categorization) -> None:
         key = operation_key(user_id, operation_id)
-        if key in self.operations:
+        if key in self.operations and version >= self.operations[key].seen_version:
             self.operations[key] = replace(self.operations[key], seen_version=version, result=result)
 
     async def set_seen_version(self, items: Sequence[tuple[Seen, int, Categorization]], at: datetime) -> None:
@@ -158,12 +182,19 @@ class MemoryProjection:
         seen: tuple[int, Categorization] | None = None,
     ) -> None:
         key = operation_key(op.user_id, op.operation_id)
-        if key not in self.operations:
+        if key not in self.operations or choice < self.operations[key].choice:
             return
         now = replace(self.operations[key], manual=manual, choice=choice)
-        if seen is not None:
+        if seen is not None and seen[0] >= now.seen_version:
             now = replace(now, seen_version=seen[0], result=seen[1])
         self.operations[key] = now
+
+    async def next_choice(self, op: Projected, at: datetime) -> int:
+        number = op.choice + 1
+        while (op.user_id, op.operation_id, number) in self.choices:
+            number += 1
+        self.choices.add((op.user_id, op.operation_id, number))
+        return number
 
     async def delete(
         self, user_id: str, account_id: str, month: str | None, operation_ids: Sequence[str], at: datetime

@@ -28,6 +28,7 @@ from services.categorizer.domain.rules import (
 )
 from services.categorizer.handlers import CategorizerHandlers
 from services.categorizer.handlers.corrections import OperationNotFound
+from services.categorizer.handlers.reexamination import ReexaminationReport, ReexaminingElsewhere
 from services.categorizer.ports import (
     AccountRemoved,
     Categorizations,
@@ -422,6 +423,27 @@ async def test_the_background_job_reexamines_what_is_asked_and_what_was_left_pen
     assert len(await world.announced(user)) == 2
 
 
+async def test_two_replicas_never_reexamine_one_user_at_once(world: World) -> None:
+    user = a_user()
+    await world.handlers.operations.on_operations([event(user, an_operation("o1", "CB BOULANGERIE MARTIN"))])
+    await world.handlers.rules.change(user, lambda rules: add_payee(rules, MARTIN, "p1"), "c1")
+    replica = world.again()
+    # another replica is at it: this one leaves it, reads and announces nothing
+    async with world.rulesets.reexamining(user) as held:
+        assert held is not None
+        with pytest.raises(ReexaminingElsewhere):
+            await replica.reexaminer.reexamine(user)
+    assert len(await world.announced(user)) == 1
+    # at the same instant on both: one does it, the other finds it done or taken
+    reports = await asyncio.gather(
+        world.handlers.reexaminer.reexamine(user), replica.reexaminer.reexamine(user), return_exceptions=True
+    )
+    assert sum(1 for r in reports if isinstance(r, ReexaminationReport) and r.changed == 1) == 1, reports
+    assert all(isinstance(r, ReexaminationReport | ReexaminingElsewhere) for r in reports), reports
+    assert len(await world.announced(user)) == 2, "announced once"
+    assert await world.handlers.rules.status(user) == RulesStatus(1, False)
+
+
 async def until_done(world: World, user: str, timeout_s: float = 20.0) -> None:
     async with asyncio.timeout(timeout_s):
         while (await world.handlers.rules.status(user)).reexamination_pending:
@@ -465,6 +487,25 @@ async def test_a_choice_is_manual_numbered_and_clearing_it_gives_the_rules_back(
     projected = await world.projection.get(user, "o1")
     assert projected is not None
     assert (projected.manual, projected.choice) == (None, 2)
+
+
+async def test_two_corrections_of_one_operation_at_once_are_numbered_apart(world: World) -> None:
+    """Two corrections made at the same instant (two replicas): each its own number, and the higher one is
+    the choice kept, here and in what was announced (the importer keeps the highest)."""
+    user = a_user()
+    await world.handlers.operations.on_operations([event(user, an_operation("o1", "CB LE PETIT ZINC 12/03"))])
+    replica = world.again()
+    await asyncio.gather(
+        world.handlers.corrections.correct(user, "o1", "fix-a", category="restaurants"),
+        replica.corrections.correct(user, "o1", "fix-b", category="loisirs"),
+    )
+    chosen = {item.payload.choice_version: item.payload.category for item in await world.announced(user)}
+    assert sorted(chosen) == [0, 1, 2]
+    projected = await world.projection.get(user, "o1")
+    assert projected is not None
+    assert projected.choice == 2
+    assert projected.manual is not None
+    assert projected.manual.category == chosen[2]
 
 
 async def test_corrections_refuse_what_does_not_exist(world: World) -> None:

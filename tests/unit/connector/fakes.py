@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from services.connector.domain.accounts import BankAccount, bank_account_view
@@ -233,13 +233,7 @@ class MemoryStore:
         self._call("renew_run")
         return self._take(connection, run_id, now, lease, None)
 
-    async def extend_run(self, connection: str, run_id: str, until: datetime) -> None:
-        self._call("extend_run")
-        held = self.leases.get(connection)
-        if held is not None and held.run_id == run_id:
-            held.expires_at = until
-
-    async def release_run(self, connection: str, run_id: str) -> None:
+    async def release_run(self, connection: str, run_id: str, now: datetime) -> None:
         self._call("release_run")
         held = self.leases.get(connection)
         if held is not None and held.run_id == run_id:
@@ -346,7 +340,9 @@ def bank_account(
 class FakeAggregator:
     """The Aggregator port: users, their connections and the lines of their accounts, in memory.
     `connection_state` makes every connection answer that Powens state; `broken` makes an account's
-    lines raise; `accounts` (Powens' `all_accounts`) is what a refresh says of the bank's accounts."""
+    lines raise; `accounts` (Powens' `all_accounts`) is what a refresh says of the bank's accounts;
+    `before_page` runs before each page of lines is given, `after_pages` once the last one was read (a
+    stall, another replica's move)."""
 
     client_id = "test-client"
 
@@ -368,6 +364,8 @@ class FakeAggregator:
         self.deleted_connections: list[str] = []
         self.deleted_users: list[str] = []
         self.failing: AggregatorError | None = None
+        self.before_page: Callable[[str], Awaitable[None]] | None = None
+        self.after_pages: Callable[[str], Awaitable[None]] | None = None
 
     def user(self, token: str, id_user: str, *connections: str) -> None:
         self.tokens[token] = id_user
@@ -434,7 +432,11 @@ class FakeAggregator:
         self.asked[account_id] = window.params()
         if account_id in self.broken:
             raise self.broken[account_id]
+        if self.before_page is not None:
+            await self.before_page(account_id)
         yield self.lines.get(account_id, [])
+        if self.after_pages is not None:
+            await self.after_pages(account_id)
 
     async def aclose(self) -> None:
         return None

@@ -297,6 +297,40 @@ async def test_a_run_publishes_new_lines_once_and_moves_the_cursor(rig: Rig) -> 
     assert states["a1"].cursor == NOW + timedelta(days=1)
 
 
+async def test_a_run_that_stalled_past_its_lease_stops_once_another_run_took_the_connection(rig: Rig) -> None:
+    """A run paused past its lease (a replica stopped, then resumed) while another request took the
+    connection over: at its next renewal it learns it lost the connection, publishes no more and
+    records no outcome (the other run does); the lease stays the other run's."""
+    await rig.link([account("a1")])
+    rig.aggregator.lines = {"a1": lines(1, 2)}
+    run_id = await rig.handlers.syncs.request_sync(rig.user, "on_demand", rig.corr)
+    connection_key = f"{rig.user}:77"
+
+    async def stall_then_lose(account_id: str) -> None:
+        rig.clock.now += CONFIG.run_lease + timedelta(seconds=1)
+        taken = await rig.store.claim_run(connection_key, "successor", rig.clock(), CONFIG.run_lease)
+        assert taken == "successor"
+
+    rig.aggregator.before_page = stall_then_lose
+    await rig.handlers.syncs.handle_sync_request(request(rig, run_id), rig.corr)
+    assert await rig.names(SYNC_STATUS) == ["sync.started"], "no outcome of the run that lost its lease"
+    states = {s.aggregator_account_id: s for s in await rig.store.account_states(rig.user)}
+    assert states["a1"].last_run is None
+    assert states["a1"].cursor is None
+    assert await rig.store.active_run(connection_key, rig.clock()) == "successor"
+
+    # the same stall after the last page, just before the outcomes are written: caught there
+    rig.aggregator.before_page = None
+    rig.aggregator.after_pages = stall_then_lose
+    await rig.store.release_run(connection_key, "successor", rig.clock())
+    run_id = await rig.handlers.syncs.request_sync(rig.user, "on_demand", rig.corr)
+    await rig.handlers.syncs.handle_sync_request(request(rig, run_id), rig.corr)
+    assert await rig.names(SYNC_STATUS) == ["sync.started"] * 2
+    states = {s.aggregator_account_id: s for s in await rig.store.account_states(rig.user)}
+    assert states["a1"].last_run is None
+    assert await rig.store.active_run(connection_key, rig.clock()) == "successor"
+
+
 async def test_a_refresh_the_bank_refuses_fails_every_account_and_waits_on_the_user(rig: Rig) -> None:
     await rig.link([account("a1"), account("a2")])
     rig.aggregator.connection_state = "wrongpass"
