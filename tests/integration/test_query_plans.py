@@ -393,6 +393,16 @@ def connector_docs() -> dict[str, list[Doc]]:
             }
             for u, a in accounts()
         ],
+        "account_notes": [
+            {
+                "_id": akey(u, a),
+                "user_id": user(u),
+                "aggregator_account_id": agg_account(u, a),
+                "account_id": account(u, a),
+                "balance": {"bank_balance": "10.00", "computed_balance": "10.00", "balance_gap": "0.00"},
+            }
+            for u, a in accounts()
+        ],
         "seen_transactions": [
             {"_id": f"{akey(u, a)}:{tx_id(u, a, n)}", "account": akey(u, a), "fp": f"{u:04x}{n:04x}"}
             for u, a, n in lines(MIRRORED_PER_ACCOUNT)
@@ -976,19 +986,25 @@ SHAPES: tuple[Shape, ...] = (
     ),
     Shape(
         "connector/adapters/mongo.py:ConnectorRepository._set_account_states (mark_syncing, mark_closed, "
-        "record_outcomes: UpdateOne upsert per account), note_importer_facts (UpdateOne per account)",
+        "record_outcomes: UpdateOne upsert per account)",
         CON,
         "account_sync",
         "find_one/bulk_write",
         {"_id": akey(U, A)},
     ),
     Shape(
-        "connector/adapters/mongo.py:ConnectorRepository._set_account_states (clear_reimport: lift the mark "
-        "the sync honoured, on the `_id` row)",
+        "connector/adapters/mongo.py:ConnectorRepository.note_importer_facts (UpdateOne upsert per account)",
         CON,
-        "account_sync",
-        "update_one",
-        {"_id": akey(U, A), "reimport": f"deleted-{U}"},
+        "account_notes",
+        "bulk_write",
+        {"_id": akey(U, A)},
+    ),
+    Shape(
+        "connector/adapters/mongo.py:ConnectorRepository.account_states (the notes), erase_user",
+        CON,
+        "account_notes",
+        "find/delete_many",
+        {"user_id": user(U)},
     ),
     Shape(
         "connector/adapters/mongo.py:ConnectorRepository.known_fingerprints (up to 64 lines: a find_one "

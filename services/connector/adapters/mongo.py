@@ -4,7 +4,12 @@ queries and indexes, and the typed records (services/connector/domain) they are 
 - aggregator_users: the aggregator user and its encrypted permanent token, per app user
 - activations: single-use webview states
 - connections: linked banks with their aggregator accounts and which ones sync
-- account_sync: per aggregator account, the cursor, the status and the last run
+- account_sync: per aggregator account, the cursor, the status and the last run (written by the run that
+  holds the connection's lease)
+- account_notes: per aggregator account, what the importer's events said of it (its app account, a
+  re-import asked by the account's deletion in the app, the last balance check), written by the consumer
+  of those events only: one writer per document, since FerretDB v1 can lose one of two updates of a
+  document made at once (a sync's outcome and a balance note did, with two replicas)
 - seen_transactions: the fingerprint last published for each aggregator line (change detection)
 - active_runs: at most one running sync per connection (a second request joins it), a lease
   (shared.leases); active_run_takeovers: the tickets of the leases taken over after they ended
@@ -61,6 +66,7 @@ class ConnectorRepository:
         self.activations: AsyncCollection[Doc] = db["activations"]
         self.connections: AsyncCollection[Doc] = db["connections"]
         self.account_sync: AsyncCollection[Doc] = db["account_sync"]
+        self.account_notes: AsyncCollection[Doc] = db["account_notes"]
         self.seen: AsyncCollection[Doc] = db["seen_transactions"]
         self.active_runs: AsyncCollection[Doc] = db["active_runs"]
         self.run_leases = LeaseStore(self.active_runs, db["active_run_takeovers"], holder_field="run_id")
@@ -76,6 +82,7 @@ class ConnectorRepository:
         await self.activations.create_index([("user_id", ASCENDING)], name="by_user")
         await self.users.create_index([("id_user", ASCENDING)])
         await self.account_sync.create_index([("user_id", ASCENDING)])
+        await self.account_notes.create_index([("user_id", ASCENDING)])
         await self.seen.create_index([("account", ASCENDING)])
         await self.active_runs.create_index([("night", ASCENDING)])
         await self.run_leases.create_indexes()
@@ -178,7 +185,8 @@ class ConnectorRepository:
     # per-account sync state ---------------------------------------------------------------------
     async def account_states(self, user_id: str) -> list[AccountSyncState]:
         found = await self.account_sync.find({"user_id": user_id}).sort("_id", ASCENDING).to_list()
-        return [_account_state(doc) for doc in found]
+        notes = {doc["_id"]: doc for doc in await self.account_notes.find({"user_id": user_id}).to_list()}
+        return [_account_state(doc, notes.get(doc["_id"])) for doc in found]
 
     async def mark_syncing(
         self, user_id: str, connection_id: str, account_ids: Sequence[str], run_id: str, started_at: datetime
@@ -206,34 +214,42 @@ class ConnectorRepository:
         self, user_id: str, fields: dict[str, Doc], *, clear_reimport: dict[str, str] | None = None
     ) -> None:
         """Each account's own fields (aggregator account id → fields) on several accounts of one user,
-        in one command; `clear_reimport` (account → mark) lifts the re-import marks a sync honoured,
-        each only if no newer deletion has replaced it meanwhile."""
+        in one command; `clear_reimport` (account → mark): the re-import marks a sync honoured, recorded as
+        done (`reimported`; a newer deletion's mark differs from it, so it is still asked)."""
+        honoured = clear_reimport or {}
         requests: list[UpdateOne] = [
             UpdateOne(
                 {"_id": account_sync_id(user_id, account_id)},
-                {"$set": {"user_id": user_id, "aggregator_account_id": account_id, **own}},
+                {
+                    "$set": {
+                        "user_id": user_id,
+                        "aggregator_account_id": account_id,
+                        **own,
+                        **({"reimported": honoured[account_id]} if account_id in honoured else {}),
+                    }
+                },
                 upsert=True,
             )
             for account_id, own in fields.items()
-        ]
-        requests += [
-            UpdateOne(
-                {"_id": account_sync_id(user_id, account_id), "reimport": mark}, {"$unset": {"reimport": ""}}
-            )
-            for account_id, mark in (clear_reimport or {}).items()
         ]
         await bulk_write_chunked(self.account_sync, requests)
 
     async def note_importer_facts(self, notes: Sequence[ImporterNote]) -> None:
         """What the importer's events say of accounts of any users (deleted in the app, balance checked),
-        in one command. Only accounts this connector has synced: events about other deployments' users
-        create nothing."""
+        in one command. Shown only with an account this connector syncs (`account_states`)."""
         await bulk_write_chunked(
-            self.account_sync,
+            self.account_notes,
             [
                 UpdateOne(
                     {"_id": account_sync_id(note.user_id, note.aggregator_account_id)},
-                    {"$set": _note_fields(note)},
+                    {
+                        "$set": {
+                            "user_id": note.user_id,
+                            "aggregator_account_id": note.aggregator_account_id,
+                            **_note_fields(note),
+                        }
+                    },
+                    upsert=True,
                 )
                 for note in notes
             ],
@@ -372,7 +388,7 @@ class ConnectorRepository:
             deleted += (await self.seen.delete_many({"account": account["_id"]})).deleted_count
         for connection in connections:
             deleted += await self.run_leases.forget(connection["_id"])
-        for collection in (self.account_sync, self.connections, self.activations):
+        for collection in (self.account_sync, self.account_notes, self.connections, self.activations):
             deleted += (await collection.delete_many(mine)).deleted_count
         for collection in (self.projection, self.users):
             deleted += (await collection.delete_many({"_id": user_id})).deleted_count
@@ -457,10 +473,16 @@ def _connection(doc: Doc) -> Connection:
     )
 
 
-def _account_state(doc: Doc) -> AccountSyncState:
+def _account_state(doc: Doc, note: Doc | None) -> AccountSyncState:
+    """The sync's own document with the importer's notes of the account (older documents kept those
+    notes on the sync's document itself)."""
+    noted = note if note is not None else doc
     state = doc.get("state")
     last_run = doc.get("last_run")
-    balance = doc.get("balance")
+    balance = noted.get("balance")
+    reimport = noted.get("reimport")
+    if reimport is not None and reimport == doc.get("reimported"):
+        reimport = None  # a sync honoured that deletion's re-import already
     return AccountSyncState(
         user_id=str(doc["user_id"]),
         aggregator_account_id=str(doc["aggregator_account_id"]),
@@ -477,8 +499,8 @@ def _account_state(doc: Doc) -> AccountSyncState:
         if last_run
         else None,
         error=_error(doc.get("error")),
-        reimport=str(doc["reimport"]) if doc.get("reimport") else None,
-        account_id=doc.get("account_id"),
+        reimport=str(reimport) if reimport else None,
+        account_id=noted.get("account_id"),
         balance=BalanceCheck(
             balance.get("bank_balance"),
             balance.get("computed_balance"),
