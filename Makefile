@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup up down status demo test lint typecheck unit bench compose-check clean asyncapi screenshot
+.PHONY: help setup up down status demo test lint typecheck unit bench compose-check clean asyncapi screenshot soak
 
 help:
 	@echo "make demo     set up everything, start the stack, run the demo journey"
@@ -13,6 +13,7 @@ help:
 	@echo "make up REPLICAS=2   two processes of each service (replica k on port + 100*(k-1))"
 	@echo "make unit     unit tests and handler tests on in-memory fakes (seconds, no engine)"
 	@echo "make bench    benchmarks (JSON in bench/results/)"
+	@echo "make soak     the soak alone: 22 minutes of traffic through 2 processes of each service"
 
 setup:
 	@deploy/local/setup.sh
@@ -46,6 +47,10 @@ unit: setup
 
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+# the soak alone (bench/soak.py): ~30 minutes with its set-up; BENCH_ARGS="--quick" for 2 minutes
+soak: setup
+	$(PY) -m bench --only soak $(BENCH_ARGS)
 
 asyncapi: setup
 	$(VENV)/bin/banksync asyncapi

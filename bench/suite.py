@@ -8,6 +8,16 @@ from bench import connector  # isort: skip
 from bench import categorizer  # isort: skip
 from bench import importer  # isort: skip
 from bench import first_sync  # isort: skip
-from bench import pipeline  # isort: skip  (the longest, last)
+from bench import pipeline  # isort: skip  (the longest, last but the soak)
+from bench import soak  # isort: skip  (a fixed 22 minutes of traffic, last)
 
-__all__ = ["categorizer", "connector", "first_sync", "importer", "kafka_rates", "mongo_rates", "pipeline"]
+__all__ = [
+    "categorizer",
+    "connector",
+    "first_sync",
+    "importer",
+    "kafka_rates",
+    "mongo_rates",
+    "pipeline",
+    "soak",
+]
