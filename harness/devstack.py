@@ -657,8 +657,9 @@ def importer_alone(
 
 
 @contextlib.contextmanager
-def categorizer_alone(engines: Engines, log_dir: Any, prefix: str) -> Iterator[ServiceProcess]:
-    """The categorizer as its own process on the real engines, with a fresh database and consumer group."""
+def categorizer_alone(engines: Engines, log_dir: Any, prefix: str, **env: str) -> Iterator[ServiceProcess]:
+    """The categorizer as its own process on the real engines, with a fresh database and consumer group
+    (and the settings `env` gives)."""
     database = f"{prefix}_{uuid.uuid4().hex[:6]}"
     groups = private_consumer_groups(engines, database)
     with running_service(
@@ -667,5 +668,6 @@ def categorizer_alone(engines: Engines, log_dir: Any, prefix: str) -> Iterator[S
         log_dir,
         MONGODB_DATABASE=database,
         CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
+        **env,
     ) as proc:
         yield proc

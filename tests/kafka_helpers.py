@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contract.envelope import CloudEvent
+from shared.kafka import EventPublisher, make_broker
 from shared.settings import DEV_TOKEN_KEY
 from shared.vault import BlockingOpener, Shredded, is_sealed
 
@@ -123,3 +124,13 @@ def dlq_origin(record: Any) -> tuple[str, int, int]:
         int(headers.get("dlq.original_partition", -1)),
         int(headers.get("dlq.original_offset", -1)),
     )
+
+
+async def publish(bootstrap: str, topic: str, items: list[tuple[str, CloudEvent]], client_id: str) -> None:
+    """Events (key, event) onto `topic` as a service publishes them, in one producer's session."""
+    broker = make_broker(bootstrap, client_id)
+    await broker.connect()
+    try:
+        await EventPublisher(broker).publish_many(topic, items)
+    finally:
+        await broker.stop()

@@ -15,7 +15,6 @@ import concurrent.futures
 import multiprocessing
 import statistics
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,14 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.devstack import (
-    Engines,
-    ServiceProcess,
-    bearer,
-    new_user,
-    private_consumer_groups,
-    running_service,
-)
+from harness.devstack import Engines, ServiceProcess, bearer, categorizer_alone, new_user
 
 pytestmark = pytest.mark.engines
 
@@ -54,14 +46,10 @@ FLOOD_MEMOS = [f"{memo} REF{n}" for n in range(40) for memo in MEMOS]
 
 @pytest.fixture(scope="module")
 def flooded_categorizer(engines: Engines, log_dir: Any) -> Iterator[ServiceProcess]:
-    database = f"flood_{uuid.uuid4().hex[:6]}"
-    groups = private_consumer_groups(engines, database)
-    with running_service(
-        "services.categorizer",
+    with categorizer_alone(
         engines,
         log_dir,
-        MONGODB_DATABASE=database,
-        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
+        "flood",
         RATE_LIMIT_PER_S=str(PER_S),
         RATE_LIMIT_BURST=str(BURST),
         LOG_LEVEL="WARNING",

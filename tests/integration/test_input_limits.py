@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from harness.devstack import Engines, ServiceProcess, new_user, private_consumer_groups, running_service
+from harness.devstack import Engines, ServiceProcess, categorizer_alone, new_user
 from harness.waiting import wait_for
 from shared.contract.envelope import account_key
 from shared.contract.topics import DLQ, TRANSACTIONS_RAW
@@ -264,16 +263,8 @@ RATE_BURST = 5
 @pytest.fixture(scope="module")
 def limited_categorizer(engines: Engines, log_dir: Any) -> Iterator[ServiceProcess]:
     """A categorizer whose rate limit is low enough to reach in a few requests."""
-    database = f"limited_{uuid.uuid4().hex[:6]}"
-    groups = private_consumer_groups(engines, database)
-    with running_service(
-        "services.categorizer",
-        engines,
-        log_dir,
-        MONGODB_DATABASE=database,
-        CATEGORIZER_GROUP_ID=groups["CATEGORIZER_GROUP_ID"],
-        RATE_LIMIT_PER_S=str(RATE_PER_S),
-        RATE_LIMIT_BURST=str(RATE_BURST),
+    with categorizer_alone(
+        engines, log_dir, "limited", RATE_LIMIT_PER_S=str(RATE_PER_S), RATE_LIMIT_BURST=str(RATE_BURST)
     ) as proc:
         yield proc
 

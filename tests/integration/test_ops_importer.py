@@ -18,8 +18,8 @@ from harness.paging import operations_by_account
 from harness.waiting import wait_for, wait_for_async
 from shared.contract.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
 from shared.contract.topics import TRANSACTIONS_RAW
-from shared.kafka import EventPublisher, make_broker
 from tests.cli import run_banksync
+from tests.kafka_helpers import publish as publish_events
 
 pytestmark = pytest.mark.engines
 
@@ -74,12 +74,7 @@ def line(user: str, account: str, n: int, **changes: Any) -> CloudEvent:
 
 
 async def publish(bootstrap: str, items: list[tuple[str, CloudEvent]]) -> None:
-    broker = make_broker(bootstrap, "ops-test-raw")
-    await broker.connect()
-    try:
-        await EventPublisher(broker).publish_many(TRANSACTIONS_RAW, items)
-    finally:
-        await broker.stop()
+    await publish_events(bootstrap, TRANSACTIONS_RAW, items, "ops-test-raw")
 
 
 def operations_by_bank_account(importer: ServiceProcess, user: str) -> dict[str, list[dict[str, Any]]]:

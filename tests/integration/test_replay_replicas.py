@@ -27,7 +27,8 @@ from services.importer.replay import partition_for
 from shared.contract.envelope import CloudEvent, account_key
 from shared.contract.payloads import ReplayRequested
 from shared.contract.topics import TRANSACTIONS_RAW
-from shared.kafka import EventPublisher, make_broker, topic_partitions
+from shared.kafka import topic_partitions
+from tests.kafka_helpers import publish as publish_events
 
 pytestmark = pytest.mark.engines
 
@@ -137,12 +138,7 @@ def line(user: str, account: str, n: int) -> CloudEvent:
 
 
 async def publish(bootstrap: str, items: list[tuple[str, CloudEvent]]) -> None:
-    broker = make_broker(bootstrap, "replay-replicas-test")
-    await broker.connect()
-    try:
-        await EventPublisher(broker).publish_many(TRANSACTIONS_RAW, items)
-    finally:
-        await broker.stop()
+    await publish_events(bootstrap, TRANSACTIONS_RAW, items, "replay-replicas-test")
 
 
 def bank_ids_by_account(proc: ServiceProcess, user: str) -> dict[str, list[str]]:
