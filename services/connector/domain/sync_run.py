@@ -113,6 +113,27 @@ class SyncRun:
             if a.selected and not a.closed and (wanted is None or a.aggregator_account_id in wanted)
         ]
 
+    def selected_meanwhile(
+        self, before: Sequence[Connection], after: Sequence[Connection]
+    ) -> dict[str, list[str]]:
+        """Accounts of the connections this run wanted that were selected after it read them (connection
+        id → aggregator account ids): the run did not sync them, and a request made for them meanwhile
+        joined this run, so they need a run of their own."""
+        seen = {conn.connection_id: {a.aggregator_account_id for a in self.accounts_to_sync(conn.accounts)}
+                for conn in before if self.wants(conn)}  # fmt: skip
+        found: dict[str, list[str]] = {}
+        for conn in after:
+            if conn.connection_id not in seen or conn.paused:
+                continue
+            new = [
+                a.aggregator_account_id
+                for a in conn.accounts
+                if a.selected and not a.closed and a.aggregator_account_id not in seen[conn.connection_id]
+            ]
+            if new:
+                found[conn.connection_id] = new
+        return found
+
     @property
     def reads_only(self) -> bool:
         """A webhook's run reads what the aggregator just refreshed: asking it to refresh again would send

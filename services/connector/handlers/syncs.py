@@ -151,6 +151,19 @@ class Syncs:
             finally:
                 # the request may have claimed this connection when it was made: always let it go
                 await self.store.release_run(conn.key, run.run_id, self.clock())
+        # accounts selected after this run read its connections: their activation joined this run (one run
+        # per connection), which did not sync them; they get a run of their own now that it has ended
+        later = await self.store.user_connections(run.user_id)
+        for connection_id, account_ids in run.selected_meanwhile(connections, later).items():
+            log.info("sync_follow_up", user_id=run.user_id, connection_id=connection_id, accounts=account_ids)
+            await self.request_sync(
+                run.user_id,
+                "activation",
+                run.correlation_id,
+                aggregator_account_ids=account_ids,
+                connection_id=connection_id,
+                gate=False,
+            )
 
     async def _refresh(self, run: SyncRun, conn: Connection, token: str) -> AggregatorConnection:
         if run.reads_only:

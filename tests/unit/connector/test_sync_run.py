@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import pytest
 
-from services.connector.domain.connections import AggregatorUser
+from services.connector.domain.connections import AggregatorConnection, AggregatorUser
 from services.connector.domain.failures import (
     AggregatorError,
     SyncError,
@@ -21,7 +21,7 @@ from services.connector.domain.secrets import StateSigner, TokenCipher
 from services.connector.domain.states import AccountSyncState
 from services.connector.handlers import ConnectorConfig, ConnectorHandlers, connector_handlers
 from shared.contract.payloads import SyncRequested
-from shared.contract.topics import CONNECTIONS, SYNC_STATUS, TRANSACTIONS_RAW
+from shared.contract.topics import CONNECTIONS, SYNC_REQUESTS, SYNC_STATUS, TRANSACTIONS_RAW
 from shared.settings import DEV_TOKEN_KEY
 from tests.unit.connector.fakes import (
     FakeAggregator,
@@ -121,7 +121,8 @@ async def test_a_run_reads_once_writes_each_state_once_and_batches_its_events() 
     assert calls[3] == "renew_run"
     assert calls.count("mark_syncing") == 1
     assert calls.count("record_outcomes ok") == 1
-    assert calls[-2:] == ["record_outcomes ok", "release_run"]
+    # once the connection is let go, one more read: were accounts selected while the run ran?
+    assert calls[-3:] == ["record_outcomes ok", "release_run", "user_connections"]
     # the refresh's stamp is new: written, with nothing else (state and error were already clear)
     assert repository.connection_writes == [{"refreshed_update": "2026-12-01T03:00:00"}]
     assert repository.holder(CONN) is None
@@ -201,6 +202,29 @@ async def test_a_failed_refresh_fails_every_account_after_marking_them_syncing()
             "error": SyncError("wrongpass", classify_connection_error("wrongpass").message, "reconnect"),
         }
     ]
+
+
+async def test_an_account_selected_while_the_run_ran_gets_a_run_of_its_own() -> None:
+    repository = FakeRepository(["a1"])
+    conn = repository.connections[CONN]
+    repository.connections[CONN] = replace(conn, accounts=(*conn.accounts, account("a2", selected=False)))
+
+    class SelectedDuringTheRefresh(FakePowens):
+        async def sync_connection(self, token: str, connection_id: str) -> AggregatorConnection:
+            # the user selects a2 while the aggregator refreshes: its activation joins this run
+            held = repository.connections[CONN]
+            chosen = tuple(replace(a, selected=True) for a in held.accounts)
+            repository.connections[CONN] = replace(held, accounts=chosen)
+            return await super().sync_connection(token, connection_id)
+
+    publisher = FakePublisher()
+    powens = SelectedDuringTheRefresh({"a1": [line(1)], "a2": [line(2)]})
+    await handlers(repository, powens, publisher).syncs.handle_sync_request(request(), "corr")
+
+    assert [part for _, part in publisher.status()] == ["a1", "a1"], "the run synced what it had read"
+    [follow_up] = [event for topic, _, event in publisher.sent if topic == SYNC_REQUESTS]
+    assert (follow_up.data["reason"], follow_up.data["aggregator_account_ids"]) == ("activation", ["a2"])
+    assert repository.holder(CONN) == follow_up.data["sync_run_id"], "claimed for the new run"
 
 
 async def test_a_connection_held_by_another_run_is_joined_not_synced() -> None:
