@@ -118,9 +118,15 @@ class SyncRun:
     ) -> dict[str, list[str]]:
         """Accounts of the connections this run wanted that were selected after it read them (connection
         id → aggregator account ids): the run did not sync them, and a request made for them meanwhile
-        joined this run, so they need a run of their own."""
-        seen = {conn.connection_id: {a.aggregator_account_id for a in self.accounts_to_sync(conn.accounts)}
-                for conn in before if self.wants(conn)}  # fmt: skip
+        joined this run, so they need a run of their own. Only a selection made meanwhile counts: accounts
+        selected before, which a run asked for some accounts left alone, are not this run's concern."""
+        seen = {
+            conn.connection_id: {
+                a.aggregator_account_id for a in conn.accounts if a.selected and not a.closed
+            }
+            for conn in before
+            if self.wants(conn)
+        }
         found: dict[str, list[str]] = {}
         for conn in after:
             if conn.connection_id not in seen or conn.paused:

@@ -227,6 +227,19 @@ async def test_an_account_selected_while_the_run_ran_gets_a_run_of_its_own() -> 
     assert repository.holder(CONN) == follow_up.data["sync_run_id"], "claimed for the new run"
 
 
+async def test_a_run_asked_for_some_accounts_requests_nothing_for_the_others() -> None:
+    repository = FakeRepository(["a1", "a2"])
+    publisher = FakePublisher()
+    asked = SyncRequested(
+        user_id=USER, sync_run_id=RUN, reason="activation", requested_at=NOW, aggregator_account_ids=["a1"]
+    )
+    await handlers(
+        repository, FakePowens({"a1": [line(1)], "a2": [line(2)]}), publisher
+    ).syncs.handle_sync_request(asked, "corr")
+    assert [part for _, part in publisher.status()] == ["a1", "a1"]
+    assert [event for topic, _, event in publisher.sent if topic == SYNC_REQUESTS] == [], "no run for a2"
+
+
 async def test_a_connection_held_by_another_run_is_joined_not_synced() -> None:
     repository = FakeRepository(["a1"])
     repository.hold(CONN, "other-run")
