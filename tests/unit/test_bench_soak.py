@@ -132,7 +132,8 @@ def test_this_process_can_be_sampled() -> None:
 
 def test_the_connection_slack_grows_with_the_floor() -> None:
     def floor_from(start: float, rise: float) -> list[tuple[float, float]]:
-        return [(float(t), start if t < 600 else start + rise) for t in range(0, 1200, 10)]
+        # the rise in the last quarter only
+        return [(float(t), start if t < 900 else start + rise) for t in range(0, 1200, 10)]
 
     assert floor_trend(floor_from(100, 10), 0, 1200)["flat"] is True  # 10% of 100
     assert floor_trend(floor_from(100, 11), 0, 1200)["flat"] is False
@@ -155,3 +156,14 @@ def test_the_time_series_is_one_line_a_sample_with_named_columns() -> None:
     assert table["columns"][:6] == ["t", "lag", "gap", "load", "rss_mb:importer", "rss_mb:importer-2"]
     assert table["rows"] == ["20.5 3 0 1.25 90.1 - 36 - 24 - 22 -"]
     assert len(table["columns"]) == len(table["rows"][0].split())
+
+
+def test_a_pool_that_filled_up_to_its_cap_and_stayed_there_is_flat() -> None:
+    # 90 connections, then 101 from the third quarter on (a pool that reached its cap)
+    filled = [(float(t), 90.0 if t < 600 else 101.0) for t in range(0, 1200, 10)]
+    found = floor_trend(filled, 0, 1200)
+    assert (found["q2_min"], found["q3_min"], found["q4_min"]) == (90, 101, 101)
+    assert found["flat"] is True
+    # still filling in the last quarter: not flat
+    filling = [(float(t), 90.0 + max(0, t - 600) // 30) for t in range(0, 1200, 10)]
+    assert floor_trend(filling, 0, 1200)["flat"] is False
